@@ -1,0 +1,33 @@
+"""regagg_jax: Regional Deep Feature Aggregation for Image Retrieval in JAX.
+
+Jeong, Choo, Seo, Cho, "Regional deep feature aggregation for image retrieval",
+ICASSP 2017. One module per pipeline stage:
+
+  images      load / resize / pad images on the host (numpy, OpenCV)
+  weights     fetch, verify and convert the Caffe/Keras VGG19 weights; orbax I/O
+  vgg19       Flax VGG19 up to conv5_4 + ReLU, Caffe preprocessing
+  weighting   spatial weights alpha (eq. 1), channel weights beta (eq. 2)
+  keypoints   Hessian-affine detection (hesaff | jax), salient point selection
+  clustering  global fast k-means
+  regions     power set of clusters -> 2^L convex-hull masks on the conv grid
+  pooling     first-order (eq. 3, 9), second-order (eq. 4-5), baselines
+  pca         PCA (eq. 4, U1) and PCA-whitening (eq. 6, U2)
+  similarity  region-to-region image similarity (eq. 7), query expansion (eq. 8)
+  index       descriptor store on disk, FAISS region index
+  datasets    benchmarks: image lists, ground truth, query boxes
+  evaluation  AP / mAP protocols (numpy, host)
+  pipeline    encode / fit / search / eval: the only reader of a config
+
+Shape glossary used in every docstring:
+  B   images in a batch
+  H W height and width of a feature map (conv5_4 grid); H_I W_I of an image
+  K   channels of conv5_4 (512)
+  K'  reduced local-descriptor dimension (eq. 4, 128)
+  M   regions per image (2^L)
+  P   salient points per image (N_max, padded)
+  N   database images
+  Q   query images
+  D   descriptor dimension after whitening (eq. 6)
+"""
+
+__version__ = "0.1.0"
