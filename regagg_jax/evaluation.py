@@ -40,11 +40,9 @@ class Scores(NamedTuple):
 
   Attributes:
     mean_ap: float mean of `aps` over the queries that have positives.
-    mean_precision: float64 (len(kappas),) mean of `precisions` over the same
-      queries.
+    mean_precision: float64 (len(kappas),) mean of `precisions` over them.
     aps: float64 (Q,) AP per query, NaN for queries without positives.
-    precisions: float64 (Q, len(kappas)) revisitop precision at each kappa,
-      NaN rows for queries without positives.
+    precisions: float64 (Q, len(kappas)) revisitop precision at each k (NaN likewise).
     kappas: the cut-offs k of `precisions`.
   """
   mean_ap: float
@@ -214,22 +212,6 @@ def holidays_map(ranks, positives: Sequence, query_indices) -> float:
   return mean_average_precision(ranks, positives, junk)
 
 
-def group_ground_truth(query_groups, database_groups) -> list[np.ndarray]:
-  """Positives of each query: the database images of its group.
-
-  Args:
-    query_groups: int (Q,) group of each query (UKBench: image id // 4).
-    database_groups: int (N,) group of each database image.
-
-  Returns:
-    Q int64 arrays of database indices.
-  """
-  query_groups = np.asarray(query_groups)
-  database_groups = np.asarray(database_groups)
-  same = query_groups[:, None] == database_groups[None, :]
-  return [np.flatnonzero(row) for row in same]
-
-
 def ukbench_score(ranks, query_groups, database_groups, *,
                   top_k: int = UKBENCH_TOP_K) -> float:
   """UKBench N-S score: mean number of same-group images in the top 4.
@@ -256,8 +238,47 @@ def ukbench_score(ranks, query_groups, database_groups, *,
 
 
 def ukbench_map(ranks, query_groups, database_groups) -> float:
-  """UKBench mAP: positives are the 4 group members, the query itself included."""
-  return mean_average_precision(ranks, group_ground_truth(query_groups, database_groups))
+  """UKBench mAP: positives are the 4 group members, the query itself included.
+
+  Args: as `ukbench_score`.
+  """
+  same = np.asarray(query_groups)[:, None] == np.asarray(database_groups)[None, :]
+  return mean_average_precision(ranks, [np.flatnonzero(row) for row in same])
+
+
+def evaluate(dataset, ranks, *, kappas: Sequence[int] = KAPPAS) -> dict[str, float]:
+  """Scores rankings with the protocol of a `datasets.Dataset`.
+
+  Args:
+    dataset: a `regagg_jax.datasets.Dataset` (only its ground-truth fields are read).
+    ranks: int (Q, R) database indices per query, best first.
+    kappas: cut-offs k of mP@k (Revisited and user folders).
+
+  Returns:
+    Fractions in [0, 1] (N-S in [0, 4]): {'mAP'} for Oxford5k, Paris6k and Holidays;
+    {'easy/mAP', 'easy/mP@1', ...} for ROxford/RParis; {'N-S', 'mAP'} for UKBench;
+    {'mAP', 'mP@1', ...} for user folders.
+  """
+  if dataset.protocol == 'revisited':
+    results = compute_revisited_map(ranks, dataset.easy, dataset.hard, dataset.junk,
+                                    kappas=kappas)
+    return {f'{setting}/{key}': value for setting, scores in results.items()
+            for key, value in _flatten(scores).items()}
+  if dataset.protocol == 'ukbench':
+    query_groups = dataset.groups[dataset.query_indices]
+    return {'N-S': ukbench_score(ranks, query_groups, dataset.groups),
+            'mAP': ukbench_map(ranks, query_groups, dataset.groups)}
+  if dataset.protocol == 'holidays':
+    return {'mAP': holidays_map(ranks, dataset.positives, dataset.query_indices)}
+  if dataset.protocol == 'oxford':
+    return {'mAP': mean_average_precision(ranks, dataset.positives, dataset.junk)}
+  return _flatten(compute_map(ranks, dataset.positives, dataset.junk, kappas=kappas))
+
+
+def _flatten(scores: Scores) -> dict[str, float]:
+  flat = {'mAP': scores.mean_ap}
+  flat.update({f'mP@{k}': float(p) for k, p in zip(scores.kappas, scores.mean_precision)})
+  return flat
 
 
 def _check_ranks(ranks) -> np.ndarray:
