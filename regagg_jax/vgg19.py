@@ -1,0 +1,180 @@
+"""VGG19 up to conv5_4 + ReLU in Flax, with Caffe preprocessing.
+
+The paper (Sec. 5) takes its dense local descriptors F (H, W, K=512) from the
+last convolutional layer of the Caffe VGG19 model. This module reproduces that
+network: 16 3x3 convolutions (SAME padding, ReLU) in five blocks, 2x2/2
+max-pooling between blocks with Caffe's ceil rounding (an odd side rounds up),
+and no pooling after block 5, so an (H_I, W_I) image gives a
+(ceil(H_I/16), ceil(W_I/16)) grid.
+
+    from regagg_jax import vgg19
+    variables = vgg19.load_params()      # fetch / verify / convert on first use
+    x = vgg19.preprocess(rgb)            # uint8 (B, H_I, W_I, 3) RGB -> Caffe input
+    f = vgg19.features(variables, x)     # float32 (B, H, W, 512), jitted
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+WIDTHS = (64, 128, 256, 512, 512)
+"""Output channels of the five blocks of VGG19."""
+
+CONVS_PER_BLOCK = (2, 2, 4, 4, 4)
+"""Number of 3x3 convolutions in each block of VGG19."""
+
+LAYER_NAMES = tuple(
+    f"conv{block}_{index}"
+    for block, count in enumerate(CONVS_PER_BLOCK, start=1)
+    for index in range(1, count + 1))
+"""Parameter names, conv1_1 .. conv5_4, in network order."""
+
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+"""ImageNet mean pixel subtracted by Caffe (and Keras 'caffe' mode), BGR order."""
+
+STRIDE = 16
+"""Total stride of conv5_4: four 2x2/2 poolings."""
+
+
+def pool_ceil(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling with stride 2 and Caffe's ceil rounding.
+
+  An odd height or width is padded with -inf on the bottom / right, so the
+  last row / column forms a window of its own instead of being dropped
+  (Keras / 'VALID' pooling would drop it).
+
+  Args:
+    x: float (B, H, W, C) activations.
+
+  Returns:
+    float (B, ceil(H/2), ceil(W/2), C), the same dtype as x.
+  """
+  height, width = x.shape[1:3]
+  padding = ((0, 0), (0, height % 2), (0, width % 2), (0, 0))
+  return jax.lax.reduce_window(
+      x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), padding)
+
+
+class VGG19(nn.Module):
+  """VGG19 convolutions up to conv5_4 after ReLU (no last pooling).
+
+  Attributes:
+    widths: output channels of the five blocks; (64, 128, 256, 512, 512) is
+      the real network, smaller tuples give tiny variants for tests.
+    dtype: computation dtype (float32, or bfloat16 on accelerators); the
+      parameters stay float32 and the output is float32.
+  """
+  widths: Sequence[int] = WIDTHS
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies the network.
+
+    Args:
+      x: float32 (B, H_I, W_I, 3) Caffe input (see `preprocess`).
+
+    Returns:
+      float32 (B, ceil(H_I/16), ceil(W_I/16), K) conv5_4 after ReLU.
+    """
+    if len(self.widths) != len(CONVS_PER_BLOCK):
+      raise ValueError(
+          f"widths must have {len(CONVS_PER_BLOCK)} entries, got {self.widths}")
+    x = x.astype(self.dtype)
+    for block, (width, count) in enumerate(
+        zip(self.widths, CONVS_PER_BLOCK), start=1):
+      if block > 1:
+        x = pool_ceil(x)
+      for index in range(1, count + 1):
+        x = nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype,
+                    param_dtype=jnp.float32, name=f"conv{block}_{index}")(x)
+        x = nn.relu(x)
+    return x.astype(jnp.float32)
+
+
+def init_params(rng: jax.Array, *, widths: Sequence[int] = WIDTHS) -> dict:
+  """Random (He-style, Flax default) parameters, for tests and tiny variants.
+
+  Args:
+    rng: PRNG key.
+    widths: output channels of the five blocks.
+
+  Returns:
+    Variables dict {'params': {'conv1_1': {'kernel': float32 (3, 3, C_in, C),
+    'bias': float32 (C,)}, ...}}.
+  """
+  module = VGG19(widths=tuple(widths))
+  return module.init(rng, jnp.zeros((1, 16, 16, 3), jnp.float32))
+
+
+def preprocess(rgb: jax.Array | np.ndarray) -> jax.Array:
+  """Caffe preprocessing: RGB -> BGR, subtract the ImageNet mean, no scaling.
+
+  Args:
+    rgb: uint8 (B, H_I, W_I, 3) RGB images.
+
+  Returns:
+    float32 (B, H_I, W_I, 3) BGR input with CAFFE_MEAN_BGR subtracted.
+  """
+  if rgb.ndim != 4 or rgb.shape[-1] != 3:
+    raise ValueError(f"rgb must be (B, H_I, W_I, 3), got shape {rgb.shape}")
+  if rgb.dtype != np.uint8:
+    raise TypeError(f"rgb must be uint8, got {rgb.dtype}")
+  bgr = jnp.asarray(rgb)[..., ::-1].astype(jnp.float32)
+  return bgr - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
+
+
+def _widths_of(params: dict) -> tuple[int, ...]:
+  """Block widths read from the conv{b}_1 kernel shapes (static under jit)."""
+  return tuple(params[f"conv{block}_1"]["kernel"].shape[-1]
+               for block in range(1, len(CONVS_PER_BLOCK) + 1))
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _apply(params: dict, x: jax.Array, *, dtype: Any) -> jax.Array:
+  module = VGG19(widths=_widths_of(params), dtype=dtype)
+  return module.apply({"params": params}, x)
+
+
+def features(variables: dict, x: jax.Array, *,
+             dtype: Any = jnp.float32) -> jax.Array:
+  """conv5_4 activations after ReLU: the dense local descriptors F (Sec. 2).
+
+  Jitted; the block widths come from the parameter shapes, so tiny variants
+  from `init_params(..., widths=...)` work too. Compiles once per input shape
+  and dtype.
+
+  Args:
+    variables: {'params': ...} from `load_params` or `init_params`.
+    x: float32 (B, H_I, W_I, 3) Caffe input from `preprocess`.
+    dtype: computation dtype; jnp.bfloat16 halves memory traffic on GPUs.
+
+  Returns:
+    float32 (B, ceil(H_I/16), ceil(W_I/16), K) conv5_4 after ReLU.
+  """
+  if not isinstance(variables, dict) or "params" not in variables:
+    raise TypeError("variables must be a dict {'params': ...} as returned by "
+                    "vgg19.load_params() or vgg19.init_params()")
+  if x.ndim != 4 or x.shape[-1] != 3:
+    raise ValueError(f"x must be (B, H_I, W_I, 3), got shape {x.shape}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"x must be floating (Caffe input), got {x.dtype}")
+  return _apply(variables["params"], x, dtype=jnp.dtype(dtype))
+
+
+def load_params(path: str | None = None) -> dict:
+  """The real Caffe/Keras VGG19 weights as {'params': ...} (see weights.py).
+
+  Args:
+    path: optional local Keras .h5, torchvision .pth or converted checkpoint
+      directory; by default the cached conversion, made on first use.
+
+  Returns:
+    Variables dict with float32 kernels (3, 3, C_in, C) and biases (C,).
+  """
+  from regagg_jax import weights  # pylint: disable=g-import-not-at-top
+  return weights.load_params(path)
