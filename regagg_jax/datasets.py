@@ -256,10 +256,10 @@ def load_ukbench(image_root) -> Dataset:
     logging.warning('ukbench: %d groups in %s do not have %d images',
                     np.sum(sizes != UKBENCH_GROUP_SIZE), root, UKBENCH_GROUP_SIZE)
   images = tuple(name for _, name in found)
-  members = tuple(np.flatnonzero(groups == g) for g in groups)
-  return Dataset('ukbench', 'ukbench', images, images, np.arange(len(images), dtype=np.int64), None,
-                 members, tuple(np.zeros(0, np.int64) for _ in images), groups=groups,
-                 image_root=root)
+  rows = np.arange(len(images), dtype=np.int64)
+  return Dataset('ukbench', 'ukbench', images, images, rows, None,
+                 tuple(np.flatnonzero(groups == g) for g in groups),
+                 tuple(np.zeros(0, np.int64) for _ in images), groups=groups, image_root=root)
 
 
 def load_folder(root, *, ground_truth: str = FOLDER_GROUND_TRUTH) -> Dataset:
@@ -289,14 +289,16 @@ def load_folder(root, *, ground_truth: str = FOLDER_GROUND_TRUTH) -> Dataset:
     labels = [spec['groups'][n] for n in images]
     index = {label: g for g, label in enumerate(dict.fromkeys(labels))}
     groups = np.array([index[label] for label in labels], np.int64)
-    rows = np.arange(len(images))
+    rows = np.arange(len(images), dtype=np.int64)
     return Dataset(root.name, 'custom', images, images, rows, None,
                    tuple(np.flatnonzero((groups == groups[i]) & (rows != i)) for i in rows),
                    tuple(np.array([i]) for i in rows), groups=groups, image_root=root)
   images = tuple(spec.get('images') or list_images(root))
   where = {n: i for i, n in enumerate(images)}
   lookup = lambda names: np.array([where[n] for n in names], np.int64)
-  queries = spec['queries']
+  queries = spec.get('queries')
+  if not isinstance(queries, list) or not all('image' in q and 'positives' in q for q in queries):
+    raise ValueError(f'{path}: needs "groups" or "queries" entries with "image" and "positives"')
   unknown = sorted({n for q in queries for n in q['positives'] + q.get('junk', [])} - set(where))
   if unknown:
     raise ValueError(f'{path}: positives/junk not among the images: {unknown[:5]}')
@@ -389,10 +391,13 @@ def _source(name: str) -> Source:
   return SOURCES[name]
 
 
+def _hint(name: str) -> str:
+  return ('\n' + download_instructions(name)) if name in SOURCES else ''
+
+
 def _check_folder(folder: Path, name: str) -> Path:
   if not folder.is_dir():
-    hint = ('\n' + download_instructions(name)) if name in SOURCES else ''
-    raise DatasetNotFoundError(f'{name}: image folder {folder} does not exist.{hint}')
+    raise DatasetNotFoundError(f'{name}: image folder {folder} does not exist.{_hint(name)}')
   return folder
 
 
@@ -401,15 +406,15 @@ def _is_corrupt(name: str) -> bool:
 
 
 def _locate(names, dataset: Dataset, image_root) -> list[Path]:
-  """Finds each name under image_root, directly or anywhere below (e.g. paris/louvre/)."""
+  """Finds each name under image_root, directly or anywhere below (e.g. paris/louvre/).
+
+  Known-corrupt Paris files found in the folder are reported and never used.
+  """
   root = image_root if image_root is not None else dataset.image_root
   if root is None:
-    raise DatasetNotFoundError(f'{dataset.name}: pass image_root, the folder of its images.\n'
-                               + download_instructions(dataset.name))
+    raise DatasetNotFoundError(f'{dataset.name}: pass image_root, the folder of its images.'
+                               + _hint(dataset.name))
   root = _check_folder(Path(root), dataset.name)
-  paths = [root / n for n in names]
-  if all(p.is_file() for p in paths):
-    return paths
   found = {}
   for folder, _, files in os.walk(root):
     for file in files:
@@ -418,7 +423,7 @@ def _locate(names, dataset: Dataset, image_root) -> list[Path]:
   if skipped:
     logging.warning('%s: skipping %d known-corrupt Paris images: %s', dataset.name,
                     len(skipped), ', '.join(skipped))
-  paths = [p if p.is_file() else found.get(Path(n).name) for p, n in zip(paths, names)]
+  paths = [root / n if (root / n).is_file() else found.get(Path(n).name) for n in names]
   missing = [n for n, p in zip(names, paths) if p is None]
   if missing:
     raise DatasetNotFoundError(f'{dataset.name}: {len(missing)} of {len(names)} images are not '

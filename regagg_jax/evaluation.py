@@ -116,6 +116,8 @@ def compute_map(ranks, positives: Sequence, junk: Sequence | None = None, *,
     `Scores`; queries without positives are NaN and excluded from the means.
   """
   ranks = _check_ranks(ranks)
+  if any(int(k) < 1 for k in kappas):
+    raise ValueError(f'kappas must be positive cut-offs, got {tuple(kappas)}')
   labels, num_positives = _label_ranks(ranks, positives, junk)
   kept = labels >= 0
   relevant = labels == 1

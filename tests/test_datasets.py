@@ -179,6 +179,9 @@ def test_user_folder_round_trip(tmp_path):
   (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps(spec))
   with pytest.raises(ValueError, match='missing.jpg'):
     datasets.load_folder(tmp_path)
+  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps({'queries': [{'image': 'a.jpg'}]}))
+  with pytest.raises(ValueError, match='"positives"'):
+    datasets.load_folder(tmp_path)
 
 
 def test_user_folder_groups(tmp_path):
@@ -237,6 +240,13 @@ def test_nested_layout_found_and_corrupt_paris_files_reported(tmp_path, caplog):
   assert paths == [tmp_path / 'paris/louvre' / names[0], tmp_path / 'paris/eiffel' / names[1]]
   assert 'paris_louvre_000136.jpg' in caplog.text and 'corrupt' in caplog.text
   assert 'paris_louvre_000136.jpg' not in ' '.join(datasets.list_images(tmp_path))
+  # The flat layout (revisitop's jpg/ folder) is found directly and reported the same way.
+  flat = tmp_path / 'flat'
+  _touch(flat, list(names) + ['paris_triomphe_000867.jpg'])
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert datasets.database_paths(dataset, flat) == [flat / n for n in names]
+  assert 'skipping 1 known-corrupt' in caplog.text and 'paris_triomphe_000867' in caplog.text
 
 
 def test_official_sources():

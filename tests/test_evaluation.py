@@ -189,6 +189,8 @@ def test_batched_rejects_bad_input():
     evaluation.compute_map(np.array([[0, -1]]), [[0]], None)
   with pytest.raises(ValueError, match='need 1 positive'):
     evaluation.compute_map(np.array([[0, 1]]), [[0], [1]], None)
+  with pytest.raises(ValueError, match='kappas'):
+    evaluation.compute_map(np.array([[0, 1]]), [[0]], None, kappas=(0, 5))
   with pytest.raises(ValueError, match='setting'):
     evaluation.revisited_ground_truth([[0]], [[1]], [[2]], setting='medium-hard')
 
