@@ -151,9 +151,10 @@ def download(name: str, root) -> Path:
   Returns:
     root/name, the folder to pass as `image_root`.
   """
+  archives = _source(name).archives
   target = Path(root) / name
   target.mkdir(parents=True, exist_ok=True)
-  for url in _source(name).archives:
+  for url in archives:
     archive = target / url.rsplit('/', 1)[-1]
     if not archive.exists():
       logging.info('Downloading %s to %s', url, archive)

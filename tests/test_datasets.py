@@ -2,6 +2,7 @@
 
 import json
 import logging
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +268,28 @@ def test_official_sources():
     assert source.page in text and all(url in text for url in source.archives)
   with pytest.raises(ValueError, match='unknown benchmark'):
     datasets.download_instructions('flickr1m')
+
+
+def test_download_refuses_unknown_names_before_touching_disk(tmp_path):
+  with pytest.raises(ValueError, match='unknown benchmark'):
+    datasets.download('flickr1m', tmp_path)
+  assert not (tmp_path / 'flickr1m').exists()
+
+
+def test_download_fetches_extracts_once_and_is_found(tmp_path, monkeypatch):
+  source_dir = tmp_path / 'server'
+  _touch(source_dir, ['jpg/100000.jpg', 'jpg/100001.jpg'])
+  archive = tmp_path / 'jpg1.tar.gz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(source_dir / 'jpg', arcname='jpg')
+  monkeypatch.setitem(datasets.SOURCES, 'holidays',
+                      datasets.Source('https://example.invalid/', (archive.as_uri(),)))
+  target = datasets.download('holidays', tmp_path / 'data')
+  assert target == tmp_path / 'data' / 'holidays'
+  assert (target / 'jpg1.tar.gz').is_file() and (target / 'jpg1.tar.gz.extracted').is_file()
+  archive.unlink()  # a second call neither fetches nor extracts again
+  assert datasets.download('holidays', tmp_path / 'data') == target
+  dataset = datasets.Dataset('holidays', 'holidays', ('100000.jpg', '100001.jpg'), ('100000.jpg',),
+                             np.array([0]), None, (np.array([1]),), (np.array([0]),))
+  assert datasets.database_paths(dataset, target) == [target / 'jpg/jpg/100000.jpg',
+                                                      target / 'jpg/jpg/100001.jpg']
