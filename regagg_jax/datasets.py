@@ -176,7 +176,15 @@ def download(name: str, root) -> Path:
 
 
 def load(name: str, *, ground_truth_root=None, image_root=None, rotation_file=None) -> Dataset:
-  """Loads a benchmark by name, 'samples' (the bundled UKBench images) or a folder path."""
+  """Loads a benchmark by name, 'samples' (the bundled UKBench images) or a folder path.
+
+  Args:
+    name: 'oxford5k', 'paris6k', 'roxford5k', 'rparis6k', 'holidays', 'ukbench',
+      'samples', or the path of a folder with a FOLDER_GROUND_TRUTH file.
+    ground_truth_root: see `load_benchmark`.
+    image_root: folder of the benchmark's images (required for 'ukbench').
+    rotation_file: Holidays only, see `load_rotations`.
+  """
   if name in ('oxford5k', 'paris6k', 'roxford5k', 'rparis6k', 'holidays'):
     dataset = load_benchmark(name, ground_truth_root=ground_truth_root, rotation_file=rotation_file)
     return dataset._replace(image_root=None if image_root is None else Path(image_root))
