@@ -1,0 +1,350 @@
+"""Regional pooling of a conv5_4 map (eq. 3-5, 9) and global baselines.
+
+Region descriptors: `first_order` (sum pooling, eq. 3, or alpha-weighted,
+eq. 9) and `second_order` (log of the alpha-weighted second-moment matrix of
+PCA-reduced local descriptors, eq. 4-5). Baselines on the whole valid area:
+`spoc` [1], `mac`, `crow` [5], `rmac` / `rmac_regions` [6] and `gem`.
+
+Every function works on one image with (M, H, W) region masks and under
+`jax.vmap` over a padded batch: cells outside `valid` and regions outside
+`region_valid` get zero weight, and a region without weight gives a zero
+descriptor.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from regagg_jax import pca
+from regagg_jax import weighting
+
+
+def compute_region_weights(features, masks, valid=None, region_valid=None):
+  """Cell weights of each region: its mask, restricted to valid cells/regions.
+
+  Args:
+    features: float32 (H, W, K) conv5_4 activations (only checked).
+    masks: bool (M, H, W) region masks R'_m on the feature grid.
+    valid: bool (H, W) valid cells, or None for all.
+    region_valid: bool (M,) valid regions, or None for all.
+
+  Returns:
+    float32 (M, H, W) 0/1 weights.
+  """
+  valid = weighting.check_feature_map(features, valid)
+  if masks.ndim != 3 or masks.shape[1:] != features.shape[:2]:
+    raise ValueError(f'masks must be (M, H, W) with (H, W) = '
+                     f'{features.shape[:2]}, got {masks.shape}')
+  if masks.dtype != jnp.bool_:
+    raise TypeError(f'masks must be bool, got {masks.dtype}')
+  inside = jnp.logical_and(masks, valid)
+  if region_valid is not None:
+    if region_valid.shape != masks.shape[:1] or region_valid.dtype != jnp.bool_:
+      raise ValueError(f'region_valid must be bool (M,) = {masks.shape[:1]}, '
+                       f'got {region_valid.dtype} {region_valid.shape}')
+    inside = jnp.logical_and(inside, region_valid[:, None, None])
+  return inside.astype(features.dtype)
+
+
+def _check_vector(name, vector, length):
+  if vector.shape != (length,):
+    raise ValueError(f'{name} must be ({length},), got {vector.shape}')
+  if not jnp.issubdtype(vector.dtype, jnp.floating):
+    raise TypeError(f'{name} must be floating, got {vector.dtype}')
+
+
+def first_order(features, masks, beta, alpha=None, *, valid=None,
+                region_valid=None):
+  """First-order region descriptors: eq. (3), or eq. (9) with `alpha`.
+
+  f^1_Rm = l2(beta o sum_{p in R'_m} [alpha_p] f_p).
+
+  Args:
+    features: float32 (H, W, K) conv5_4 activations after ReLU.
+    masks: bool (M, H, W) region masks R'_m.
+    beta: float32 (K,) channel weights (eq. 2).
+    alpha: float32 (H, W) spatial weights (eq. 1) for eq. (9), or None.
+    valid: bool (H, W) valid cells, or None for all.
+    region_valid: bool (M,) valid regions, or None for all.
+
+  Returns:
+    float32 (M, K) l2-normalised descriptors (zero rows for empty regions).
+  """
+  weights = compute_region_weights(features, masks, valid, region_valid)
+  _check_vector('beta', beta, features.shape[-1])
+  if alpha is not None:
+    if alpha.shape != features.shape[:2]:
+      raise ValueError(f'alpha must be (H, W), got {alpha.shape}')
+    weights = weights * alpha  # eq. (9)
+  pooled = jnp.einsum('mhw,hwk->mk', weights, features) * beta  # eq. (3)
+  return pca.l2_normalize(pooled)
+
+
+def compute_log_covariances(local_descriptors, weights, *, eps_rel=1e-3):
+  """Matrix log of the weighted average second moment of eq. (5).
+
+  G_m = sum_p w_mp f~_p f~_p^T / sum_p w_mp (uncentred, as in O2P [12]),
+  regularised as G_m + eps_rel tr(G_m) / K' I so that its condition number is
+  at most 1 + K' / eps_rel: a region with fewer than K' cells has rank(G) <
+  K' and no finite log otherwise. The eigenvectors come from
+  `jnp.linalg.eigh` (float32) of the trace-normalised G; the eigenvalues are
+  the Rayleigh quotients of the local descriptors on them (see the body),
+  plus the floor eps_rel / K', clamped at that floor; log tr(G) I is added
+  back. Against scipy's float64 logm this keeps the relative Frobenius error
+  near 1e-5 even for one-cell regions at K' = 128 (plain eigh eigenvalues:
+  ~1e-3). A region with zero weight mass or zero trace (alpha = 0, e.g. a
+  black image) gives a zero matrix instead of log 0.
+
+  Args:
+    local_descriptors: float32 (H, W, K') reduced local descriptors (eq. 4).
+    weights: float32 (M, H, W) non-negative cell weights (alpha times masks).
+    eps_rel: regularisation relative to the mean eigenvalue tr(G) / K'.
+
+  Returns:
+    float32 (M, K', K') symmetric log(G_m + eps_rel tr(G_m) / K' I).
+  """
+  reduced_dim = local_descriptors.shape[-1]
+  mass = jnp.sum(weights, axis=(1, 2))
+  moments = jnp.einsum('mhw,hwr,hws->mrs', weights, local_descriptors,
+                       local_descriptors)
+  moments = moments / jnp.where(mass > 0, mass, 1.0)[:, None, None]  # eq. (5)
+  trace = jnp.trace(moments, axis1=1, axis2=2)
+  usable = trace > 0
+  safe_trace = jnp.where(usable, trace, 1.0)
+  floor = eps_rel / reduced_dim
+  identity = jnp.eye(reduced_dim, dtype=moments.dtype)
+  _, eigenvectors = jnp.linalg.eigh(moments / safe_trace[:, None, None])
+  # Rayleigh quotients v^T G v = sum_p w_p (f~_p . v)^2 / mass, from the local
+  # descriptors rather than the rounded G: float32 eigh resolves eigenvalues
+  # only to ~1e-7 of the largest, while these are accurate to ~1e-7 relative,
+  # even on the eigenvalue-floor cluster of a near-singular G.
+  projections = jnp.einsum('hwr,mrt->mhwt', local_descriptors, eigenvectors)
+  eigenvalues = jnp.einsum('mhw,mhwt->mt', weights, projections ** 2)
+  eigenvalues = eigenvalues / (jnp.where(mass > 0, mass, 1.0)
+                               * safe_trace)[:, None]
+  log_values = jnp.log(jnp.maximum(eigenvalues + floor, floor))
+  log_moments = jnp.einsum('mrt,mt,mst->mrs', eigenvectors, log_values,
+                           eigenvectors)
+  log_moments = log_moments + jnp.log(safe_trace)[:, None, None] * identity
+  return jnp.where(usable[:, None, None], log_moments, 0.0)
+
+
+def second_order(features, masks, alpha, beta, pca1, *, valid=None,
+                 region_valid=None, eps_rel=1e-3, offdiag_scale=1.0):
+  """Second-order region descriptors of eq. (4)-(5).
+
+  f~_p = U1^T (beta o f_p) exactly as eq. (4): only `pca1.components` is used
+  and its mean is ignored. U1 is learnt on l2-normalised region descriptors
+  (eq. 3) whose mean has no meaning at the scale of raw local descriptors, and
+  eq. (5) pools the uncentred second moment; fit U1 with
+  `pca.fit(..., center=False)` to match eq. (4) throughout. Then
+  f^2_Rm = l2(vec(log G_Rm)), vec = upper triangle row by row.
+
+  Args:
+    features: float32 (H, W, K) conv5_4 activations after ReLU.
+    masks: bool (M, H, W) region masks R'_m.
+    alpha: float32 (H, W) spatial weights (eq. 1).
+    beta: float32 (K,) channel weights (eq. 2).
+    pca1: PCAParams with components (K, K') (U^1 of eq. 4).
+    valid: bool (H, W) valid cells, or None for all.
+    region_valid: bool (M,) valid regions, or None for all.
+    eps_rel: regularisation of `compute_log_covariances`.
+    offdiag_scale: factor on off-diagonal entries of vec: 1 is the paper's
+      plain form, sqrt(2) makes the l2 norm the log-Euclidean (Frobenius) one.
+
+  Returns:
+    float32 (M, K'(K'+1)/2) l2-normalised descriptors (zero rows for empty
+    regions or regions with zero alpha mass).
+  """
+  weights = compute_region_weights(features, masks, valid, region_valid)
+  _check_vector('beta', beta, features.shape[-1])
+  if alpha.shape != features.shape[:2]:
+    raise ValueError(f'alpha must be (H, W), got {alpha.shape}')
+  if pca1.components.ndim != 2 or pca1.components.shape[0] != beta.shape[0]:
+    raise ValueError(f'pca1.components must be (K, K\'), got '
+                     f'{pca1.components.shape}')
+  local = (features * beta) @ pca1.components  # eq. (4)
+  log_moments = compute_log_covariances(local, weights * alpha,
+                                        eps_rel=eps_rel)
+  rows, cols = np.triu_indices(local.shape[-1])
+  entry_scale = np.where(rows == cols, 1.0, offdiag_scale).astype(np.float32)
+  return pca.l2_normalize(log_moments[:, rows, cols] * entry_scale)
+
+
+def _masked_max(features, masks):
+  """Max over the cells of each mask: float32 (R, K), zeros for empty masks."""
+  def region_max(mask):
+    pooled = jnp.max(jnp.where(mask[..., None], features, -jnp.inf), (0, 1))
+    return jnp.where(jnp.any(mask), pooled, 0.0)
+  return jax.lax.map(region_max, masks)
+
+
+def mac(features, valid=None):
+  """MAC: max over the valid cells of each channel, l2-normalised.
+
+  Args:
+    features: float32 (H, W, K) conv5_4 activations after ReLU.
+    valid: bool (H, W) valid cells, or None for all.
+
+  Returns:
+    float32 (K,) l2-normalised descriptor (zeros without a valid cell).
+  """
+  valid = weighting.check_feature_map(features, valid)
+  return pca.l2_normalize(_masked_max(features, valid[None])[0])
+
+
+def spoc(features, valid=None, *, center_prior=False):
+  """SPoC [1]: sum pooling, optionally with the Gaussian centre prior.
+
+  The prior (Babenko & Lempitsky 2015) weighs cell (y, x) by
+  exp(-((y - c_y)^2 + (x - c_x)^2) / (2 sigma^2)) where (c_y, c_x) is the
+  centre of the bounding box of the valid cells and sigma is one third of
+  the distance from that centre to the closest box side (cell units).
+
+  Args:
+    features: float32 (H, W, K) conv5_4 activations after ReLU.
+    valid: bool (H, W) valid cells, or None for all.
+    center_prior: use the Gaussian centre prior.
+
+  Returns:
+    float32 (K,) l2-normalised descriptor.
+  """
+  valid = weighting.check_feature_map(features, valid)
+  weights = valid.astype(features.dtype)
+  if center_prior:
+    (top, left), (height, width) = _valid_box(valid)
+    rows = jnp.arange(valid.shape[0]) - (top + (height - 1) / 2)
+    cols = jnp.arange(valid.shape[1]) - (left + (width - 1) / 2)
+    sigma = jnp.minimum(height, width) / 2 / 3
+    sigma = jnp.where(sigma > 0, sigma, 1.0)
+    weights = weights * jnp.exp(-(rows[:, None] ** 2 + cols[None, :] ** 2)
+                                / (2 * sigma ** 2))
+  return pca.l2_normalize(jnp.einsum('hw,hwk->k', weights, features))
+
+
+def crow(features, valid=None, *, norm_order=2.0, root=2.0, eps=1e-6):
+  """CroW [5]: l2(beta o sum_p alpha_p f_p) with CroW's a=2, b=2 weights.
+
+  Kalantidis et al. 2016: spatial weights (S / ||S||_a)^(1/b) of the channel
+  sum S, channel weights log(sum_j Q_j / Q_k) (here with eq. 2's epsilon).
+
+  Args:
+    features: float32 (H, W, K) conv5_4 activations after ReLU.
+    valid: bool (H, W) valid cells, or None for all.
+    norm_order: CroW's a.
+    root: CroW's b.
+    eps: epsilon of the channel weights (eq. 2).
+
+  Returns:
+    float32 (K,) l2-normalised descriptor.
+  """
+  alpha = weighting.spatial_weights(features, valid, norm_order=norm_order,
+                                    root=root)
+  beta = weighting.channel_weights(features, valid, eps=eps)
+  return pca.l2_normalize(beta * jnp.einsum('hw,hwk->k', alpha, features))
+
+
+def gem(features, valid=None, *, power=3.0, eps=1e-6):
+  """GeM: (mean over valid cells of max(f, eps)^p)^(1/p), l2-normalised.
+
+  Args:
+    features: float32 (H, W, K) conv5_4 activations after ReLU.
+    valid: bool (H, W) valid cells, or None for all.
+    power: the exponent p.
+    eps: clamp that keeps the power finite at zero activations.
+
+  Returns:
+    float32 (K,) l2-normalised descriptor (zeros without a valid cell).
+  """
+  valid = weighting.check_feature_map(features, valid)
+  area = jnp.sum(valid).astype(features.dtype)
+  powered = jnp.where(valid[..., None], jnp.maximum(features, eps) ** power, 0)
+  mean = jnp.sum(powered, axis=(0, 1)) / jnp.where(area > 0, area, 1.0)
+  return pca.l2_normalize(mean ** (1.0 / power))
+
+
+def _valid_box(valid):
+  """Top-left corner and size (int32 scalars) of the bounding box of valid."""
+  def span(occupied):
+    first = jnp.argmax(occupied)
+    last = occupied.shape[0] - 1 - jnp.argmax(occupied[::-1])
+    return first, jnp.where(jnp.any(occupied), last - first + 1, 0)
+  top, height = span(jnp.any(valid, axis=1))
+  left, width = span(jnp.any(valid, axis=0))
+  return (top, left), (height, width)
+
+
+def rmac_regions(features, valid=None, *, levels=3, overlap=0.4, max_steps=7):
+  """Per-region MACs of R-MAC [6] (Tolias et al. 2016), before aggregation.
+
+  Square regions on the valid box (short side s, long side t): at scale
+  l = 1..levels the side is floor(2 s / (l + 1)) (s at l = 1), with l regions
+  along the short side and l + n - 1 along the long one, starts
+  floor(i (side_len - width) / (count - 1)). n in [2, max_steps] makes the
+  overlap of consecutive l = 1 regions closest to `overlap` (n = 1 if s = t).
+  Slots are ordered by scale, then row, then column; the layout is padded to
+  a static size so the function vmaps over images of different shapes.
+
+  Args:
+    features: float32 (H, W, K) conv5_4 activations after ReLU.
+    valid: bool (H, W) valid cells, or None for all.
+    levels: number of scales L.
+    overlap: target overlap of consecutive regions.
+    max_steps: largest n considered.
+
+  Returns:
+    float32 (R, K) l2-normalised region MACs (zeros in unused slots) and
+    bool (R,) slot validity, R = sum_l l (l + max_steps - 1).
+  """
+  valid = weighting.check_feature_map(features, valid)
+  (top, left), (height, width) = _valid_box(valid)
+  short, long = jnp.minimum(height, width), jnp.maximum(height, width)
+  steps = jnp.arange(2, max_steps + 1)
+  stride = (long - short) / (steps - 1)
+  best = steps[jnp.argmin(jnp.abs((short - stride) / jnp.maximum(short, 1)
+                                  - overlap))]
+  num_long = jnp.where(long > short, best, 1)
+  rows_are_long = height >= width
+  boxes, slot_valid = [], []
+  for level in range(1, levels + 1):
+    side = jnp.floor(2 * short / (level + 1)).astype(jnp.int32)
+    count_long = level + num_long - 1
+    for i in range(level):
+      for j in range(level + max_steps - 1):
+        short_start = jnp.floor(i * (short - side) / max(level - 1, 1))
+        long_start = jnp.floor(j * (long - side)
+                               / jnp.maximum(count_long - 1, 1))
+        row = jnp.where(rows_are_long, long_start, short_start)
+        col = jnp.where(rows_are_long, short_start, long_start)
+        boxes.append(jnp.stack([top + row.astype(jnp.int32),
+                                left + col.astype(jnp.int32), side]))
+        slot_valid.append(jnp.logical_and(j < count_long, side >= 1))
+  boxes = jnp.stack(boxes)
+  slot_valid = jnp.stack(slot_valid)
+  rows = jnp.arange(valid.shape[0])[None, :, None]
+  cols = jnp.arange(valid.shape[1])[None, None, :]
+  row0, col0, side = (boxes[:, c, None, None] for c in range(3))
+  masks = ((rows >= row0) & (rows < row0 + side) & (cols >= col0)
+           & (cols < col0 + side) & valid & slot_valid[:, None, None])
+  return pca.l2_normalize(_masked_max(features, masks)), jnp.any(masks, (1, 2))
+
+
+def rmac(features, valid=None, *, levels=3, overlap=0.4, max_steps=7):
+  """R-MAC [6]: l2 of the sum of the l2-normalised region MACs.
+
+  The pipeline's PCA-whitened variant whitens `rmac_regions` per region
+  before summing.
+
+  Args:
+    features: float32 (H, W, K) conv5_4 activations after ReLU.
+    valid: bool (H, W) valid cells, or None for all.
+    levels: number of scales L.
+    overlap: target overlap of consecutive regions.
+    max_steps: largest n considered.
+
+  Returns:
+    float32 (K,) l2-normalised descriptor.
+  """
+  regions, _ = rmac_regions(features, valid, levels=levels, overlap=overlap,
+                            max_steps=max_steps)
+  return pca.l2_normalize(jnp.sum(regions, axis=0))
