@@ -1,0 +1,162 @@
+"""Tests for regagg_jax.keypoints (detection backends, N_max / N_min rule)."""
+
+import cv2
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from regagg_jax import keypoints
+
+IMAGE_SHAPE = (90, 120)  # H_I, W_I
+GRID = (6, 8)            # H, W
+
+
+def _alpha(seed=0):
+  return np.random.default_rng(seed).uniform(0, 1, GRID).astype(np.float32)
+
+
+def _resized(alpha):
+  return cv2.resize(alpha, IMAGE_SHAPE[::-1], interpolation=cv2.INTER_LINEAR)
+
+
+def _integer_points(count, seed=1):
+  rng = np.random.default_rng(seed)
+  flat = rng.choice(IMAGE_SHAPE[0] * IMAGE_SHAPE[1], count, replace=False)
+  return np.stack([flat % IMAGE_SHAPE[1], flat // IMAGE_SHAPE[1]],
+                  1).astype(np.float32)
+
+
+def test_sample_alpha_equals_cv2_resize_at_pixels():
+  alpha = _alpha()
+  points = _integer_points(500)
+  got = jax.jit(keypoints.sample_alpha)(alpha, points, GRID, IMAGE_SHAPE)
+  want = _resized(alpha)[points[:, 1].astype(int), points[:, 0].astype(int)]
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_more_than_n_max_keeps_the_best():
+  alpha = _alpha()
+  points = _integer_points(300)
+  valid = np.ones(300, bool)
+  valid[::7] = False
+  out, out_valid = keypoints.select_salient(
+      jnp.asarray(points), jnp.asarray(valid), jnp.asarray(alpha), IMAGE_SHAPE,
+      n_max=100, n_min=10)
+  assert out.shape == (100, 2) and out.dtype == jnp.float32
+  assert out_valid.shape == (100,) and bool(jnp.all(out_valid))
+  scores = _resized(alpha)[points[:, 1].astype(int), points[:, 0].astype(int)]
+  scores = np.where(valid, scores.astype(np.float64), -np.inf)
+  want = points[np.argsort(-scores, kind="stable")[:100]]
+  np.testing.assert_array_equal(np.asarray(out), want)
+
+
+def test_between_n_min_and_n_max_keeps_all_valid():
+  alpha = _alpha(2)
+  points = _integer_points(40)
+  valid = np.arange(40) < 30
+  out, out_valid = keypoints.select_salient(
+      jnp.asarray(points), jnp.asarray(valid), jnp.asarray(alpha), IMAGE_SHAPE,
+      n_max=64, n_min=20)
+  out_valid = np.asarray(out_valid)
+  assert out_valid.sum() == 30 and np.all(out_valid[:30])
+  kept = {tuple(p) for p in np.asarray(out)[out_valid]}
+  assert kept == {tuple(p) for p in points[valid]}
+
+
+def test_fewer_than_n_min_uses_alpha_maxima():
+  alpha = _alpha(3)
+  points = _integer_points(12)
+  valid = np.ones(12, bool)
+  out, out_valid = keypoints.select_salient(
+      jnp.asarray(points), jnp.asarray(valid), jnp.asarray(alpha), IMAGE_SHAPE,
+      n_max=64, n_min=25)
+  out, out_valid = np.asarray(out), np.asarray(out_valid)
+  np.testing.assert_array_equal(out_valid, np.arange(64) < 25)
+  resized = _resized(alpha).astype(np.float64)
+  threshold = np.sort(resized.ravel())[::-1][24]
+  chosen = resized[out[:25, 1].astype(int), out[:25, 0].astype(int)]
+  assert len({tuple(p) for p in out[:25]}) == 25
+  assert np.all(chosen >= threshold - 1e-6)
+  np.testing.assert_allclose(np.sort(chosen)[::-1],
+                             np.sort(resized.ravel())[::-1][:25], atol=1e-6)
+
+
+def test_mask_invariance_and_padded_variant():
+  alpha = _alpha(4)
+  points = _integer_points(80)
+  valid = np.ones(80, bool)
+  base = keypoints.select_salient(jnp.asarray(points), jnp.asarray(valid),
+                                  jnp.asarray(alpha), IMAGE_SHAPE, n_max=50,
+                                  n_min=10)
+  garbage = np.random.default_rng(5).uniform(0, 90, (40, 2)).astype(np.float32)
+  mixed = np.concatenate([garbage[:20], points, garbage[20:]])
+  mixed_valid = np.concatenate([np.zeros(20, bool), valid, np.zeros(20, bool)])
+  padded_alpha = np.pad(alpha, ((0, 2), (0, 3)), constant_values=9.0)
+  fn = jax.jit(keypoints.select_salient_padded,
+               static_argnames=("padded_shape", "n_max", "n_min"))
+  got = fn(jnp.asarray(mixed), jnp.asarray(mixed_valid),
+           jnp.asarray(padded_alpha), jnp.asarray(GRID),
+           jnp.asarray(IMAGE_SHAPE), padded_shape=(128, 160), n_max=50,
+           n_min=10)
+  np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(base[0]))
+  np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(base[1]))
+  # Fallback in a padded image never picks padding pixels or cells.
+  got = fn(jnp.asarray(mixed), jnp.zeros(120, bool),
+           jnp.asarray(padded_alpha), jnp.asarray(GRID),
+           jnp.asarray(IMAGE_SHAPE), padded_shape=(128, 160), n_max=50,
+           n_min=10)
+  want = keypoints.select_salient(jnp.asarray(points), jnp.zeros(80, bool),
+                                  jnp.asarray(alpha), IMAGE_SHAPE, n_max=50,
+                                  n_min=10)
+  np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+
+
+def test_select_salient_bad_inputs_raise():
+  points, valid = jnp.zeros((5, 2)), jnp.ones(5, bool)
+  alpha = jnp.ones(GRID)
+  with pytest.raises(ValueError):
+    keypoints.select_salient(jnp.zeros((5, 3)), valid, alpha, IMAGE_SHAPE)
+  with pytest.raises(TypeError):
+    keypoints.select_salient(points, jnp.ones(5), alpha, IMAGE_SHAPE)
+  with pytest.raises(ValueError):
+    keypoints.select_salient(points, valid, jnp.ones(4), IMAGE_SHAPE)
+  with pytest.raises(ValueError):
+    keypoints.select_salient(points, valid, alpha, IMAGE_SHAPE, n_max=10,
+                             n_min=20)
+
+
+def _blob_image(centre, sigma, shape=(96, 128), covariance=None):
+  """Dark Gaussian blob on a bright background, uint8 RGB."""
+  rows, columns = np.mgrid[:shape[0], :shape[1]].astype(np.float64)
+  offsets = np.stack([columns - centre[0], rows - centre[1]], -1)
+  if covariance is None:
+    covariance = np.eye(2) * sigma ** 2
+  inverse = np.linalg.inv(covariance)
+  exponent = np.einsum("hwi,ij,hwj->hw", offsets, inverse, offsets)
+  gray = 230.0 - 180.0 * np.exp(-0.5 * exponent)
+  return np.repeat(np.round(gray)[..., None], 3, axis=2).astype(np.uint8)
+
+
+def test_hesaff_finds_a_blob():
+  pytest.importorskip("pyhesaff")
+  image = _blob_image((60.3, 40.6), 6.0)
+  points, shapes, valid = keypoints.detect_shapes(image, backend="hesaff")
+  assert points.shape == (1024, 2) and shapes.shape == (1024, 2, 2)
+  points, shapes = np.asarray(points)[np.asarray(valid)], np.asarray(shapes)[
+      np.asarray(valid)]
+  distance = np.linalg.norm(points - [60.3, 40.6], axis=1)
+  best = np.argmin(distance)
+  assert distance[best] < 1.0
+  sigma = np.sqrt(abs(np.linalg.det(shapes[best]))) / keypoints.MEASUREMENT_REGION
+  assert 0.8 * 6.0 < sigma < 1.25 * 6.0
+
+
+def test_detect_bad_inputs_raise():
+  with pytest.raises(TypeError):
+    keypoints.detect(np.zeros((8, 8, 3), np.float32))
+  with pytest.raises(ValueError):
+    keypoints.detect(np.zeros((8, 8), np.uint8))
+  with pytest.raises(ValueError):
+    keypoints.detect(np.zeros((8, 8, 3), np.uint8), backend="sift")
