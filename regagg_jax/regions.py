@@ -1,0 +1,293 @@
+"""Candidate regions: power set of the clusters -> 2^L convex-hull masks (Sec. 2).
+
+Slot order (M = 2^L, fixed): slot m - 1 for m = 1 .. 2^L - 1 holds the subset
+{C_l : bit l of m is set}, i.e. for L = 3: {C1}, {C2}, {C1,C2}, {C3}, {C1,C3},
+{C2,C3}, {C1,C2,C3}; the last slot M - 1 is the whole image (the set of all
+positions in I, R_M in the paper).
+
+A conv-grid cell (i, j) of an image whose own grid is H x W belongs to R'_m
+when its centre in image coordinates, ((j + 0.5) W_I / W, (i + 0.5) H_I / H),
+is inside or on the convex hull of the subset's points (within `tolerance`
+pixels). Hulls are built with Andrew's monotone chain as a lax.scan over the
+points sorted once per image; the cell test reads the lower and upper chains
+at each grid column, so it costs O(W P) per subset, not O(H W P).
+
+A region is discarded (valid False, mask zeroed, slot kept) when it has fewer
+than `min_cells` cells or its hull area is below `min_area` cells^2: this is
+the paper's "size (close to) zero", and it covers the degenerate sets of 0, 1
+or 2 points and collinear points (area 0) explicitly.
+"""
+
+import functools
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from regagg_jax import clustering
+from regagg_jax import keypoints
+
+
+def subset_members(labels, *, num_clusters=3):
+  """bool (2^L - 1, P): which points belong to each non-empty subset.
+
+  Args:
+    labels: int32 (P,) cluster of each point, -1 for padding.
+    num_clusters: L.
+  """
+  subsets = jnp.arange(1, 2 ** num_clusters)[:, None]  # (2^L - 1, 1)
+  bits = jnp.right_shift(subsets, jnp.maximum(labels, 0)[None, :]) & 1
+  return (labels[None, :] >= 0) & (bits == 1)
+
+
+def _cross(origin, a, b):
+  return ((a[0] - origin[0]) * (b[1] - origin[1])
+          - (a[1] - origin[1]) * (b[0] - origin[0]))
+
+
+def _build_chain(points, members):
+  """One monotone chain (CCW turns kept) of the member points, in order.
+
+  Returns float32 (P, 2) chain vertices (first `count` rows) and count.
+  """
+  def push(carry, inputs):
+    stack, count = carry
+    point, member = inputs
+
+    def must_pop(count):
+      return member & (count >= 2) & (
+          _cross(stack[count - 2], stack[count - 1], point) <= 0)
+
+    count = jax.lax.while_loop(must_pop, lambda count: count - 1, count)
+    stack = jnp.where(member, stack.at[count].set(point), stack)
+    return (stack, count + member.astype(jnp.int32)), None
+
+  start = (jnp.zeros_like(points), jnp.array(0, jnp.int32))
+  (stack, count), _ = jax.lax.scan(push, start, (points, members))
+  return stack, count
+
+
+def _chain_height(chain, count, columns, pick):
+  """Height of a monotone chain at x = columns, (W,); `pick` is max or min."""
+  start, end = chain[:-1], chain[1:]
+  edge_valid = jnp.arange(chain.shape[0] - 1) < count - 1
+  low_x = jnp.minimum(start[:, 0], end[:, 0])
+  high_x = jnp.maximum(start[:, 0], end[:, 0])
+  usable = edge_valid & (high_x > low_x)
+  x = columns[:, None]
+  covers = usable[None, :] & (low_x[None, :] <= x) & (x <= high_x[None, :])
+  fraction = (x - start[None, :, 0]) / jnp.where(usable, end[:, 0] - start[:, 0],
+                                                 1.0)[None, :]
+  heights = start[None, :, 1] + fraction * (end[:, 1] - start[:, 1])[None, :]
+  fill = -jnp.inf if pick is jnp.max else jnp.inf
+  return pick(jnp.where(covers, heights, fill), axis=1), jnp.any(covers, axis=1)
+
+
+def _rasterise_one(sorted_points, members, centres_x, centres_y, tolerance):
+  """bool (H, W) cells inside the hull of the member points, and its area."""
+  lower, lower_count = _build_chain(sorted_points, members)
+  upper, upper_count = _build_chain(sorted_points[::-1], members[::-1])
+  member_x = jnp.where(members, sorted_points[:, 0], jnp.nan)
+  member_y = jnp.where(members, sorted_points[:, 1], jnp.nan)
+  min_x, max_x = jnp.nanmin(member_x), jnp.nanmax(member_x)
+  columns = jnp.clip(centres_x, min_x, max_x)
+  bottom, covered = _chain_height(lower, lower_count, columns, jnp.max)
+  top, _ = _chain_height(upper, upper_count, columns, jnp.min)
+  # Vertical hulls (all points at one x) have no usable edge.
+  bottom = jnp.where(covered, bottom, jnp.nanmin(member_y))
+  top = jnp.where(covered, top, jnp.nanmax(member_y))
+  in_columns = (centres_x >= min_x - tolerance) & (centres_x <= max_x + tolerance)
+  mask = (in_columns[None, :] & (centres_y[:, None] >= bottom[None, :] - tolerance)
+          & (centres_y[:, None] <= top[None, :] + tolerance))
+  mask &= jnp.any(members)
+
+  def shoelace(chain, count):  # twice the signed area swept by the chain
+    edge = jnp.arange(chain.shape[0] - 1) < count - 1
+    return jnp.sum(jnp.where(edge, _cross(jnp.zeros(2), chain[:-1].T,
+                                          chain[1:].T), 0.0))
+
+  area = 0.5 * (shoelace(lower, lower_count) + shoelace(upper, upper_count))
+  return mask, jnp.abs(area)
+
+
+def rasterise_hulls(points, members, grid_size, image_size, *, grid_shape,
+                    tolerance=1e-3):
+  """Convex hulls of point subsets rasterised on the conv grid.
+
+  Args:
+    points: float32 (P, 2) (x, y) pixels.
+    members: bool (S, P) which points belong to each subset.
+    grid_size: int (2,) (H, W) of the image's own grid (<= grid_shape).
+    image_size: int (2,) (H_I, W_I).
+    grid_shape: static (H, W) of the output (padded grid).
+    tolerance: pixels by which a cell centre may lie outside a hull and still
+      count as on it (float rounding).
+
+  Returns:
+    masks bool (S, H, W), False outside the own grid, and hull areas float32
+    (S,) in pixels^2.
+  """
+  grid = jnp.asarray(grid_size, jnp.float32)
+  cell = jnp.asarray(image_size, jnp.float32) / grid
+  rows = jnp.arange(grid_shape[0], dtype=jnp.float32)
+  columns = jnp.arange(grid_shape[1], dtype=jnp.float32)
+  order = jnp.lexsort((points[:, 1], points[:, 0]))
+  masks, areas = jax.vmap(
+      _rasterise_one, in_axes=(None, 0, None, None, None))(
+          points[order], members[:, order], (columns + 0.5) * cell[1],
+          (rows + 0.5) * cell[0], tolerance)
+  inside = (rows[:, None] < grid[0]) & (columns[None, :] < grid[1])
+  return masks & inside[None], areas
+
+
+def compute_region_masks(points, labels, valid_cells, image_size, *,
+                         num_clusters=3, min_cells=1, min_area=1e-3,
+                         tolerance=1e-3):
+  """The M = 2^L candidate regions R'_m of Sec. 2 on the conv grid.
+
+  Args:
+    points: float32 (P, 2) salient points P as (x, y) pixels.
+    labels: int32 (P,) cluster of each point, -1 for padding.
+    valid_cells: bool (H, W) cells that belong to the image (a padded image
+      uses the top-left block).
+    image_size: int (2,) (H_I, W_I) of the image.
+    num_clusters: L.
+    min_cells: regions with fewer cells are discarded.
+    min_area: regions whose hull is smaller (in cells^2) are discarded.
+    tolerance: see `rasterise_hulls`.
+
+  Returns:
+    masks bool (M, H, W) (zero where discarded) and valid bool (M,); the last
+    slot is the whole image.
+  """
+  rows = jnp.sum(jnp.any(valid_cells, axis=1))
+  columns = jnp.sum(jnp.any(valid_cells, axis=0))
+  grid_size = jnp.stack([rows, columns])
+  members = subset_members(labels, num_clusters=num_clusters)
+  masks, areas = rasterise_hulls(points, members, grid_size, image_size,
+                                 grid_shape=valid_cells.shape,
+                                 tolerance=tolerance)
+  masks &= valid_cells[None]
+  cell_area = jnp.prod(jnp.asarray(image_size, jnp.float32)
+                       / grid_size.astype(jnp.float32))
+  valid = ((jnp.sum(masks, axis=(1, 2)) >= min_cells)
+           & (areas / cell_area >= min_area))
+  masks &= valid[:, None, None]
+  masks = jnp.concatenate([masks, valid_cells[None]], axis=0)
+  valid = jnp.concatenate([valid, jnp.any(valid_cells)[None]])
+  return masks, valid
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "padded_shape", "n_max", "n_min", "num_clusters"))
+def _regions_from_points(points, valid, alpha, valid_cells, image_size, *,
+                         padded_shape, n_max, n_min, num_clusters):
+  """Selection, clustering and masks for one (maybe padded) image."""
+  grid_size = jnp.stack([jnp.sum(jnp.any(valid_cells, axis=1)),
+                         jnp.sum(jnp.any(valid_cells, axis=0))])
+  points, valid = keypoints.select_salient_padded(
+      points, valid, alpha, grid_size, image_size, padded_shape=padded_shape,
+      n_max=n_max, n_min=n_min)
+  labels, _ = clustering.global_fast_kmeans(points, valid,
+                                            num_clusters=num_clusters)
+  return compute_region_masks(points, labels, valid_cells, image_size,
+                              num_clusters=num_clusters)
+
+
+def propose(image, alpha, *, backend="hesaff", n_max=4000, n_min=300,
+            num_clusters=3):
+  """Candidate regions of one image (Sec. 2).
+
+  Args:
+    image: uint8 (H_I, W_I, 3) RGB image.
+    alpha: float32 (H, W) spatial weights of eq. 1 on its conv grid.
+    backend: keypoint detector, "hesaff" or "jax" (see keypoints.detect).
+    n_max, n_min: N_max and N_min of the salient point rule.
+    num_clusters: L; M = 2^L regions.
+
+  Returns:
+    masks bool (M, H, W) and valid bool (M,); the last slot is the whole image.
+  """
+  if alpha.ndim != 2:
+    raise ValueError(f"alpha must be (H, W), got shape {alpha.shape}")
+  points, valid = keypoints.detect(image, backend=backend)
+  image_size = tuple(image.shape[:2])
+  return _regions_from_points(
+      points, valid, jnp.asarray(alpha, jnp.float32),
+      jnp.ones(alpha.shape, bool), jnp.asarray(image_size),
+      padded_shape=image_size, n_max=n_max, n_min=n_min,
+      num_clusters=num_clusters)
+
+
+def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
+                  n_max=4000, n_min=300, num_clusters=3):
+  """Candidate regions of a padded batch (images.pad_batch layout).
+
+  Each image is detected on its own (unpadded) area; selection, clustering
+  and masks run as one vmapped jit, and masks are ANDed with valid_cells.
+
+  Args:
+    images: uint8 (B, H_I, W_I, 3) padded RGB images.
+    alpha: float32 (B, H, W) spatial weights (eq. 1).
+    valid_cells: bool (B, H, W) cells that belong to each image.
+    image_sizes: int (B, 2) (height, width) of each image before padding.
+    backend, n_max, n_min, num_clusters: as in `propose`.
+
+  Returns:
+    masks bool (B, M, H, W) and valid bool (B, M).
+  """
+  if images.ndim != 4 or alpha.ndim != 3 or valid_cells.shape != alpha.shape:
+    raise ValueError(f"need images (B, H_I, W_I, 3), alpha and valid_cells "
+                     f"(B, H, W); got {images.shape}, {alpha.shape}, "
+                     f"{valid_cells.shape}")
+  image_sizes = np.asarray(image_sizes, np.int32)
+  detections = [keypoints.detect(np.asarray(image[:height, :width]),
+                                 backend=backend)
+                for image, (height, width) in zip(images, image_sizes)]
+  size = max(len(points) for points, _ in detections)
+  points = jnp.stack([jnp.pad(p, ((0, size - len(p)), (0, 0)))
+                      for p, _ in detections])
+  valid = jnp.stack([jnp.pad(v, (0, size - len(v))) for _, v in detections])
+  regions = functools.partial(
+      _regions_from_points, padded_shape=tuple(images.shape[1:3]),
+      n_max=n_max, n_min=n_min, num_clusters=num_clusters)
+  return jax.vmap(regions)(points, valid, jnp.asarray(alpha, jnp.float32),
+                           jnp.asarray(valid_cells), jnp.asarray(image_sizes))
+
+
+def draw_regions(image, masks, valid, *, points=None, thickness=2):
+  """The outlines of the valid regions drawn on the image (for debugging).
+
+  Args:
+    image: uint8 (H_I, W_I, 3) RGB image.
+    masks: bool (M, H, W) region masks on the conv grid.
+    valid: bool (M,) which regions to draw.
+    points: optional float32 (P, 2) (x, y) salient points to dot in white.
+    thickness: outline width in pixels.
+
+  Returns:
+    uint8 (H_I, W_I, 3) RGB image with one coloured outline per region.
+  """
+  canvas = np.ascontiguousarray(np.asarray(image, np.uint8).copy())
+  height, width = canvas.shape[:2]
+  masks, valid = np.asarray(masks), np.asarray(valid)
+  hues = np.linspace(0, 180, len(masks), endpoint=False).astype(np.uint8)
+  colours = cv2.cvtColor(np.stack([hues, np.full_like(hues, 255),
+                                   np.full_like(hues, 255)], 1)[None],
+                         cv2.COLOR_HSV2RGB)[0]
+  for slot in np.flatnonzero(valid):
+    upsampled = cv2.resize(masks[slot].astype(np.uint8), (width, height),
+                           interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(upsampled, cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    # Shared borders would hide each other: inset each slot a little.
+    inset = (slot % 4) * thickness
+    contours = [(c + np.sign(c.mean(axis=0) - c) * inset).astype(np.int32)
+                for c in contours]
+    cv2.drawContours(canvas, contours, -1,
+                     tuple(int(v) for v in colours[slot]), thickness)
+  if points is not None:
+    for x, y in np.asarray(points):
+      cv2.circle(canvas, (int(round(x)), int(round(y))), 1, (255, 255, 255), -1)
+  return canvas

@@ -1,0 +1,228 @@
+"""Tests for regagg_jax.regions (2^L convex-hull candidate regions, Sec. 2)."""
+
+import numpy as np
+import pytest
+from scipy.spatial import ConvexHull, Delaunay, QhullError
+
+import jax
+import jax.numpy as jnp
+
+from regagg_jax import regions
+
+IMAGE_SIZE = (96, 128)  # H_I, W_I: 16-pixel cells, centres at 8, 24, ...
+GRID = (6, 8)
+
+
+def _centres(grid=GRID, image_size=IMAGE_SIZE):
+  rows, columns = np.mgrid[:grid[0], :grid[1]].astype(np.float64)
+  return np.stack([(columns + 0.5) * image_size[1] / grid[1],
+                   (rows + 0.5) * image_size[0] / grid[0]], -1).reshape(-1, 2)
+
+
+def _reference_mask(points, grid=GRID, image_size=IMAGE_SIZE, tol=1e-6):
+  """scipy: ConvexHull + Delaunay.find_simplex on cell centres (float64).
+
+  Degenerate sets (Qhull refuses them) are the cell centres on the segment
+  between the extreme points (or on the single point).
+  """
+  centres = _centres(grid, image_size)
+  points = np.unique(np.asarray(points, np.float64), axis=0)
+  if len(points) == 0:
+    inside = np.zeros(len(centres), bool)
+  else:
+    try:
+      hull = ConvexHull(points)
+      inside = Delaunay(points[hull.vertices]).find_simplex(centres,
+                                                            tol=tol) >= 0
+    except (QhullError, ValueError):
+      start = points[np.lexsort((points[:, 1], points[:, 0]))[0]]
+      end = points[np.lexsort((points[:, 1], points[:, 0]))[-1]]
+      direction = end - start
+      length2 = max(direction @ direction, 1e-300)
+      t = np.clip((centres - start) @ direction / length2, 0, 1)
+      inside = np.linalg.norm(start + t[:, None] * direction - centres,
+                              axis=1) <= 1e-3
+  return inside.reshape(grid)
+
+
+def _rasterise(point_sets, num_points):
+  """Pads the sets to num_points and rasterises them with one jitted call."""
+  points = np.zeros((num_points, 2), np.float32)
+  members = np.zeros((len(point_sets), num_points), bool)
+  offset = 0
+  for index, subset in enumerate(point_sets):
+    points[offset:offset + len(subset)] = subset
+    members[index, offset:offset + len(subset)] = True
+    offset += len(subset)
+  fn = jax.jit(regions.rasterise_hulls, static_argnames=("grid_shape",))
+  masks, areas = fn(jnp.asarray(points), jnp.asarray(members),
+                    jnp.asarray(GRID), jnp.asarray(IMAGE_SIZE),
+                    grid_shape=GRID)
+  return np.asarray(masks), np.asarray(areas)
+
+
+def _random_sets():
+  rng = np.random.default_rng(0)
+  sets = []
+  for size in (3, 4, 6, 10, 25):
+    sets.append(rng.uniform(-10, 140, (size, 2)))           # real-valued
+    sets.append(rng.integers(0, 128, (size, 2)).astype(float))  # on-edge ties
+  sets.append(np.array([[8.0, 8.0], [120.0, 8.0], [120.0, 88.0], [8.0, 88.0],
+                        [50.0, 40.0]]))                       # corners on centres
+  return sets
+
+
+def _degenerate_sets():
+  return [np.zeros((0, 2)),
+          np.array([[24.0, 40.0]]),                  # one point on a centre
+          np.array([[30.0, 30.0]]),                  # one point off centres
+          np.array([[8.0, 24.0], [104.0, 24.0]]),   # segment along a row
+          np.array([[40.0, 8.0], [40.0, 88.0], [40.0, 50.0]]),  # vertical
+          np.array([[8.0, 8.0], [24.0, 24.0], [56.0, 56.0], [88.0, 88.0]]),
+          np.array([[5.0, 7.0], [5.0, 7.0], [5.0, 7.0]]),  # duplicates
+          np.array([[3.0, 1.0], [60.0, 33.0]])]
+
+
+def test_hull_masks_equal_scipy_reference():
+  sets = _random_sets() + _degenerate_sets()
+  masks, areas = _rasterise(sets, sum(len(s) for s in sets) + 7)
+  assert masks.dtype == bool and masks.shape == (len(sets),) + GRID
+  for index, subset in enumerate(sets):
+    np.testing.assert_array_equal(masks[index], _reference_mask(subset),
+                                  err_msg=f"set {index}: {subset}")
+    if len(subset) >= 3 and index < len(_random_sets()):
+      np.testing.assert_allclose(areas[index], ConvexHull(subset).volume,
+                                 rtol=1e-4)
+  assert np.all(areas[len(_random_sets()):] < 1e-3)
+
+
+def test_power_set_order_and_members():
+  labels = jnp.asarray([0, 1, 2, -1, 1], jnp.int32)
+  members = np.asarray(regions.subset_members(labels, num_clusters=3))
+  want = np.zeros((7, 5), bool)
+  for m in range(1, 8):
+    for p, label in enumerate([0, 1, 2, -1, 1]):
+      want[m - 1, p] = label >= 0 and (m >> label) & 1 == 1
+  np.testing.assert_array_equal(members, want)
+
+
+def _cluster_points(seed=0):
+  rng = np.random.default_rng(seed)
+  centres = np.array([[25.0, 25.0], [95.0, 30.0], [60.0, 70.0]])
+  points = np.concatenate([c + rng.normal(0, 9, (15, 2)) for c in centres])
+  labels = np.repeat(np.arange(3), 15).astype(np.int32)
+  return points.astype(np.float32), labels
+
+
+def test_region_masks_slots_validity_and_whole_image():
+  points, labels = _cluster_points()
+  labels[3] = -1  # padding never counts
+  labels = labels.copy()
+  fn = jax.jit(regions.compute_region_masks, static_argnames=("num_clusters",))
+  masks, valid = fn(jnp.asarray(points), jnp.asarray(labels),
+                    jnp.ones(GRID, bool), jnp.asarray(IMAGE_SIZE),
+                    num_clusters=3)
+  masks, valid = np.asarray(masks), np.asarray(valid)
+  assert masks.shape == (8,) + GRID and valid.shape == (8,)
+  for m in range(1, 8):
+    subset = points[(labels >= 0) & ((m >> np.maximum(labels, 0)) & 1 == 1)]
+    want = _reference_mask(subset)
+    assert valid[m - 1] == (want.sum() >= 1)
+    np.testing.assert_array_equal(masks[m - 1], want & valid[m - 1])
+  assert valid[-1] and masks[-1].all()
+
+
+def test_degenerate_and_tiny_regions_are_invalid():
+  # Cluster 0 collinear along a row of centres, cluster 1 a single point on a
+  # centre, cluster 2 a proper triangle.
+  points = np.array([[8, 24], [40, 24], [72, 24], [24, 72], [70, 50],
+                     [120, 50], [100, 90]], np.float32)
+  labels = np.array([0, 0, 0, 1, 2, 2, 2], np.int32)
+  masks, valid = regions.compute_region_masks(
+      jnp.asarray(points), jnp.asarray(labels), jnp.ones(GRID, bool),
+      jnp.asarray(IMAGE_SIZE), num_clusters=3)
+  masks, valid = np.asarray(masks), np.asarray(valid)
+  np.testing.assert_array_equal(valid, [False, False, True, True, True, True,
+                                        True, True])
+  assert not masks[0].any() and not masks[1].any()
+  # A larger min_cells discards the small triangle too.
+  _, valid = regions.compute_region_masks(
+      jnp.asarray(points), jnp.asarray(labels), jnp.ones(GRID, bool),
+      jnp.asarray(IMAGE_SIZE), num_clusters=3, min_cells=1000)
+  np.testing.assert_array_equal(np.asarray(valid), [False] * 7 + [True])
+
+
+def test_padded_grid_matches_unpadded():
+  points, labels = _cluster_points(1)
+  fn = jax.jit(regions.compute_region_masks, static_argnames=("num_clusters",))
+  masks, valid = fn(jnp.asarray(points), jnp.asarray(labels),
+                    jnp.ones(GRID, bool), jnp.asarray(IMAGE_SIZE),
+                    num_clusters=3)
+  padded_cells = np.zeros((9, 11), bool)
+  padded_cells[:GRID[0], :GRID[1]] = True
+  extra = np.random.default_rng(2).uniform(0, 200, (9, 2)).astype(np.float32)
+  padded_masks, padded_valid = fn(
+      jnp.asarray(np.concatenate([points, extra])),
+      jnp.asarray(np.concatenate([labels, -np.ones(9, np.int32)])),
+      jnp.asarray(padded_cells), jnp.asarray(IMAGE_SIZE), num_clusters=3)
+  np.testing.assert_array_equal(np.asarray(padded_valid), np.asarray(valid))
+  np.testing.assert_array_equal(
+      np.asarray(padded_masks)[:, :GRID[0], :GRID[1]], np.asarray(masks))
+  assert not np.asarray(padded_masks)[:, GRID[0]:].any()
+  assert not np.asarray(padded_masks)[:, :, GRID[1]:].any()
+
+
+def _test_image(seed=0):
+  rng = np.random.default_rng(seed)
+  image = np.full(IMAGE_SIZE + (3,), 200, np.uint8)
+  for _ in range(25):
+    x, y = rng.integers(8, 120), rng.integers(8, 88)
+    image[max(0, y - 3):y + 3, max(0, x - 3):x + 3] = rng.integers(0, 80)
+  return image
+
+
+def test_propose_and_batch_agree():
+  pytest.importorskip("pyhesaff")
+  image = _test_image()
+  alpha = np.random.default_rng(1).uniform(0, 1, GRID).astype(np.float32)
+  masks, valid = regions.propose(image, alpha, n_max=64, n_min=8)
+  assert masks.shape == (8,) + GRID and masks.dtype == bool
+  assert valid.shape == (8,) and bool(valid[-1])
+  padded = np.zeros((2, 128, 160, 3), np.uint8)
+  padded[0, :96, :128] = image
+  padded[1, :96, :128] = image[::-1]
+  padded_alpha = np.zeros((2, 8, 10), np.float32)
+  padded_alpha[:, :6, :8] = alpha
+  cells = np.zeros((2, 8, 10), bool)
+  cells[:, :6, :8] = True
+  batch_masks, batch_valid = regions.propose_batch(
+      padded, padded_alpha, cells, [[96, 128], [96, 128]], n_max=64, n_min=8)
+  assert batch_masks.shape == (2, 8, 8, 10)
+  np.testing.assert_array_equal(np.asarray(batch_masks)[0, :, :6, :8],
+                                np.asarray(masks))
+  np.testing.assert_array_equal(np.asarray(batch_valid)[0], np.asarray(valid))
+  assert not np.asarray(batch_masks)[:, :, 6:].any()
+
+
+def test_draw_regions_outlines():
+  points, labels = _cluster_points()
+  masks, valid = regions.compute_region_masks(
+      jnp.asarray(points), jnp.asarray(labels), jnp.ones(GRID, bool),
+      jnp.asarray(IMAGE_SIZE), num_clusters=3)
+  image = np.zeros(IMAGE_SIZE + (3,), np.uint8)
+  drawn = regions.draw_regions(image, masks, valid, points=points)
+  assert drawn.dtype == np.uint8 and drawn.shape == image.shape
+  assert drawn.any() and not image.any()
+  none = regions.draw_regions(image, masks, np.zeros(8, bool))
+  assert not none.any()
+
+
+def test_bad_inputs_raise():
+  image = np.zeros(IMAGE_SIZE + (3,), np.uint8)
+  with pytest.raises(ValueError):
+    regions.propose(image, np.zeros(6), backend="hesaff")
+  with pytest.raises(ValueError):
+    regions.propose(image, np.zeros(GRID, np.float32), backend="sift")
+  with pytest.raises(ValueError):
+    regions.propose_batch(image, np.zeros(GRID), np.ones(GRID, bool),
+                          [[96, 128]])
