@@ -59,6 +59,28 @@ def pool_ceil(x: jax.Array) -> jax.Array:
       x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), padding)
 
 
+def mask_outside(x: jax.Array, sizes: jax.Array | None, *,
+                 level: int) -> jax.Array:
+  """Zeroes activations outside each image's valid area at a pooling level.
+
+  Args:
+    x: float (B, H, W, C) activations after `level` ceil-rounded poolings.
+    sizes: int32 (B, 2) image (H_I, W_I); None leaves x unchanged.
+    level: number of 2x2/2 poolings applied so far (0..4).
+
+  Returns:
+    x with rows >= ceil(H_I / 2^level) and columns >= ceil(W_I / 2^level)
+    set to zero.
+  """
+  if sizes is None:
+    return x
+  valid = (sizes + (2**level - 1)) >> level  # (B, 2) ceil(size / 2^level)
+  rows = jnp.arange(x.shape[1])[None, :] < valid[:, :1]
+  cols = jnp.arange(x.shape[2])[None, :] < valid[:, 1:]
+  inside = rows[:, :, None, None] & cols[:, None, :, None]
+  return jnp.where(inside, x, jnp.zeros((), x.dtype))
+
+
 class VGG19(nn.Module):
   """VGG19 convolutions up to conv5_4 after ReLU (no last pooling).
 
@@ -72,11 +94,18 @@ class VGG19(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, sizes: jax.Array | None = None
+               ) -> jax.Array:
     """Applies the network.
 
     Args:
       x: float32 (B, H_I, W_I, 3) Caffe input (see `preprocess`).
+      sizes: optional int32 (B, 2) true (H_I, W_I) of images padded at the
+        bottom / right. Activations outside each image are then zeroed after
+        every layer, which reproduces the unpadded network exactly: SAME
+        padding sees zeros, and the zeros never win a max-pool against
+        non-negative ReLU outputs (Caffe's ceil windows always hold one
+        in-image cell).
 
     Returns:
       float32 (B, ceil(H_I/16), ceil(W_I/16), K) conv5_4 after ReLU.
@@ -84,7 +113,7 @@ class VGG19(nn.Module):
     if len(self.widths) != len(CONVS_PER_BLOCK):
       raise ValueError(
           f"widths must have {len(CONVS_PER_BLOCK)} entries, got {self.widths}")
-    x = x.astype(self.dtype)
+    x = mask_outside(x.astype(self.dtype), sizes, level=0)
     for block, (width, count) in enumerate(
         zip(self.widths, CONVS_PER_BLOCK), start=1):
       if block > 1:
@@ -92,7 +121,7 @@ class VGG19(nn.Module):
       for index in range(1, count + 1):
         x = nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype,
                     param_dtype=jnp.float32, name=f"conv{block}_{index}")(x)
-        x = nn.relu(x)
+        x = mask_outside(nn.relu(x), sizes, level=block - 1)
     return x.astype(jnp.float32)
 
 
@@ -135,13 +164,14 @@ def _widths_of(params: dict) -> tuple[int, ...]:
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
-def _apply(params: dict, x: jax.Array, *, dtype: Any) -> jax.Array:
+def _apply(params: dict, x: jax.Array, sizes: jax.Array | None, *,
+           dtype: Any) -> jax.Array:
   module = VGG19(widths=_widths_of(params), dtype=dtype)
-  return module.apply({"params": params}, x)
+  return module.apply({"params": params}, x, sizes)
 
 
-def features(variables: dict, x: jax.Array, *,
-             dtype: Any = jnp.float32) -> jax.Array:
+def features(variables: dict, x: jax.Array, sizes: jax.Array | None = None,
+             *, dtype: Any = jnp.float32) -> jax.Array:
   """conv5_4 activations after ReLU: the dense local descriptors F (Sec. 2).
 
   Jitted; the block widths come from the parameter shapes, so tiny variants
@@ -151,6 +181,10 @@ def features(variables: dict, x: jax.Array, *,
   Args:
     variables: {'params': ...} from `load_params` or `init_params`.
     x: float32 (B, H_I, W_I, 3) Caffe input from `preprocess`.
+    sizes: optional int32 (B, 2) true (H_I, W_I) of each image in a padded
+      batch (`images.pad_batch`); the features inside each image then equal
+      those of the unpadded image (see `VGG19.__call__`). Without it, padding
+      changes the features near the image's bottom / right edge.
     dtype: computation dtype; jnp.bfloat16 halves memory traffic on GPUs.
 
   Returns:
@@ -163,7 +197,15 @@ def features(variables: dict, x: jax.Array, *,
     raise ValueError(f"x must be (B, H_I, W_I, 3), got shape {x.shape}")
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f"x must be floating (Caffe input), got {x.dtype}")
-  return _apply(variables["params"], x, dtype=jnp.dtype(dtype))
+  if sizes is not None:
+    sizes = jnp.asarray(sizes)
+    if sizes.shape != (x.shape[0], 2):
+      raise ValueError(f"sizes must be (B, 2) = ({x.shape[0]}, 2), got "
+                       f"{sizes.shape}")
+    if not jnp.issubdtype(sizes.dtype, jnp.integer):
+      raise TypeError(f"sizes must be integer, got {sizes.dtype}")
+    sizes = sizes.astype(jnp.int32)
+  return _apply(variables["params"], x, sizes, dtype=jnp.dtype(dtype))
 
 
 def load_params(path: str | None = None) -> dict:

@@ -134,3 +134,87 @@ def test_bfloat16_close_to_float32(tiny_params):
   half = vgg19.features(tiny_params, x, dtype=jnp.bfloat16)
   assert half.dtype == jnp.float32 and half.shape == full.shape
   assert float(jnp.abs(half - full).max()) <= 0.05 * float(full.max())
+
+
+def test_padded_batch_with_sizes_equals_unpadded(tiny_params):
+  """Mask invariance: padding + sizes changes nothing inside each image."""
+  rng = np.random.default_rng(4)
+  shapes = [(37, 45), (50, 29), (64, 64)]
+  rgbs = [rng.integers(0, 256, shape + (3,), np.uint8) for shape in shapes]
+  batch, valid = images.pad_batch(rgbs, height=64, width=64)
+  sizes = np.array(shapes, np.int32)
+  padded = np.asarray(jax.jit(vgg19.features)(
+      tiny_params, vgg19.preprocess(batch), sizes))
+  for index, rgb in enumerate(rgbs):
+    alone = np.asarray(vgg19.features(tiny_params, vgg19.preprocess(rgb[None])))
+    height, width = alone.shape[1:3]
+    assert valid[index].sum() == height * width
+    _assert_close(padded[index, :height, :width], alone[0].astype(np.float64),
+                  rtol=1e-5)
+    assert not padded[index][~valid[index]].any()
+  with pytest.raises(ValueError):
+    vgg19.features(tiny_params, vgg19.preprocess(batch), sizes[:2])
+  with pytest.raises(TypeError):
+    vgg19.features(tiny_params, vgg19.preprocess(batch), sizes * 1.0)
+
+
+def _crop(path, size):
+  image = images.load_image(path)
+  top = (image.shape[0] - size) // 2
+  left = (image.shape[1] - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+@pytest.mark.weights
+def test_real_weights_match_reference_on_64_crop(real_params, sample_paths):
+  rgb = _crop(sample_paths[0], 64)[None]
+  x = vgg19.preprocess(rgb)
+  out = vgg19.features(real_params, x)
+  assert out.shape == (1, 4, 4, 512)
+  reference = _reference_features(real_params["params"], np.asarray(x))
+  _assert_close(out, reference)
+  assert (reference > 0).any()
+
+
+@pytest.mark.weights
+@pytest.mark.parametrize("index", [0, 12, 24, 48])
+def test_real_photo_features_sparse_and_finite(real_params, sample_paths,
+                                               index):
+  rgb = images.load_image(sample_paths[index])
+  out = np.asarray(vgg19.features(real_params, vgg19.preprocess(rgb[None])))
+  assert out.shape == (1,) + images.feature_shape(*rgb.shape[:2]) + (512,)
+  assert np.isfinite(out).all() and (out >= 0).all()
+  assert 0.05 <= (out > 0).mean() <= 0.20
+
+
+@pytest.mark.weights
+@pytest.mark.parametrize("crop", [(288, 384), (250, 300)])
+def test_padding_deviation_real_weights(real_params, sample_paths, crop,
+                                        record_property):
+  """Measures padded-vs-unpadded features inside the valid cells.
+
+  Plain padding (mean pixel, no sizes) moves features near the image's
+  bottom / right edge; with sizes the valid cells are reproduced.
+  """
+  rgb = images.load_image(sample_paths[4])[:crop[0], :crop[1]]
+  alone = np.asarray(vgg19.features(real_params, vgg19.preprocess(rgb[None])))[0]
+  height, width = images.bucket_shape(*crop)
+  batch, valid = images.pad_batch([rgb], height=height + 64, width=width)
+  x = vgg19.preprocess(batch)
+  plain = np.asarray(vgg19.features(real_params, x))[0][valid[0]]
+  masked = np.asarray(vgg19.features(real_params, x, np.array([crop])))[0]
+  masked = masked[valid[0]]
+  alone = alone.reshape(-1, alone.shape[-1])
+  scale = np.abs(alone).max()
+  cell_error = (np.linalg.norm(plain - alone, axis=-1)
+                / np.maximum(np.linalg.norm(alone, axis=-1), 1e-12 * scale))
+  figures = {
+      "plain_max_abs_over_max": float(np.abs(plain - alone).max() / scale),
+      "plain_median_cell_rel_l2": float(np.median(cell_error)),
+      "masked_max_abs_over_max": float(np.abs(masked - alone).max() / scale),
+  }
+  for name, value in figures.items():
+    record_property(name, value)
+  print(f"padding {crop} -> {batch.shape[1:3]}: {figures}")
+  assert figures["masked_max_abs_over_max"] <= 1e-5
+  assert figures["plain_max_abs_over_max"] > 1e-3  # the effect being fixed
