@@ -342,3 +342,23 @@ def test_bad_inputs_raise():
                          params._replace(components=jnp.eye(4)))
   with pytest.raises(TypeError):
     pooling.mac(features.astype(np.int32))
+
+
+def test_same_shape_images_compile_once():
+  rng = np.random.default_rng(9)
+  params = pca.PCAParams(jnp.zeros(CHANNELS), jnp.eye(CHANNELS)[:, :8],
+                         jnp.ones(8))
+  traces = []
+
+  @jax.jit
+  def encode(features, masks, valid, region_valid):
+    traces.append(features.shape)
+    alpha = weighting.spatial_weights(features, valid)
+    beta = weighting.channel_weights(features, valid)
+    return pooling.second_order(features, masks, alpha, beta, params,
+                                valid=valid, region_valid=region_valid)
+
+  features, valid, _ = padded_batch(rng)
+  for i in range(3):
+    encode(features[i], random_masks(rng), valid[i], rng.random(8) < 0.8)
+  assert len(traces) == 1

@@ -151,3 +151,25 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError):
     similarity.query_expansion(query, database, database_valid, scores[:2],
                                best)
+
+
+def largest_intermediate(jaxpr):
+  """Largest element count of any value in a jaxpr, sub-jaxprs included."""
+  largest = 0
+  for eqn in jaxpr.eqns:
+    for var in eqn.outvars:
+      largest = max(largest, int(np.prod(var.aval.shape)))
+    for param in eqn.params.values():
+      inner = getattr(param, 'jaxpr', param)
+      if hasattr(inner, 'eqns'):
+        largest = max(largest, largest_intermediate(inner))
+  return largest
+
+
+def test_no_full_query_database_region_tensor():
+  rng = np.random.default_rng(4)
+  case = make_case(rng, num_queries=8, num_images=64)
+  fn = functools.partial(similarity.image_similarity, chunk_size=16)
+  largest = largest_intermediate(jax.make_jaxpr(fn)(*case).jaxpr)
+  full = 8 * 64 * 3 * 5  # (Q, N, Mq, Mt)
+  assert largest == max(case[2].size, 8 * 16 * 3 * 5) < full
