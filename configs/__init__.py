@@ -1,0 +1,1 @@
+"""Experiment configs: `get_config()` files for run.py's --config flag."""

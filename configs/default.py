@@ -1,0 +1,74 @@
+"""Default configuration: the proposed method (O2_R, K' = 128, D = 512).
+
+Every other config starts from this one. The values follow the paper
+(Sec. 5): VGG19 conv5_4 (K = 512), N_max = 4000, N_min = 300, L = 3 clusters
+(M = 8 regions), K' = 128, D = 512, N_QE = 10. Without a dataset config it
+evaluates on the bundled UKBench samples:
+
+  python run.py --config=configs/default.py --mode=eval
+
+String options are keys of one lookup table per stage: pipeline.WEIGHTS,
+regions.propose's backends, pipeline.POOLING, pipeline.QUERY_REGIONS, the
+dataset names of datasets.load ('samples', 'ukbench', 'oxford5k', 'paris6k',
+'roxford5k', 'rparis6k', 'holidays', 'folder') and pipeline.MODES.
+"""
+
+import ml_collections
+
+
+def get_config():
+  """Returns the default ConfigDict (sections: one per pipeline stage)."""
+  config = ml_collections.ConfigDict()
+  config.name = 'default'  # results file name: <workdir>/results/<name>.json
+  config.workdir = 'outputs/default'  # stores, fitted whitening, results
+
+  config.features = ml_collections.ConfigDict()
+  config.features.weights = 'imagenet'  # 'imagenet' (real VGG19) | 'random'
+  config.features.widths = (64, 128, 256, 512, 512)  # only for 'random'
+  config.features.seed = 0  # PRNG seed of 'random' weights
+  config.features.max_size = 0  # longer side in px; 0 keeps the original
+  config.features.batch_size = 4  # images per jitted forward
+  config.features.cache_mib = 2048  # keep conv5_4 maps between O2's passes
+
+  config.regions = ml_collections.ConfigDict()
+  config.regions.backend = 'hesaff'  # 'hesaff' (pyhesaff) | 'jax'
+  config.regions.n_max = 4000  # N_max salient points (Sec. 2)
+  config.regions.n_min = 300  # N_min fallback points (Sec. 2)
+  config.regions.num_clusters = 3  # L: M = 2^L regions
+
+  config.pooling = ml_collections.ConfigDict()
+  # 'o2' (eq. 4-5) | 'o1' (eq. 9) | 'spoc' | 'mac' | 'crow' | 'rmac' | 'gem'
+  config.pooling.method = 'o2'
+  config.pooling.regional = True  # R: all 2^L regions; W: only R_M (image)
+  config.pooling.k_prime = 128  # K' of eq. (4)
+  config.pooling.offdiag_scale = 1.0  # vec() off-diagonal factor (1: paper)
+  config.pooling.gem_power = 3.0  # p of the GeM baseline
+  config.pooling.rmac_levels = 3  # scales of the R-MAC baseline grid
+
+  config.pca = ml_collections.ConfigDict()
+  config.pca.dim = 512  # D of eq. (6)
+  config.pca.whiten = True  # eq. (6) divides by s_d
+  config.pca.fit_on = ''  # '' = the database itself; else a DATASETS key
+  config.pca.fit_root = ''  # image folder of `fit_on`
+  # D is capped to (valid fitting vectors) / min_vectors_per_dim: whitening
+  # fitted on fewer vectors than a few times D amplifies noise directions.
+  config.pca.min_vectors_per_dim = 1
+
+  config.search = ml_collections.ConfigDict()
+  config.search.qe = False  # regional query expansion (eq. 8)
+  config.search.n_qe = 10  # N_QE
+  config.search.chunk_size = 1024  # database images per similarity chunk
+  config.search.top_k = 100  # results written per query by --mode=search
+  config.search.query_regions = 'all'  # 'all' regions | 'whole' (R_M only)
+  config.search.queries = ''  # --mode=search: image file, folder or list
+  config.search.box = ''  # --mode=search: 'x1,y1,x2,y2' crop of one query
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.dataset = 'samples'  # a datasets.load name, or 'folder'
+  config.eval.root = 'data/samples'  # image folder of the dataset
+  config.eval.gnd_dir = ''  # ground-truth folder; '' = datasets' default
+  config.eval.rotation_file = ''  # Holidays: 'name degrees' lines
+  config.eval.crop_queries = True  # Oxford/Paris: crop queries to their box
+  config.eval.figure_queries = 6  # demo: queries drawn in fig2.png
+  config.eval.figure_results = 5  # demo: results per query in fig2.png
+  return config

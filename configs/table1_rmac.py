@@ -1,0 +1,26 @@
+"""Table 1, "R-MAC" [6], PCA-whitened like ours.
+
+One command per cell (dataset column x D); "oxford5k_full" is the "OF"
+column (uncropped queries). Results go to
+outputs/<dataset>/results/rmac-<dataset>-<D>.json.
+
+  python run.py --config=configs/table1_rmac.py:oxford5k,128 --mode=eval
+  python run.py --config=configs/table1_rmac.py:oxford5k,256 --mode=eval
+  python run.py --config=configs/table1_rmac.py:oxford5k,512 --mode=eval
+  python run.py --config=configs/table1_rmac.py:oxford5k_full,128 --mode=eval
+  python run.py --config=configs/table1_rmac.py:oxford5k_full,256 --mode=eval
+  python run.py --config=configs/table1_rmac.py:oxford5k_full,512 --mode=eval
+  python run.py --config=configs/table1_rmac.py:paris6k,128 --mode=eval
+  python run.py --config=configs/table1_rmac.py:paris6k,256 --mode=eval
+  python run.py --config=configs/table1_rmac.py:paris6k,512 --mode=eval
+  python run.py --config=configs/table1_rmac.py:holidays,128 --mode=eval
+  python run.py --config=configs/table1_rmac.py:holidays,256 --mode=eval
+  python run.py --config=configs/table1_rmac.py:holidays,512 --mode=eval
+"""
+
+from configs import paper
+
+
+def get_config(arg='oxford5k,512'):
+  """Returns the config of one cell; arg is '<dataset>,<D>'."""
+  return paper.make_config(arg, variant='rmac', qe=False)

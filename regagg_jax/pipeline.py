@@ -1,0 +1,849 @@
+"""Encode, fit, search and evaluate: the only reader of a config.
+
+  encode  images -> index.Store: region descriptors (N, M, D_store) + validity
+  fit     Store -> index.Fit: PCA-whitening U^2, s (eq. 6)
+  search  queries x Store -> scores (eq. 7, eq. 8 with QE), ranks, best region
+  MODES   what run.py's --mode runs: demo, encode, fit, search, eval
+
+Second-order descriptors need U^1 (eq. 4), a PCA learnt on first-order region
+descriptors (eq. 3) of the database, before they can be pooled. `encode` is
+therefore two-pass for 'o2': pass 1 runs VGG19, alpha, beta (eq. 1-2) and the
+region proposal and pools eq. (3); U^1 is fitted on the valid regions of
+those images (unless given, e.g. the database's U^1 for queries); pass 2 pools
+eq. (4-5) from the conv5_4 maps kept in memory (up to features.cache_mib) or
+recomputed (regions are kept). A store holds unwhitened descriptors (D_store =
+K'(K'+1)/2 for 'o2', K otherwise) and U^1, so one store serves every D, QE
+and R/W setting: whitening is fitted on a store by `fit` and applied at
+search time. R/W (pooling.regional) only selects regions: W uses R_M alone.
+
+Stores and fits carry the hash of the config sections that made them
+(`store_hash`, `fit_hash`) and mixing them with another config is refused.
+Images that cannot be read are skipped, logged and listed in the store
+metadata ('skipped'); store rows keep input order ('rows' maps them back).
+"""
+
+import functools
+import json
+import os
+from typing import Callable, NamedTuple
+
+from absl import logging
+import jax
+import numpy as np
+import tqdm
+
+from regagg_jax import datasets
+from regagg_jax import evaluation
+from regagg_jax import images
+from regagg_jax import index
+from regagg_jax import pca
+from regagg_jax import pooling
+from regagg_jax import regions
+from regagg_jax import similarity
+from regagg_jax import vgg19
+from regagg_jax import weighting
+
+WEIGHTS = {
+    'imagenet': lambda features: vgg19.load_params(),
+    'random': lambda features: vgg19.init_params(
+        jax.random.PRNGKey(features.seed), widths=tuple(features.widths)),
+}
+"""features.weights -> VGG19 variables."""
+
+
+class Method(NamedTuple):
+  """A pooling method: pool(features, alpha, beta, cells, masks, region_valid,
+  reduction, options) -> float32 (M, D_store) for one image (vmapped).
+
+  Attributes:
+    pool: the per-image pooling function.
+    regional: pools the 2^L proposed regions (else the whole image, M = 1).
+    reduced: needs U^1 of eq. (4).
+  """
+  pool: Callable
+  regional: bool
+  reduced: bool
+
+
+def _pool_sum(features, alpha, beta, cells, masks, region_valid, reduction,
+              options):
+  del alpha, reduction, options
+  return pooling.first_order(features, masks, beta, valid=cells,  # eq. (3)
+                             region_valid=region_valid)
+
+
+def _pool_first_order(features, alpha, beta, cells, masks, region_valid,
+                      reduction, options):
+  del reduction, options
+  return pooling.first_order(features, masks, beta, alpha,  # eq. (9)
+                             valid=cells, region_valid=region_valid)
+
+
+def _pool_second_order(features, alpha, beta, cells, masks, region_valid,
+                       reduction, options):
+  return pooling.second_order(  # eq. (4-5)
+      features, masks, alpha, beta, reduction, valid=cells,
+      region_valid=region_valid, offdiag_scale=options['offdiag_scale'])
+
+
+def _baseline(function, **option_names):
+  """Wraps a global baseline (features, valid) -> (K,) as a 1-region Method."""
+  def pool(features, alpha, beta, cells, masks, region_valid, reduction,
+           options):
+    del alpha, beta, masks, region_valid, reduction
+    kwargs = {arg: options[name] for arg, name in option_names.items()}
+    return function(features, cells, **kwargs)[None]
+  return pool
+
+
+POOLING = {
+    'o2': Method(_pool_second_order, regional=True, reduced=True),
+    'o1': Method(_pool_first_order, regional=True, reduced=False),
+    'spoc': Method(_baseline(pooling.spoc), regional=False, reduced=False),
+    'mac': Method(_baseline(pooling.mac), regional=False, reduced=False),
+    'crow': Method(_baseline(pooling.crow), regional=False, reduced=False),
+    'rmac': Method(_baseline(pooling.rmac, levels='rmac_levels'),
+                   regional=False, reduced=False),
+    'gem': Method(_baseline(pooling.gem, power='gem_power'), regional=False,
+                  reduced=False),
+}
+"""pooling.method -> Method."""
+
+_SUM = Method(_pool_sum, regional=True, reduced=False)  # U^1's training set
+
+QUERY_REGIONS = {'all': False, 'whole': True}
+"""search.query_regions -> whether queries use R_M (the whole image) only."""
+
+
+def _options(config):
+  return (('gem_power', float(config.pooling.gem_power)),
+          ('offdiag_scale', float(config.pooling.offdiag_scale)),
+          ('rmac_levels', int(config.pooling.rmac_levels)))
+
+
+def store_hash(config, method=None):
+  """Hash of what a store depends on: features, regions, pooling (not R/W)."""
+  method = method or config.pooling.method
+  features = {k: v for k, v in config.features.to_dict().items()
+              if k not in ('batch_size', 'cache_mib')}
+  pooled = dict(config.pooling.to_dict(), method=method)
+  pooled.pop('regional')
+  sections = {'features': features, 'pooling': pooled}
+  if POOLING[method].regional:
+    sections['regions'] = config.regions.to_dict()
+  return index.hash_config(sections)
+
+
+def fit_hash(config):
+  """Hash of what a fit depends on besides its store: pca, R/W."""
+  return index.hash_config({'pca': config.pca.to_dict(),
+                            'regional': config.pooling.regional})
+
+
+@jax.jit
+def _forward(variables, rgb, sizes, cells):
+  """uint8 (B, H_I, W_I, 3), int32 (B, 2) image sizes, bool (B, H, W) valid
+  cells -> features (exact inside each padded image), alpha, beta."""
+  features = vgg19.features(variables, vgg19.preprocess(rgb), sizes)
+  alpha = jax.vmap(weighting.spatial_weights)(features, cells)  # eq. (1)
+  beta = jax.vmap(weighting.channel_weights)(features, cells)  # eq. (2)
+  return features, alpha, beta
+
+
+@functools.partial(jax.jit, static_argnames=('method', 'options'))
+def _pool(features, alpha, beta, cells, masks, region_valid, reduction, *,
+          method, options):
+  pool = functools.partial(method.pool, reduction=reduction,
+                           options=dict(options))
+  return jax.vmap(pool)(features, alpha, beta, cells, masks, region_valid)
+
+
+def _load(path, box, rotation, max_size):
+  """Reads one image: rotate, crop at full resolution, then shrink."""
+  image = images.load_image(path)
+  if rotation:
+    image = datasets.rotate_image(image, rotation)
+  if box is not None:
+    try:
+      image = datasets.crop_query(image, box)
+    except ValueError as error:
+      raise images.ImageError(f'{path}: {error}') from error
+    if min(image.shape[:2]) < images.MIN_SIDE:
+      raise images.ImageError(f'{path}: crop {list(box)} is smaller than '
+                              f'{images.MIN_SIDE} px')
+  if max_size and max(image.shape[:2]) > max_size:
+    image = images.resize_longer_side(image, max_size)
+  return image
+
+
+class _Batch(NamedTuple):
+  indices: list  # rows of the input list
+  images: list  # uint8 (H_I, W_I, 3), unpadded
+  rgb: np.ndarray  # uint8 (B, H_b, W_b, 3), padded to the batch size
+  sizes: np.ndarray  # int32 (B, 2) image (H_I, W_I), zeros for padding
+  cells: np.ndarray  # bool (B, H, W) valid feature cells
+
+
+def _batch(images_by_index, batch_size):
+  indices, pictures = zip(*images_by_index)
+  height, width = images.bucket_shape(*np.max(
+      [p.shape[:2] for p in pictures], axis=0))
+  rgb, cells = images.pad_batch(pictures, height=height, width=width)
+  extra = batch_size - len(pictures)
+  rgb = np.concatenate([rgb, np.zeros((extra,) + rgb.shape[1:], np.uint8)])
+  cells = np.concatenate([cells, np.zeros((extra,) + cells.shape[1:], bool)])
+  sizes = np.zeros((batch_size, 2), np.int32)
+  sizes[:len(pictures)] = [p.shape[:2] for p in pictures]
+  return _Batch(list(indices), list(pictures), rgb, sizes, cells)
+
+
+def _batches(config, paths, boxes, rotations, skipped):
+  """Yields _Batch of one shape bucket each, skipping unreadable images."""
+  size = config.features.batch_size
+  pending = {}
+  for row in tqdm.tqdm(range(len(paths)), desc='encoding', unit='image'):
+    try:
+      image = _load(paths[row], None if boxes is None else boxes[row],
+                    0 if rotations is None else rotations[row],
+                    config.features.max_size)
+    except images.ImageError as error:
+      logging.warning('skipping unreadable image: %s', error)
+      skipped.append([str(paths[row]), str(error)])
+      continue
+    bucket = images.bucket_shape(*image.shape[:2])
+    pending.setdefault(bucket, []).append((row, image))
+    if len(pending[bucket]) == size:
+      yield _batch(pending.pop(bucket), size)
+  for items in pending.values():
+    yield _batch(items, size)
+
+
+def _propose(config, batch, alpha, regional):
+  """Region masks bool (B, M, H, W) and validity (B, M) of a batch."""
+  cells = batch.cells
+  if not regional:
+    return cells[:, None], cells.any(axis=(1, 2))[:, None]
+  count = 2 ** config.regions.num_clusters
+  masks = np.zeros((len(cells), count) + cells.shape[1:], bool)
+  valid = np.zeros((len(cells), count), bool)
+  for slot, image in enumerate(batch.images):
+    height, width = images.feature_shape(*image.shape[:2])
+    masks[slot, :, :height, :width], valid[slot] = regions.propose(
+        image, np.asarray(alpha[slot, :height, :width]),
+        backend=config.regions.backend, n_max=config.regions.n_max,
+        n_min=config.regions.n_min, num_clusters=config.regions.num_clusters)
+  return masks, valid
+
+
+def _pool_batch(config, method, maps, masks, valid, reduction):
+  features, alpha, beta, cells = maps
+  descriptors = _pool(features, alpha, beta, cells, masks, valid, reduction,
+                      method=method, options=_options(config))
+  return np.asarray(descriptors)
+
+
+def _collect(outputs, batch, descriptors, masks, valid):
+  """Stores each real image's (descriptors, valid, masks on its grid, size)."""
+  for slot, (row, image) in enumerate(zip(batch.indices, batch.images)):
+    height, width = images.feature_shape(*image.shape[:2])
+    outputs[row] = (descriptors[slot], valid[slot],
+                    masks[slot, :, :height, :width], image.shape[:2])
+
+
+def encode_methods(config, image_paths, methods, *, boxes=None,
+                   rotations=None, reduction=None):
+  """Encodes images once for several pooling methods (one VGG19 pass).
+
+  Args:
+    config: ConfigDict (features, regions, pooling sections).
+    image_paths: N image files.
+    methods: POOLING keys.
+    boxes: float (N, 4) x1 y1 x2 y2 crops at full resolution, or None.
+    rotations: N clockwise degrees (multiples of 90), or None.
+    reduction: U^1 (eq. 4) for 'o2'; None fits it on these images (eq. 3).
+
+  Returns:
+    {method: index.Store} over the readable images, in input order.
+  """
+  for method in methods:
+    if method not in POOLING:
+      raise ValueError(f'pooling method must be one of {sorted(POOLING)}, '
+                       f'got {method!r}')
+  variables = WEIGHTS[config.features.weights](config.features)
+  regional = any(POOLING[m].regional for m in methods)
+  later = [m for m in methods if POOLING[m].reduced]
+  skipped, records, outputs = [], [], {m: {} for m in methods}
+  cache_bytes = config.features.cache_mib * 2 ** 20
+  for batch in _batches(config, image_paths, boxes, rotations, skipped):
+    maps = _forward(variables, batch.rgb, batch.sizes, batch.cells) + (
+        batch.cells,)
+    masks, valid = _propose(config, batch, maps[1], regional)
+    for method in set(methods) - set(later):
+      whole = slice(-1, None) if not POOLING[method].regional else slice(None)
+      _collect(outputs[method], batch, _pool_batch(
+          config, POOLING[method], maps, masks[:, whole], valid[:, whole],
+          None), masks[:, whole], valid[:, whole])
+    if later:
+      cache_bytes -= maps[0].nbytes
+      summed = (_pool_batch(config, _SUM, maps, masks, valid, None)
+                if reduction is None else None)
+      records.append((batch._replace(rgb=None),
+                      maps if cache_bytes >= 0 else None, masks, valid, summed))
+  if later and records and reduction is None:
+    summed = np.concatenate([r[4][:len(r[0].indices)] for r in records])
+    region_valid = np.concatenate([r[3][:len(r[0].indices)] for r in records])
+    reduction = pca.fit(summed.reshape(-1, summed.shape[-1]),
+                        config.pooling.k_prime, center=False,
+                        mask=region_valid.reshape(-1))  # U^1 of eq. (4)
+  for batch, maps, masks, valid, _ in tqdm.tqdm(records, desc='second order',
+                                                unit='batch'):
+    if maps is None:  # not cached: run VGG19 again on the same padded batch
+      padded = _batch(list(zip(batch.indices, batch.images)),
+                      config.features.batch_size)
+      maps = _forward(variables, padded.rgb, padded.sizes,
+                      padded.cells) + (padded.cells,)
+    for method in later:
+      _collect(outputs[method], batch, _pool_batch(
+          config, POOLING[method], maps, masks, valid, reduction), masks, valid)
+  return {m: _assemble(config, m, image_paths, outputs[m], skipped,
+                       reduction if POOLING[m].reduced else None)
+          for m in methods}
+
+
+def encode(config, image_paths, *, boxes=None, rotations=None,
+           reduction=None):
+  """Encodes images with config.pooling.method; see `encode_methods`."""
+  method = config.pooling.method
+  return encode_methods(config, image_paths, (method,), boxes=boxes,
+                        rotations=rotations, reduction=reduction)[method]
+
+
+def _assemble(config, method, image_paths, outputs, skipped, reduction):
+  """Builds a Store in input order from {row: per-image outputs}."""
+  rows = sorted(outputs)
+  num_regions = (2 ** config.regions.num_clusters
+                 if POOLING[method].regional else 1)
+  dim = outputs[rows[0]][0].shape[-1] if rows else 0
+  grid = np.array([o[2].shape[1:] for o in outputs.values()] or [(0, 0)],
+                  np.int32).max(axis=0)
+  store = index.Store(
+      descriptors=np.zeros((len(rows), num_regions, dim), np.float32),
+      valid=np.zeros((len(rows), num_regions), bool),
+      masks=np.zeros((len(rows), num_regions, *grid), bool),
+      grid=np.zeros((len(rows), 2), np.int32),
+      image_paths=tuple(str(image_paths[r]) for r in rows),
+      reduction=reduction, metadata={
+          'config_hash': store_hash(config, method),
+          'config': json.loads(json.dumps(dict(config.to_dict(), pooling=dict(
+              config.pooling.to_dict(), method=method)))),
+          'inputs_hash': index.hash_config([str(p) for p in image_paths]),
+          'reduction_hash': index.hash_params(reduction),
+          'rows': rows, 'sizes': [list(outputs[r][3]) for r in rows],
+          'skipped': skipped})
+  for position, row in enumerate(rows):
+    descriptors, valid, masks, _ = outputs[row]
+    store.descriptors[position] = descriptors
+    store.valid[position] = valid
+    store.masks[position, :, :masks.shape[1], :masks.shape[2]] = masks
+    store.grid[position] = masks.shape[1:]
+  return store
+
+
+def _use_regions(valid, *, whole):
+  """bool (N, M) validity restricted to R_M (the last slot) when `whole`."""
+  if not whole:
+    return valid
+  return valid & (np.arange(valid.shape[1]) == valid.shape[1] - 1)
+
+
+def _differences(stored, current, prefix=''):
+  """'section.key: stored -> current' for every differing config value."""
+  keys = sorted(set(stored) | set(current))
+  lines = []
+  for key in keys:
+    old, new = stored.get(key), current.get(key)
+    if isinstance(old, dict) and isinstance(new, dict):
+      lines += _differences(old, new, f'{prefix}{key}.')
+    elif old != new:
+      lines.append(f'{prefix}{key}: {old!r} -> {new!r}')
+  return lines
+
+
+def check_store(config, store, role='database'):
+  """Raises ValueError when a store was encoded with another config."""
+  expected = store_hash(config)
+  if store.metadata['config_hash'] != expected:
+    current = json.loads(json.dumps(config.to_dict()))
+    changes = [c for c in _differences(store.metadata['config'], current)
+               if c.split('.')[0] in ('features', 'regions', 'pooling')]
+    raise ValueError(
+        f'the {role} store was encoded with config {store.metadata["config_hash"]}'
+        f', this config is {expected} ({"; ".join(changes[:8]) or "?"}); '
+        'encode it again with this config')
+
+
+def check_fit(config, store, fit):
+  """Raises ValueError when fitted whitening does not belong to a store."""
+  where = f'(fitted on {fit.metadata.get("fitted_on", "?")})'
+  if fit.metadata['config_hash'] != store.metadata['config_hash']:
+    raise ValueError(
+        f'the PCA-whitening {where} was fitted on descriptors of config '
+        f'{fit.metadata["config_hash"]} but the store holds config '
+        f'{store.metadata["config_hash"]}; run --mode=fit with this config')
+  if fit.metadata['reduction_hash'] != store.metadata['reduction_hash']:
+    raise ValueError(f'the PCA-whitening {where} was fitted with another U^1 '
+                     '(eq. 4) than the store was encoded with; fit it again')
+  check_store(config, store)
+  if fit.metadata['fit_hash'] != fit_hash(config):
+    raise ValueError(f'the PCA-whitening {where} was fitted with other pca '
+                     'settings (dim, whiten, fit_on) or R/W variant than this '
+                     'config; fit it again')
+
+
+def fit(config, store, *, fitted_on=''):
+  """Fits PCA-whitening (eq. 6) on the region descriptors of a store.
+
+  Only R_M is used for the W variant. D = pca.dim, capped at the descriptor
+  dimension and at (valid vectors) / pca.min_vectors_per_dim (logged).
+
+  Args:
+    config: ConfigDict.
+    store: index.Store encoded with `config`.
+    fitted_on: what the store is (recorded), e.g. a dataset name.
+
+  Returns:
+    index.Fit with the store's U^1 and U^2, 1/s.
+  """
+  check_store(config, store, 'fitting')
+  mask = _use_regions(store.valid, whole=not config.pooling.regional)
+  num_vectors = int(mask.sum())
+  dim = min(config.pca.dim, store.descriptors.shape[-1],
+            max(1, num_vectors // config.pca.min_vectors_per_dim))
+  if dim < config.pca.dim:
+    logging.warning('PCA-whitening D capped from %d to %d: %d fitting vectors '
+                    'of dimension %d', config.pca.dim, dim, num_vectors,
+                    store.descriptors.shape[-1])
+  whitening = pca.fit(store.descriptors.reshape(-1, store.descriptors.shape[-1]),
+                      dim, whiten=config.pca.whiten, mask=mask.reshape(-1))
+  return index.Fit(store.reduction, whitening, {
+      'config_hash': store.metadata['config_hash'],
+      'reduction_hash': store.metadata['reduction_hash'],
+      'fit_hash': fit_hash(config), 'fitted_on': fitted_on,
+      'num_images': len(store.image_paths), 'num_vectors': num_vectors,
+      'dim': dim})
+
+
+class Ranking(NamedTuple):
+  """Search results.
+
+  Attributes:
+    scores: float32 (Q, N) eq. (7), or eq. (8) with QE.
+    ranks: int64 (Q, N) database rows, best first.
+    best: int32 (Q, N) best-matched database region of eq. (7).
+  """
+  scores: np.ndarray
+  ranks: np.ndarray
+  best: np.ndarray
+
+
+def search(config, queries, database, fitted):
+  """Ranks a database store for every image of a query store.
+
+  Args:
+    config: ConfigDict (pooling.regional, search section).
+    queries: index.Store of the queries, encoded with the database's U^1.
+    database: index.Store.
+    fitted: index.Fit of the database's config.
+
+  Returns:
+    Ranking.
+
+  Raises:
+    ValueError: stores or fit from different configs.
+  """
+  check_fit(config, database, fitted)
+  check_store(config, queries, 'query')
+  if queries.metadata['reduction_hash'] != database.metadata['reduction_hash']:
+    raise ValueError('the queries were encoded with another U^1 (eq. 4) than '
+                     'the database; encode them with reduction=database.reduction')
+  whole = not config.pooling.regional
+  query_valid = _use_regions(queries.valid, whole=whole or QUERY_REGIONS[
+      config.search.query_regions])
+  database_valid = _use_regions(database.valid, whole=whole)
+  query = pca.apply(fitted.whitening, jax.numpy.asarray(queries.descriptors),
+                    jax.numpy.asarray(query_valid))  # eq. (6)
+  target = pca.apply(fitted.whitening, jax.numpy.asarray(database.descriptors),
+                     jax.numpy.asarray(database_valid))
+  scores, best = similarity.image_similarity(  # eq. (7)
+      query, query_valid, target, database_valid,
+      chunk_size=config.search.chunk_size)
+  if config.search.qe:
+    scores = similarity.query_expansion(  # eq. (8)
+        query, target, database_valid, scores, best,
+        n_qe=min(config.search.n_qe, len(database.image_paths)),
+        chunk_size=config.search.chunk_size)
+  scores = np.asarray(scores)
+  return Ranking(scores, evaluation.ranks_from_scores(scores), np.asarray(best))
+
+
+def _take(store, positions):
+  """The rows `positions` of a store, as a store."""
+  metadata = dict(store.metadata, rows=[store.metadata['rows'][p] for p in positions],
+                  sizes=[store.metadata['sizes'][p] for p in positions])
+  return store._replace(
+      descriptors=store.descriptors[positions], valid=store.valid[positions],
+      masks=store.masks[positions], grid=store.grid[positions],
+      image_paths=tuple(store.image_paths[p] for p in positions),
+      metadata=metadata)
+
+
+def _cached(path, make, expected):
+  """Loads the store / fit at `path` if its metadata has `expected`, else
+  makes it with make() and saves it."""
+  load, save = ((index.load_fit, index.save_fit) if 'fits' in path.split(os.sep)
+                else (index.load_store, index.save_store))
+  if os.path.isdir(path):
+    value = load(path)
+    if all(value.metadata.get(k) == v for k, v in expected.items()):
+      logging.info('reusing %s', path)
+      return value
+  value = make()
+  save(path, value)
+  logging.info('wrote %s', path)
+  return value
+
+
+def load_dataset(config):
+  """The datasets.Dataset of config.eval (images under eval.root)."""
+  if config.eval.dataset == 'folder':
+    return datasets.load_folder(config.eval.root)
+  return datasets.load(config.eval.dataset,
+                       ground_truth_root=config.eval.gnd_dir or None,
+                       image_root=config.eval.root or None,
+                       rotation_file=config.eval.rotation_file or None)
+
+
+def _rotations(dataset, names):
+  return [dataset.rotations.get(n, 0) for n in names]
+
+
+def database_store(config, dataset):
+  """Encodes (or reuses from workdir/stores) the dataset's database."""
+  paths = datasets.database_paths(dataset)
+  return _cached(
+      os.path.join(config.workdir, 'stores',
+                   f'{dataset.name}-database-{store_hash(config)}'),
+      lambda: encode(config, paths,
+                     rotations=_rotations(dataset, dataset.images)),
+      {'config_hash': store_hash(config),
+       'inputs_hash': index.hash_config([str(p) for p in paths])})
+
+
+def fitted_whitening(config, dataset, database):
+  """Fits (or reuses from workdir/fits) whitening on pca.fit_on."""
+  fit_store, fitted_on = database, dataset.name
+  if config.pca.fit_on:
+    other = datasets.load(config.pca.fit_on, image_root=config.pca.fit_root
+                          or None, ground_truth_root=config.eval.gnd_dir or None)
+    paths = datasets.database_paths(other)
+    fit_store = _cached(
+        os.path.join(config.workdir, 'stores', f'{other.name}-fitting-'
+                     f'{store_hash(config)}-{database.metadata["reduction_hash"]}'),
+        lambda: encode(config, paths, reduction=database.reduction,
+                       rotations=_rotations(other, other.images)),
+        {'config_hash': store_hash(config),
+         'reduction_hash': database.metadata['reduction_hash']})
+    fitted_on = other.name
+  return _cached(
+      os.path.join(config.workdir, 'fits', f'{dataset.name}-'
+                   f'{store_hash(config)}-{fit_hash(config)}'),
+      lambda: fit(config, fit_store, fitted_on=fitted_on),
+      {'config_hash': store_hash(config), 'fit_hash': fit_hash(config),
+       'reduction_hash': database.metadata['reduction_hash']})
+
+
+def query_store(config, dataset, database):
+  """Query descriptors: database rows for uncropped in-database queries,
+  else the (cropped) query images encoded with the database's U^1.
+
+  Returns:
+    (store, positions): positions int (Q,) of each query's store row, -1 for
+    an unreadable query.
+  """
+  crop = config.eval.crop_queries and dataset.boxes is not None
+  if not crop and np.all(dataset.query_indices >= 0):
+    where = {row: p for p, row in enumerate(database.metadata['rows'])}
+    positions = np.array([where.get(q, -1) for q in dataset.query_indices])
+    present = positions >= 0
+    return (_take(database, positions[present]),
+            np.where(present, np.cumsum(present) - 1, -1))
+  paths = datasets.query_paths(dataset)
+  store = _cached(
+      os.path.join(config.workdir, 'stores', f'{dataset.name}-queries-'
+                   f'{"cropped" if crop else "full"}-{store_hash(config)}-'
+                   f'{database.metadata["reduction_hash"]}'),
+      lambda: encode(config, paths, boxes=dataset.boxes if crop else None,
+                     reduction=database.reduction,
+                     rotations=_rotations(dataset, dataset.queries)),
+      {'config_hash': store_hash(config),
+       'reduction_hash': database.metadata['reduction_hash'],
+       'inputs_hash': index.hash_config([str(p) for p in paths])})
+  where = {row: p for p, row in enumerate(store.metadata['rows'])}
+  return store, np.array([where.get(q, -1) for q in range(len(paths))])
+
+
+def dataset_ranks(ranking, database, positions):
+  """Store-row rankings -> int (Q, N') dataset indices, one row per query.
+
+  An unreadable query (position -1) gets the database in index order.
+  """
+  rows = np.asarray(database.metadata['rows'], np.int64)
+  ranks = np.tile(rows, (len(positions), 1))
+  present = positions >= 0
+  ranks[present] = rows[ranking.ranks[positions[present]]]
+  return ranks
+
+
+def _variant(config, method, regional):
+  variant = config.copy_and_resolve_references()
+  variant.pooling.method, variant.pooling.regional = method, regional
+  return variant
+
+
+def _print_table(title, results, columns):
+  print(f'\n{title}')
+  print(' | '.join(f'{c:>14}' for c in columns))
+  for result in results:
+    print(' | '.join(f'{result[c]:>14.4f}' if isinstance(result[c], float)
+                     else f'{result[c]!s:>14}' for c in columns))
+
+
+def _write_json(path, value):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as stream:
+    json.dump(value, stream, indent=1)
+
+
+def evaluate(config):
+  """Runs a benchmark (config.eval) end to end; prints and writes the mAP.
+
+  Returns:
+    dict with the scores (evaluation.evaluate) and what produced them,
+    also written to <workdir>/results/<name>.json.
+  """
+  dataset = load_dataset(config)
+  database = database_store(config, dataset)
+  fitted = fitted_whitening(config, dataset, database)
+  queries, positions = query_store(config, dataset, database)
+  ranking = search(config, queries, database, fitted)
+  scores = evaluation.evaluate(dataset, dataset_ranks(ranking, database,
+                                                      positions))
+  result = {'name': config.name, 'dataset': dataset.name,
+            'method': config.pooling.method,
+            'regional': config.pooling.regional, 'qe': config.search.qe,
+            'D': fitted.metadata['dim'], 'fitted_on': fitted.metadata['fitted_on'],
+            'num_database': len(database.image_paths),
+            'num_queries': int(np.sum(positions >= 0)), **scores,
+            'skipped': database.metadata['skipped'] + [
+                s for s in queries.metadata['skipped']
+                if s not in database.metadata['skipped']]}
+  path = os.path.join(config.workdir, 'results', f'{config.name}.json')
+  _write_json(path, result)
+  _print_table(f'{config.name} ({path})', [result],
+               ['method', 'regional', 'qe', 'D', *scores])
+  for image, reason in result['skipped']:
+    print(f'skipped {image}: {reason}')
+  return result
+
+
+def _region_box(mask, size):
+  """[x1, y1, x2, y2] pixels of the cells of a bool (H, W) region mask."""
+  rows, cols = np.nonzero(mask)
+  if not rows.size:
+    return None
+  stride = images.STRIDE
+  return [int(cols.min() * stride), int(rows.min() * stride),
+          int(min((cols.max() + 1) * stride, size[1])),
+          int(min((rows.max() + 1) * stride, size[0]))]
+
+
+def write_search_results(path, ranking, queries, database, *, top_k):
+  """Writes ranked lists as <path>.json and <path>.csv.
+
+  Each result has its score and best-matched database region (eq. 7): its
+  index m' and its box in pixels of the encoded image (longer side capped at
+  features.max_size).
+  """
+  entries, lines = [], ['query,rank,image,score,region,x1,y1,x2,y2']
+  for q, query in enumerate(queries.image_paths):
+    results = []
+    for rank, row in enumerate(ranking.ranks[q, :top_k]):
+      region = int(ranking.best[q, row])
+      h, w = database.grid[row]
+      box = _region_box(database.masks[row, region, :h, :w],
+                        database.metadata['sizes'][row])
+      results.append({'rank': rank, 'image': database.image_paths[row],
+                      'score': float(ranking.scores[q, row]),
+                      'region': region, 'region_box': box})
+      lines.append(f'{query},{rank},{database.image_paths[row]},'
+                   f'{ranking.scores[q, row]:.6f},{region},'
+                   + ','.join(map(str, box or ['', '', '', ''])))
+    entries.append({'query': query, 'results': results})
+  _write_json(path + '.json', entries)
+  with open(path + '.csv', 'w') as stream:
+    stream.write('\n'.join(lines) + '\n')
+
+
+def _query_paths(spec):
+  """search.queries: an image file, a folder, or a .txt list of files."""
+  if os.path.isdir(spec):
+    return [os.path.join(spec, n) for n in datasets.list_images(spec)]
+  if spec.endswith('.txt'):
+    with open(spec) as stream:
+      return [line.strip() for line in stream if line.strip()]
+  return [spec]
+
+
+def run_search(config):
+  """--mode=search: search.queries (optional search.box) against the
+  database of config.eval; writes <workdir>/results/search-<name>.json/csv."""
+  if not config.search.queries:
+    raise ValueError('set --config.search.queries to an image, folder or .txt')
+  dataset = load_dataset(config)
+  database = database_store(config, dataset)
+  fitted = fitted_whitening(config, dataset, database)
+  paths = _query_paths(config.search.queries)
+  boxes = None
+  if config.search.box:
+    box = [float(v) for v in config.search.box.split(',')]
+    if len(box) != 4:
+      raise ValueError(f'search.box must be x1,y1,x2,y2, got {config.search.box!r}')
+    boxes = np.array([box] * len(paths))
+  queries = encode(config, paths, boxes=boxes, reduction=database.reduction)
+  ranking = search(config, queries, database, fitted)
+  path = os.path.join(config.workdir, 'results', f'search-{config.name}')
+  write_search_results(path, ranking, queries, database,
+                       top_k=config.search.top_k)
+  print(f'results: {path}.json {path}.csv')
+  for q, query in enumerate(queries.image_paths):
+    top = ranking.ranks[q, 0]
+    print(f'{query}: best {database.image_paths[top]} '
+          f'({ranking.scores[q, top]:.3f})')
+
+
+def run_encode(config):
+  """--mode=encode: the database of config.eval -> a store in workdir."""
+  database_store(config, load_dataset(config))
+
+
+def run_fit(config):
+  """--mode=fit: whitening of config.pca.fit_on (or the database)."""
+  dataset = load_dataset(config)
+  fitted_whitening(config, dataset, database_store(config, dataset))
+
+
+DEMO_ROWS = {
+    'O2_R (proposed)': ('o2', True), 'O2_W': ('o2', False),
+    'O1_R': ('o1', True), 'O1_W': ('o1', False), 'SPoC': ('spoc', False),
+    'MAC': ('mac', False), 'CroW': ('crow', False), 'R-MAC': ('rmac', False),
+    'GeM': ('gem', False)}
+"""Demo table row -> (pooling.method, pooling.regional); the first is drawn."""
+
+_MARKS = {'relevant': (0, 170, 0), 'irrelevant': (220, 0, 0),
+          'junk': (150, 150, 150)}
+_SHADE = np.array([255, 220, 0], np.float32)  # yellow: best-matched region
+
+
+def _thumbnail(image, mask, mark, *, height):
+  """Resizes to `height`, shades the region mask, marks the corner."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  scale = height / image.shape[0]
+  image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), height),
+                     interpolation=cv2.INTER_AREA)
+  if mask is not None:
+    cells = np.kron(mask.astype(np.uint8), np.ones((16, 16), np.uint8))
+    cells = cv2.resize(cells[:round(height / scale), :round(image.shape[1] / scale)],
+                       image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    shaded = image.astype(np.float32)
+    shaded[cells > 0] = 0.55 * shaded[cells > 0] + 0.45 * _SHADE
+    image = shaded.astype(np.uint8)
+    contours, _ = cv2.findContours(cells, cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(image, contours, -1, tuple(int(v) for v in _SHADE), 2)
+  cv2.rectangle(image, (0, 0), (image.shape[1] - 1, height - 1), mark, 3)
+  cv2.rectangle(image, (0, 0), (height // 8, height // 8), mark, -1)
+  return image
+
+
+def draw_results(path, dataset, database, ranking, positions, *, max_size,
+                 num_queries, num_results, height=128):
+  """Fig. 2: queries (blue frame) beside their top results, the best-matched
+  region shaded yellow, relevant / irrelevant / junk marked green / red / gray.
+  The query's own image is left out of its row."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  picks = np.unique(np.linspace(0, len(positions) - 1, num_queries).round())
+  rows = np.asarray(database.metadata['rows'])
+  lines = []
+  for q in picks.astype(int):
+    if positions[q] < 0:
+      continue
+    row = positions[q]
+    query_path = datasets.query_paths(dataset)[q]
+    tiles = [_thumbnail(images.load_image(query_path, max_size=max_size or None),
+                        None, (0, 90, 255), height=height)]
+    kept = [r for r in ranking.ranks[row] if database.image_paths[r]
+            != str(query_path)][:num_results]
+    for result in kept:
+      label = ('relevant' if rows[result] in dataset.positives[q] else
+               'junk' if rows[result] in dataset.junk[q] else 'irrelevant')
+      h, w = database.grid[result]
+      mask = database.masks[result, ranking.best[row, result], :h, :w]
+      image = images.load_image(database.image_paths[result],
+                                max_size=max_size or None)
+      tiles.append(_thumbnail(image, mask, _MARKS[label], height=height))
+    gap = np.full((height, 6, 3), 255, np.uint8)
+    lines.append(np.concatenate([x for t in tiles for x in (t, gap)], axis=1))
+  width = max(line.shape[1] for line in lines)
+  canvas = np.full((len(lines) * (height + 6), width, 3), 255, np.uint8)
+  for number, line in enumerate(lines):
+    canvas[number * (height + 6):number * (height + 6) + height,
+           :line.shape[1]] = line
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  cv2.imwrite(path, canvas[..., ::-1])
+
+
+def run_demo(config):
+  """--mode=demo: every DEMO_ROWS method on config.eval's dataset (the
+  bundled samples), one VGG19 pass; prints the table, writes
+  <workdir>/results/demo.json and <workdir>/fig2.png."""
+  dataset = load_dataset(config)
+  methods = sorted({method for method, _ in DEMO_ROWS.values()})
+  stores = encode_methods(config, datasets.database_paths(dataset), methods,
+                          rotations=_rotations(dataset, dataset.images))
+  results, drawn = [], None
+  for label, (method, regional) in DEMO_ROWS.items():
+    variant = _variant(config, method, regional)
+    store = stores[method]
+    fitted = fit(variant, store, fitted_on=dataset.name)
+    queries, positions = query_store(variant, dataset, store)
+    ranking = search(variant, queries, store, fitted)
+    scores = evaluation.evaluate(dataset, dataset_ranks(ranking, store,
+                                                        positions))
+    results.append({'method': label, 'D': fitted.metadata['dim'], **scores})
+    drawn = drawn or (store, ranking, positions)
+  path = os.path.join(config.workdir, 'results', f'{config.name}.json')
+  _write_json(path, {'dataset': dataset.name, 'results': results,
+                     'skipped': stores[methods[0]].metadata['skipped']})
+  _print_table(f'{dataset.name}: {len(dataset.images)} images, every image '
+               f'a query ({path})', results, list(results[0]))
+  figure = os.path.join(config.workdir, 'fig2.png')
+  draw_results(figure, dataset, *drawn, max_size=config.features.max_size,
+               num_queries=config.eval.figure_queries,
+               num_results=config.eval.figure_results)
+  print(f'\nFig. 2 ({next(iter(DEMO_ROWS))}): {figure}')
+  return results
+
+
+MODES = {'demo': run_demo, 'encode': run_encode, 'fit': run_fit,
+         'search': run_search, 'eval': evaluate}
+"""run.py --mode -> function(config)."""

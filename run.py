@@ -1,0 +1,36 @@
+"""Command line of regagg_jax: one config, one mode; the work is in pipeline.
+
+  python run.py                                   # the demo (configs/demo.py)
+  python run.py --config=configs/oxford5k.py --mode=eval
+  python run.py --config=configs/table1_proposed.py:oxford5k,256 --mode=eval
+  python run.py --config=configs/default.py --config.pca.dim=256 --mode=fit
+
+Modes (regagg_jax.pipeline.MODES): demo, encode, fit, search, eval. Each
+configs/*.py docstring gives its exact commands.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from regagg_jax import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'configs', 'demo.py'),
+    'Config file (configs/*.py[:argument]); override fields with '
+    '--config.<section>.<field>=value.')
+_MODE = flags.DEFINE_enum('mode', 'demo', sorted(pipeline.MODES),
+                          'What to run.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  pipeline.MODES[_MODE.value](_CONFIG.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,146 @@
+"""End to end on small real images: encode -> fit -> search -> eval.
+
+Runs the quick config (tiny random VGG) on a folder of sample photos with a
+groups ground truth and one unreadable file, through the pipeline functions
+and through run.py; one test with the real weights checks that the proposed
+method retrieves the right objects.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import quick
+from regagg_jax import images
+from regagg_jax import index
+from regagg_jax import pipeline
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _make_folder(folder, sample_paths, *, groups, size):
+  """Sample photos of `groups` UKBench groups + groundtruth.json + a bad file."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  folder.mkdir(parents=True, exist_ok=True)
+  names = {}
+  for path in sample_paths[:4 * groups]:
+    image = images.resize_longer_side(images.load_image(path), size)
+    cv2.imwrite(str(folder / path.name), image[..., ::-1])
+    names[path.name] = f'object{int(path.stem[7:]) // 4}'
+  (folder / 'zz_unreadable.jpg').write_bytes(b'\xff\xd8 truncated')
+  names['zz_unreadable.jpg'] = 'object0'
+  (folder / 'groundtruth.json').write_text(json.dumps({'groups': names}))
+  return folder
+
+
+def _config(tmp_path, folder):
+  config = quick.get_config()
+  config.workdir = str(tmp_path / 'work')
+  config.eval.dataset = 'folder'
+  config.eval.root = str(folder)
+  return config
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory, sample_paths):
+  return _make_folder(tmp_path_factory.mktemp('photos') / 'photos',
+                      sample_paths, groups=2, size=96)
+
+
+def test_encode_fit_search_eval(tmp_path, folder):
+  config = _config(tmp_path, folder)
+  pipeline.run_encode(config)
+  pipeline.run_fit(config)
+  result = pipeline.evaluate(config)
+  assert result['num_database'] == 8 and result['num_queries'] == 8
+  assert [s[0] for s in result['skipped']] == [str(folder / 'zz_unreadable.jpg')]
+  assert 0 <= result['mAP'] <= 1 and np.isfinite(result['mP@1'])
+  written = json.loads((tmp_path / 'work' / 'results' / 'quick.json').read_text())
+  assert written['mAP'] == result['mAP']
+  stores = os.listdir(tmp_path / 'work' / 'stores')
+  fits = os.listdir(tmp_path / 'work' / 'fits')
+  assert len(stores) == 1 and len(fits) == 1  # eval reused encode and fit
+
+  config.search.queries = str(folder / 'ukbench00001.jpg')
+  config.search.box = '10,5,80,60'
+  pipeline.run_search(config)
+  results = json.loads((tmp_path / 'work' / 'results' /
+                        'search-quick.json').read_text())
+  assert len(results) == 1 and len(results[0]['results']) == config.search.top_k
+  scores = [r['score'] for r in results[0]['results']]
+  assert np.all(np.isfinite(scores)) and scores == sorted(scores, reverse=True)
+  assert all(0 <= r['region'] < 8 for r in results[0]['results'])
+  csv = (tmp_path / 'work' / 'results' / 'search-quick.csv').read_text()
+  assert len(csv.strip().splitlines()) == 1 + config.search.top_k
+
+
+def test_store_round_trip_gives_identical_results(tmp_path, folder):
+  config = _config(tmp_path, folder)
+  dataset = pipeline.load_dataset(config)
+  database = pipeline.database_store(config, dataset)
+  fitted = pipeline.fitted_whitening(config, dataset, database)
+  index.save_store(tmp_path / 'copy', database)
+  index.save_fit(tmp_path / 'fit', fitted)
+  loaded = index.load_store(tmp_path / 'copy')
+  loaded_fit = index.load_fit(tmp_path / 'fit')
+  before = pipeline.search(config, database, database, fitted)
+  after = pipeline.search(config, loaded, loaded, loaded_fit)
+  np.testing.assert_array_equal(after.scores, before.scores)
+  np.testing.assert_array_equal(after.ranks, before.ranks)
+  np.testing.assert_array_equal(after.best, before.best)
+
+
+def test_mismatched_store_and_fit_are_refused(tmp_path, folder):
+  config = _config(tmp_path, folder)
+  dataset = pipeline.load_dataset(config)
+  database = pipeline.database_store(config, dataset)
+  other = _config(tmp_path, folder)
+  other.pooling.k_prime = 4
+  other_database = pipeline.database_store(other, dataset)
+  other_fit = pipeline.fitted_whitening(other, dataset, other_database)
+  with pytest.raises(ValueError, match='PCA-whitening .* fitted on descriptors'):
+    pipeline.search(other, database, database, other_fit)
+  with pytest.raises(ValueError, match='PCA-whitening .* fitted on descriptors'):
+    pipeline.search(config, database, database, other_fit)
+  with pytest.raises(ValueError, match=r'k_prime: 4 -> 6.*encode it again'):
+    pipeline.search(config, other_database, other_database, other_fit)
+
+
+def test_command_line_modes(tmp_path, folder):
+  workdir = tmp_path / 'cli'
+  base = [sys.executable, 'run.py', '--config=configs/quick.py',
+          '--config.eval.dataset=folder', f'--config.eval.root={folder}',
+          f'--config.workdir={workdir}']
+  outputs = {}
+  for mode in ('encode', 'eval'):
+    outputs[mode] = subprocess.run(base + [f'--mode={mode}'], cwd=REPO_ROOT,
+                                   capture_output=True, text=True, timeout=300)
+    assert outputs[mode].returncode == 0, outputs[mode].stderr[-3000:]
+  assert 'skipping unreadable image' in outputs['encode'].stderr
+  assert 'reusing' in outputs['eval'].stderr  # eval reuses the encoded store
+  assert 'mAP' in outputs['eval'].stdout
+  assert 'skipped ' + str(folder / 'zz_unreadable.jpg') in outputs['eval'].stdout
+  result = json.loads((workdir / 'results' / 'quick.json').read_text())
+  assert np.isfinite(result['mAP'])
+
+
+@pytest.mark.weights
+@pytest.mark.slow
+def test_demo_with_real_weights_retrieves_objects(tmp_path, sample_paths):
+  """The demo path (every method, figure) on 3 objects with real VGG19."""
+  folder = _make_folder(tmp_path / 'three', sample_paths, groups=3, size=256)
+  config = _config(tmp_path, folder)
+  config.features.weights = 'imagenet'
+  config.features.max_size = 0
+  config.regions.n_max, config.regions.n_min = 4000, 300
+  config.pooling.k_prime = 32
+  config.pca.dim = 16
+  results = {r['method']: r for r in pipeline.run_demo(config)}
+  assert set(results) == set(pipeline.DEMO_ROWS)
+  assert results['O2_R (proposed)']['mAP'] > 0.8
+  assert results['O2_W']['mAP'] > 0.8
+  assert os.path.getsize(tmp_path / 'work' / 'fig2.png') > 10_000
