@@ -1,5 +1,7 @@
 """Tests for regagg_jax.keypoints (detection backends, N_max / N_min rule)."""
 
+import pathlib
+
 import cv2
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import jax.numpy as jnp
 
 from regagg_jax import keypoints
 
+SAMPLES = pathlib.Path(__file__).parents[1] / "data" / "samples"
 IMAGE_SHAPE = (90, 120)  # H_I, W_I
 GRID = (6, 8)            # H, W
 
@@ -160,3 +163,63 @@ def test_detect_bad_inputs_raise():
     keypoints.detect(np.zeros((8, 8), np.uint8))
   with pytest.raises(ValueError):
     keypoints.detect(np.zeros((8, 8, 3), np.uint8), backend="sift")
+
+
+def _axes(shape):
+  """Axis ratio and major-axis angle (degrees mod 180) of a shape matrix."""
+  left, singular, _ = np.linalg.svd(shape)
+  angle = np.rad2deg(np.arctan2(left[1, 0], left[0, 0])) % 180.0
+  return singular[0] / singular[1], angle
+
+
+def _jax_detections(image):
+  points, shapes, valid = keypoints.detect_shapes(image, backend="jax",
+                                                  max_points=32)
+  assert points.shape == (32, 2) and shapes.shape == (32, 2, 2)
+  assert points.dtype == jnp.float32 and valid.dtype == jnp.bool_
+  valid = np.asarray(valid)
+  return np.asarray(points)[valid], np.asarray(shapes)[valid]
+
+
+@pytest.mark.parametrize("centre,sigma", [((60.3, 40.6), 6.0),
+                                          ((40.0, 52.5), 3.5)])
+def test_jax_detector_finds_blob_position_and_scale(centre, sigma):
+  points, shapes = _jax_detections(_blob_image(centre, sigma))
+  distance = np.linalg.norm(points - centre, axis=1)
+  best = np.argmin(distance)
+  assert distance[best] < 0.5
+  found = np.sqrt(abs(np.linalg.det(shapes[best]))) / keypoints.MEASUREMENT_REGION
+  assert abs(found / sigma - 1.0) < 0.1
+  ratio, _ = _axes(shapes[best])
+  assert ratio < 1.05  # isotropic blob, isotropic shape
+
+
+def test_jax_detector_adapts_to_an_affine_blob():
+  angle = np.deg2rad(30.0)
+  rotation = np.array([[np.cos(angle), -np.sin(angle)],
+                       [np.sin(angle), np.cos(angle)]])
+  covariance = rotation @ np.diag([8.0 ** 2, 4.0 ** 2]) @ rotation.T
+  centre = (64.2, 48.7)
+  points, shapes = _jax_detections(_blob_image(centre, None,
+                                               covariance=covariance))
+  best = np.argmin(np.linalg.norm(points - centre, axis=1))
+  assert np.linalg.norm(points[best] - centre) < 0.5
+  ratio, major = _axes(shapes[best])
+  # The shape is elongated along the blob's major axis (30 degrees). Its axis
+  # ratio lies between that of the blob (2) and that of the blob blurred by
+  # the isotropic differentiation scale (about 1.4), as with hesaff.
+  assert 1.35 < ratio < 2.0
+  assert min(abs(major - 30.0), 180.0 - abs(major - 30.0)) < 5.0
+
+
+def test_jax_detector_agrees_with_hesaff_on_a_sample():
+  pytest.importorskip("pyhesaff")
+  image = cv2.cvtColor(cv2.imread(str(SAMPLES / "ukbench00004.jpg")),
+                       cv2.COLOR_BGR2RGB)[::2, ::2].copy()
+  ours, ours_valid = keypoints.detect(image, backend="jax", max_points=512)
+  theirs, theirs_valid = keypoints.detect(image, backend="hesaff")
+  ours = np.asarray(ours)[np.asarray(ours_valid)]
+  theirs = np.asarray(theirs)[np.asarray(theirs_valid)]
+  assert len(ours) > 20
+  distance = np.linalg.norm(ours[:, None] - theirs[None], axis=-1)
+  assert np.mean(distance.min(axis=1) <= 2.0) > 0.8
