@@ -138,9 +138,10 @@ def test_demo_with_real_weights_retrieves_objects(tmp_path, sample_paths):
   config.features.max_size = 0
   config.regions.n_max, config.regions.n_min = 4000, 300
   config.pooling.k_prime = 32
-  config.pca.dim = 16
+  config.pca.dim, config.pca.min_vectors_per_dim = 4, 3  # 12 global vectors
   results = {r['method']: r for r in pipeline.run_demo(config)}
   assert set(results) == set(pipeline.DEMO_ROWS)
+  assert all(r['D'] == 4 for r in results.values())
   assert results['O2_R (proposed)']['mAP'] > 0.8
   assert results['O2_W']['mAP'] > 0.8
   assert os.path.getsize(tmp_path / 'work' / 'fig2.png') > 10_000
