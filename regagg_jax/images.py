@@ -53,7 +53,8 @@ def _decode_bytes(data: bytes, path: str) -> np.ndarray:
     # Other formats: keep depth and alpha, convert explicitly below.
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
   if image is None or image.size == 0:
-    raise ImageError(f"{path}: not a readable image (corrupt or unknown format)")
+    raise ImageError(
+        f"{path}: not a readable image (corrupt or unknown format)")
   if image.dtype == np.uint16:
     image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
   elif image.dtype != np.uint8:
@@ -106,8 +107,8 @@ def load_image(path: str | os.PathLike, *, max_size: int | None = None,
     image = resize_longer_side(image, max_size)
   if min(image.shape[:2]) < min_side:
     raise ImageError(
-        f"{path}: image of {image.shape[1]}x{image.shape[0]} px is smaller than "
-        f"{min_side} px on a side (conv5_4 map would have fewer than "
+        f"{path}: image of {image.shape[1]}x{image.shape[0]} px is smaller "
+        f"than {min_side} px on a side (conv5_4 map would have fewer than "
         f"{math.ceil(min_side / STRIDE)} cells per side)")
   return image
 

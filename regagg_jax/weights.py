@@ -169,7 +169,8 @@ def convert_h5(path: str | os.PathLike) -> dict:
   """
   params = {}
   with h5py.File(path, "r") as file:
-    for name in tqdm.tqdm(vgg19.LAYER_NAMES, desc=f"converting {Path(path).name}"):
+    for name in tqdm.tqdm(vgg19.LAYER_NAMES,
+                          desc=f"converting {Path(path).name}"):
       block, index = re.fullmatch(r"conv(\d)_(\d)", name).groups()
       group = file[f"block{block}_conv{index}"]
       kernel_name, bias_name = (n.decode() for n in group.attrs["weight_names"])

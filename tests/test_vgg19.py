@@ -81,16 +81,18 @@ def test_pool_ceil_matches_reference():
   np.testing.assert_array_equal(pooled, _reference_pool(x).astype(np.float32))
 
 
+@pytest.mark.parametrize("transpose", [None, False, True])
 @pytest.mark.parametrize("shape", [(2, 37, 45, 3), (1, 17, 33, 3),
                                    (1, 48, 32, 3)])
-def test_features_match_reference_random_weights(tiny_params, shape):
+def test_features_match_reference_random_weights(tiny_params, shape,
+                                                 transpose):
   rng = np.random.default_rng(1)
   # Biases are zero at init; make them non-zero so they are checked too.
   params = jax.tree_util.tree_map(
       lambda p: p + 0.1 * rng.normal(size=p.shape).astype(np.float32),
       tiny_params)
   x = rng.normal(scale=50.0, size=shape).astype(np.float32)
-  out = vgg19.features(params, jnp.asarray(x))
+  out = vgg19.features(params, jnp.asarray(x), transpose=transpose)
   assert out.dtype == jnp.float32
   assert out.shape == (shape[0],) + images.feature_shape(*shape[1:3]) + (8,)
   _assert_close(out, _reference_features(params["params"], x))
@@ -121,11 +123,12 @@ def test_features_input_checks(tiny_params):
 
 
 def test_features_compile_once_per_shape(tiny_params):
-  before = vgg19._apply._cache_size()  # pylint: disable=protected-access
+  compiled = vgg19._apply  # pylint: disable=protected-access
+  before = compiled._cache_size()  # pylint: disable=protected-access
   for seed in range(3):
     x = jax.random.normal(jax.random.PRNGKey(seed), (2, 40, 56, 3))
     vgg19.features(tiny_params, x).block_until_ready()
-  assert vgg19._apply._cache_size() == before + 1  # pylint: disable=protected-access
+  assert compiled._cache_size() == before + 1  # pylint: disable=protected-access
 
 
 def test_bfloat16_close_to_float32(tiny_params):
@@ -133,18 +136,23 @@ def test_bfloat16_close_to_float32(tiny_params):
   full = vgg19.features(tiny_params, x)
   half = vgg19.features(tiny_params, x, dtype=jnp.bfloat16)
   assert half.dtype == jnp.float32 and half.shape == full.shape
-  assert float(jnp.abs(half - full).max()) <= 0.05 * float(full.max())
+  # bfloat16 keeps 8 significant bits; over 16 layers of 4-8 channels (few
+  # terms to average rounding out) the relative L2 error is ~7 %.
+  error = float(jnp.linalg.norm(half - full) / jnp.linalg.norm(full))
+  assert error <= 0.1
+  assert float(jnp.abs(half - full).max()) <= 0.1 * float(full.max())
 
 
-def test_padded_batch_with_sizes_equals_unpadded(tiny_params):
+@pytest.mark.parametrize("transpose", [False, True])
+def test_padded_batch_with_sizes_equals_unpadded(tiny_params, transpose):
   """Mask invariance: padding + sizes changes nothing inside each image."""
   rng = np.random.default_rng(4)
   shapes = [(37, 45), (50, 29), (64, 64)]
   rgbs = [rng.integers(0, 256, shape + (3,), np.uint8) for shape in shapes]
   batch, valid = images.pad_batch(rgbs, height=64, width=64)
   sizes = np.array(shapes, np.int32)
-  padded = np.asarray(jax.jit(vgg19.features)(
-      tiny_params, vgg19.preprocess(batch), sizes))
+  padded = np.asarray(vgg19.features(
+      tiny_params, vgg19.preprocess(batch), sizes, transpose=transpose))
   for index, rgb in enumerate(rgbs):
     alone = np.asarray(vgg19.features(tiny_params, vgg19.preprocess(rgb[None])))
     height, width = alone.shape[1:3]
@@ -197,7 +205,8 @@ def test_padding_deviation_real_weights(real_params, sample_paths, crop,
   bottom / right edge; with sizes the valid cells are reproduced.
   """
   rgb = images.load_image(sample_paths[4])[:crop[0], :crop[1]]
-  alone = np.asarray(vgg19.features(real_params, vgg19.preprocess(rgb[None])))[0]
+  alone = np.asarray(
+      vgg19.features(real_params, vgg19.preprocess(rgb[None])))[0]
   height, width = images.bucket_shape(*crop)
   batch, valid = images.pad_batch([rgb], height=height + 64, width=width)
   x = vgg19.preprocess(batch)
