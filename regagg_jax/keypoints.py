@@ -464,10 +464,24 @@ def detect_hessian_affine(image, *, max_points=4096, scales_per_octave=3,
       height.astype(jnp.float32), x, y, sigma / initial_sigma)
   points = jnp.stack([x, y], axis=1) * distance[:, None]
   shapes = (MEASUREMENT_REGION * sigma * distance)[:, None, None] * shapes
+  valid = ((score > -jnp.inf) & converged
+           & measured_inside(points, shapes, image.shape[:2]))
+  return points, shapes, valid
+
+
+def measured_inside(points, shapes, image_size):
+  """Whether each measurement region (the ellipse's square) is in the image.
+
+  Args:
+    points: float32 (P, 2) (x, y) pixels.
+    shapes: float32 (P, 2, 2) unit circle -> measurement ellipse.
+    image_size: int (2,) (H_I, W_I), maybe traced.
+
+  Returns:
+    bool (P,).
+  """
   corners = jnp.einsum("pij,cj->pci", shapes,
                        jnp.asarray([[1, 1], [1, -1], [-1, 1], [-1, -1]],
                                    jnp.float32)) + points[:, None, :]
-  limit = jnp.asarray([image.shape[1] - 1, image.shape[0] - 1], jnp.float32)
-  inside = jnp.all((corners >= 0) & (corners <= limit), axis=(1, 2))
-  valid = (score > -jnp.inf) & converged & inside
-  return points, shapes, valid
+  limit = jnp.asarray(image_size, jnp.float32)[::-1] - 1.0
+  return jnp.all((corners >= 0) & (corners <= limit), axis=(1, 2))

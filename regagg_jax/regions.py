@@ -224,8 +224,10 @@ def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
                   n_max=4000, n_min=300, num_clusters=3):
   """Candidate regions of a padded batch (images.pad_batch layout).
 
-  Each image is detected on its own (unpadded) area; selection, clustering
-  and masks run as one vmapped jit, and masks are ANDed with valid_cells.
+  With backend "hesaff" each image is detected on its own (unpadded) area;
+  with "jax" the padded batch is detected in one vmapped jit and points whose
+  measurement region leaves the image are dropped. Selection, clustering and
+  masks run as one vmapped jit, and masks are ANDed with valid_cells.
 
   Args:
     images: uint8 (B, H_I, W_I, 3) padded RGB images.
@@ -242,13 +244,18 @@ def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
                      f"(B, H, W); got {images.shape}, {alpha.shape}, "
                      f"{valid_cells.shape}")
   image_sizes = np.asarray(image_sizes, np.int32)
-  detections = [keypoints.detect(np.asarray(image[:height, :width]),
-                                 backend=backend)
-                for image, (height, width) in zip(images, image_sizes)]
-  size = max(len(points) for points, _ in detections)
-  points = jnp.stack([jnp.pad(p, ((0, size - len(p)), (0, 0)))
-                      for p, _ in detections])
-  valid = jnp.stack([jnp.pad(v, (0, size - len(v))) for _, v in detections])
+  if backend == "jax":
+    points, shapes, valid = jax.vmap(keypoints.detect_hessian_affine)(
+        jnp.asarray(images))
+    valid &= jax.vmap(keypoints.measured_inside)(points, shapes, image_sizes)
+  else:
+    detections = [keypoints.detect(np.asarray(image[:height, :width]),
+                                   backend=backend)
+                  for image, (height, width) in zip(images, image_sizes)]
+    size = max(len(points) for points, _ in detections)
+    points = jnp.stack([jnp.pad(p, ((0, size - len(p)), (0, 0)))
+                        for p, _ in detections])
+    valid = jnp.stack([jnp.pad(v, (0, size - len(v))) for _, v in detections])
   regions = functools.partial(
       _regions_from_points, padded_shape=tuple(images.shape[1:3]),
       n_max=n_max, n_min=n_min, num_clusters=num_clusters)

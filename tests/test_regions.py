@@ -138,7 +138,9 @@ def test_degenerate_and_tiny_regions_are_invalid():
   points = np.array([[8, 24], [40, 24], [72, 24], [24, 72], [70, 50],
                      [120, 50], [100, 90]], np.float32)
   labels = np.array([0, 0, 0, 1, 2, 2, 2], np.int32)
-  masks, valid = regions.compute_region_masks(
+  fn = jax.jit(regions.compute_region_masks,
+               static_argnames=("num_clusters", "min_cells"))
+  masks, valid = fn(
       jnp.asarray(points), jnp.asarray(labels), jnp.ones(GRID, bool),
       jnp.asarray(IMAGE_SIZE), num_clusters=3)
   masks, valid = np.asarray(masks), np.asarray(valid)
@@ -146,7 +148,7 @@ def test_degenerate_and_tiny_regions_are_invalid():
                                         True, True])
   assert not masks[0].any() and not masks[1].any()
   # A larger min_cells discards the small triangle too.
-  _, valid = regions.compute_region_masks(
+  _, valid = fn(
       jnp.asarray(points), jnp.asarray(labels), jnp.ones(GRID, bool),
       jnp.asarray(IMAGE_SIZE), num_clusters=3, min_cells=1000)
   np.testing.assert_array_equal(np.asarray(valid), [False] * 7 + [True])
@@ -202,6 +204,26 @@ def test_propose_and_batch_agree():
                                 np.asarray(masks))
   np.testing.assert_array_equal(np.asarray(batch_valid)[0], np.asarray(valid))
   assert not np.asarray(batch_masks)[:, :, 6:].any()
+
+
+def test_propose_jax_backend_end_to_end():
+  image = _test_image(3)
+  alpha = np.random.default_rng(4).uniform(0, 1, GRID).astype(np.float32)
+  masks, valid = regions.propose(image, alpha, backend="jax", n_max=64,
+                                 n_min=8)
+  assert masks.shape == (8,) + GRID and bool(valid[-1])
+  assert np.asarray(masks)[-1].all()
+  padded = np.zeros((1, 128, 160, 3), np.uint8)
+  padded[0, :96, :128] = image
+  cells = np.zeros((1, 8, 10), bool)
+  cells[0, :6, :8] = True
+  padded_alpha = np.zeros((1, 8, 10), np.float32)
+  padded_alpha[0, :6, :8] = alpha
+  batch_masks, batch_valid = regions.propose_batch(
+      padded, padded_alpha, cells, [[96, 128]], backend="jax", n_max=64,
+      n_min=8)
+  assert batch_masks.shape == (1, 8, 8, 10) and bool(batch_valid[0, -1])
+  assert not np.asarray(batch_masks)[0][:, ~cells[0]].any()
 
 
 def test_draw_regions_outlines():
