@@ -57,6 +57,7 @@ def get_config():
   config.search = ml_collections.ConfigDict()
   config.search.qe = False  # regional query expansion (eq. 8)
   config.search.n_qe = 10  # N_QE
+  config.search.qe_include_query = False  # eq. 8: top N_QE regions only
   config.search.chunk_size = 1024  # database images per similarity chunk
   config.search.top_k = 100  # results written per query by --mode=search
   config.search.query_regions = 'all'  # 'all' regions | 'whole' (R_M only)

@@ -1,4 +1,4 @@
-"""Table 1, "CroW + QE" [5]: average query expansion of the top N_QE = 10.
+"""Table 1, "CroW + QE" [5]: average query expansion (query + top N_QE = 10).
 
 One command per cell (dataset column x D); "oxford5k_full" is the "OF"
 column (uncropped queries). Results go to
@@ -20,4 +20,6 @@ from configs import paper
 
 def get_config(arg='oxford5k,512'):
   """Returns the config of one cell; arg is '<dataset>,<D>'."""
-  return paper.make_config(arg, variant='crow', qe=True)
+  config = paper.make_config(arg, variant='crow', qe=True)
+  config.search.qe_include_query = True  # average QE [19]: query + top 10
+  return config

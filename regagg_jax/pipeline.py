@@ -184,8 +184,7 @@ class _Batch(NamedTuple):
   cells: np.ndarray  # bool (B, H, W) valid feature cells
 
 
-def _batch(images_by_index, batch_size):
-  indices, pictures = zip(*images_by_index)
+def _batch(rows, pictures, batch_size):
   height, width = images.bucket_shape(*np.max(
       [p.shape[:2] for p in pictures], axis=0))
   rgb, cells = images.pad_batch(pictures, height=height, width=width)
@@ -194,28 +193,27 @@ def _batch(images_by_index, batch_size):
   cells = np.concatenate([cells, np.zeros((extra,) + cells.shape[1:], bool)])
   sizes = np.zeros((batch_size, 2), np.int32)
   sizes[:len(pictures)] = [p.shape[:2] for p in pictures]
-  return _Batch(list(indices), list(pictures), rgb, sizes, cells)
+  return _Batch(list(rows), list(pictures), rgb, sizes, cells)
 
 
-def _batches(config, paths, boxes, rotations, skipped):
+def _batches(config, load, image_paths, skipped):
   """Yields _Batch of one shape bucket each, skipping unreadable images."""
   size = config.features.batch_size
   pending = {}
-  for row in tqdm.tqdm(range(len(paths)), desc='encoding', unit='image'):
+  for row in tqdm.tqdm(range(len(image_paths)), desc='encoding',
+                       unit='image'):
     try:
-      image = _load(paths[row], None if boxes is None else boxes[row],
-                    0 if rotations is None else rotations[row],
-                    config.features.max_size)
+      image = load(row)
     except images.ImageError as error:
       logging.warning('skipping unreadable image: %s', error)
-      skipped.append([str(paths[row]), str(error)])
+      skipped.append([str(image_paths[row]), str(error)])
       continue
     bucket = images.bucket_shape(*image.shape[:2])
     pending.setdefault(bucket, []).append((row, image))
     if len(pending[bucket]) == size:
-      yield _batch(pending.pop(bucket), size)
+      yield _batch(*zip(*pending.pop(bucket)), size)
   for items in pending.values():
-    yield _batch(items, size)
+    yield _batch(*zip(*items), size)
 
 
 def _propose(config, batch, alpha, regional):
@@ -242,12 +240,24 @@ def _pool_batch(config, method, maps, masks, valid, reduction):
   return np.asarray(descriptors)
 
 
-def _collect(outputs, batch, descriptors, masks, valid):
-  """Stores each real image's (descriptors, valid, masks on its grid, size)."""
-  for slot, (row, image) in enumerate(zip(batch.indices, batch.images)):
-    height, width = images.feature_shape(*image.shape[:2])
+def _collect(outputs, rows, sizes, descriptors, masks, valid):
+  """Keeps each real image's (descriptors, valid, masks on its grid, size)."""
+  for slot, row in enumerate(rows):
+    height_i, width_i = (int(s) for s in sizes[slot])
+    height, width = images.feature_shape(height_i, width_i)
     outputs[row] = (descriptors[slot], valid[slot],
-                    masks[slot, :, :height, :width], image.shape[:2])
+                    masks[slot, :, :height, :width], (height_i, width_i))
+
+
+class _Deferred(NamedTuple):
+  """A batch waiting for U^1: its regions, eq. (3) descriptors, and its
+  conv5_4 maps when they fit in features.cache_mib (else None)."""
+  rows: list
+  sizes: np.ndarray
+  maps: tuple | None
+  masks: np.ndarray
+  valid: np.ndarray
+  summed: np.ndarray | None
 
 
 def encode_methods(config, image_paths, methods, *, boxes=None,
@@ -269,42 +279,46 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
     if method not in POOLING:
       raise ValueError(f'pooling method must be one of {sorted(POOLING)}, '
                        f'got {method!r}')
+  load = lambda row: _load(  # pylint: disable=g-long-lambda
+      image_paths[row], None if boxes is None else boxes[row],
+      0 if rotations is None else rotations[row], config.features.max_size)
   variables = WEIGHTS[config.features.weights](config.features)
   regional = any(POOLING[m].regional for m in methods)
   later = [m for m in methods if POOLING[m].reduced]
-  skipped, records, outputs = [], [], {m: {} for m in methods}
+  skipped, deferred, outputs = [], [], {m: {} for m in methods}
   cache_bytes = config.features.cache_mib * 2 ** 20
-  for batch in _batches(config, image_paths, boxes, rotations, skipped):
+  for batch in _batches(config, load, image_paths, skipped):
     maps = _forward(variables, batch.rgb, batch.sizes, batch.cells) + (
         batch.cells,)
     masks, valid = _propose(config, batch, maps[1], regional)
     for method in set(methods) - set(later):
       whole = slice(-1, None) if not POOLING[method].regional else slice(None)
-      _collect(outputs[method], batch, _pool_batch(
+      _collect(outputs[method], batch.indices, batch.sizes, _pool_batch(
           config, POOLING[method], maps, masks[:, whole], valid[:, whole],
           None), masks[:, whole], valid[:, whole])
     if later:
       cache_bytes -= maps[0].nbytes
-      summed = (_pool_batch(config, _SUM, maps, masks, valid, None)
-                if reduction is None else None)
-      records.append((batch._replace(rgb=None),
-                      maps if cache_bytes >= 0 else None, masks, valid, summed))
-  if later and records and reduction is None:
-    summed = np.concatenate([r[4][:len(r[0].indices)] for r in records])
-    region_valid = np.concatenate([r[3][:len(r[0].indices)] for r in records])
+      deferred.append(_Deferred(
+          batch.indices, batch.sizes, maps if cache_bytes >= 0 else None,
+          masks, valid, None if reduction is not None else _pool_batch(
+              config, _SUM, maps, masks, valid, None)))
+  if deferred and reduction is None:
+    summed = np.concatenate([d.summed[:len(d.rows)] for d in deferred])
+    region_valid = np.concatenate([d.valid[:len(d.rows)] for d in deferred])
     reduction = pca.fit(summed.reshape(-1, summed.shape[-1]),
                         config.pooling.k_prime, center=False,
                         mask=region_valid.reshape(-1))  # U^1 of eq. (4)
-  for batch, maps, masks, valid, _ in tqdm.tqdm(records, desc='second order',
-                                                unit='batch'):
+  for batch in tqdm.tqdm(deferred, desc='second order', unit='batch'):
+    maps = batch.maps
     if maps is None:  # not cached: run VGG19 again on the same padded batch
-      padded = _batch(list(zip(batch.indices, batch.images)),
+      padded = _batch(batch.rows, [load(r) for r in batch.rows],
                       config.features.batch_size)
       maps = _forward(variables, padded.rgb, padded.sizes,
                       padded.cells) + (padded.cells,)
     for method in later:
-      _collect(outputs[method], batch, _pool_batch(
-          config, POOLING[method], maps, masks, valid, reduction), masks, valid)
+      _collect(outputs[method], batch.rows, batch.sizes, _pool_batch(
+          config, POOLING[method], maps, batch.masks, batch.valid, reduction),
+               batch.masks, batch.valid)
   return {m: _assemble(config, m, image_paths, outputs[m], skipped,
                        reduction if POOLING[m].reduced else None)
           for m in methods}
@@ -481,6 +495,8 @@ def search(config, queries, database, fitted):
     scores = similarity.query_expansion(  # eq. (8)
         query, target, database_valid, scores, best,
         n_qe=min(config.search.n_qe, len(database.image_paths)),
+        include_query=config.search.qe_include_query,
+        query_valid=jax.numpy.asarray(query_valid),
         chunk_size=config.search.chunk_size)
   scores = np.asarray(scores)
   return Ranking(scores, evaluation.ranks_from_scores(scores), np.asarray(best))
@@ -513,10 +529,21 @@ def _cached(path, make, expected):
   return value
 
 
-def load_dataset(config):
-  """The datasets.Dataset of config.eval (images under eval.root)."""
+def load_dataset(config, *, ground_truth=True):
+  """The datasets.Dataset of config.eval (images under eval.root).
+
+  With ground_truth=False a 'folder' without a ground-truth file is just its
+  images (enough to encode, fit and search).
+  """
   if config.eval.dataset == 'folder':
-    return datasets.load_folder(config.eval.root)
+    gnd = os.path.join(config.eval.root, datasets.FOLDER_GROUND_TRUTH)
+    if ground_truth or os.path.isfile(gnd):
+      return datasets.load_folder(config.eval.root)
+    return datasets.Dataset(
+        name=os.path.basename(os.path.normpath(config.eval.root)),
+        protocol='custom', images=tuple(datasets.list_images(config.eval.root)),
+        queries=(), query_indices=np.zeros(0, np.int64), boxes=None,
+        positives=(), junk=(), image_root=config.eval.root)
   return datasets.load(config.eval.dataset,
                        ground_truth_root=config.eval.gnd_dir or None,
                        image_root=config.eval.root or None,
@@ -709,7 +736,7 @@ def run_search(config):
   database of config.eval; writes <workdir>/results/search-<name>.json/csv."""
   if not config.search.queries:
     raise ValueError('set --config.search.queries to an image, folder or .txt')
-  dataset = load_dataset(config)
+  dataset = load_dataset(config, ground_truth=False)
   database = database_store(config, dataset)
   fitted = fitted_whitening(config, dataset, database)
   paths = _query_paths(config.search.queries)
@@ -733,12 +760,12 @@ def run_search(config):
 
 def run_encode(config):
   """--mode=encode: the database of config.eval -> a store in workdir."""
-  database_store(config, load_dataset(config))
+  database_store(config, load_dataset(config, ground_truth=False))
 
 
 def run_fit(config):
   """--mode=fit: whitening of config.pca.fit_on (or the database)."""
-  dataset = load_dataset(config)
+  dataset = load_dataset(config, ground_truth=False)
   fitted_whitening(config, dataset, database_store(config, dataset))
 
 

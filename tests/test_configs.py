@@ -102,6 +102,8 @@ def test_paper_columns_and_variants():
   assert oxford.name != full.name
   qe = _parse('--config=configs/table1_crow_qe.py:paris6k,256')
   assert qe.search.qe and qe.search.n_qe == 10 and qe.pooling.method == 'crow'
+  assert qe.search.qe_include_query  # average QE, unlike eq. (8)
+  assert not oxford.search.qe_include_query
 
 
 def test_overrides_from_the_command_line():

@@ -78,6 +78,25 @@ def test_encode_fit_search_eval(tmp_path, folder):
   assert len(csv.strip().splitlines()) == 1 + config.search.top_k
 
 
+def test_search_a_folder_without_ground_truth(tmp_path, sample_paths):
+  import cv2  # pylint: disable=g-import-not-at-top
+  photos = tmp_path / 'plain'
+  photos.mkdir()
+  for path in sample_paths[:5]:
+    image = images.resize_longer_side(images.load_image(path), 80)
+    cv2.imwrite(str(photos / path.name), image[..., ::-1])
+  config = _config(tmp_path, photos)
+  config.search.queries = str(photos / sample_paths[0].name)
+  config.search.top_k = 5
+  pipeline.run_search(config)
+  results = json.loads((tmp_path / 'work' / 'results' /
+                        'search-quick.json').read_text())
+  ranked = [os.path.basename(r['image']) for r in results[0]['results']]
+  assert sorted(ranked) == sorted(p.name for p in sample_paths[:5])
+  assert ranked[0] == sample_paths[0].name  # the query itself comes first
+  assert results[0]['results'][0]['score'] == pytest.approx(1, abs=1e-5)
+
+
 def test_store_round_trip_gives_identical_results(tmp_path, folder):
   config = _config(tmp_path, folder)
   dataset = pipeline.load_dataset(config)
