@@ -221,15 +221,20 @@ def _propose(config, batch, alpha, regional):
   cells = batch.cells
   if not regional:
     return cells[:, None], cells.any(axis=(1, 2))[:, None]
+  options = {'backend': config.regions.backend, 'n_max': config.regions.n_max,
+             'n_min': config.regions.n_min,
+             'num_clusters': config.regions.num_clusters}
+  if config.regions.backend == 'jax':  # detector jitted over the padded batch
+    masks, valid = regions.propose_batch(batch.rgb, alpha, cells, batch.sizes,
+                                         **options)
+    return np.asarray(masks), np.asarray(valid)
   count = 2 ** config.regions.num_clusters
   masks = np.zeros((len(cells), count) + cells.shape[1:], bool)
   valid = np.zeros((len(cells), count), bool)
   for slot, image in enumerate(batch.images):
     height, width = images.feature_shape(*image.shape[:2])
     masks[slot, :, :height, :width], valid[slot] = regions.propose(
-        image, np.asarray(alpha[slot, :height, :width]),
-        backend=config.regions.backend, n_max=config.regions.n_max,
-        n_min=config.regions.n_min, num_clusters=config.regions.num_clusters)
+        image, np.asarray(alpha[slot, :height, :width]), **options)
   return masks, valid
 
 

@@ -276,3 +276,15 @@ def test_encode_methods_matches_single_method_encoding(small_images):
     single = pipeline.encode(_config(pooling__method=method), paths)
     np.testing.assert_allclose(both[method].descriptors, single.descriptors,
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_jax_region_backend_encodes_the_batch(small_images):
+  """regions.backend='jax' proposes regions for the padded batch at once."""
+  config = _config(regions__backend='jax', features__batch_size=2)
+  store = pipeline.encode(config, small_images[:2])
+  assert store.descriptors.shape[:2] == (2, 8)
+  assert store.valid[:, -1].all() and np.isfinite(store.descriptors).all()
+  for row, (height, width) in enumerate(store.grid):
+    assert not store.masks[row, :, height:].any()
+    assert not store.masks[row, :, :, width:].any()
