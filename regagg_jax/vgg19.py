@@ -36,10 +36,6 @@ LAYER_NAMES = tuple(
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 """ImageNet mean pixel that Caffe (and Keras' 'caffe' mode) subtracts, BGR."""
 
-STRIDE = 16
-"""Total stride of conv5_4: four 2x2/2 poolings."""
-
-
 def pool_ceil(x: jax.Array) -> jax.Array:
   """2x2 max-pooling with stride 2 and Caffe's ceil rounding.
 
