@@ -518,11 +518,10 @@ def _take(store, positions):
       metadata=metadata)
 
 
-def _cached(path, make, expected):
-  """Loads the store / fit at `path` if its metadata has `expected`, else
-  makes it with make() and saves it."""
-  load, save = ((index.load_fit, index.save_fit) if 'fits' in path.split(os.sep)
-                else (index.load_store, index.save_store))
+def _cached(path, make, expected, *, load=index.load_store,
+            save=index.save_store):
+  """Loads the store (or fit) at `path` if its metadata has `expected`,
+  else makes it with make() and saves it."""
   if os.path.isdir(path):
     value = load(path)
     if all(value.metadata.get(k) == v for k, v in expected.items()):
@@ -584,14 +583,16 @@ def fitted_whitening(config, dataset, database):
         lambda: encode(config, paths, reduction=database.reduction,
                        rotations=_rotations(other, other.images)),
         {'config_hash': store_hash(config),
-         'reduction_hash': database.metadata['reduction_hash']})
+         'reduction_hash': database.metadata['reduction_hash'],
+         'inputs_hash': index.hash_config([str(p) for p in paths])})
     fitted_on = other.name
   return _cached(
       os.path.join(config.workdir, 'fits', f'{dataset.name}-'
                    f'{store_hash(config)}-{fit_hash(config)}'),
       lambda: fit(config, fit_store, fitted_on=fitted_on),
       {'config_hash': store_hash(config), 'fit_hash': fit_hash(config),
-       'reduction_hash': database.metadata['reduction_hash']})
+       'reduction_hash': database.metadata['reduction_hash']},
+      load=index.load_fit, save=index.save_fit)
 
 
 def query_store(config, dataset, database):
@@ -643,11 +644,13 @@ def _variant(config, method, regional):
 
 
 def _print_table(title, results, columns):
+  cells = [[f'{r[c]:.4f}' if isinstance(r[c], float) else str(r[c])
+            for c in columns] for r in results]
+  widths = [max(len(c), *(len(row[i]) for row in cells))
+            for i, c in enumerate(columns)]
   print(f'\n{title}')
-  print(' | '.join(f'{c:>14}' for c in columns))
-  for result in results:
-    print(' | '.join(f'{result[c]:>14.4f}' if isinstance(result[c], float)
-                     else f'{result[c]!s:>14}' for c in columns))
+  for row in [list(columns)] + cells:
+    print(' | '.join(f'{v:>{w}}' for v, w in zip(row, widths)))
 
 
 def _write_json(path, value):
