@@ -48,7 +48,7 @@ def get_config():
   config.pca = ml_collections.ConfigDict()
   config.pca.dim = 512  # D of eq. (6)
   config.pca.whiten = True  # eq. (6) divides by s_d
-  config.pca.fit_on = ''  # '' = the database itself; else a DATASETS key
+  config.pca.fit_on = ''  # '' = the database; else a dataset name or 'folder'
   config.pca.fit_root = ''  # image folder of `fit_on`
   # D is capped to (valid fitting vectors) / min_vectors_per_dim: whitening
   # fitted on fewer vectors than a few times D amplifies noise directions.

@@ -534,25 +534,30 @@ def _cached(path, make, expected, *, load=index.load_store,
   return value
 
 
-def load_dataset(config, *, ground_truth=True):
-  """The datasets.Dataset of config.eval (images under eval.root).
+def open_dataset(config, name, root, *, ground_truth=True):
+  """A datasets.Dataset by name ('folder': any folder) with images in root.
 
-  With ground_truth=False a 'folder' without a ground-truth file is just its
+  With ground_truth=False a folder without a ground-truth file is just its
   images (enough to encode, fit and search).
   """
-  if config.eval.dataset == 'folder':
-    gnd = os.path.join(config.eval.root, datasets.FOLDER_GROUND_TRUTH)
+  if name == 'folder':
+    gnd = os.path.join(root, datasets.FOLDER_GROUND_TRUTH)
     if ground_truth or os.path.isfile(gnd):
-      return datasets.load_folder(config.eval.root)
+      return datasets.load_folder(root)
     return datasets.Dataset(
-        name=os.path.basename(os.path.normpath(config.eval.root)),
-        protocol='custom', images=tuple(datasets.list_images(config.eval.root)),
-        queries=(), query_indices=np.zeros(0, np.int64), boxes=None,
-        positives=(), junk=(), image_root=config.eval.root)
-  return datasets.load(config.eval.dataset,
-                       ground_truth_root=config.eval.gnd_dir or None,
-                       image_root=config.eval.root or None,
+        name=os.path.basename(os.path.normpath(root)), protocol='custom',
+        images=tuple(datasets.list_images(root)), queries=(),
+        query_indices=np.zeros(0, np.int64), boxes=None, positives=(),
+        junk=(), image_root=root)
+  return datasets.load(name, ground_truth_root=config.eval.gnd_dir or None,
+                       image_root=root or None,
                        rotation_file=config.eval.rotation_file or None)
+
+
+def load_dataset(config, *, ground_truth=True):
+  """The dataset of config.eval (see `open_dataset`)."""
+  return open_dataset(config, config.eval.dataset, config.eval.root,
+                      ground_truth=ground_truth)
 
 
 def _rotations(dataset, names):
@@ -575,8 +580,8 @@ def fitted_whitening(config, dataset, database):
   """Fits (or reuses from workdir/fits) whitening on pca.fit_on."""
   fit_store, fitted_on = database, dataset.name
   if config.pca.fit_on:
-    other = datasets.load(config.pca.fit_on, image_root=config.pca.fit_root
-                          or None, ground_truth_root=config.eval.gnd_dir or None)
+    other = open_dataset(config, config.pca.fit_on, config.pca.fit_root,
+                         ground_truth=False)
     paths = datasets.database_paths(other)
     fit_store = _cached(
         os.path.join(config.workdir, 'stores', f'{other.name}-fitting-'

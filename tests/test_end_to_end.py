@@ -97,6 +97,50 @@ def test_search_a_folder_without_ground_truth(tmp_path, sample_paths):
   assert results[0]['results'][0]['score'] == pytest.approx(1, abs=1e-5)
 
 
+def test_cropped_queries_and_whitening_fitted_on_another_set(tmp_path, folder,
+                                                            sample_paths):
+  """The Oxford protocol path: queries cropped to a box at full resolution
+  and described by R_M only; whitening learnt on another folder with the
+  database's U^1 (as CroW / R-MAC fit on Paris for Oxford)."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  names = sorted(p.name for p in folder.glob('ukbench*.jpg'))
+  queries = [{'image': names[0], 'positives': names[1:4], 'box': [8, 4, 90, 70]},
+             {'image': names[4], 'positives': names[5:8], 'box': [0, 0, 60, 50]}]
+  (folder / 'groundtruth.json').rename(folder / 'groups.json')
+  try:
+    (folder / 'groundtruth.json').write_text(json.dumps(
+        {'images': names, 'queries': queries}))
+    other = tmp_path / 'other'
+    other.mkdir()
+    for path in sample_paths[20:26]:
+      image = images.resize_longer_side(images.load_image(path), 96)
+      cv2.imwrite(str(other / path.name), image[..., ::-1])
+    config = _config(tmp_path, folder)
+    config.search.query_regions = 'whole'
+    config.pca.fit_on, config.pca.fit_root = 'folder', str(other)
+    config.pca.dim = 6
+    result = pipeline.evaluate(config)
+    dataset = pipeline.load_dataset(config)
+    database = pipeline.database_store(config, dataset)
+    cropped, positions = pipeline.query_store(config, dataset, database)
+    config.eval.crop_queries = False
+    full, _ = pipeline.query_store(config, dataset, database)
+  finally:
+    (folder / 'groups.json').replace(folder / 'groundtruth.json')
+  assert result['fitted_on'] == 'other' and result['num_queries'] == 2
+  assert np.isfinite(result['mAP'])
+  np.testing.assert_array_equal(positions, [0, 1])
+  assert cropped.metadata['sizes'] == [[66, 82], [50, 60]]  # the boxes
+  assert full.metadata['sizes'] == [database.metadata['sizes'][0],
+                                    database.metadata['sizes'][4]]
+  np.testing.assert_array_equal(full.descriptors, database.descriptors[[0, 4]])
+  assert cropped.metadata['reduction_hash'] == database.metadata['reduction_hash']
+  fits = os.listdir(tmp_path / 'work' / 'fits')
+  fitted = index.load_fit(tmp_path / 'work' / 'fits' / fits[0])
+  assert fitted.metadata['fitted_on'] == 'other'
+  assert fitted.metadata['num_images'] == 6
+
+
 def test_store_round_trip_gives_identical_results(tmp_path, folder):
   config = _config(tmp_path, folder)
   dataset = pipeline.load_dataset(config)
