@@ -277,11 +277,13 @@ def _valid_box(valid):
 def rmac_regions(features, valid=None, *, levels=3, overlap=0.4, max_steps=7):
   """Per-region MACs of R-MAC [6] (Tolias et al. 2016), before aggregation.
 
-  Square regions on the valid box (short side s, long side t): at scale
-  l = 1..levels the side is floor(2 s / (l + 1)) (s at l = 1), with l regions
-  along the short side and l + n - 1 along the long one, starts
-  floor(i (side_len - width) / (count - 1)). n in [2, max_steps] makes the
-  overlap of consecutive l = 1 regions closest to `overlap` (n = 1 if s = t).
+  Square regions in the bounding box of the valid cells (sides s <= t): at
+  scale l = 1..levels the region width is w_l = floor(2 s / (l + 1)) (s at
+  l = 1), with l regions along the short side and l + n - 1 along the long
+  one; along a side of length S with c regions the i-th starts at
+  floor(i (S - w_l) / (c - 1)). n in [2, max_steps] makes the overlap
+  (s - b) / s of consecutive l = 1 regions, b = (t - s) / (n - 1), closest
+  to `overlap`; n = 1 when s = t.
   Slots are ordered by scale, then row, then column; the layout is padded to
   a static size so the function vmaps over images of different shapes.
 

@@ -2,9 +2,10 @@
 
 `spatial_weights` is eq. (1): the channel sum of the activations at every cell,
 l2-normalised over the valid cells. `channel_weights` is eq. (2): an idf-like
-weight that grows with the sparsity of a channel (CroW [5], Kalantidis et al.
-2016, eq. (4)-(5) there). Both work on one image; a padded batch goes through
-`jax.vmap` with the per-image valid-area mask, and padded cells never count.
+weight that grows with the sparsity of a channel (CroW [5]: Kalantidis,
+Mellina, Osindero 2016, arXiv:1512.04065). Both work on one image; a padded
+batch goes through `jax.vmap` with the per-image valid-area mask, and padded
+cells never count.
 """
 
 import jax.numpy as jnp
