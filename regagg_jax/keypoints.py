@@ -237,31 +237,35 @@ def select_salient(points, valid, alpha, image_shape, *, n_max=4000, n_min=300):
 
 
 def _blur(image, sigma):
-  """float32 (H, W) Gaussian blur, radius ceil(3 sigma), replicated border."""
+  """float32 (H, W) Gaussian blur, radius ceil(3 sigma), replicated border.
+
+  Sums of shifted slices: XLA fuses them into one loop, several times faster
+  on a CPU than lax.conv with a 1-D kernel.
+  """
   radius = int(np.ceil(3.0 * sigma))
   taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-  taps = jnp.asarray(taps / taps.sum(), jnp.float32)
-  padded = jnp.pad(image, radius, mode="edge")[None, None]
-  for kernel in (taps[:, None], taps[None, :]):
-    padded = jax.lax.conv_general_dilated(padded, kernel[None, None], (1, 1),
-                                          "VALID")
-  return padded[0, 0]
-
-
-# 3x3 finite differences: d/dx, d/dy, d2/dx2, d2/dy2, d2/dxdy.
-_DIFFERENCES = np.array([
-    [[0, 0, 0], [-0.5, 0, 0.5], [0, 0, 0]],
-    [[0, -0.5, 0], [0, 0, 0], [0, 0.5, 0]],
-    [[0, 0, 0], [1, -2, 1], [0, 0, 0]],
-    [[0, 1, 0], [0, -2, 0], [0, 1, 0]],
-    [[0.25, 0, -0.25], [0, 0, 0], [-0.25, 0, 0.25]]], np.float32)
+  taps /= taps.sum()
+  height, width = image.shape
+  padded = jnp.pad(image, radius, mode="edge")
+  rows = sum(float(tap) * padded[i:i + height] for i, tap in enumerate(taps))
+  return sum(float(tap) * rows[:, i:i + width] for i, tap in enumerate(taps))
 
 
 def _differentiate(images):
-  """float32 (N, 5, H, W) dx, dy, dxx, dyy, dxy of (N, H, W), edge border."""
-  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1)), mode="edge")[:, None]
-  kernels = jnp.asarray(_DIFFERENCES)[:, None]  # (5, 1, 3, 3) correlation
-  return jax.lax.conv_general_dilated(padded, kernels, (1, 1), "VALID")
+  """float32 (N, 5, H, W) dx, dy, dxx, dyy, dxy of (N, H, W), edge border.
+
+  Central 3x3 finite differences, as in hesaff.
+  """
+  height, width = images.shape[1:]
+  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1)), mode="edge")
+  at = lambda rows, columns: padded[:, 1 + rows:1 + rows + height,
+                                    1 + columns:1 + columns + width]
+  return jnp.stack([
+      0.5 * (at(0, 1) - at(0, -1)),
+      0.5 * (at(1, 0) - at(-1, 0)),
+      at(0, -1) - 2 * images + at(0, 1),
+      at(-1, 0) - 2 * images + at(1, 0),
+      0.25 * (at(-1, -1) - at(-1, 1) - at(1, -1) + at(1, 1))], axis=1)
 
 
 def _localise(responses, threshold, edge_ratio):
@@ -401,7 +405,7 @@ def _adapt_shape(buffer, offset, width, height, x, y, ratio, *, window,
     "max_points", "scales_per_octave", "initial_sigma", "threshold",
     "edge_ratio", "border", "window", "iterations", "max_anisotropy",
     "convergence"))
-def detect_hessian_affine(image, *, max_points=4096, scales_per_octave=3,
+def detect_hessian_affine(image, *, max_points=8192, scales_per_octave=3,
                           initial_sigma=1.6, threshold=16.0 / 3.0,
                           edge_ratio=10.0, border=5, window=19, iterations=16,
                           max_anisotropy=6.0, convergence=0.05):
@@ -417,7 +421,8 @@ def detect_hessian_affine(image, *, max_points=4096, scales_per_octave=3,
 
   Args:
     image: uint8 (H_I, W_I, 3) RGB image.
-    max_points: P, the fixed number of output rows.
+    max_points: P, the fixed number of output rows (hesaff finds about
+      3000-9000 points on a 1024 x 768 photo, all ranked by alpha later).
     scales_per_octave, initial_sigma: scale-space sampling.
     threshold: DoH threshold on a 0..255 image (squared internally).
     edge_ratio: maximal principal-curvature ratio of a response peak.
