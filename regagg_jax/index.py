@@ -19,8 +19,10 @@ extends.
 Fitted whitening (`save_fit` / `load_fit`) is a directory with an orbax
 checkpoint of {'reduction': U^1 or absent, 'whitening': U^2, s} and
 fit.json (format version, config hash, what it was fitted on).
+Search results (`write_results`) are <name>.json and <name>.csv.
 """
 
+import csv
 import hashlib
 import json
 import os
@@ -267,3 +269,51 @@ def load_fit(path):
                if 'reduction' in tree else None)
   return Fit(reduction=reduction, whitening=pca.PCAParams(**tree['whitening']),
              metadata=metadata)
+
+
+def _region_box(mask, size, *, stride=16):
+  """[x1, y1, x2, y2] pixels covered by the cells of a bool (H, W) mask."""
+  rows, cols = np.nonzero(mask)
+  if not rows.size:
+    return None
+  return [int(cols.min() * stride), int(rows.min() * stride),
+          int(min((cols.max() + 1) * stride, size[1])),
+          int(min((rows.max() + 1) * stride, size[0]))]
+
+
+def write_results(path, scores, ranks, best, queries, database, *, top_k):
+  """Writes ranked lists as <path>.json and <path>.csv.
+
+  Each result has its score and the database region best matched to the
+  query (eq. 7): its index m' and its box in pixels of the encoded image
+  (longer side capped at features.max_size; conv5_4 cells are 16 px).
+
+  Args:
+    path: output path without extension.
+    scores: float32 (Q, N) similarities.
+    ranks: int (Q, N) database rows, best first.
+    best: int32 (Q, N) best-matched database region.
+    queries: Store of the Q queries.
+    database: Store of the N database images.
+    top_k: results written per query.
+  """
+  entries = []
+  with open(path + '.csv', 'w', newline='') as stream:
+    writer = csv.writer(stream)
+    writer.writerow(['query', 'rank', 'image', 'score', 'region', 'x1', 'y1',
+                     'x2', 'y2'])
+    for q, query in enumerate(queries.image_paths):
+      results = []
+      for rank, row in enumerate(ranks[q, :top_k]):
+        region = int(best[q, row])
+        height, width = database.grid[row]
+        box = _region_box(database.masks[row, region, :height, :width],
+                          database.metadata['sizes'][row])
+        results.append({'rank': rank, 'image': database.image_paths[row],
+                        'score': float(scores[q, row]), 'region': region,
+                        'region_box': box})
+        writer.writerow([query, rank, database.image_paths[row],
+                         f'{scores[q, row]:.6f}', region] + (box or [''] * 4))
+      entries.append({'query': query, 'results': results})
+  with open(path + '.json', 'w') as stream:
+    json.dump(entries, stream, indent=1)

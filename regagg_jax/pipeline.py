@@ -697,44 +697,6 @@ def evaluate(config):
   return result
 
 
-def _region_box(mask, size):
-  """[x1, y1, x2, y2] pixels of the cells of a bool (H, W) region mask."""
-  rows, cols = np.nonzero(mask)
-  if not rows.size:
-    return None
-  stride = images.STRIDE
-  return [int(cols.min() * stride), int(rows.min() * stride),
-          int(min((cols.max() + 1) * stride, size[1])),
-          int(min((rows.max() + 1) * stride, size[0]))]
-
-
-def write_search_results(path, ranking, queries, database, *, top_k):
-  """Writes ranked lists as <path>.json and <path>.csv.
-
-  Each result has its score and best-matched database region (eq. 7): its
-  index m' and its box in pixels of the encoded image (longer side capped at
-  features.max_size).
-  """
-  entries, lines = [], ['query,rank,image,score,region,x1,y1,x2,y2']
-  for q, query in enumerate(queries.image_paths):
-    results = []
-    for rank, row in enumerate(ranking.ranks[q, :top_k]):
-      region = int(ranking.best[q, row])
-      h, w = database.grid[row]
-      box = _region_box(database.masks[row, region, :h, :w],
-                        database.metadata['sizes'][row])
-      results.append({'rank': rank, 'image': database.image_paths[row],
-                      'score': float(ranking.scores[q, row]),
-                      'region': region, 'region_box': box})
-      lines.append(f'{query},{rank},{database.image_paths[row]},'
-                   f'{ranking.scores[q, row]:.6f},{region},'
-                   + ','.join(map(str, box or ['', '', '', ''])))
-    entries.append({'query': query, 'results': results})
-  _write_json(path + '.json', entries)
-  with open(path + '.csv', 'w') as stream:
-    stream.write('\n'.join(lines) + '\n')
-
-
 def _query_paths(spec):
   """search.queries: an image file, a folder, or a .txt list of files."""
   if os.path.isdir(spec):
@@ -763,8 +725,9 @@ def run_search(config):
   queries = encode(config, paths, boxes=boxes, reduction=database.reduction)
   ranking = search(config, queries, database, fitted)
   path = os.path.join(config.workdir, 'results', f'search-{config.name}')
-  write_search_results(path, ranking, queries, database,
-                       top_k=config.search.top_k)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  index.write_results(path, ranking.scores, ranking.ranks, ranking.best,
+                      queries, database, top_k=config.search.top_k)
   print(f'results: {path}.json {path}.csv')
   for q, query in enumerate(queries.image_paths):
     top = ranking.ranks[q, 0]

@@ -1,5 +1,6 @@
 """Tests for regagg_jax.index: store and fit round trips, atomic writes."""
 
+import csv
 import json
 import os
 
@@ -137,3 +138,33 @@ def test_hashes_are_stable_and_sensitive():
   changed = params._replace(scale=params.scale + 1)
   assert index.hash_params(params) != index.hash_params(changed)
   assert index.hash_params(None) == 'none'
+
+
+def test_write_results_json_and_csv(tmp_path):
+  rng = np.random.default_rng(8)
+  database = _random_store(rng, num_images=3, num_regions=2)
+  masks = np.zeros((3, 2, 5, 11), bool)
+  masks[1, 0, 1:3, 2:5] = True  # cells rows 1-2, cols 2-4
+  masks[2, 1, 4, 10] = True  # the last cell, clipped to the image size
+  database = database._replace(
+      masks=masks, grid=np.array([[5, 11]] * 3, np.int32),
+      metadata=dict(database.metadata, sizes=[[70, 170]] * 3))
+  queries = database._replace(image_paths=('q0.jpg',))
+  scores = np.array([[0.1, 0.9, 0.5]], np.float32)
+  ranks = np.array([[1, 2, 0]])
+  best = np.array([[1, 0, 1]], np.int32)
+  index.write_results(str(tmp_path / 'out'), scores, ranks, best, queries,
+                      database, top_k=2)
+  entries = json.loads((tmp_path / 'out.json').read_text())
+  assert entries == [{'query': 'q0.jpg', 'results': [
+      {'rank': 0, 'image': '/images/1.jpg', 'score': pytest.approx(0.9),
+       'region': 0, 'region_box': [32, 16, 80, 48]},
+      {'rank': 1, 'image': '/images/2.jpg', 'score': pytest.approx(0.5),
+       'region': 1, 'region_box': [160, 64, 170, 70]}]}]
+  with open(tmp_path / 'out.csv', newline='') as stream:
+    rows = list(csv.reader(stream))
+  assert rows[0] == ['query', 'rank', 'image', 'score', 'region', 'x1', 'y1',
+                     'x2', 'y2']
+  assert rows[1] == ['q0.jpg', '0', '/images/1.jpg', '0.900000', '0', '32',
+                     '16', '80', '48']
+  assert len(rows) == 3
