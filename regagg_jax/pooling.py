@@ -46,11 +46,14 @@ def compute_region_weights(features, masks, valid=None, region_valid=None):
   return inside.astype(features.dtype)
 
 
-def _check_vector(name, vector, length):
-  if vector.shape != (length,):
-    raise ValueError(f'{name} must be ({length},), got {vector.shape}')
-  if not jnp.issubdtype(vector.dtype, jnp.floating):
-    raise TypeError(f'{name} must be floating, got {vector.dtype}')
+def _check_weights(features, beta, alpha):
+  """Checks beta (K,) floating and alpha (H, W) or None against features."""
+  if beta.shape != features.shape[-1:]:
+    raise ValueError(f'beta must be (K,), got {beta.shape}')
+  if not jnp.issubdtype(beta.dtype, jnp.floating):
+    raise TypeError(f'beta must be floating, got {beta.dtype}')
+  if alpha is not None and alpha.shape != features.shape[:2]:
+    raise ValueError(f'alpha must be (H, W), got {alpha.shape}')
 
 
 def first_order(features, masks, beta, alpha=None, *, valid=None,
@@ -71,10 +74,8 @@ def first_order(features, masks, beta, alpha=None, *, valid=None,
     float32 (M, K) l2-normalised descriptors (zero rows for empty regions).
   """
   weights = compute_region_weights(features, masks, valid, region_valid)
-  _check_vector('beta', beta, features.shape[-1])
+  _check_weights(features, beta, alpha)
   if alpha is not None:
-    if alpha.shape != features.shape[:2]:
-      raise ValueError(f'alpha must be (H, W), got {alpha.shape}')
     weights = weights * alpha  # eq. (9)
   pooled = jnp.einsum('mhw,hwk->mk', weights, features) * beta  # eq. (3)
   return pca.l2_normalize(pooled)
@@ -157,9 +158,7 @@ def second_order(features, masks, alpha, beta, pca1, *, valid=None,
     regions or regions with zero alpha mass).
   """
   weights = compute_region_weights(features, masks, valid, region_valid)
-  _check_vector('beta', beta, features.shape[-1])
-  if alpha.shape != features.shape[:2]:
-    raise ValueError(f'alpha must be (H, W), got {alpha.shape}')
+  _check_weights(features, beta, alpha)
   if pca1.components.ndim != 2 or pca1.components.shape[0] != beta.shape[0]:
     raise ValueError(f'pca1.components must be (K, K\'), got '
                      f'{pca1.components.shape}')
