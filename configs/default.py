@@ -27,6 +27,7 @@ def get_config():
   config.features.widths = (64, 128, 256, 512, 512)  # only for 'random'
   config.features.seed = 0  # PRNG seed of 'random' weights
   config.features.max_size = 0  # longer side in px; 0 keeps the original
+  config.features.dtype = 'float32'  # VGG19 compute: 'float32' | 'bfloat16'
   config.features.batch_size = 4  # images per jitted forward
   config.features.cache_mib = 2048  # keep conv5_4 maps between O2's passes
 
@@ -35,6 +36,7 @@ def get_config():
   config.regions.n_max = 4000  # N_max salient points (Sec. 2)
   config.regions.n_min = 300  # N_min fallback points (Sec. 2)
   config.regions.num_clusters = 3  # L: M = 2^L regions
+  config.regions.min_cells = 1  # smaller regions R'_m are discarded
 
   config.pooling = ml_collections.ConfigDict()
   # 'o2' (eq. 4-5) | 'o1' (eq. 9) | 'spoc' | 'mac' | 'crow' | 'rmac' | 'gem'

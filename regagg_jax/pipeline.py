@@ -141,11 +141,12 @@ def fit_hash(config):
                             'regional': config.pooling.regional})
 
 
-@jax.jit
-def _forward(variables, rgb, sizes, cells):
+@functools.partial(jax.jit, static_argnames=('dtype',))
+def _forward(variables, rgb, sizes, cells, *, dtype):
   """uint8 (B, H_I, W_I, 3), int32 (B, 2) image sizes, bool (B, H, W) valid
   cells -> features (exact inside each padded image), alpha, beta."""
-  features = vgg19.features(variables, vgg19.preprocess(rgb), sizes)
+  features = vgg19.features(variables, vgg19.preprocess(rgb), sizes,
+                            dtype=dtype)
   alpha = jax.vmap(weighting.spatial_weights)(features, cells)  # eq. (1)
   beta = jax.vmap(weighting.channel_weights)(features, cells)  # eq. (2)
   return features, alpha, beta
@@ -226,16 +227,17 @@ def _propose(config, batch, alpha, regional):
              'n_min': config.regions.n_min,
              'num_clusters': config.regions.num_clusters}
   if config.regions.backend == 'jax':  # detector jitted over the padded batch
-    masks, valid = regions.propose_batch(batch.rgb, alpha, cells, batch.sizes,
-                                         **options)
-    return np.asarray(masks), np.asarray(valid)
-  count = 2 ** config.regions.num_clusters
-  masks = np.zeros((len(cells), count) + cells.shape[1:], bool)
-  valid = np.zeros((len(cells), count), bool)
-  for slot, image in enumerate(batch.images):
-    height, width = images.feature_shape(*image.shape[:2])
-    masks[slot, :, :height, :width], valid[slot] = regions.propose(
-        image, np.asarray(alpha[slot, :height, :width]), **options)
+    masks, valid = (np.asarray(a) for a in regions.propose_batch(
+        batch.rgb, alpha, cells, batch.sizes, **options))
+  else:
+    count = 2 ** config.regions.num_clusters
+    masks = np.zeros((len(cells), count) + cells.shape[1:], bool)
+    valid = np.zeros((len(cells), count), bool)
+    for slot, image in enumerate(batch.images):
+      height, width = images.feature_shape(*image.shape[:2])
+      masks[slot, :, :height, :width], valid[slot] = regions.propose(
+          image, np.asarray(alpha[slot, :height, :width]), **options)
+  valid[:, :-1] &= masks[:, :-1].sum(axis=(2, 3)) >= config.regions.min_cells
   return masks, valid
 
 
@@ -294,8 +296,8 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
   skipped, deferred, outputs = [], [], {m: {} for m in methods}
   cache_bytes = config.features.cache_mib * 2 ** 20
   for batch in _batches(config, load, image_paths, skipped):
-    maps = _forward(variables, batch.rgb, batch.sizes, batch.cells) + (
-        batch.cells,)
+    maps = _forward(variables, batch.rgb, batch.sizes, batch.cells,
+                    dtype=config.features.dtype) + (batch.cells,)
     masks, valid = _propose(config, batch, maps[1], regional)
     for method in set(methods) - set(later):
       whole = slice(-1, None) if not POOLING[method].regional else slice(None)
@@ -319,8 +321,8 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
     if maps is None:  # not cached: run VGG19 again on the same padded batch
       padded = _batch(batch.rows, [load(r) for r in batch.rows],
                       config.features.batch_size)
-      maps = _forward(variables, padded.rgb, padded.sizes,
-                      padded.cells) + (padded.cells,)
+      maps = _forward(variables, padded.rgb, padded.sizes, padded.cells,
+                      dtype=config.features.dtype) + (padded.cells,)
     for method in later:
       _collect(outputs[method], batch.rows, batch.sizes, _pool_batch(
           config, POOLING[method], maps, batch.masks, batch.valid, reduction),

@@ -48,6 +48,8 @@ def _check_valid(config):
   assert config.pooling.method in pipeline.POOLING
   assert config.search.query_regions in pipeline.QUERY_REGIONS
   assert config.regions.backend in ('hesaff', 'jax')
+  assert config.features.dtype in ('float32', 'bfloat16')
+  assert config.regions.min_cells >= 1
   assert 1 <= config.pca.dim and config.pca.min_vectors_per_dim >= 1
   assert config.pooling.k_prime <= config.features.widths[-1]
   assert config.eval.dataset in ('samples', 'ukbench', 'oxford5k', 'paris6k',

@@ -4,6 +4,8 @@ Search and fit are checked against float64 numpy references of eq. (6)-(8)
 on synthetic stores; encoding runs a tiny random VGG on small real images.
 """
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -236,10 +238,10 @@ def test_one_bucket_compiles_the_forward_once(small_images):
   counter = {'traces': 0}
   original = pipeline._forward
 
-  @jax.jit
-  def counting(variables, rgb, sizes, cells):
+  @functools.partial(jax.jit, static_argnames=('dtype',))
+  def counting(variables, rgb, sizes, cells, *, dtype):
     counter['traces'] += 1
-    return original(variables, rgb, sizes, cells)
+    return original(variables, rgb, sizes, cells, dtype=dtype)
 
   paths = [p for p, n in zip(small_images, range(7)) if n in (0, 2, 5)]
   try:
@@ -288,3 +290,17 @@ def test_jax_region_backend_encodes_the_batch(small_images):
   for row, (height, width) in enumerate(store.grid):
     assert not store.masks[row, :, height:].any()
     assert not store.masks[row, :, :, width:].any()
+
+
+def test_min_cells_discards_small_regions(small_images):
+  config = _config()
+  store = pipeline.encode(config, small_images[:2])
+  cells = store.masks.sum(axis=(2, 3))
+  threshold = int(np.median(cells[store.valid][:-1])) + 1
+  config.regions.min_cells = threshold
+  pruned = pipeline.encode(config, small_images[:2])
+  np.testing.assert_array_equal(pruned.masks, store.masks)
+  expected = store.valid & (cells >= threshold)
+  expected[:, -1] = store.valid[:, -1]  # the whole image always stays
+  np.testing.assert_array_equal(pruned.valid, expected)
+  assert pruned.valid.sum() < store.valid.sum()
