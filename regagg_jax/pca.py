@@ -106,9 +106,9 @@ def fit(x, dim, *, whiten=False, mask=None, center=True, min_variance=1e-10):
     logging.warning('PCA dim %d exceeds the rank %d of the fitting set; the '
                     'extra components are arbitrary', dim,
                     x.shape[0] - int(center))
-  x = x.astype(np.float64)
-  mean = x.mean(axis=0) if center else np.zeros(x.shape[1])
-  centred = x - mean
+  centred = x.astype(np.float64)  # a copy, centred in place
+  mean = centred.mean(axis=0) if center else np.zeros(x.shape[1])
+  centred -= mean
   num_rows = centred.shape[0]
   if num_rows < centred.shape[1]:
     rank = min(dim, num_rows)
