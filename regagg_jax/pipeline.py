@@ -739,13 +739,21 @@ def run_search(config):
 
 def run_encode(config):
   """--mode=encode: the database of config.eval -> a store in workdir."""
-  database_store(config, load_dataset(config, ground_truth=False))
+  store = database_store(config, load_dataset(config, ground_truth=False))
+  print(f'{len(store.image_paths)} images encoded as {store.valid.shape[1]} x '
+        f'{store.descriptors.shape[2]} descriptors in '
+        f'{os.path.join(config.workdir, "stores")}')
+  for image, reason in store.metadata['skipped']:
+    print(f'skipped {image}: {reason}')
 
 
 def run_fit(config):
   """--mode=fit: whitening of config.pca.fit_on (or the database)."""
   dataset = load_dataset(config, ground_truth=False)
-  fitted_whitening(config, dataset, database_store(config, dataset))
+  fitted = fitted_whitening(config, dataset, database_store(config, dataset))
+  print(f'PCA-whitening D = {fitted.metadata["dim"]} fitted on '
+        f'{fitted.metadata["fitted_on"]} ({fitted.metadata["num_vectors"]} '
+        f'vectors) in {os.path.join(config.workdir, "fits")}')
 
 
 DEMO_ROWS = {
