@@ -20,6 +20,13 @@ Stores and fits carry the hash of the config sections that made them
 (`store_hash`, `fit_hash`) and mixing them with another config is refused.
 Images that cannot be read are skipped, logged and listed in the store
 metadata ('skipped'); store rows keep input order ('rows' maps them back).
+The eval / search / fit modes keep stores and fits in <workdir>/stores and
+<workdir>/fits, keyed by those hashes, and reuse them.
+
+PCA-whitening fitted on fewer vectors than a few times D amplifies noise
+and ruins mAP: `fit` caps D at (fitting vectors) / pca.min_vectors_per_dim,
+pca.fit_on learns it on another set, and the demo (configs/demo.py) uses a
+small D = 16 for every method.
 """
 
 import functools
