@@ -1,6 +1,6 @@
 """Speed of the aggregation and search stages, as ratios measured in one run.
 
-  python3 benchmarks/aggregation_speed.py            # full sizes (~2-4 min on 2 cores)
+  python3 benchmarks/aggregation_speed.py            # full sizes (~3-5 min, 2 cores)
   python3 benchmarks/aggregation_speed.py --repeats=2 --num_images=1000
 
 1. Per-image cost of everything after the CNN that this package computes on
