@@ -234,7 +234,7 @@ def _propose(config, batch, alpha, regional):
              'n_min': config.regions.n_min,
              'num_clusters': config.regions.num_clusters}
   if config.regions.backend == 'jax':  # detector jitted over the padded batch
-    masks, valid = (np.asarray(a) for a in regions.propose_batch(
+    masks, valid = (np.array(a) for a in regions.propose_batch(
         batch.rgb, alpha, cells, batch.sizes, **options))
   else:
     count = 2 ** config.regions.num_clusters
