@@ -248,3 +248,13 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError):
     regions.propose_batch(image, np.zeros(GRID), np.ones(GRID, bool),
                           [[96, 128]])
+
+
+def test_same_shape_images_compile_once():
+  pytest.importorskip("pyhesaff")
+  alpha = np.random.default_rng(6).uniform(0, 1, GRID).astype(np.float32)
+  regions.propose(_test_image(7), alpha, n_max=48, n_min=8)
+  before = regions._regions_from_points._cache_size()  # pylint: disable=protected-access
+  for seed in (8, 9):
+    regions.propose(_test_image(seed), alpha, n_max=48, n_min=8)
+  assert regions._regions_from_points._cache_size() == before  # pylint: disable=protected-access
