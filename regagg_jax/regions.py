@@ -180,9 +180,9 @@ def compute_region_masks(points, labels, valid_cells, image_size, *,
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "padded_shape", "n_max", "n_min", "num_clusters"))
+    "padded_shape", "n_max", "n_min", "num_clusters", "min_cells"))
 def _regions_from_points(points, valid, alpha, valid_cells, image_size, *,
-                         padded_shape, n_max, n_min, num_clusters):
+                         padded_shape, n_max, n_min, num_clusters, min_cells):
   """Selection, clustering and masks for one (maybe padded) image."""
   grid_size = jnp.stack([jnp.sum(jnp.any(valid_cells, axis=1)),
                          jnp.sum(jnp.any(valid_cells, axis=0))])
@@ -192,11 +192,11 @@ def _regions_from_points(points, valid, alpha, valid_cells, image_size, *,
   labels, _ = clustering.global_fast_kmeans(points, valid,
                                             num_clusters=num_clusters)
   return compute_region_masks(points, labels, valid_cells, image_size,
-                              num_clusters=num_clusters)
+                              num_clusters=num_clusters, min_cells=min_cells)
 
 
 def propose(image, alpha, *, backend="hesaff", n_max=4000, n_min=300,
-            num_clusters=3):
+            num_clusters=3, min_cells=1):
   """Candidate regions of one image (Sec. 2).
 
   Args:
@@ -205,6 +205,7 @@ def propose(image, alpha, *, backend="hesaff", n_max=4000, n_min=300,
     backend: keypoint detector, "hesaff" or "jax" (see keypoints.detect).
     n_max, n_min: N_max and N_min of the salient point rule.
     num_clusters: L; M = 2^L regions.
+    min_cells: cluster regions with fewer cells are discarded.
 
   Returns:
     masks bool (M, H, W) and valid bool (M,); the last slot is the whole image.
@@ -217,11 +218,11 @@ def propose(image, alpha, *, backend="hesaff", n_max=4000, n_min=300,
       points, valid, jnp.asarray(alpha, jnp.float32),
       jnp.ones(alpha.shape, bool), jnp.asarray(image_size),
       padded_shape=image_size, n_max=n_max, n_min=n_min,
-      num_clusters=num_clusters)
+      num_clusters=num_clusters, min_cells=min_cells)
 
 
 def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
-                  n_max=4000, n_min=300, num_clusters=3):
+                  n_max=4000, n_min=300, num_clusters=3, min_cells=1):
   """Candidate regions of a padded batch (images.pad_batch layout).
 
   With backend "hesaff" each image is detected on its own (unpadded) area;
@@ -234,7 +235,7 @@ def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
     alpha: float32 (B, H, W) spatial weights (eq. 1).
     valid_cells: bool (B, H, W) cells that belong to each image.
     image_sizes: int (B, 2) (height, width) of each image before padding.
-    backend, n_max, n_min, num_clusters: as in `propose`.
+    backend, n_max, n_min, num_clusters, min_cells: as in `propose`.
 
   Returns:
     masks bool (B, M, H, W) and valid bool (B, M).
@@ -258,7 +259,8 @@ def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
     valid = jnp.stack([jnp.pad(v, (0, size - len(v))) for _, v in detections])
   regions = functools.partial(
       _regions_from_points, padded_shape=tuple(images.shape[1:3]),
-      n_max=n_max, n_min=n_min, num_clusters=num_clusters)
+      n_max=n_max, n_min=n_min, num_clusters=num_clusters,
+      min_cells=min_cells)
   return jax.vmap(regions)(points, valid, jnp.asarray(alpha, jnp.float32),
                            jnp.asarray(valid_cells), jnp.asarray(image_sizes))
 

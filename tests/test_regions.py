@@ -204,6 +204,10 @@ def test_propose_and_batch_agree():
                                 np.asarray(masks))
   np.testing.assert_array_equal(np.asarray(batch_valid)[0], np.asarray(valid))
   assert not np.asarray(batch_masks)[:, :, 6:].any()
+  # min_cells passes through: only the whole image survives a huge minimum.
+  _, strict = regions.propose(image, alpha, n_max=64, n_min=8,
+                              min_cells=10 ** 6)
+  np.testing.assert_array_equal(np.asarray(strict), [False] * 7 + [True])
 
 
 def test_propose_jax_backend_end_to_end():
