@@ -130,7 +130,15 @@ def _options(config):
 
 
 def store_hash(config, method=None):
-  """Hash of what a store depends on: features, regions, pooling (not R/W)."""
+  """Hash of what a store depends on: features, regions, pooling (not R/W).
+
+  Args:
+    config: ConfigDict.
+    method: pooling method to hash instead of config.pooling.method.
+
+  Returns:
+    16 hex digits (index.hash_config).
+  """
   method = method or config.pooling.method
   features = {k: v for k, v in config.features.to_dict().items()
               if k not in ('batch_size', 'cache_mib')}
@@ -341,7 +349,21 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
 
 def encode(config, image_paths, *, boxes=None, rotations=None,
            reduction=None):
-  """Encodes images with config.pooling.method; see `encode_methods`."""
+  """Encodes images with config.pooling.method (see `encode_methods`).
+
+  Args:
+    config: ConfigDict (features, regions, pooling sections).
+    image_paths: N image files.
+    boxes: float (N, 4) x1 y1 x2 y2 crops at full resolution, or None.
+    rotations: N clockwise degrees (multiples of 90), or None.
+    reduction: U^1 (eq. 4) for 'o2' (queries: the database's); None fits
+      it on these images.
+
+  Returns:
+    index.Store: float32 (N', M, D_store) descriptors of the N' readable
+    images (M = 2^L, or 1 for global baselines), bool (N', M) validity,
+    masks, U^1 and metadata (config, hashes, rows, sizes, skipped).
+  """
   method = config.pooling.method
   return encode_methods(config, image_paths, (method,), boxes=boxes,
                         rotations=rotations, reduction=reduction)[method]
@@ -399,7 +421,16 @@ def _differences(stored, current, prefix=''):
 
 
 def check_store(config, store, role='database'):
-  """Raises ValueError when a store was encoded with another config."""
+  """Refuses a store encoded with another config.
+
+  Args:
+    config: ConfigDict.
+    store: index.Store.
+    role: what the store is, for the message.
+
+  Raises:
+    ValueError: naming the differing config fields.
+  """
   expected = store_hash(config)
   if store.metadata['config_hash'] != expected:
     current = json.loads(json.dumps(config.to_dict()))
@@ -412,7 +443,17 @@ def check_store(config, store, role='database'):
 
 
 def check_fit(config, store, fit):
-  """Raises ValueError when fitted whitening does not belong to a store."""
+  """Refuses fitted whitening that does not belong to a store and config.
+
+  Args:
+    config: ConfigDict.
+    store: index.Store the whitening is applied to.
+    fit: index.Fit.
+
+  Raises:
+    ValueError: fitted on another config's descriptors, with another U^1,
+      with other pca settings, or the store is from another config.
+  """
   where = f'(fitted on {fit.metadata.get("fitted_on", "?")})'
   if fit.metadata['config_hash'] != store.metadata['config_hash']:
     raise ValueError(
