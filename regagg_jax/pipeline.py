@@ -240,9 +240,10 @@ def _propose(config, batch, alpha, regional):
     return cells[:, None], cells.any(axis=(1, 2))[:, None]
   options = {'backend': config.regions.backend, 'n_max': config.regions.n_max,
              'n_min': config.regions.n_min,
-             'num_clusters': config.regions.num_clusters}
+             'num_clusters': config.regions.num_clusters,
+             'min_cells': config.regions.min_cells}
   if config.regions.backend == 'jax':  # detector jitted over the padded batch
-    masks, valid = (np.array(a) for a in regions.propose_batch(
+    masks, valid = (np.asarray(a) for a in regions.propose_batch(
         batch.rgb, alpha, cells, batch.sizes, **options))
   else:
     count = 2 ** config.regions.num_clusters
@@ -252,7 +253,6 @@ def _propose(config, batch, alpha, regional):
       height, width = images.feature_shape(*image.shape[:2])
       masks[slot, :, :height, :width], valid[slot] = regions.propose(
           image, np.asarray(alpha[slot, :height, :width]), **options)
-  valid[:, :-1] &= masks[:, :-1].sum(axis=(2, 3)) >= config.regions.min_cells
   return masks, valid
 
 
