@@ -10,11 +10,22 @@ Times, at one image size (1024 x 768 by default), in one run:
   masks       regions.compute_region_masks (2^L hulls on the conv grid)
 and prints each as milliseconds and as a ratio to the VGG19 forward.
 
+With --agreement it instead compares the two detector backends on the bundled
+samples, with alpha from the real VGG19 weights: the share of jax points
+within 2 px of a hesaff point at a matched scale (|log2 sigma ratio| <= 0.5),
+and the mean IoU of the 2^L - 1 cluster-subset masks of regions.propose (best
+of the L! cluster relabellings, since the two runs may number clusters
+differently; the whole-image slot is equal by construction).
+
 CPU (forces the CPU platform):
   python3 benchmarks/regions_speed.py
 Accelerator (the default JAX backend, e.g. a GPU):
   python3 benchmarks/regions_speed.py --device
+Backend agreement on data/samples (about 8 minutes on 2 CPU cores):
+  python3 benchmarks/regions_speed.py --agreement
 """
+
+import itertools
 
 import pathlib
 import time
@@ -32,6 +43,8 @@ flags.DEFINE_integer("width", 1024, "Image width W_I.")
 flags.DEFINE_integer("height", 768, "Image height H_I.")
 flags.DEFINE_integer("repeats", 3, "Timed runs per stage (median reported).")
 flags.DEFINE_integer("n_max", 4000, "N_max of the salient point rule.")
+flags.DEFINE_bool("agreement", False, "Compare the hesaff and jax backends "
+                  "on the bundled samples instead of timing.")
 flags.DEFINE_string("image", str(pathlib.Path(__file__).parents[1] / "data" /
                                  "samples" / "ukbench00000.jpg"),
                     "Image resized to width x height.")
@@ -49,11 +62,56 @@ def _time(function, repeats):
   return float(np.median(times))
 
 
+def _mask_iou(first, second):
+  union = np.sum(first | second)
+  return np.sum(first & second) / union if union else 1.0
+
+
+def measure_agreement(samples, num_clusters=3):
+  """Prints the point and region agreement of the two detector backends."""
+  from regagg_jax import images, keypoints, regions, vgg19, weighting  # pylint: disable=g-import-not-at-top,g-multiple-import
+  variables = vgg19.load_params()
+  shares, ious = [], []
+  for path in samples:
+    image = images.load_image(path)
+    features = vgg19.features(variables, vgg19.preprocess(image[None]))[0]
+    alpha = weighting.spatial_weights(features)
+    found = {}
+    for backend in ("jax", "hesaff"):
+      points, shapes, valid = (np.asarray(a) for a in keypoints.detect_shapes(
+          image, backend=backend))
+      sigma = np.sqrt(np.abs(np.linalg.det(shapes[valid])))
+      masks, _ = regions.propose(image, alpha, backend=backend,
+                                 num_clusters=num_clusters)
+      found[backend] = points[valid], sigma, np.asarray(masks)
+    (ours, our_sigma, our_masks), (theirs, their_sigma, their_masks) = (
+        found["jax"], found["hesaff"])
+    near = np.linalg.norm(ours[:, None] - theirs[None], axis=-1) <= 2.0
+    matched = np.abs(np.log2(our_sigma[:, None] / their_sigma[None])) <= 0.5
+    shares.append(np.mean(np.any(near & matched, axis=1)))
+    best = 0.0
+    for order in itertools.permutations(range(num_clusters)):
+      other = [sum(1 << order[l] for l in range(num_clusters) if m >> l & 1)
+               for m in range(1, 2 ** num_clusters)]
+      best = max(best, np.mean([_mask_iou(our_masks[m - 1], their_masks[q - 1])
+                                for m, q in zip(range(1, 2 ** num_clusters),
+                                                other)]))
+    ious.append(best)
+    logging.info("%s: share %.3f, IoU %.3f", path, shares[-1], best)
+  print(f"{len(samples)} images: share of jax points within 2 px of a hesaff "
+        f"point at matched scale {np.mean(shares):.3f}; mean IoU of the "
+        f"cluster-subset masks {np.mean(ious):.3f} (median "
+        f"{np.median(ious):.3f}, min {np.min(ious):.3f})")
+
+
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   if not FLAGS.device:
     jax.config.update("jax_platforms", "cpu")
+  if FLAGS.agreement:
+    measure_agreement(sorted(pathlib.Path(FLAGS.image).parent.glob("*.jpg")))
+    return
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from regagg_jax import clustering, keypoints, regions, vgg19, weighting  # pylint: disable=g-import-not-at-top,g-multiple-import
 
