@@ -14,6 +14,7 @@ with it (eq. 3, 5, 6, 8); it maps the zero vector to zero.
 from typing import NamedTuple
 
 from absl import logging
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
@@ -136,6 +137,7 @@ def fit(x, dim, *, whiten=False, mask=None, center=True, min_variance=1e-10):
                    scale=jnp.asarray(scale, jnp.float32))
 
 
+@jax.jit
 def apply(params, x, valid=None):
   """Projects (and whitens) descriptors, then l2-normalises (eq. 6).
 

@@ -11,6 +11,8 @@ Every function works on one image with (M, H, W) region masks and under
 descriptor.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,6 +58,7 @@ def _check_weights(features, beta, alpha):
     raise ValueError(f'alpha must be (H, W), got {alpha.shape}')
 
 
+@jax.jit
 def first_order(features, masks, beta, alpha=None, *, valid=None,
                 region_valid=None):
   """First-order region descriptors: eq. (3), or eq. (9) with `alpha`.
@@ -130,6 +133,7 @@ def compute_log_covariances(local_descriptors, weights, *, eps_rel=1e-3):
   return jnp.where(usable[:, None, None], log_moments, 0.0)
 
 
+@functools.partial(jax.jit, static_argnames=('offdiag_scale',))
 def second_order(features, masks, alpha, beta, pca1, *, valid=None,
                  region_valid=None, eps_rel=1e-3, offdiag_scale=1.0):
   """Second-order region descriptors of eq. (4)-(5).
@@ -178,6 +182,7 @@ def _masked_max(features, masks):
   return jax.lax.map(region_max, masks)
 
 
+@jax.jit
 def mac(features, valid=None):
   """MAC: max over the valid cells of each channel, l2-normalised.
 
@@ -192,6 +197,7 @@ def mac(features, valid=None):
   return pca.l2_normalize(_masked_max(features, valid[None])[0])
 
 
+@functools.partial(jax.jit, static_argnames=('center_prior',))
 def spoc(features, valid=None, *, center_prior=False):
   """SPoC [1]: sum pooling, optionally with the Gaussian centre prior.
 
@@ -221,6 +227,7 @@ def spoc(features, valid=None, *, center_prior=False):
   return pca.l2_normalize(jnp.einsum('hw,hwk->k', weights, features))
 
 
+@functools.partial(jax.jit, static_argnames=('norm_order', 'root'))
 def crow(features, valid=None, *, norm_order=2.0, root=2.0, eps=1e-6):
   """CroW [5]: l2(beta o sum_p alpha_p f_p) with CroW's a=2, b=2 weights.
 
@@ -243,6 +250,7 @@ def crow(features, valid=None, *, norm_order=2.0, root=2.0, eps=1e-6):
   return pca.l2_normalize(beta * jnp.einsum('hw,hwk->k', alpha, features))
 
 
+@jax.jit
 def gem(features, valid=None, *, power=3.0, eps=1e-6):
   """GeM: (mean over valid cells of max(f, eps)^p)^(1/p), l2-normalised.
 
@@ -273,6 +281,7 @@ def _valid_box(valid):
   return (top, left), (height, width)
 
 
+@functools.partial(jax.jit, static_argnames=('levels', 'max_steps'))
 def rmac_regions(features, valid=None, *, levels=3, overlap=0.4, max_steps=7):
   """Per-region MACs of R-MAC [6] (Tolias et al. 2016), before aggregation.
 
@@ -330,6 +339,7 @@ def rmac_regions(features, valid=None, *, levels=3, overlap=0.4, max_steps=7):
   return pca.l2_normalize(_masked_max(features, masks)), jnp.any(masks, (1, 2))
 
 
+@functools.partial(jax.jit, static_argnames=('levels', 'max_steps'))
 def rmac(features, valid=None, *, levels=3, overlap=0.4, max_steps=7):
   """R-MAC [6]: l2 of the sum of the l2-normalised region MACs.
 

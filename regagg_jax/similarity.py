@@ -9,6 +9,8 @@ without a valid region (or a query without one) scores -inf everywhere,
 which sorts last in any ranking.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -28,6 +30,7 @@ def _check_descriptors(name, descriptors, valid):
     raise TypeError(f'{name}_valid must be bool, got {valid.dtype}')
 
 
+@functools.partial(jax.jit, static_argnames=('chunk_size',))
 def image_similarity(query, query_valid, database, database_valid, *,
                      chunk_size=256):
   """ImSim of eq. (7): max VecSim over valid region pairs, per image pair.
@@ -79,6 +82,8 @@ def image_similarity(query, query_valid, database, database_valid, *,
   return scores[:, :num_images], best[:, :num_images]
 
 
+@functools.partial(jax.jit, static_argnames=('n_qe', 'include_query',
+                                               'chunk_size'))
 def query_expansion(query, database, database_valid, scores, best, *,
                     n_qe=10, include_query=False, query_valid=None,
                     chunk_size=256):

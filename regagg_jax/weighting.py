@@ -8,6 +8,9 @@ batch goes through `jax.vmap` with the per-image valid-area mask, and padded
 cells never count.
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 
@@ -41,6 +44,7 @@ def check_feature_map(features, valid=None):
   return valid
 
 
+@functools.partial(jax.jit, static_argnames=('norm_order', 'root'))
 def spatial_weights(features, valid=None, *, norm_order=2.0, root=1.0):
   """Spatial weights alpha of eq. (1) (CroW spatial weights when root=2).
 
@@ -67,6 +71,7 @@ def spatial_weights(features, valid=None, *, norm_order=2.0, root=1.0):
   return alpha
 
 
+@jax.jit
 def channel_weights(features, valid=None, *, eps=1e-6):
   """Channel weights beta of eq. (2).
 
