@@ -8,6 +8,7 @@ ICASSP 2017. One module per pipeline stage:
   vgg19       Flax VGG19 up to conv5_4 + ReLU, Caffe preprocessing
   weighting   spatial weights alpha (eq. 1), channel weights beta (eq. 2)
   keypoints   Hessian-affine detection (hesaff | jax), salient point selection
+  hessian_affine  JAX Hessian-affine detector (keypoints' jax backend)
   clustering  global fast k-means
   regions     power set of clusters -> 2^L convex-hull masks on the conv grid
   pooling     first-order (eq. 3, 9), second-order (eq. 4-5), baselines
@@ -16,7 +17,9 @@ ICASSP 2017. One module per pipeline stage:
   index       descriptor store on disk, FAISS region index
   datasets    benchmarks: image lists, ground truth, query boxes
   evaluation  AP / mAP protocols (numpy, host)
-  pipeline    encode / fit / search / eval: the only reader of a config
+  encoder     images -> region descriptors (batching, pooling, O2's 2 passes)
+  figures     the paper's Fig. 2: queries beside their best-matched results
+  pipeline    encode / fit / search / eval / demo: the only reader of a config
 
 Shape glossary used in every docstring:
   B   images in a batch

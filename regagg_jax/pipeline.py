@@ -5,13 +5,9 @@
   search  queries x Store -> scores (eq. 7, eq. 8 with QE), ranks, best region
   MODES   what run.py's --mode runs: demo, encode, fit, search, eval
 
-Second-order descriptors need U^1 (eq. 4), a PCA learnt on first-order region
-descriptors (eq. 3) of the database, before they can be pooled. `encode` is
-therefore two-pass for 'o2': pass 1 runs VGG19, alpha, beta (eq. 1-2) and the
-region proposal and pools eq. (3); U^1 is fitted on the valid regions of
-those images (unless given, e.g. the database's U^1 for queries); pass 2 pools
-eq. (4-5) from the conv5_4 maps kept in memory (up to features.cache_mib) or
-recomputed (regions are kept). A store holds unwhitened descriptors (D_store =
+`encode` reads the features, regions and pooling sections and hands them to
+`encoder` (images -> region descriptors, two-pass for 'o2'); `figures` draws
+the demo's Fig. 2. A store holds unwhitened descriptors (D_store =
 K'(K'+1)/2 for 'o2', K otherwise) and U^1, so one store serves every D, QE
 and R/W setting: whitening is fitted on a store by `fit` and applied at
 search time. R/W (pooling.regional) only selects regions: W uses R_M alone.
@@ -29,27 +25,22 @@ pca.fit_on learns it on another set, and the demo (configs/demo.py) uses a
 small D = 16 for every method.
 """
 
-import functools
 import json
 import os
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from absl import logging
-import cv2
 import jax
 import numpy as np
-import tqdm
 
 from regagg_jax import datasets
+from regagg_jax import encoder
 from regagg_jax import evaluation
-from regagg_jax import images
+from regagg_jax import figures
 from regagg_jax import index
 from regagg_jax import pca
-from regagg_jax import pooling
-from regagg_jax import regions
 from regagg_jax import similarity
 from regagg_jax import vgg19
-from regagg_jax import weighting
 
 WEIGHTS = {
     'imagenet': lambda features: vgg19.load_params(),
@@ -58,75 +49,8 @@ WEIGHTS = {
 }
 """features.weights -> VGG19 variables."""
 
-
-class Method(NamedTuple):
-  """A pooling method: pool(features, alpha, beta, cells, masks, region_valid,
-  reduction, options) -> float32 (M, D_store) for one image (vmapped).
-
-  Attributes:
-    pool: the per-image pooling function.
-    regional: pools the 2^L proposed regions (else the whole image, M = 1).
-    reduced: needs U^1 of eq. (4).
-  """
-  pool: Callable
-  regional: bool
-  reduced: bool
-
-
-def _pool_sum(features, alpha, beta, cells, masks, region_valid, reduction,
-              options):
-  del alpha, reduction, options
-  return pooling.first_order(features, masks, beta, valid=cells,  # eq. (3)
-                             region_valid=region_valid)
-
-
-def _pool_first_order(features, alpha, beta, cells, masks, region_valid,
-                      reduction, options):
-  del reduction, options
-  return pooling.first_order(features, masks, beta, alpha,  # eq. (9)
-                             valid=cells, region_valid=region_valid)
-
-
-def _pool_second_order(features, alpha, beta, cells, masks, region_valid,
-                       reduction, options):
-  return pooling.second_order(  # eq. (4-5)
-      features, masks, alpha, beta, reduction, valid=cells,
-      region_valid=region_valid, offdiag_scale=options['offdiag_scale'])
-
-
-def _baseline(function, **option_names):
-  """Wraps a global baseline (features, valid) -> (K,) as a 1-region Method."""
-  def pool(features, alpha, beta, cells, masks, region_valid, reduction,
-           options):
-    del alpha, beta, masks, region_valid, reduction
-    kwargs = {arg: options[name] for arg, name in option_names.items()}
-    return function(features, cells, **kwargs)[None]
-  return pool
-
-
-POOLING = {
-    'o2': Method(_pool_second_order, regional=True, reduced=True),
-    'o1': Method(_pool_first_order, regional=True, reduced=False),
-    'spoc': Method(_baseline(pooling.spoc), regional=False, reduced=False),
-    'mac': Method(_baseline(pooling.mac), regional=False, reduced=False),
-    'crow': Method(_baseline(pooling.crow), regional=False, reduced=False),
-    'rmac': Method(_baseline(pooling.rmac, levels='rmac_levels'),
-                   regional=False, reduced=False),
-    'gem': Method(_baseline(pooling.gem, power='gem_power'), regional=False,
-                  reduced=False),
-}
-"""pooling.method -> Method."""
-
-_SUM = Method(_pool_sum, regional=True, reduced=False)  # U^1's training set
-
 QUERY_REGIONS = {'all': False, 'whole': True}
 """search.query_regions -> whether queries use R_M (the whole image) only."""
-
-
-def _options(config):
-  return (('gem_power', float(config.pooling.gem_power)),
-          ('offdiag_scale', float(config.pooling.offdiag_scale)),
-          ('rmac_levels', int(config.pooling.rmac_levels)))
 
 
 def store_hash(config, method=None):
@@ -145,7 +69,7 @@ def store_hash(config, method=None):
   pooled = dict(config.pooling.to_dict(), method=method)
   pooled.pop('regional')
   sections = {'features': features, 'pooling': pooled}
-  if POOLING[method].regional:
+  if encoder.POOLING[method].regional:
     sections['regions'] = config.regions.to_dict()
   return index.hash_config(sections)
 
@@ -156,208 +80,51 @@ def fit_hash(config):
                             'regional': config.pooling.regional})
 
 
-@functools.partial(jax.jit, static_argnames=('dtype',))
-def _forward(variables, rgb, sizes, cells, *, dtype):
-  """uint8 (B, H_I, W_I, 3), int32 (B, 2) image sizes, bool (B, H, W) valid
-  cells -> features (exact inside each padded image), alpha, beta."""
-  features = vgg19.features(variables, vgg19.preprocess(rgb), sizes,
-                            dtype=dtype)
-  alpha = jax.vmap(weighting.spatial_weights)(features, cells)  # eq. (1)
-  beta = jax.vmap(weighting.channel_weights)(features, cells)  # eq. (2)
-  return features, alpha, beta
-
-
-@functools.partial(jax.jit, static_argnames=('method', 'options'))
-def _pool(features, alpha, beta, cells, masks, region_valid, reduction, *,
-          method, options):
-  pool = functools.partial(method.pool, reduction=reduction,
-                           options=dict(options))
-  return jax.vmap(pool)(features, alpha, beta, cells, masks, region_valid)
-
-
-def _load(path, box, rotation, max_size):
-  """Reads one image: rotate, crop at full resolution, then shrink."""
-  image = images.load_image(path)
-  if rotation:
-    image = datasets.rotate_image(image, rotation)
-  if box is not None:
-    try:
-      image = datasets.crop_query(image, box)
-    except ValueError as error:
-      raise images.ImageError(f'{path}: {error}') from error
-    if min(image.shape[:2]) < images.MIN_SIDE:
-      raise images.ImageError(f'{path}: crop {list(box)} is smaller than '
-                              f'{images.MIN_SIDE} px')
-  if max_size and max(image.shape[:2]) > max_size:
-    image = images.resize_longer_side(image, max_size)
-  return image
-
-
-class _Batch(NamedTuple):
-  indices: list  # rows of the input list
-  images: list  # uint8 (H_I, W_I, 3), unpadded
-  rgb: np.ndarray  # uint8 (B, H_b, W_b, 3), padded to the batch size
-  sizes: np.ndarray  # int32 (B, 2) image (H_I, W_I), zeros for padding
-  cells: np.ndarray  # bool (B, H, W) valid feature cells
-
-
-def _batch(rows, pictures, batch_size):
-  height, width = images.bucket_shape(*np.max(
-      [p.shape[:2] for p in pictures], axis=0))
-  rgb, cells = images.pad_batch(pictures, height=height, width=width)
-  extra = batch_size - len(pictures)
-  rgb = np.concatenate([rgb, np.zeros((extra,) + rgb.shape[1:], np.uint8)])
-  cells = np.concatenate([cells, np.zeros((extra,) + cells.shape[1:], bool)])
-  sizes = np.zeros((batch_size, 2), np.int32)
-  sizes[:len(pictures)] = [p.shape[:2] for p in pictures]
-  return _Batch(list(rows), list(pictures), rgb, sizes, cells)
-
-
-def _batches(config, load, image_paths, skipped):
-  """Yields _Batch of one shape bucket each, skipping unreadable images."""
-  size = config.features.batch_size
-  pending = {}
-  for row in tqdm.tqdm(range(len(image_paths)), desc='encoding',
-                       unit='image'):
-    try:
-      image = load(row)
-    except images.ImageError as error:
-      logging.warning('skipping unreadable image: %s', error)
-      skipped.append([str(image_paths[row]), str(error)])
-      continue
-    bucket = images.bucket_shape(*image.shape[:2])
-    pending.setdefault(bucket, []).append((row, image))
-    if len(pending[bucket]) == size:
-      yield _batch(*zip(*pending.pop(bucket)), size)
-  for items in pending.values():
-    yield _batch(*zip(*items), size)
-
-
-def _propose(config, batch, alpha, regional):
-  """Region masks bool (B, M, H, W) and validity (B, M) of a batch."""
-  cells = batch.cells
-  if not regional:
-    return cells[:, None], cells.any(axis=(1, 2))[:, None]
-  options = {'backend': config.regions.backend, 'n_max': config.regions.n_max,
-             'n_min': config.regions.n_min,
-             'num_clusters': config.regions.num_clusters,
-             'min_cells': config.regions.min_cells}
-  if config.regions.backend == 'jax':  # detector jitted over the padded batch
-    masks, valid = (np.asarray(a) for a in regions.propose_batch(
-        batch.rgb, alpha, cells, batch.sizes, **options))
-  else:
-    count = 2 ** config.regions.num_clusters
-    masks = np.zeros((len(cells), count) + cells.shape[1:], bool)
-    valid = np.zeros((len(cells), count), bool)
-    for slot, image in enumerate(batch.images):
-      height, width = images.feature_shape(*image.shape[:2])
-      masks[slot, :, :height, :width], valid[slot] = regions.propose(
-          image, np.asarray(alpha[slot, :height, :width]), **options)
-  return masks, valid
-
-
-def _pool_batch(config, method, maps, masks, valid, reduction):
-  features, alpha, beta, cells = maps
-  descriptors = _pool(features, alpha, beta, cells, masks, valid, reduction,
-                      method=method, options=_options(config))
-  return np.asarray(descriptors)
-
-
-def _collect(outputs, rows, sizes, descriptors, masks, valid):
-  """Keeps each real image's (descriptors, valid, masks on its grid, size)."""
-  for slot, row in enumerate(rows):
-    height_i, width_i = (int(s) for s in sizes[slot])
-    height, width = images.feature_shape(height_i, width_i)
-    outputs[row] = (descriptors[slot], valid[slot],
-                    masks[slot, :, :height, :width], (height_i, width_i))
-
-
-class _Deferred(NamedTuple):
-  """A batch waiting for U^1: its regions, eq. (3) descriptors, and its
-  conv5_4 maps when they fit in features.cache_mib (else None)."""
-  rows: list
-  sizes: np.ndarray
-  maps: tuple | None
-  masks: np.ndarray
-  valid: np.ndarray
-  summed: np.ndarray | None
-
-
 def encode_methods(config, image_paths, methods, *, boxes=None,
                    rotations=None, reduction=None):
   """Encodes images once for several pooling methods (one VGG19 pass).
 
+  Reads the features, regions and pooling sections for
+  `encoder.encode_methods` and records the config and its `store_hash` in
+  each store's metadata.
+
   Args:
     config: ConfigDict (features, regions, pooling sections).
     image_paths: N image files.
-    methods: POOLING keys.
+    methods: encoder.POOLING keys.
     boxes: float (N, 4) x1 y1 x2 y2 crops at full resolution, or None.
     rotations: N clockwise degrees (multiples of 90), or None.
-    reduction: U^1 (eq. 4) for 'o2'; None fits it on these images (eq. 3).
+    reduction: U^1 (eq. 4) for 'o2' (queries: the database's); None fits
+      it on these images.
 
   Returns:
     {method: index.Store} over the readable images, in input order.
+
+  Raises:
+    ValueError: an unknown method.
   """
-  for method in methods:
-    if method not in POOLING:
-      raise ValueError(f'pooling method must be one of {sorted(POOLING)}, '
-                       f'got {method!r}')
-  load = lambda row: _load(  # pylint: disable=g-long-lambda
-      image_paths[row], None if boxes is None else boxes[row],
-      0 if rotations is None else rotations[row], config.features.max_size)
-  variables = WEIGHTS[config.features.weights](config.features)
-  regional = any(POOLING[m].regional for m in methods)
-  later = [m for m in methods if POOLING[m].reduced]
-  skipped, deferred, outputs = [], [], {m: {} for m in methods}
-  cache_bytes = config.features.cache_mib * 2 ** 20
-  for batch in _batches(config, load, image_paths, skipped):
-    maps = _forward(variables, batch.rgb, batch.sizes, batch.cells,
-                    dtype=config.features.dtype) + (batch.cells,)
-    masks, valid = _propose(config, batch, maps[1], regional)
-    for method in set(methods) - set(later):
-      whole = slice(-1, None) if not POOLING[method].regional else slice(None)
-      _collect(outputs[method], batch.indices, batch.sizes, _pool_batch(
-          config, POOLING[method], maps, masks[:, whole], valid[:, whole],
-          None), masks[:, whole], valid[:, whole])
-    if later:
-      cache_bytes -= maps[0].nbytes
-      deferred.append(_Deferred(
-          batch.indices, batch.sizes, maps if cache_bytes >= 0 else None,
-          masks, valid, None if reduction is not None else _pool_batch(
-              config, _SUM, maps, masks, valid, None)))
-  if deferred and reduction is None:
-    summed = np.concatenate([d.summed[:len(d.rows)] for d in deferred])
-    region_valid = np.concatenate([d.valid[:len(d.rows)] for d in deferred])
-    reduction = pca.fit(summed.reshape(-1, summed.shape[-1]),
-                        config.pooling.k_prime, center=False,
-                        mask=region_valid.reshape(-1))  # U^1 of eq. (4)
-  for batch in tqdm.tqdm(deferred, desc='second order', unit='batch'):
-    maps = batch.maps
-    if maps is None:  # not cached: run VGG19 again on the same padded batch
-      padded = _batch(batch.rows, [load(r) for r in batch.rows],
-                      config.features.batch_size)
-      maps = _forward(variables, padded.rgb, padded.sizes, padded.cells,
-                      dtype=config.features.dtype) + (padded.cells,)
-    for method in later:
-      _collect(outputs[method], batch.rows, batch.sizes, _pool_batch(
-          config, POOLING[method], maps, batch.masks, batch.valid, reduction),
-               batch.masks, batch.valid)
-  return {m: _assemble(config, m, image_paths, outputs[m], skipped,
-                       reduction if POOLING[m].reduced else None)
-          for m in methods}
+  features = config.features
+  stores = encoder.encode_methods(
+      WEIGHTS[features.weights](features), image_paths, methods,
+      region_options={k: config.regions[k] for k in (
+          'backend', 'n_max', 'n_min', 'num_clusters', 'min_cells')},
+      pooling_options={'gem_power': float(config.pooling.gem_power),
+                       'offdiag_scale': float(config.pooling.offdiag_scale),
+                       'rmac_levels': int(config.pooling.rmac_levels)},
+      k_prime=config.pooling.k_prime, max_size=features.max_size,
+      batch_size=features.batch_size, dtype=features.dtype,
+      cache_mib=features.cache_mib, boxes=boxes, rotations=rotations,
+      reduction=reduction)
+  return {method: store._replace(metadata=dict(
+      store.metadata, config_hash=store_hash(config, method),
+      config=json.loads(json.dumps(dict(config.to_dict(), pooling=dict(
+          config.pooling.to_dict(), method=method))))))
+          for method, store in stores.items()}
 
 
 def encode(config, image_paths, *, boxes=None, rotations=None,
            reduction=None):
   """Encodes images with config.pooling.method (see `encode_methods`).
-
-  Args:
-    config: ConfigDict (features, regions, pooling sections).
-    image_paths: N image files.
-    boxes: float (N, 4) x1 y1 x2 y2 crops at full resolution, or None.
-    rotations: N clockwise degrees (multiples of 90), or None.
-    reduction: U^1 (eq. 4) for 'o2' (queries: the database's); None fits
-      it on these images.
 
   Returns:
     index.Store: float32 (N', M, D_store) descriptors of the N' readable
@@ -367,37 +134,6 @@ def encode(config, image_paths, *, boxes=None, rotations=None,
   method = config.pooling.method
   return encode_methods(config, image_paths, (method,), boxes=boxes,
                         rotations=rotations, reduction=reduction)[method]
-
-
-def _assemble(config, method, image_paths, outputs, skipped, reduction):
-  """Builds a Store in input order from {row: per-image outputs}."""
-  rows = sorted(outputs)
-  num_regions = (2 ** config.regions.num_clusters
-                 if POOLING[method].regional else 1)
-  dim = outputs[rows[0]][0].shape[-1] if rows else 0
-  grid = np.array([o[2].shape[1:] for o in outputs.values()] or [(0, 0)],
-                  np.int32).max(axis=0)
-  store = index.Store(
-      descriptors=np.zeros((len(rows), num_regions, dim), np.float32),
-      valid=np.zeros((len(rows), num_regions), bool),
-      masks=np.zeros((len(rows), num_regions, *grid), bool),
-      grid=np.zeros((len(rows), 2), np.int32),
-      image_paths=tuple(str(image_paths[r]) for r in rows),
-      reduction=reduction, metadata={
-          'config_hash': store_hash(config, method),
-          'config': json.loads(json.dumps(dict(config.to_dict(), pooling=dict(
-              config.pooling.to_dict(), method=method)))),
-          'inputs_hash': index.hash_config([str(p) for p in image_paths]),
-          'reduction_hash': index.hash_params(reduction),
-          'rows': rows, 'sizes': [list(outputs[r][3]) for r in rows],
-          'skipped': skipped})
-  for position, row in enumerate(rows):
-    descriptors, valid, masks, _ = outputs[row]
-    store.descriptors[position] = descriptors
-    store.valid[position] = valid
-    store.masks[position, :, :masks.shape[1], :masks.shape[2]] = masks
-    store.grid[position] = masks.shape[1:]
-  return store
 
 
 def _use_regions(valid, *, whole):
@@ -811,83 +547,6 @@ DEMO_ROWS = {
     'GeM': ('gem', False)}
 """Demo table row -> (pooling.method, pooling.regional); the first is drawn."""
 
-_MARKS = {'relevant': (0, 170, 0), 'irrelevant': (220, 0, 0),
-          'junk': (150, 150, 150)}
-_SHADE = np.array([255, 220, 0], np.float32)  # yellow: best-matched region
-
-
-def _thumbnail(image, mask, mark, *, height):
-  """Shades a bool (H, W) cell mask on the image, marks the top-left corner
-  and the frame with `mark` (RGB), and resizes to `height` pixels."""
-  if mask is not None:
-    cells = np.kron(mask.astype(np.uint8),
-                    np.ones((images.STRIDE, images.STRIDE), np.uint8))
-    cells = np.ascontiguousarray(cells[:image.shape[0], :image.shape[1]])
-    shaded = image.astype(np.float32)
-    shaded[cells > 0] = 0.6 * shaded[cells > 0] + 0.4 * _SHADE
-    image = shaded.astype(np.uint8)
-    contours, _ = cv2.findContours(cells, cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(image, contours, -1, tuple(int(v) for v in _SHADE),
-                     max(1, image.shape[0] // height * 2))
-  width = max(1, round(image.shape[1] * height / image.shape[0]))
-  image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-  cv2.rectangle(image, (0, 0), (width - 1, height - 1), mark, 3)
-  cv2.rectangle(image, (0, 0), (height // 8, height // 8), mark, -1)
-  return image
-
-
-def draw_results(path, dataset, database, ranking, positions, *, max_size,
-                 num_queries, num_results, boxes=None, height=128):
-  """Draws a figure like the paper's Fig. 2 as a PNG.
-
-  Each row: a query (blue frame, cropped to its box if `boxes`) beside its
-  top `num_results` results (the query's own image left out), the region
-  best-matched to the query (eq. 7) shaded yellow and outlined, and the
-  corner marked green / red / gray for relevant / irrelevant / junk.
-
-  Args:
-    path: PNG file to write.
-    dataset: datasets.Dataset (queries, positives, junk).
-    database: index.Store the ranking refers to.
-    ranking: Ranking of the query store.
-    positions: int (Q,) query store row of each dataset query (-1: none).
-    max_size: features.max_size the store was encoded with.
-    num_queries: rows drawn, queries spread evenly over the dataset's.
-    num_results: results per row.
-    boxes: float (Q, 4) query crops, or None.
-    height: tile height in pixels.
-  """
-  picks = np.unique(np.linspace(0, len(positions) - 1, num_queries).round())
-  rows = np.asarray(database.metadata['rows'])
-  query_paths = datasets.query_paths(dataset)
-  lines = []
-  for q in picks.astype(int):
-    if positions[q] < 0:
-      continue
-    query = _load(query_paths[q], None if boxes is None else boxes[q], 0,
-                  max_size)
-    tiles = [_thumbnail(query, None, (0, 90, 255), height=height)]
-    results = [r for r in ranking.ranks[positions[q]]
-               if database.image_paths[r] != str(query_paths[q])]
-    for result in results[:num_results]:
-      label = ('relevant' if rows[result] in dataset.positives[q] else
-               'junk' if rows[result] in dataset.junk[q] else 'irrelevant')
-      h, w = database.grid[result]
-      mask = database.masks[result, ranking.best[positions[q], result], :h, :w]
-      image = _load(database.image_paths[result], None, 0, max_size)
-      tiles.append(_thumbnail(image, mask, _MARKS[label], height=height))
-    gap = np.full((height, 6, 3), 255, np.uint8)
-    lines.append(np.concatenate([x for t in tiles for x in (t, gap)], axis=1))
-  canvas = np.full((len(lines) * (height + 6),
-                    max(line.shape[1] for line in lines), 3), 255, np.uint8)
-  for number, line in enumerate(lines):
-    top = number * (height + 6)
-    canvas[top:top + height, :line.shape[1]] = line
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  cv2.imwrite(path, canvas[..., ::-1])
-
-
 def run_demo(config):
   """--mode=demo: every DEMO_ROWS method on config.eval's dataset (the
   bundled samples), one VGG19 pass; prints the table, writes
@@ -913,7 +572,7 @@ def run_demo(config):
   _print_table(f'{dataset.name}: {len(dataset.images)} images, every image '
                f'a query ({path})', results, list(results[0]))
   figure = os.path.join(config.workdir, 'fig2.png')
-  draw_results(figure, dataset, *drawn, max_size=config.features.max_size,
+  figures.draw_results(figure, dataset, *drawn, max_size=config.features.max_size,
                num_queries=config.eval.figure_queries,
                num_results=config.eval.figure_results)
   print(f'\nFig. 2 ({next(iter(DEMO_ROWS))}): {figure}')

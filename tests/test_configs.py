@@ -13,6 +13,7 @@ from ml_collections import config_flags
 import pytest
 
 from configs import paper
+from regagg_jax import encoder
 from regagg_jax import pipeline
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,7 @@ def _check_valid(config):
   assert set(config) >= {'features', 'regions', 'pooling', 'pca', 'search',
                          'eval', 'name', 'workdir'}
   assert config.features.weights in pipeline.WEIGHTS
-  assert config.pooling.method in pipeline.POOLING
+  assert config.pooling.method in encoder.POOLING
   assert config.search.query_regions in pipeline.QUERY_REGIONS
   assert config.regions.backend in ('hesaff', 'jax')
   assert config.features.dtype in ('float32', 'bfloat16')

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import quick
+from regagg_jax import encoder
 from regagg_jax import images
 from regagg_jax import index
 from regagg_jax import pca
@@ -236,7 +237,7 @@ def test_encoding_does_not_depend_on_batch_mates_or_cache(small_images):
 
 def test_one_bucket_compiles_the_forward_once(small_images):
   counter = {'traces': 0}
-  original = pipeline._forward
+  original = encoder._forward
 
   @functools.partial(jax.jit, static_argnames=('dtype',))
   def counting(variables, rgb, sizes, cells, *, dtype):
@@ -245,23 +246,23 @@ def test_one_bucket_compiles_the_forward_once(small_images):
 
   paths = [p for p, n in zip(small_images, range(7)) if n in (0, 2, 5)]
   try:
-    pipeline._forward = counting
+    encoder._forward = counting
     pipeline.encode_methods(_config(features__batch_size=1), paths, ('gem',))
   finally:
-    pipeline._forward = original
+    encoder._forward = original
   assert counter['traces'] == 1  # three 80 px images, one bucket
 
 
-@pytest.mark.parametrize('method', sorted(pipeline.POOLING))
+@pytest.mark.parametrize('method', sorted(encoder.POOLING))
 def test_every_method_encodes_finite_unit_descriptors(small_images, method):
   config = _config(pooling__method=method)
   store = pipeline.encode(config, small_images[:2])
-  expected_regions = 8 if pipeline.POOLING[method].regional else 1
+  expected_regions = 8 if encoder.POOLING[method].regional else 1
   assert store.descriptors.shape[:2] == (2, expected_regions)
   assert np.isfinite(store.descriptors).all()
   norms = np.linalg.norm(store.descriptors[store.valid], axis=-1)
   np.testing.assert_allclose(norms, 1, rtol=1e-5)
-  assert (store.reduction is not None) == pipeline.POOLING[method].reduced
+  assert (store.reduction is not None) == encoder.POOLING[method].reduced
   assert store.metadata['config_hash'] == pipeline.store_hash(config)
 
 
