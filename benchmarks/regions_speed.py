@@ -3,7 +3,8 @@
 Times, at one image size (1024 x 768 by default), in one run:
   vgg19       regagg_jax.vgg19.features (random init_params weights)
   hesaff      keypoints.detect(backend="hesaff") on the host
-  jax         keypoints.detect(backend="jax"), jitted
+  jax         keypoints.detect(backend="jax"), i.e. the jitted
+              hessian_affine.detect_hessian_affine
   selection   keypoints.select_salient (N_max = 4000)
   bound       clustering.compute_bounds once over N_max points (O(P^2))
   kmeans      clustering.global_fast_kmeans (L = 3)
@@ -26,7 +27,6 @@ Backend agreement on data/samples (about 8 minutes on 2 CPU cores):
 """
 
 import itertools
-
 import pathlib
 import time
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from regagg_jax import clustering
+from regagg_jax import hessian_affine
 from regagg_jax import keypoints
 
 
@@ -141,6 +142,12 @@ def rasterise_hulls(points, members, grid_size, image_size, *, grid_shape,
   return masks & inside[None], areas
 
 
+def _grid_size(valid_cells):
+  """int32 (2,) rows and columns of the top-left block of valid cells."""
+  return jnp.stack([jnp.sum(jnp.any(valid_cells, axis=1)),
+                    jnp.sum(jnp.any(valid_cells, axis=0))])
+
+
 def compute_region_masks(points, labels, valid_cells, image_size, *,
                          num_clusters=3, min_cells=1, min_area=1e-3,
                          tolerance=1e-3):
@@ -161,9 +168,7 @@ def compute_region_masks(points, labels, valid_cells, image_size, *,
     masks bool (M, H, W) (zero where discarded) and valid bool (M,); the last
     slot is the whole image.
   """
-  rows = jnp.sum(jnp.any(valid_cells, axis=1))
-  columns = jnp.sum(jnp.any(valid_cells, axis=0))
-  grid_size = jnp.stack([rows, columns])
+  grid_size = _grid_size(valid_cells)
   members = subset_members(labels, num_clusters=num_clusters)
   masks, areas = rasterise_hulls(points, members, grid_size, image_size,
                                  grid_shape=valid_cells.shape,
@@ -184,11 +189,9 @@ def compute_region_masks(points, labels, valid_cells, image_size, *,
 def _regions_from_points(points, valid, alpha, valid_cells, image_size, *,
                          padded_shape, n_max, n_min, num_clusters, min_cells):
   """Selection, clustering and masks for one (maybe padded) image."""
-  grid_size = jnp.stack([jnp.sum(jnp.any(valid_cells, axis=1)),
-                         jnp.sum(jnp.any(valid_cells, axis=0))])
   points, valid = keypoints.select_salient_padded(
-      points, valid, alpha, grid_size, image_size, padded_shape=padded_shape,
-      n_max=n_max, n_min=n_min)
+      points, valid, alpha, _grid_size(valid_cells), image_size,
+      padded_shape=padded_shape, n_max=n_max, n_min=n_min)
   labels, _ = clustering.global_fast_kmeans(points, valid,
                                             num_clusters=num_clusters)
   return compute_region_masks(points, labels, valid_cells, image_size,
@@ -246,9 +249,10 @@ def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
                      f"{valid_cells.shape}")
   image_sizes = np.asarray(image_sizes, np.int32)
   if backend == "jax":
-    points, shapes, valid = jax.vmap(keypoints.detect_hessian_affine)(
+    points, shapes, valid = jax.vmap(hessian_affine.detect_hessian_affine)(
         jnp.asarray(images))
-    valid &= jax.vmap(keypoints.measured_inside)(points, shapes, image_sizes)
+    valid &= jax.vmap(hessian_affine.measured_inside)(points, shapes,
+                                                      image_sizes)
   else:
     detections = [keypoints.detect(np.asarray(image[:height, :width]),
                                    backend=backend)
