@@ -6,15 +6,19 @@
   python run.py --config=configs/default.py --config.pca.dim=256 --mode=fit
 
 Modes (regagg_jax.pipeline.MODES): demo, encode, fit, search, eval. Each
-configs/*.py docstring gives its exact commands.
+configs/*.py docstring gives its exact commands. On CPU backends, the
+OpenBLAS threads behind jaxlib's QR / SVD are capped to one at start-up
+(encoder.limit_lapack_threads): they fight XLA's threads otherwise.
 """
 
 import os
 
 from absl import app
 from absl import flags
+import jax
 from ml_collections import config_flags
 
+from regagg_jax import encoder
 from regagg_jax import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -29,6 +33,8 @@ _MODE = flags.DEFINE_enum('mode', 'demo', sorted(pipeline.MODES),
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if jax.default_backend() == 'cpu':
+    encoder.limit_lapack_threads()
   pipeline.MODES[_MODE.value](_CONFIG.value)
 
 

@@ -20,26 +20,22 @@ other processes on a shared machine hits both; medians are reported.
 jaxlib runs its LAPACK custom calls (QR, SVD of eq. 5) through scipy's
 OpenBLAS, whose own worker threads compete with XLA's thread pool: on a
 loaded 2-core machine a batched QR took 580 ms with them and 61 ms without.
---lapack_threads=1 (default) caps that one library through its
-scipy_openblas_set_num_threads entry point; FAISS's bundled OpenBLAS and
-numpy's are left alone. --lapack_threads=0 keeps the library default.
+--lapack_threads=1 (default) caps that one library
+(encoder.limit_lapack_threads, through its scipy_openblas_set_num_threads
+entry point); FAISS's bundled OpenBLAS and numpy's are left alone. --lapack_threads=0 keeps the library default.
 """
 
-import ctypes
 import functools
-import glob
-import os
 import time
 
 from absl import app
 from absl import flags
-from absl import logging
 import faiss
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy
 
+from regagg_jax import encoder
 from regagg_jax import pca
 from regagg_jax import pooling
 from regagg_jax import similarity
@@ -59,19 +55,6 @@ _FAISS_K = flags.DEFINE_integer('faiss_k', 100, 'k of the approximate FAISS.')
 _LAPACK_THREADS = flags.DEFINE_integer(
     'lapack_threads', 1, "Threads of scipy's OpenBLAS (jaxlib's LAPACK); 0 "
     'keeps its default.')
-
-
-def limit_lapack_threads(count):
-  """Caps the threads of the OpenBLAS behind scipy.linalg.cython_lapack."""
-  pattern = os.path.join(os.path.dirname(scipy.__file__), os.pardir,
-                         'scipy.libs', 'libscipy_openblas*.so')
-  libraries = glob.glob(pattern)
-  if not libraries:
-    logging.warning('no scipy OpenBLAS at %s; LAPACK threads unchanged',
-                    pattern)
-    return
-  for library in libraries:
-    ctypes.CDLL(library).scipy_openblas_set_num_threads(count)
 
 
 def time_call(fn, *args):
@@ -185,7 +168,7 @@ def search_ratio(rng):
 def main(argv):
   del argv
   if _LAPACK_THREADS.value > 0:
-    limit_lapack_threads(_LAPACK_THREADS.value)
+    encoder.limit_lapack_threads(_LAPACK_THREADS.value)
   rng = np.random.default_rng(0)
   print(f'jax {jax.__version__} on {jax.devices()[0].platform}, '
         f'{jax.device_count()} device(s); faiss {faiss.__version__} '

@@ -110,8 +110,13 @@ def limit_lapack_threads(num_threads=1):
   are left alone. Logs a warning if scipy bundles no OpenBLAS.
 
   Args:
-    num_threads: threads that library may use.
+    num_threads: threads that library may use, >= 1.
+
+  Raises:
+    ValueError: num_threads < 1.
   """
+  if num_threads < 1:
+    raise ValueError(f'num_threads must be >= 1, got {num_threads}')
   pattern = os.path.join(os.path.dirname(scipy.__file__), os.pardir,
                          'scipy.libs', 'libscipy_openblas*.so')
   libraries = glob.glob(pattern)
