@@ -18,7 +18,8 @@ database indices of the positive and junk images. The images are not bundled
 
 For the pipeline: load images with `database_paths` / `query_paths`, resize to
 `dataset.max_size` when it is set (never for Oxford/Paris, whose images keep
-their original size), cut queries with `crop_query(image, dataset.boxes[q])`
+their original size), read them with `apply_exif=dataset.apply_exif` (False
+for Oxford/Paris: boxes refer to the stored pixels), cut queries with `crop_query(image, dataset.boxes[q])`
 at full resolution before any resizing (skip the crop for the paper's "OF"
 full-query rows), rotate with `rotate_image(image, dataset.rotations[name])`
 when a Holidays rotation file was given, and score `ranks` (Q, N) with
@@ -113,6 +114,10 @@ class Dataset(NamedTuple):
     max_size: longer side to resize every image to, or None for the original size.
     image_root: folder of the images when known (ukbench, folders), else None.
     rotations: {file name: degrees clockwise} for manually rotated Holidays.
+    apply_exif: whether images are read with their JPEG EXIF orientation
+      applied (images.load_image). False for Oxford / Paris (also revisited):
+      their query boxes and official protocols (PIL, no EXIF transposition)
+      refer to the stored pixel orientation.
   """
   name: str
   protocol: str
@@ -128,6 +133,7 @@ class Dataset(NamedTuple):
   max_size: int | None = None
   image_root: Path | None = None
   rotations: Mapping[str, int] = _NO_ROTATIONS
+  apply_exif: bool = True
 
 
 def download_instructions(name: str) -> str:
@@ -231,7 +237,7 @@ def load_benchmark(name: str, *, ground_truth_root=None, rotation_file=None) -> 
         np.full(len(data['qimlist']), -1, np.int64),
         np.array([g['bbx'] for g in data['gnd']], np.float64),
         tuple(np.concatenate([e, h]) for e, h in zip(labels['easy'], labels['hard'])),
-        labels['junk'], labels['easy'], labels['hard'])
+        labels['junk'], labels['easy'], labels['hard'], apply_exif=False)
   mat = scipy.io.loadmat(path)
   images = tuple(f'{str(n[0][0])}.jpg' for n in mat['imlist'])
   query_indices = mat['qidx'].ravel().astype(np.int64) - 1  # MATLAB is 1-based.
@@ -244,7 +250,7 @@ def load_benchmark(name: str, *, ground_truth_root=None, rotation_file=None) -> 
   return Dataset(name, 'holidays' if holidays else 'oxford', images,
                  tuple(images[i] for i in query_indices), query_indices, boxes,
                  field('ok'), field('junk'), max_size=HOLIDAYS_MAX_SIZE if holidays else None,
-                 rotations=rotations)
+                 rotations=rotations, apply_exif=holidays)
 
 
 def load_ukbench(image_root) -> Dataset:

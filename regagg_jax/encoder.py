@@ -146,7 +146,7 @@ def _pool(features, alpha, beta, cells, masks, region_valid, reduction, *,
   return jax.vmap(pool)(features, alpha, beta, cells, masks, region_valid)
 
 
-def load(path, *, box=None, rotation=0, max_size=0):
+def load(path, *, box=None, rotation=0, max_size=0, apply_exif=True):
   """Reads one image: rotate, crop at full resolution, then shrink.
 
   Args:
@@ -154,6 +154,8 @@ def load(path, *, box=None, rotation=0, max_size=0):
     box: x1 y1 x2 y2 crop in pixels of the (rotated) image, or None.
     rotation: clockwise degrees, a multiple of 90.
     max_size: longer side to shrink to; 0 keeps the original size.
+    apply_exif: apply a JPEG's EXIF orientation (images.load_image); box
+      and rotation refer to the image after it.
 
   Returns:
     uint8 (H_I, W_I, 3) RGB image.
@@ -161,7 +163,7 @@ def load(path, *, box=None, rotation=0, max_size=0):
   Raises:
     images.ImageError: unreadable, or the crop is empty or too small.
   """
-  image = images.load_image(path)
+  image = images.load_image(path, apply_exif=apply_exif)
   if rotation:
     image = datasets.rotate_image(image, rotation)
   if box is not None:
@@ -258,7 +260,7 @@ class _Deferred(NamedTuple):
 def encode_methods(variables, image_paths, methods, *, region_options,
                    pooling_options, k_prime, max_size=0, batch_size=4,
                    dtype='float32', cache_mib=2048, boxes=None, rotations=None,
-                   reduction=None):
+                   reduction=None, apply_exif=True):
   """Encodes images once for several pooling methods (one VGG19 pass).
 
   Args:
@@ -278,12 +280,15 @@ def encode_methods(variables, image_paths, methods, *, region_options,
     rotations: N clockwise degrees (multiples of 90), or None.
     reduction: U^1 (eq. 4) for 'o2' (queries: the database's); None fits it
       on these images (eq. 3).
+    apply_exif: apply JPEG EXIF orientations when reading (False for the
+      Oxford / Paris protocols, datasets.Dataset.apply_exif).
 
   Returns:
     {method: index.Store} over the N' readable images, in input order:
     float32 (N', M, D_store) descriptors (M = 2^L, or 1 for global
     baselines), bool (N', M) validity, masks, U^1 for 'o2', metadata
-    'inputs_hash', 'reduction_hash', 'rows', 'sizes' and 'skipped'.
+    'inputs_hash', 'apply_exif', 'reduction_hash', 'rows', 'sizes' and
+    'skipped'.
 
   Raises:
     ValueError: an unknown method.
@@ -295,7 +300,7 @@ def encode_methods(variables, image_paths, methods, *, region_options,
   read = lambda row: load(  # pylint: disable=g-long-lambda
       image_paths[row], box=None if boxes is None else boxes[row],
       rotation=0 if rotations is None else rotations[row],
-      max_size=max_size)
+      max_size=max_size, apply_exif=apply_exif)
   forward = lambda batch: _forward(  # pylint: disable=g-long-lambda
       variables, batch.rgb, batch.sizes, batch.cells, dtype=dtype) + (
           batch.cells,)
@@ -340,13 +345,14 @@ def encode_methods(variables, image_paths, methods, *, region_options,
           POOLING[method], maps, batch.masks, batch.valid, reduction),
                batch.masks, batch.valid)
   num_regions = 2 ** region_options['num_clusters'] if regional else 1
-  return {m: _assemble(image_paths, outputs[m], skipped,
+  return {m: _assemble(image_paths, apply_exif, outputs[m], skipped,
                        num_regions if POOLING[m].regional else 1,
                        reduction if POOLING[m].reduced else None)
           for m in methods}
 
 
-def _assemble(image_paths, outputs, skipped, num_regions, reduction):
+def _assemble(image_paths, apply_exif, outputs, skipped, num_regions,
+              reduction):
   """Builds a Store in input order from {row: per-image outputs}."""
   rows = sorted(outputs)
   dim = outputs[rows[0]][0].shape[-1] if rows else 0
@@ -360,6 +366,7 @@ def _assemble(image_paths, outputs, skipped, num_regions, reduction):
       image_paths=tuple(str(image_paths[r]) for r in rows),
       reduction=reduction, metadata={
           'inputs_hash': index.hash_config([str(p) for p in image_paths]),
+          'apply_exif': apply_exif,
           'reduction_hash': index.hash_params(reduction),
           'rows': rows, 'sizes': [list(outputs[r][3]) for r in rows],
           'skipped': skipped})

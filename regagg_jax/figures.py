@@ -49,7 +49,7 @@ def draw_results(path, dataset, database, ranking, positions, *, max_size,
 
   Args:
     path: PNG file to write.
-    dataset: datasets.Dataset (queries, positives, junk).
+    dataset: datasets.Dataset (queries, positives, junk, apply_exif).
     database: index.Store the ranking refers to.
     ranking: pipeline.Ranking of the query store (ranks, best).
     positions: int (Q,) query store row of each dataset query (-1: none).
@@ -63,7 +63,7 @@ def draw_results(path, dataset, database, ranking, positions, *, max_size,
   rows = np.asarray(database.metadata['rows'])
   query_paths = datasets.query_paths(dataset)
   read = lambda path, box=None: encoder.load(  # pylint: disable=g-long-lambda
-      path, box=box, max_size=max_size)
+      path, box=box, max_size=max_size, apply_exif=dataset.apply_exif)
   lines = []
   for q in picks.astype(int):
     if positions[q] < 0:

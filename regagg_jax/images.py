@@ -38,17 +38,21 @@ class ImageError(ValueError):
   """An image file that cannot be used; the message names the file."""
 
 
-def _decode_bytes(data: bytes, path: str) -> np.ndarray:
+def _decode_bytes(data: bytes, path: str, apply_exif: bool) -> np.ndarray:
   """Decodes image bytes to uint8 (H_I, W_I, 3) RGB."""
   buffer = np.frombuffer(data, np.uint8)
   if data[:2] == b"\xff\xd8":
     # JPEG: 8-bit gray / colour only. IMREAD_COLOR applies the EXIF
-    # orientation. libjpeg returns a grey-filled image for a truncated file
-    # with a mere warning, so require an EOI marker after the last scan (0xFF
-    # is byte-stuffed inside scans, so neither marker occurs there by chance).
+    # orientation unless IMREAD_IGNORE_ORIENTATION is added. libjpeg returns
+    # a grey-filled image for a truncated file with a mere warning, so
+    # require an EOI marker after the last scan (0xFF is byte-stuffed inside
+    # scans, so neither marker occurs there by chance).
     if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
       raise ImageError(f"{path}: truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    flags = cv2.IMREAD_COLOR
+    if not apply_exif:
+      flags |= cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(buffer, flags)
   else:
     # Other formats: keep depth and alpha, convert explicitly below.
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
@@ -77,17 +81,21 @@ def _decode_bytes(data: bytes, path: str) -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike, *, max_size: int | None = None,
-               min_side: int = MIN_SIDE) -> np.ndarray:
+               min_side: int = MIN_SIDE, apply_exif: bool = True) -> np.ndarray:
   """Reads an image file as RGB uint8.
 
   Handles grayscale, alpha (composited over the mean pixel), 16-bit (rounded
-  to 8-bit) and, for JPEG, the EXIF orientation.
+  to 8-bit) and, for JPEG, the EXIF orientation (unless apply_exif=False).
 
   Args:
     path: image file.
     max_size: if given, images whose longer side exceeds it are shrunk so that
       the longer side equals it (never enlarged).
     min_side: smallest accepted side after resizing, in pixels (see MIN_SIDE).
+    apply_exif: rotate / flip a JPEG as its EXIF orientation tag says (what
+      photo viewers show). False keeps the stored pixel orientation, which
+      the Oxford / Paris query boxes and their official protocols (PIL,
+      without EXIF transposition) refer to.
 
   Returns:
     uint8 (H_I, W_I, 3) RGB image.
@@ -102,7 +110,7 @@ def load_image(path: str | os.PathLike, *, max_size: int | None = None,
     data = file.read()
   if not data:
     raise ImageError(f"{path}: empty file (0 bytes)")
-  image = _decode_bytes(data, path)
+  image = _decode_bytes(data, path, apply_exif)
   if max_size is not None and max(image.shape[:2]) > max_size:
     image = resize_longer_side(image, max_size)
   if min(image.shape[:2]) < min_side:

@@ -81,7 +81,7 @@ def fit_hash(config):
 
 
 def encode_methods(config, image_paths, methods, *, boxes=None,
-                   rotations=None, reduction=None):
+                   rotations=None, reduction=None, apply_exif=True):
   """Encodes images once for several pooling methods (one VGG19 pass).
 
   Reads the features, regions and pooling sections for
@@ -96,6 +96,7 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
     rotations: N clockwise degrees (multiples of 90), or None.
     reduction: U^1 (eq. 4) for 'o2' (queries: the database's); None fits
       it on these images.
+    apply_exif: apply JPEG EXIF orientations (datasets.Dataset.apply_exif).
 
   Returns:
     {method: index.Store} over the readable images, in input order.
@@ -114,7 +115,7 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
       k_prime=config.pooling.k_prime, max_size=features.max_size,
       batch_size=features.batch_size, dtype=features.dtype,
       cache_mib=features.cache_mib, boxes=boxes, rotations=rotations,
-      reduction=reduction)
+      reduction=reduction, apply_exif=apply_exif)
   return {method: store._replace(metadata=dict(
       store.metadata, config_hash=store_hash(config, method),
       config=json.loads(json.dumps(dict(config.to_dict(), pooling=dict(
@@ -123,7 +124,7 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
 
 
 def encode(config, image_paths, *, boxes=None, rotations=None,
-           reduction=None):
+           reduction=None, apply_exif=True):
   """Encodes images with config.pooling.method (see `encode_methods`).
 
   Returns:
@@ -133,7 +134,8 @@ def encode(config, image_paths, *, boxes=None, rotations=None,
   """
   method = config.pooling.method
   return encode_methods(config, image_paths, (method,), boxes=boxes,
-                        rotations=rotations, reduction=reduction)[method]
+                        rotations=rotations, reduction=reduction,
+                        apply_exif=apply_exif)[method]
 
 
 def _use_regions(valid, *, whole):
@@ -357,8 +359,9 @@ def database_store(config, dataset):
       os.path.join(config.workdir, 'stores',
                    f'{dataset.name}-database-{store_hash(config)}'),
       lambda: encode(config, paths,
-                     rotations=_rotations(dataset, dataset.images)),
-      {'config_hash': store_hash(config),
+                     rotations=_rotations(dataset, dataset.images),
+                     apply_exif=dataset.apply_exif),
+      {'config_hash': store_hash(config), 'apply_exif': dataset.apply_exif,
        'inputs_hash': index.hash_config([str(p) for p in paths])})
 
 
@@ -373,8 +376,9 @@ def fitted_whitening(config, dataset, database):
         os.path.join(config.workdir, 'stores', f'{other.name}-fitting-'
                      f'{store_hash(config)}-{database.metadata["reduction_hash"]}'),
         lambda: encode(config, paths, reduction=database.reduction,
-                       rotations=_rotations(other, other.images)),
-        {'config_hash': store_hash(config),
+                       rotations=_rotations(other, other.images),
+                       apply_exif=other.apply_exif),
+        {'config_hash': store_hash(config), 'apply_exif': other.apply_exif,
          'reduction_hash': database.metadata['reduction_hash'],
          'inputs_hash': index.hash_config([str(p) for p in paths])})
     fitted_on = other.name
@@ -409,8 +413,9 @@ def query_store(config, dataset, database):
                    f'{database.metadata["reduction_hash"]}'),
       lambda: encode(config, paths, boxes=dataset.boxes if crop else None,
                      reduction=database.reduction,
-                     rotations=_rotations(dataset, dataset.queries)),
-      {'config_hash': store_hash(config),
+                     rotations=_rotations(dataset, dataset.queries),
+                     apply_exif=dataset.apply_exif),
+      {'config_hash': store_hash(config), 'apply_exif': dataset.apply_exif,
        'reduction_hash': database.metadata['reduction_hash'],
        'inputs_hash': index.hash_config([str(p) for p in paths])})
   where = {row: p for p, row in enumerate(store.metadata['rows'])}
@@ -554,7 +559,8 @@ def run_demo(config):
   dataset = load_dataset(config)
   methods = sorted({method for method, _ in DEMO_ROWS.values()})
   stores = encode_methods(config, datasets.database_paths(dataset), methods,
-                          rotations=_rotations(dataset, dataset.images))
+                          rotations=_rotations(dataset, dataset.images),
+                          apply_exif=dataset.apply_exif)
   results, drawn = [], None
   for label, (method, regional) in DEMO_ROWS.items():
     variant = _variant(config, method, regional)

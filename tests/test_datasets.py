@@ -47,8 +47,10 @@ def test_benchmark_counts_and_indices(name):
     assert [dataset.images[i] for i in dataset.query_indices] == list(dataset.queries)
   if name == 'holidays':
     assert dataset.boxes is None and dataset.max_size == datasets.HOLIDAYS_MAX_SIZE == 1024
+    assert dataset.apply_exif
   else:
     assert dataset.boxes.shape == (num_queries, 4) and dataset.max_size is None
+    assert not dataset.apply_exif  # boxes refer to the stored pixels
     assert np.all(dataset.boxes[:, 2] > dataset.boxes[:, 0])
     assert np.all(dataset.boxes[:, 3] > dataset.boxes[:, 1])
   scores = evaluation.evaluate(dataset, _perfect_ranks(dataset))
@@ -106,6 +108,7 @@ def test_bundled_ukbench_samples():
   assert len(datasets.database_paths(samples)) == 56
   scores = evaluation.evaluate(samples, _perfect_ranks(samples))
   assert scores == {'N-S': 4.0, 'mAP': pytest.approx(1.0, abs=1e-12)}
+  assert samples.apply_exif
 
 
 def test_crop_query_rounds_half_to_even_and_clips():

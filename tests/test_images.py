@@ -95,6 +95,17 @@ def test_exif_orientation(tmp_path, photo_bgr, orientation, turns):
   np.testing.assert_array_equal(images.load_image(path), expected)
 
 
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_ignored_on_request(tmp_path, photo_bgr, orientation):
+  data = _encode(photo_bgr, ".jpg")
+  path = _write(tmp_path / "exif.jpg",
+                data[:2] + _exif_segment(orientation) + data[2:])
+  stored = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+  image = images.load_image(path, apply_exif=False)
+  assert image.shape == stored.shape  # orientation 6 / 8 would swap H, W
+  np.testing.assert_array_equal(image, stored[:, :, ::-1])
+
+
 def test_missing_file(tmp_path):
   with pytest.raises(images.ImageError, match="nothing.jpg.*no such"):
     images.load_image(tmp_path / "nothing.jpg")

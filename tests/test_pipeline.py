@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import quick
+from regagg_jax import datasets
 from regagg_jax import encoder
 from regagg_jax import images
 from regagg_jax import index
@@ -307,3 +308,32 @@ def test_min_cells_discards_small_regions(small_images):
   assert pruned.valid.sum() < store.valid.sum()
   np.testing.assert_array_equal(pruned.masks[pruned.valid],
                                 store.masks[pruned.valid])
+
+
+def test_dataset_apply_exif_reaches_the_reader_and_the_store_cache(
+    small_images, tmp_path, monkeypatch):
+  """Oxford / Paris (Dataset.apply_exif=False) are read without EXIF
+  orientation, and a store read the other way is not reused."""
+  paths = [p for p in small_images if 'broken' not in str(p)][:2]
+  dataset = datasets.Dataset(
+      name='tiny', protocol='custom', images=tuple(p.name for p in paths),
+      queries=(), query_indices=np.zeros(0, np.int64), boxes=None,
+      positives=(), junk=(), image_root=paths[0].parent)
+  calls = []
+  original = images.load_image
+
+  def recording(path, **kwargs):
+    calls.append(kwargs.get('apply_exif', True))
+    return original(path, **kwargs)
+
+  monkeypatch.setattr(images, 'load_image', recording)
+  config = _config(pooling__method='gem')
+  config.workdir = str(tmp_path)
+  upright = pipeline.database_store(config, dataset)
+  assert calls == [True, True] and upright.metadata['apply_exif']
+  stored = pipeline.database_store(config, dataset._replace(apply_exif=False))
+  assert calls == [True, True, False, False]  # encoded again, not reused
+  assert not stored.metadata['apply_exif']
+  assert not index.load_store(
+      tmp_path / 'stores' / f'tiny-database-{pipeline.store_hash(config)}'
+  ).metadata['apply_exif']
