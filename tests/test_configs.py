@@ -16,6 +16,11 @@ from configs import paper
 from regagg_jax import encoder
 from regagg_jax import pipeline
 
+# ml_collections' config_flags loads config files with the deprecated
+# SourceFileLoader.load_module(); not ours to change.
+pytestmark = pytest.mark.filterwarnings(
+    r'ignore:the load_module\(\) method is deprecated:DeprecationWarning')
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '*.py')))
 COMMAND = re.compile(r'--config=(configs/\w+\.py)(?::(\S+))?')
