@@ -257,8 +257,8 @@ class _Deferred(NamedTuple):
   summed: np.ndarray | None
 
 
-def encode_methods(variables, image_paths, methods, *, region_options,
-                   pooling_options, k_prime, max_size=0, batch_size=4,
+def encode_methods(variables, image_paths, methods, *, pooling_options,
+                   k_prime, region_options=None, max_size=0, batch_size=4,
                    dtype='float32', cache_mib=2048, boxes=None, rotations=None,
                    reduction=None, apply_exif=True):
   """Encodes images once for several pooling methods (one VGG19 pass).
@@ -267,11 +267,11 @@ def encode_methods(variables, image_paths, methods, *, region_options,
     variables: VGG19 variables {'params': ...}.
     image_paths: N image files.
     methods: POOLING keys.
-    region_options: keywords of regions.propose (backend, n_max, n_min,
-      num_clusters, min_cells); used when a method is regional.
     pooling_options: {'gem_power', 'offdiag_scale', 'rmac_levels'} of the
       baselines and of eq. (5).
     k_prime: K' of eq. (4), the dimension of U^1 when it is fitted here.
+    region_options: keywords of regions.propose (backend, n_max, n_min,
+      num_clusters, min_cells); needed when a method is regional.
     max_size: longer side images are shrunk to; 0 keeps the original size.
     batch_size: images per jitted forward.
     dtype: VGG19 compute dtype, 'float32' | 'bfloat16'.
@@ -291,12 +291,15 @@ def encode_methods(variables, image_paths, methods, *, region_options,
     'skipped'.
 
   Raises:
-    ValueError: an unknown method.
+    ValueError: an unknown method, or a regional one without region_options.
   """
   for method in methods:
     if method not in POOLING:
       raise ValueError(f'pooling method must be one of {sorted(POOLING)}, '
                        f'got {method!r}')
+  regional = any(POOLING[m].regional for m in methods)
+  if regional and region_options is None:
+    raise ValueError(f'regional methods {list(methods)} need region_options')
   read = lambda row: load(  # pylint: disable=g-long-lambda
       image_paths[row], box=None if boxes is None else boxes[row],
       rotation=0 if rotations is None else rotations[row],
@@ -310,7 +313,6 @@ def encode_methods(variables, image_paths, methods, *, region_options,
     return np.asarray(_pool(*maps, masks, valid, reduction, method=method,
                             options=options))
 
-  regional = any(POOLING[m].regional for m in methods)
   later = [m for m in methods if POOLING[m].reduced]
   skipped, deferred, outputs = [], [], {m: {} for m in methods}
   cache_bytes = cache_mib * 2 ** 20

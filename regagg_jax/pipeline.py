@@ -16,6 +16,8 @@ Stores and fits carry the hash of the config sections that made them
 (`store_hash`, `fit_hash`) and mixing them with another config is refused.
 Images that cannot be read are skipped, logged and listed in the store
 metadata ('skipped'); store rows keep input order ('rows' maps them back).
+Oxford / Paris images are read without their EXIF orientation, which their
+query boxes ignore (datasets.Dataset.apply_exif); stores record it.
 The eval / search / fit modes keep stores and fits in <workdir>/stores and
 <workdir>/fits, keyed by those hashes, and reuse them.
 
