@@ -354,17 +354,41 @@ def _rotations(dataset, names):
   return [dataset.rotations.get(n, 0) for n in names]
 
 
+def _dataset_store(config, dataset, role, paths, names, *, database=None,
+                   boxes=None):
+  """Encodes (or reuses from workdir/stores) images of a dataset.
+
+  Args:
+    config: ConfigDict.
+    dataset: datasets.Dataset the images belong to (rotations, apply_exif).
+    role: part of the store's folder name, e.g. 'database'.
+    paths: the image files.
+    names: their dataset names (keys of dataset.rotations).
+    database: store whose U^1 (eq. 4) they are encoded with, or None to
+      fit U^1 on them (the database itself).
+    boxes: float (N, 4) query crops, or None.
+  """
+  key = f'{dataset.name}-{role}-{store_hash(config)}'
+  expected = {'config_hash': store_hash(config),
+              'apply_exif': dataset.apply_exif,
+              'inputs_hash': index.hash_config([str(p) for p in paths])}
+  reduction = None
+  if database is not None:
+    key += f'-{database.metadata["reduction_hash"]}'
+    expected['reduction_hash'] = database.metadata['reduction_hash']
+    reduction = database.reduction
+  return _cached(
+      os.path.join(config.workdir, 'stores', key),
+      lambda: encode(config, paths, boxes=boxes, reduction=reduction,
+                     rotations=_rotations(dataset, names),
+                     apply_exif=dataset.apply_exif),
+      expected)
+
+
 def database_store(config, dataset):
   """Encodes (or reuses from workdir/stores) the dataset's database."""
-  paths = datasets.database_paths(dataset)
-  return _cached(
-      os.path.join(config.workdir, 'stores',
-                   f'{dataset.name}-database-{store_hash(config)}'),
-      lambda: encode(config, paths,
-                     rotations=_rotations(dataset, dataset.images),
-                     apply_exif=dataset.apply_exif),
-      {'config_hash': store_hash(config), 'apply_exif': dataset.apply_exif,
-       'inputs_hash': index.hash_config([str(p) for p in paths])})
+  return _dataset_store(config, dataset, 'database',
+                        datasets.database_paths(dataset), dataset.images)
 
 
 def fitted_whitening(config, dataset, database):
@@ -373,16 +397,9 @@ def fitted_whitening(config, dataset, database):
   if config.pca.fit_on:
     other = open_dataset(config, config.pca.fit_on, config.pca.fit_root,
                          ground_truth=False)
-    paths = datasets.database_paths(other)
-    fit_store = _cached(
-        os.path.join(config.workdir, 'stores', f'{other.name}-fitting-'
-                     f'{store_hash(config)}-{database.metadata["reduction_hash"]}'),
-        lambda: encode(config, paths, reduction=database.reduction,
-                       rotations=_rotations(other, other.images),
-                       apply_exif=other.apply_exif),
-        {'config_hash': store_hash(config), 'apply_exif': other.apply_exif,
-         'reduction_hash': database.metadata['reduction_hash'],
-         'inputs_hash': index.hash_config([str(p) for p in paths])})
+    fit_store = _dataset_store(config, other, 'fitting',
+                               datasets.database_paths(other), other.images,
+                               database=database)
     fitted_on = other.name
   return _cached(
       os.path.join(config.workdir, 'fits', f'{dataset.name}-'
@@ -409,17 +426,10 @@ def query_store(config, dataset, database):
     return (_take(database, positions[present]),
             np.where(present, np.cumsum(present) - 1, -1))
   paths = datasets.query_paths(dataset)
-  store = _cached(
-      os.path.join(config.workdir, 'stores', f'{dataset.name}-queries-'
-                   f'{"cropped" if crop else "full"}-{store_hash(config)}-'
-                   f'{database.metadata["reduction_hash"]}'),
-      lambda: encode(config, paths, boxes=dataset.boxes if crop else None,
-                     reduction=database.reduction,
-                     rotations=_rotations(dataset, dataset.queries),
-                     apply_exif=dataset.apply_exif),
-      {'config_hash': store_hash(config), 'apply_exif': dataset.apply_exif,
-       'reduction_hash': database.metadata['reduction_hash'],
-       'inputs_hash': index.hash_config([str(p) for p in paths])})
+  store = _dataset_store(config, dataset,
+                         f'queries-{"cropped" if crop else "full"}', paths,
+                         dataset.queries, database=database,
+                         boxes=dataset.boxes if crop else None)
   where = {row: p for p, row in enumerate(store.metadata['rows'])}
   return store, np.array([where.get(q, -1) for q in range(len(paths))])
 
