@@ -228,9 +228,10 @@ def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
                   n_max=4000, n_min=300, num_clusters=3, min_cells=1):
   """Candidate regions of a padded batch (images.pad_batch layout).
 
-  With backend "hesaff" each image is detected on its own (unpadded) area;
-  with "jax" the padded batch is detected in one vmapped jit and points whose
-  measurement region leaves the image are dropped. Selection, clustering and
+  With backend "hesaff" each image is detected on its own (unpadded) area on
+  the host; with "jax" the padded batch is detected in one vmapped jit and
+  points whose measurement region leaves the image are dropped, and the whole
+  call is traceable: it can run inside an outer jax.jit (the encoder's). Selection, clustering and
   masks run as one vmapped jit, and masks are ANDed with valid_cells.
 
   Args:
@@ -247,13 +248,16 @@ def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
     raise ValueError(f"need images (B, H_I, W_I, 3), alpha and valid_cells "
                      f"(B, H, W); got {images.shape}, {alpha.shape}, "
                      f"{valid_cells.shape}")
-  image_sizes = np.asarray(image_sizes, np.int32)
-  if backend == "jax":
+  if backend == "jax":  # traceable: no host reads of the (maybe traced) inputs
+    image_sizes = jnp.asarray(image_sizes, jnp.int32)
     points, shapes, valid = jax.vmap(hessian_affine.detect_hessian_affine)(
         jnp.asarray(images))
     valid &= jax.vmap(hessian_affine.measured_inside)(points, shapes,
                                                       image_sizes)
+  elif backend != "hesaff":
+    raise ValueError(f'backend must be "hesaff" or "jax", got {backend!r}')
   else:
+    image_sizes = np.asarray(image_sizes, np.int32)
     detections = [keypoints.detect(np.asarray(image[:height, :width]),
                                    backend=backend)
                   for image, (height, width) in zip(images, image_sizes)]

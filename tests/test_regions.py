@@ -230,6 +230,31 @@ def test_propose_jax_backend_end_to_end():
   assert not np.asarray(batch_masks)[0][:, ~cells[0]].any()
 
 
+def test_propose_batch_jax_traces_inside_an_outer_jit():
+  # The encoder jits the whole per-image chain: propose_batch(backend="jax")
+  # must trace (no host reads of its inputs) and equal the eager call.
+  padded = np.zeros((2, 128, 160, 3), np.uint8)
+  padded[0, :96, :128] = _test_image(10)
+  padded[1, :80, :112] = _test_image(11)[:80, :112]
+  alpha = np.zeros((2, 8, 10), np.float32)
+  alpha[0, :6, :8] = np.random.default_rng(12).uniform(0, 1, GRID)
+  alpha[1, :5, :7] = np.random.default_rng(13).uniform(0, 1, (5, 7))
+  cells = alpha > 0
+  sizes = np.array([[96, 128], [80, 112]], np.int32)
+  options = dict(backend="jax", n_max=64, n_min=8, num_clusters=3)
+  eager_masks, eager_valid = regions.propose_batch(padded, alpha, cells, sizes,
+                                                   **options)
+  traced = jax.jit(lambda *arrays: regions.propose_batch(*arrays, **options))
+  masks, valid = traced(jnp.asarray(padded), jnp.asarray(alpha),
+                        jnp.asarray(cells), jnp.asarray(sizes))
+  assert masks.shape == (2, 8, 8, 10) and valid.shape == (2, 8)
+  np.testing.assert_array_equal(np.asarray(masks), np.asarray(eager_masks))
+  np.testing.assert_array_equal(np.asarray(valid), np.asarray(eager_valid))
+  assert np.asarray(valid)[:, -1].all() and np.asarray(valid)[:, :-1].any()
+  assert not np.asarray(masks)[:, :, ~cells.any(axis=0)].any()
+  assert not np.asarray(masks)[1][:, ~cells[1]].any()
+
+
 def test_draw_regions_outlines():
   points, labels = _cluster_points()
   masks, valid = regions.compute_region_masks(
@@ -252,6 +277,10 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError):
     regions.propose_batch(image, np.zeros(GRID), np.ones(GRID, bool),
                           [[96, 128]])
+  with pytest.raises(ValueError, match="backend"):
+    regions.propose_batch(image[None], np.zeros((1,) + GRID),
+                          np.ones((1,) + GRID, bool), [[96, 128]],
+                          backend="sift")
 
 
 def test_same_shape_images_compile_once():
