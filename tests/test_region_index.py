@@ -1,0 +1,206 @@
+"""Tests of regagg_jax.region_index against float64 numpy eq. (7) / eq. (8)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from regagg_jax import region_index
+
+NUM_IMAGES, NUM_REGIONS, DIM, NUM_QUERIES = 300, 6, 32, 8
+APPROXIMATE = {
+    'ivfpq': {'nlist': 8, 'm': 16, 'nbits': 6, 'nprobe': 8, 'train_size': 4000},
+    'hnsw': {'hnsw_m': 16, 'ef_construction': 80, 'ef_search': 200},
+}
+
+
+def normalize(x):
+  norm = np.linalg.norm(x, axis=-1, keepdims=True)
+  return x / np.where(norm > 0, norm, 1.0)
+
+
+@pytest.fixture(scope='module')
+def data():
+  """Clustered database (some invalid regions, image 7 has none) and queries."""
+  rng = np.random.default_rng(0)
+  centers = rng.normal(size=(20, DIM))
+  database = normalize(
+      centers[rng.integers(0, 20, (NUM_IMAGES, NUM_REGIONS))]
+      + 0.6 * rng.normal(size=(NUM_IMAGES, NUM_REGIONS, DIM)))
+  valid = rng.random((NUM_IMAGES, NUM_REGIONS)) < 0.85
+  valid[:, -1] = True
+  valid[7] = False
+  database = np.where(valid[..., None], database, 0.0).astype(np.float32)
+  query = normalize(database[10:10 + NUM_QUERIES]
+                    + 0.2 * rng.normal(size=(NUM_QUERIES, NUM_REGIONS, DIM)))
+  query[-2:] = normalize(rng.normal(size=(2, NUM_REGIONS, DIM)))  # fresh
+  query_valid = rng.random((NUM_QUERIES, NUM_REGIONS)) < 0.8
+  query_valid[:, 0] = True
+  return database, valid, query.astype(np.float32), query_valid
+
+
+def reference_similarity(query, query_valid, database, valid):
+  """float64 eq. (7): scores (Q, N) and best database region (Q, N)."""
+  pairs = np.einsum('qad,nbd->qnab', query.astype(np.float64),
+                    database.astype(np.float64))
+  pairs[~query_valid[:, None, :, None] | ~valid[None, :, None, :]] = -np.inf
+  per_target = pairs.max(axis=2)
+  return per_target.max(axis=-1), per_target.argmax(axis=-1)
+
+
+def reference_qe(database, valid, scores, best, candidates, n_qe):
+  """float64 eq. (8) over each query's candidate images: (Q, N) scores."""
+  expanded = np.full((len(candidates), NUM_IMAGES), -np.inf)
+  for q, rows in enumerate(candidates):
+    top = rows[np.argsort(-scores[q, rows], kind='stable')[:n_qe]]
+    average = normalize(database[top, best[q, top]].astype(np.float64).sum(0))
+    region_scores = np.where(valid[rows], database[rows] @ average, -np.inf)
+    expanded[q, rows] = region_scores.max(axis=1)
+  return expanded
+
+
+def recall_at(ranks, reference, k):
+  exact = np.argsort(-reference, axis=1, kind='stable')[:, :k]
+  return np.mean([len(set(e) & set(r[:k])) / k for e, r in zip(exact, ranks)])
+
+
+def test_flat_with_full_shortlist_is_exact_eq7(data):
+  database, valid, query, query_valid = data
+  index = region_index.build(database, valid, kind='flat')
+  scores, ranks, best = region_index.search(
+      index, database, valid, query, query_valid, k_regions=int(valid.sum()),
+      shortlist=NUM_IMAGES, query_batch=3)
+  expected, expected_best = reference_similarity(query, query_valid, database,
+                                                 valid)
+  assert scores.shape == ranks.shape == best.shape == (NUM_QUERIES, NUM_IMAGES)
+  assert scores.dtype == np.float32 and ranks.dtype == np.int64
+  assert best.dtype == np.int32
+  found = NUM_IMAGES - 1  # image 7 has no valid region: never retrieved
+  np.testing.assert_array_equal(ranks[:, found:], -1)
+  assert np.all(np.isneginf(scores[:, found:]))
+  exact_order = np.argsort(-expected, axis=1, kind='stable')[:, :found]
+  np.testing.assert_array_equal(ranks[:, :found], exact_order)
+  np.testing.assert_allclose(
+      scores[:, :found], np.take_along_axis(expected, exact_order, axis=1),
+      atol=1e-5)
+  np.testing.assert_array_equal(
+      best[:, :found], np.take_along_axis(expected_best, exact_order, axis=1))
+
+
+@pytest.mark.parametrize('kind', sorted(APPROXIMATE))
+def test_approximate_kinds_recall(data, kind):
+  database, valid, query, query_valid = data
+  index = region_index.build(database, valid, kind=kind,
+                             options=APPROXIMATE[kind])
+  scores, ranks, _ = region_index.search(index, database, valid, query,
+                                         query_valid, k_regions=200,
+                                         shortlist=60)
+  expected, _ = reference_similarity(query, query_valid, database, valid)
+  assert recall_at(ranks, expected, 10) >= 0.9
+  # The shortlist is re-ranked exactly: every returned score is eq. (7).
+  finite = ranks >= 0
+  np.testing.assert_allclose(
+      scores[finite],
+      np.take_along_axis(expected, np.maximum(ranks, 0), axis=1)[finite],
+      atol=1e-5)
+
+
+def test_query_expansion_on_shortlist(data):
+  database, valid, query, query_valid = data
+  index = region_index.build(database, valid, kind='flat')
+  shortlist, n_qe = 40, 5
+  scores, ranks, _ = region_index.search(
+      index, database, valid, query, query_valid, k_regions=int(valid.sum()),
+      shortlist=shortlist, qe=True, n_qe=n_qe)
+  expected, expected_best = reference_similarity(query, query_valid, database,
+                                                 valid)
+  candidates = np.argsort(-expected, axis=1, kind='stable')[:, :shortlist]
+  np.testing.assert_array_equal(np.sort(ranks, axis=1),
+                                np.sort(candidates, axis=1))
+  expanded = reference_qe(database, valid, expected, expected_best, candidates,
+                          n_qe)
+  np.testing.assert_allclose(scores, np.take_along_axis(expanded, ranks, 1),
+                             atol=1e-5)
+  assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+@pytest.mark.parametrize('kind', ['flat'] + sorted(APPROXIMATE))
+def test_invalid_regions_never_indexed_or_returned(data, kind):
+  database, valid, query, query_valid = data
+  index = region_index.build(database, valid, kind=kind,
+                             options=APPROXIMATE.get(kind))
+  assert index.index.ntotal == valid.sum() == index.metadata['num_vectors']
+  assert np.all(valid[index.image_ids, index.region_ids])
+  _, ranks, best = region_index.search(index, database, valid, query,
+                                       query_valid, k_regions=400,
+                                       shortlist=NUM_IMAGES)
+  assert 7 not in ranks
+  returned = ranks >= 0
+  assert np.all(valid[ranks[returned], best[returned]])
+
+
+def test_save_load_round_trip_and_mismatches(data, tmp_path):
+  database, valid, query, query_valid = data
+  built = region_index.build(database, valid, kind='ivfpq',
+                             options=APPROXIMATE['ivfpq'],
+                             metadata={'whitening_hash': 'abc',
+                                       'store_hash': 'def'})
+  path = os.fspath(tmp_path / 'regions')
+  region_index.save(path, built)
+  region_index.save(path, built)  # replaces
+  loaded = region_index.load(path, expected={
+      'D': DIM, 'num_images': NUM_IMAGES, 'whitening_hash': 'abc',
+      'store_hash': 'def'})
+  assert loaded.metadata == built.metadata
+  np.testing.assert_array_equal(loaded.image_ids, built.image_ids)
+  np.testing.assert_array_equal(loaded.region_ids, built.region_ids)
+  before = region_index.search(built, database, valid, query, query_valid,
+                               k_regions=20, shortlist=30)
+  after = region_index.search(loaded, database, valid, query, query_valid,
+                              k_regions=20, shortlist=30)
+  for one, two in zip(before, after):
+    np.testing.assert_array_equal(one, two)
+  for field, value in [('num_images', NUM_IMAGES + 1), ('D', 64),
+                       ('whitening_hash', 'other'), ('store_hash', 'x')]:
+    with pytest.raises(ValueError, match=f'metadata.json.*{field}'):
+      region_index.load(path, expected={field: value})
+  with pytest.raises(FileNotFoundError, match='metadata.json'):
+    region_index.load(os.fspath(tmp_path / 'missing'))
+  with open(os.path.join(path, 'metadata.json')) as stream:
+    metadata = json.load(stream)
+  metadata['num_vectors'] += 1
+  with open(os.path.join(path, 'metadata.json'), 'w') as stream:
+    json.dump(metadata, stream)
+  with pytest.raises(ValueError, match='ids.npz'):
+    region_index.load(path)
+
+
+def test_bad_inputs_raise(data):
+  database, valid, query, query_valid = data
+  with pytest.raises(ValueError, match='images, regions, D'):
+    region_index.build(database[0], valid[0])
+  with pytest.raises(ValueError, match='descriptors_valid'):
+    region_index.build(database, valid[:-1])
+  with pytest.raises(TypeError, match='float'):
+    region_index.build(database.astype(np.int32), valid)
+  with pytest.raises(TypeError, match='bool'):
+    region_index.build(database, valid.astype(np.int32))
+  with pytest.raises(ValueError, match='kind'):
+    region_index.build(database, valid, kind='lsh')
+  with pytest.raises(ValueError, match='unknown ivfpq options'):
+    region_index.build(database, valid, kind='ivfpq', options={'nlists': 8})
+  with pytest.raises(ValueError, match='must divide'):
+    region_index.build(database, valid, kind='ivfpq', options={'m': 5})
+  with pytest.raises(ValueError, match='no valid region'):
+    region_index.build(database, np.zeros_like(valid))
+  index = region_index.build(database, valid, kind='flat')
+  with pytest.raises(ValueError, match='query D'):
+    region_index.search(index, database, valid, query[..., :16], query_valid)
+  with pytest.raises(ValueError, match='not the indexed'):
+    region_index.search(index, database[:-1], valid[:-1], query, query_valid)
+  with pytest.raises(ValueError, match='query_valid'):
+    region_index.search(index, database, valid, query, query_valid[:, :2])
+  with pytest.raises(ValueError, match='k_regions'):
+    region_index.search(index, database, valid, query, query_valid,
+                        k_regions=0)
