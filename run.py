@@ -1,11 +1,11 @@
-"""Command line of regagg_jax: one config, one mode; the work is in pipeline.
+"""Command line of regagg_jax: one config, one mode; the work is in modes.
 
   python run.py                                   # the demo (configs/demo.py)
   python run.py --config=configs/oxford5k.py --mode=eval
   python run.py --config=configs/table1_proposed.py:oxford5k,256 --mode=eval
   python run.py --config=configs/default.py --config.pca.dim=256 --mode=fit
 
-Modes (regagg_jax.pipeline.MODES): demo, encode, fit, search, eval. Each
+Modes (regagg_jax.modes.MODES): demo, encode, fit, search, eval. Each
 configs/*.py docstring gives its exact commands. On CPU backends, the
 OpenBLAS threads behind jaxlib's QR / SVD are capped to one at start-up
 (encoder.limit_lapack_threads): they fight XLA's threads otherwise.
@@ -19,14 +19,14 @@ import jax
 from ml_collections import config_flags
 
 from regagg_jax import encoder
-from regagg_jax import pipeline
+from regagg_jax import modes
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'configs', 'demo.py'),
     'Config file (configs/*.py[:argument]); override fields with '
     '--config.<section>.<field>=value.')
-_MODE = flags.DEFINE_enum('mode', 'demo', sorted(pipeline.MODES),
+_MODE = flags.DEFINE_enum('mode', 'demo', sorted(modes.MODES),
                           'What to run.')
 
 
@@ -35,7 +35,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if jax.default_backend() == 'cpu':
     encoder.limit_lapack_threads()
-  pipeline.MODES[_MODE.value](_CONFIG.value)
+  modes.MODES[_MODE.value](_CONFIG.value)
 
 
 if __name__ == '__main__':

@@ -14,12 +14,16 @@ ICASSP 2017. One module per pipeline stage:
   pooling     first-order (eq. 3, 9), second-order (eq. 4-5), baselines
   pca         PCA (eq. 4, U1) and PCA-whitening (eq. 6, U2)
   similarity  region-to-region image similarity (eq. 7), query expansion (eq. 8)
-  index       descriptor store on disk, FAISS region index
+  index       descriptor stores on disk: sharded, resumable; fitted whitening
+  region_index  FAISS index over region vectors + exact eq. 7 re-ranking
   datasets    benchmarks: image lists, ground truth, query boxes
   evaluation  AP / mAP protocols (numpy, host)
-  encoder     images -> region descriptors (batching, pooling, O2's 2 passes)
+  encoder     images -> region descriptors: one jit per batch, prefetching
+  parallel    device mesh (jax.sharding) and hosts (jax.distributed)
   figures     the paper's Fig. 2: queries beside their best-matched results
-  pipeline    encode / fit / search / eval / demo: the only reader of a config
+  pipeline    encode / fit / search as a config says
+  workspace   a dataset's stores, fits and indexes kept in the workdir
+  modes       what run.py --mode runs: demo / encode / fit / search / eval
 
 Shape glossary used in every docstring:
   B   images in a batch
@@ -29,6 +33,7 @@ Shape glossary used in every docstring:
   M   regions per image (2^L)
   P   salient points per image (N_max, padded)
   N   database images
+  V   region vectors in a FAISS index
   Q   query images
   D   descriptor dimension after whitening (eq. 6)
 """

@@ -1,9 +1,12 @@
-"""Encode, fit, search and evaluate: the only reader of a config.
+"""Encode, fit and search as a config says: the stages' config reader.
 
   encode  images -> index.Store: region descriptors (N, M, D_store) + validity
   fit     Store -> index.Fit: PCA-whitening U^2, s (eq. 6)
   search  queries x Store -> scores (eq. 7, eq. 8 with QE), ranks, best region
-  MODES   what run.py's --mode runs: demo, encode, fit, search, eval
+
+`workspace` keeps a dataset's stores and fits in the workdir and `modes`
+holds what run.py's --mode runs; with this module they are the only code
+that reads a config.
 
 `encode` reads the features, regions and pooling sections and hands them to
 `encoder` (images -> region descriptors, two-pass for 'o2'); `figures` draws
@@ -19,7 +22,7 @@ metadata ('skipped'); store rows keep input order ('rows' maps them back).
 Oxford / Paris images are read without their EXIF orientation, which their
 query boxes ignore (datasets.Dataset.apply_exif); stores record it.
 The eval / search / fit modes keep stores and fits in <workdir>/stores and
-<workdir>/fits, keyed by those hashes, and reuse them.
+<workdir>/fits, keyed by those hashes, and reuse them (`workspace`).
 
 PCA-whitening fitted on fewer vectors than a few times D amplifies noise
 and ruins mAP: `fit` caps D at (fitting vectors) / pca.min_vectors_per_dim,
@@ -28,17 +31,14 @@ small D = 16 for every method.
 """
 
 import json
-import os
 from typing import NamedTuple
 
 from absl import logging
 import jax
 import numpy as np
 
-from regagg_jax import datasets
 from regagg_jax import encoder
 from regagg_jax import evaluation
-from regagg_jax import figures
 from regagg_jax import index
 from regagg_jax import pca
 from regagg_jax import similarity
@@ -177,7 +177,8 @@ def check_store(config, store, role='database'):
     changes = [c for c in _differences(store.metadata['config'], current)
                if c.split('.')[0] in ('features', 'regions', 'pooling')]
     raise ValueError(
-        f'the {role} store was encoded with config {store.metadata["config_hash"]}'
+        f'the {role} store was encoded with config '
+        f'{store.metadata["config_hash"]}'
         f', this config is {expected} ({"; ".join(changes[:8]) or "?"}); '
         'encode it again with this config')
 
@@ -233,7 +234,8 @@ def fit(config, store, *, fitted_on=''):
     logging.warning('PCA-whitening D capped from %d to %d: %d fitting vectors '
                     'of dimension %d', config.pca.dim, dim, num_vectors,
                     store.descriptors.shape[-1])
-  whitening = pca.fit(store.descriptors.reshape(-1, store.descriptors.shape[-1]),
+  whitening = pca.fit(
+      store.descriptors.reshape(-1, store.descriptors.shape[-1]),
                       dim, whiten=config.pca.whiten, mask=mask.reshape(-1))
   return index.Fit(store.reduction, whitening, {
       'config_hash': store.metadata['config_hash'],
@@ -275,7 +277,8 @@ def search(config, queries, database, fitted):
   check_store(config, queries, 'query')
   if queries.metadata['reduction_hash'] != database.metadata['reduction_hash']:
     raise ValueError('the queries were encoded with another U^1 (eq. 4) than '
-                     'the database; encode them with reduction=database.reduction')
+                     'the database; encode them with '
+                     'reduction=database.reduction')
   whole = not config.pooling.regional
   query_valid = _use_regions(queries.valid, whole=whole or QUERY_REGIONS[
       config.search.query_regions])
@@ -296,307 +299,3 @@ def search(config, queries, database, fitted):
         chunk_size=config.search.chunk_size)
   scores = np.asarray(scores)
   return Ranking(scores, evaluation.ranks_from_scores(scores), np.asarray(best))
-
-
-def _take(store, positions):
-  """The rows `positions` of a store, as a store."""
-  metadata = dict(store.metadata, rows=[store.metadata['rows'][p] for p in positions],
-                  sizes=[store.metadata['sizes'][p] for p in positions])
-  return store._replace(
-      descriptors=store.descriptors[positions], valid=store.valid[positions],
-      masks=store.masks[positions], grid=store.grid[positions],
-      image_paths=tuple(store.image_paths[p] for p in positions),
-      metadata=metadata)
-
-
-def _cached(path, make, expected, *, load=index.load_store,
-            save=index.save_store):
-  """Loads the store (or fit) at `path` if its metadata has `expected`,
-  else makes it with make() and saves it."""
-  if os.path.isdir(path):
-    value = load(path)
-    if all(value.metadata.get(k) == v for k, v in expected.items()):
-      logging.info('reusing %s', path)
-      return value
-  value = make()
-  save(path, value)
-  logging.info('wrote %s', path)
-  return value
-
-
-def open_dataset(config, name, root, *, ground_truth=True):
-  """A datasets.Dataset by name ('folder': any folder) with images in root.
-
-  With ground_truth=False a folder without a ground-truth file is just its
-  images (enough to encode, fit and search).
-  """
-  if name == 'folder':
-    gnd = os.path.join(root, datasets.FOLDER_GROUND_TRUTH)
-    if ground_truth or os.path.isfile(gnd):
-      return datasets.load_folder(root)
-    return datasets.Dataset(
-        name=os.path.basename(os.path.normpath(root)), protocol='custom',
-        images=tuple(datasets.list_images(root)), queries=(),
-        query_indices=np.zeros(0, np.int64), boxes=None, positives=(),
-        junk=(), image_root=root)
-  return datasets.load(name, ground_truth_root=config.eval.gnd_dir or None,
-                       image_root=root or None,
-                       rotation_file=config.eval.rotation_file or None)
-
-
-def load_dataset(config, *, ground_truth=True):
-  """The dataset of config.eval (see `open_dataset`)."""
-  return open_dataset(config, config.eval.dataset, config.eval.root,
-                      ground_truth=ground_truth)
-
-
-def _rotations(dataset, names):
-  return [dataset.rotations.get(n, 0) for n in names]
-
-
-def _dataset_store(config, dataset, role, paths, names, *, database=None,
-                   boxes=None):
-  """Encodes (or reuses from workdir/stores) images of a dataset.
-
-  Args:
-    config: ConfigDict.
-    dataset: datasets.Dataset the images belong to (rotations, apply_exif).
-    role: part of the store's folder name, e.g. 'database'.
-    paths: the image files.
-    names: their dataset names (keys of dataset.rotations).
-    database: store whose U^1 (eq. 4) they are encoded with, or None to
-      fit U^1 on them (the database itself).
-    boxes: float (N, 4) query crops, or None.
-  """
-  key = f'{dataset.name}-{role}-{store_hash(config)}'
-  expected = {'config_hash': store_hash(config),
-              'apply_exif': dataset.apply_exif,
-              'inputs_hash': index.hash_config([str(p) for p in paths])}
-  reduction = None
-  if database is not None:
-    key += f'-{database.metadata["reduction_hash"]}'
-    expected['reduction_hash'] = database.metadata['reduction_hash']
-    reduction = database.reduction
-  return _cached(
-      os.path.join(config.workdir, 'stores', key),
-      lambda: encode(config, paths, boxes=boxes, reduction=reduction,
-                     rotations=_rotations(dataset, names),
-                     apply_exif=dataset.apply_exif),
-      expected)
-
-
-def database_store(config, dataset):
-  """Encodes (or reuses from workdir/stores) the dataset's database."""
-  return _dataset_store(config, dataset, 'database',
-                        datasets.database_paths(dataset), dataset.images)
-
-
-def fitted_whitening(config, dataset, database):
-  """Fits (or reuses from workdir/fits) whitening on pca.fit_on."""
-  fit_store, fitted_on = database, dataset.name
-  if config.pca.fit_on:
-    other = open_dataset(config, config.pca.fit_on, config.pca.fit_root,
-                         ground_truth=False)
-    fit_store = _dataset_store(config, other, 'fitting',
-                               datasets.database_paths(other), other.images,
-                               database=database)
-    fitted_on = other.name
-  return _cached(
-      os.path.join(config.workdir, 'fits', f'{dataset.name}-'
-                   f'{store_hash(config)}-{fit_hash(config)}'),
-      lambda: fit(config, fit_store, fitted_on=fitted_on),
-      {'config_hash': store_hash(config), 'fit_hash': fit_hash(config),
-       'reduction_hash': database.metadata['reduction_hash']},
-      load=index.load_fit, save=index.save_fit)
-
-
-def query_store(config, dataset, database):
-  """Query descriptors: database rows for uncropped in-database queries,
-  else the (cropped) query images encoded with the database's U^1.
-
-  Returns:
-    (store, positions): positions int (Q,) of each query's store row, -1 for
-    an unreadable query.
-  """
-  crop = config.eval.crop_queries and dataset.boxes is not None
-  if not crop and np.all(dataset.query_indices >= 0):
-    where = {row: p for p, row in enumerate(database.metadata['rows'])}
-    positions = np.array([where.get(q, -1) for q in dataset.query_indices])
-    present = positions >= 0
-    return (_take(database, positions[present]),
-            np.where(present, np.cumsum(present) - 1, -1))
-  paths = datasets.query_paths(dataset)
-  store = _dataset_store(config, dataset,
-                         f'queries-{"cropped" if crop else "full"}', paths,
-                         dataset.queries, database=database,
-                         boxes=dataset.boxes if crop else None)
-  where = {row: p for p, row in enumerate(store.metadata['rows'])}
-  return store, np.array([where.get(q, -1) for q in range(len(paths))])
-
-
-def dataset_ranks(ranking, database, positions):
-  """Store-row rankings -> int (Q, N') dataset indices, one row per query.
-
-  An unreadable query (position -1) gets the database in index order.
-  """
-  rows = np.asarray(database.metadata['rows'], np.int64)
-  ranks = np.tile(rows, (len(positions), 1))
-  present = positions >= 0
-  ranks[present] = rows[ranking.ranks[positions[present]]]
-  return ranks
-
-
-def _variant(config, method, regional):
-  variant = config.copy_and_resolve_references()
-  variant.pooling.method, variant.pooling.regional = method, regional
-  return variant
-
-
-def _print_table(title, results, columns):
-  cells = [[f'{r[c]:.4f}' if isinstance(r[c], float) else str(r[c])
-            for c in columns] for r in results]
-  widths = [max(len(c), *(len(row[i]) for row in cells))
-            for i, c in enumerate(columns)]
-  print(f'\n{title}')
-  for row in [list(columns)] + cells:
-    print(' | '.join(f'{v:>{w}}' for v, w in zip(row, widths)))
-
-
-def _write_json(path, value):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w') as stream:
-    json.dump(value, stream, indent=1)
-
-
-def evaluate(config):
-  """Runs a benchmark (config.eval) end to end; prints and writes the mAP.
-
-  Returns:
-    dict with the scores (evaluation.evaluate) and what produced them,
-    also written to <workdir>/results/<name>.json.
-  """
-  dataset = load_dataset(config)
-  database = database_store(config, dataset)
-  fitted = fitted_whitening(config, dataset, database)
-  queries, positions = query_store(config, dataset, database)
-  ranking = search(config, queries, database, fitted)
-  scores = evaluation.evaluate(dataset, dataset_ranks(ranking, database,
-                                                      positions))
-  result = {'name': config.name, 'dataset': dataset.name,
-            'method': config.pooling.method,
-            'regional': config.pooling.regional, 'qe': config.search.qe,
-            'D': fitted.metadata['dim'], 'fitted_on': fitted.metadata['fitted_on'],
-            'num_database': len(database.image_paths),
-            'num_queries': int(np.sum(positions >= 0)), **scores,
-            'skipped': database.metadata['skipped'] + [
-                s for s in queries.metadata['skipped']
-                if s not in database.metadata['skipped']]}
-  path = os.path.join(config.workdir, 'results', f'{config.name}.json')
-  _write_json(path, result)
-  _print_table(f'{config.name} ({path})', [result],
-               ['method', 'regional', 'qe', 'D', *scores])
-  for image, reason in result['skipped']:
-    print(f'skipped {image}: {reason}')
-  return result
-
-
-def _query_paths(spec):
-  """search.queries: an image file, a folder, or a .txt list of files."""
-  if os.path.isdir(spec):
-    return [os.path.join(spec, n) for n in datasets.list_images(spec)]
-  if spec.endswith('.txt'):
-    with open(spec) as stream:
-      return [line.strip() for line in stream if line.strip()]
-  return [spec]
-
-
-def run_search(config):
-  """--mode=search: search.queries (optional search.box) against the
-  database of config.eval; writes <workdir>/results/search-<name>.json/csv."""
-  if not config.search.queries:
-    raise ValueError('set --config.search.queries to an image, folder or .txt')
-  dataset = load_dataset(config, ground_truth=False)
-  database = database_store(config, dataset)
-  fitted = fitted_whitening(config, dataset, database)
-  paths = _query_paths(config.search.queries)
-  boxes = None
-  if config.search.box:
-    box = [float(v) for v in config.search.box.split(',')]
-    if len(box) != 4:
-      raise ValueError(f'search.box must be x1,y1,x2,y2, got {config.search.box!r}')
-    boxes = np.array([box] * len(paths))
-  queries = encode(config, paths, boxes=boxes, reduction=database.reduction)
-  ranking = search(config, queries, database, fitted)
-  path = os.path.join(config.workdir, 'results', f'search-{config.name}')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  index.write_results(path, ranking.scores, ranking.ranks, ranking.best,
-                      queries, database, top_k=config.search.top_k)
-  print(f'results: {path}.json {path}.csv')
-  for q, query in enumerate(queries.image_paths):
-    top = ranking.ranks[q, 0]
-    print(f'{query}: best {database.image_paths[top]} '
-          f'({ranking.scores[q, top]:.3f})')
-
-
-def run_encode(config):
-  """--mode=encode: the database of config.eval -> a store in workdir."""
-  store = database_store(config, load_dataset(config, ground_truth=False))
-  print(f'{len(store.image_paths)} images encoded as {store.valid.shape[1]} x '
-        f'{store.descriptors.shape[2]} descriptors in '
-        f'{os.path.join(config.workdir, "stores")}')
-  for image, reason in store.metadata['skipped']:
-    print(f'skipped {image}: {reason}')
-
-
-def run_fit(config):
-  """--mode=fit: whitening of config.pca.fit_on (or the database)."""
-  dataset = load_dataset(config, ground_truth=False)
-  fitted = fitted_whitening(config, dataset, database_store(config, dataset))
-  print(f'PCA-whitening D = {fitted.metadata["dim"]} fitted on '
-        f'{fitted.metadata["fitted_on"]} ({fitted.metadata["num_vectors"]} '
-        f'vectors) in {os.path.join(config.workdir, "fits")}')
-
-
-DEMO_ROWS = {
-    'O2_R (proposed)': ('o2', True), 'O2_W': ('o2', False),
-    'O1_R': ('o1', True), 'O1_W': ('o1', False), 'SPoC': ('spoc', False),
-    'MAC': ('mac', False), 'CroW': ('crow', False), 'R-MAC': ('rmac', False),
-    'GeM': ('gem', False)}
-"""Demo table row -> (pooling.method, pooling.regional); the first is drawn."""
-
-def run_demo(config):
-  """--mode=demo: every DEMO_ROWS method on config.eval's dataset (the
-  bundled samples), one VGG19 pass; prints the table, writes
-  <workdir>/results/demo.json and <workdir>/fig2.png."""
-  dataset = load_dataset(config)
-  methods = sorted({method for method, _ in DEMO_ROWS.values()})
-  stores = encode_methods(config, datasets.database_paths(dataset), methods,
-                          rotations=_rotations(dataset, dataset.images),
-                          apply_exif=dataset.apply_exif)
-  results, drawn = [], None
-  for label, (method, regional) in DEMO_ROWS.items():
-    variant = _variant(config, method, regional)
-    store = stores[method]
-    fitted = fit(variant, store, fitted_on=dataset.name)
-    queries, positions = query_store(variant, dataset, store)
-    ranking = search(variant, queries, store, fitted)
-    scores = evaluation.evaluate(dataset, dataset_ranks(ranking, store,
-                                                        positions))
-    results.append({'method': label, 'D': fitted.metadata['dim'], **scores})
-    drawn = drawn or (store, ranking, positions)
-  path = os.path.join(config.workdir, 'results', f'{config.name}.json')
-  _write_json(path, {'dataset': dataset.name, 'results': results,
-                     'skipped': stores[methods[0]].metadata['skipped']})
-  _print_table(f'{dataset.name}: {len(dataset.images)} images, every image '
-               f'a query ({path})', results, list(results[0]))
-  figure = os.path.join(config.workdir, 'fig2.png')
-  figures.draw_results(figure, dataset, *drawn, max_size=config.features.max_size,
-               num_queries=config.eval.figure_queries,
-               num_results=config.eval.figure_results)
-  print(f'\nFig. 2 ({next(iter(DEMO_ROWS))}): {figure}')
-  return results
-
-
-MODES = {'demo': run_demo, 'encode': run_encode, 'fit': run_fit,
-         'search': run_search, 'eval': evaluate}
-"""run.py --mode -> function(config)."""

@@ -17,7 +17,9 @@ import pytest
 from configs import quick
 from regagg_jax import images
 from regagg_jax import index
+from regagg_jax import modes
 from regagg_jax import pipeline
+from regagg_jax import workspace
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,9 +55,9 @@ def folder(tmp_path_factory, sample_paths):
 
 def test_encode_fit_search_eval(tmp_path, folder):
   config = _config(tmp_path, folder)
-  pipeline.run_encode(config)
-  pipeline.run_fit(config)
-  result = pipeline.evaluate(config)
+  modes.run_encode(config)
+  modes.run_fit(config)
+  result = modes.evaluate(config)
   assert result['num_database'] == 8 and result['num_queries'] == 8
   assert [s[0] for s in result['skipped']] == [str(folder / 'zz_unreadable.jpg')]
   assert 0 <= result['mAP'] <= 1 and np.isfinite(result['mP@1'])
@@ -67,7 +69,7 @@ def test_encode_fit_search_eval(tmp_path, folder):
 
   config.search.queries = str(folder / 'ukbench00001.jpg')
   config.search.box = '10,5,80,60'
-  pipeline.run_search(config)
+  modes.run_search(config)
   results = json.loads((tmp_path / 'work' / 'results' /
                         'search-quick.json').read_text())
   assert len(results) == 1 and len(results[0]['results']) == config.search.top_k
@@ -88,7 +90,7 @@ def test_search_a_folder_without_ground_truth(tmp_path, sample_paths):
   config = _config(tmp_path, photos)
   config.search.queries = str(photos / sample_paths[0].name)
   config.search.top_k = 5
-  pipeline.run_search(config)
+  modes.run_search(config)
   results = json.loads((tmp_path / 'work' / 'results' /
                         'search-quick.json').read_text())
   ranked = [os.path.basename(r['image']) for r in results[0]['results']]
@@ -119,12 +121,12 @@ def test_cropped_queries_and_whitening_fitted_on_another_set(tmp_path, folder,
     config.search.query_regions = 'whole'
     config.pca.fit_on, config.pca.fit_root = 'folder', str(other)
     config.pca.dim = 6
-    result = pipeline.evaluate(config)
-    dataset = pipeline.load_dataset(config)
-    database = pipeline.database_store(config, dataset)
-    cropped, positions = pipeline.query_store(config, dataset, database)
+    result = modes.evaluate(config)
+    dataset = workspace.load_dataset(config)
+    database = workspace.database_store(config, dataset)
+    cropped, positions = workspace.query_store(config, dataset, database)
     config.eval.crop_queries = False
-    full, _ = pipeline.query_store(config, dataset, database)
+    full, _ = workspace.query_store(config, dataset, database)
   finally:
     (folder / 'groups.json').replace(folder / 'groundtruth.json')
   assert result['fitted_on'] == 'other' and result['num_queries'] == 2
@@ -143,9 +145,9 @@ def test_cropped_queries_and_whitening_fitted_on_another_set(tmp_path, folder,
 
 def test_store_round_trip_gives_identical_results(tmp_path, folder):
   config = _config(tmp_path, folder)
-  dataset = pipeline.load_dataset(config)
-  database = pipeline.database_store(config, dataset)
-  fitted = pipeline.fitted_whitening(config, dataset, database)
+  dataset = workspace.load_dataset(config)
+  database = workspace.database_store(config, dataset)
+  fitted = workspace.fitted_whitening(config, dataset, database)
   index.save_store(tmp_path / 'copy', database)
   index.save_fit(tmp_path / 'fit', fitted)
   loaded = index.load_store(tmp_path / 'copy')
@@ -159,12 +161,12 @@ def test_store_round_trip_gives_identical_results(tmp_path, folder):
 
 def test_mismatched_store_and_fit_are_refused(tmp_path, folder):
   config = _config(tmp_path, folder)
-  dataset = pipeline.load_dataset(config)
-  database = pipeline.database_store(config, dataset)
+  dataset = workspace.load_dataset(config)
+  database = workspace.database_store(config, dataset)
   other = _config(tmp_path, folder)
   other.pooling.k_prime = 4
-  other_database = pipeline.database_store(other, dataset)
-  other_fit = pipeline.fitted_whitening(other, dataset, other_database)
+  other_database = workspace.database_store(other, dataset)
+  other_fit = workspace.fitted_whitening(other, dataset, other_database)
   with pytest.raises(ValueError, match='PCA-whitening .* fitted on descriptors'):
     pipeline.search(other, database, database, other_fit)
   with pytest.raises(ValueError, match='PCA-whitening .* fitted on descriptors'):
@@ -202,8 +204,8 @@ def test_demo_with_real_weights_retrieves_objects(tmp_path, sample_paths):
   config.regions.n_max, config.regions.n_min = 4000, 300
   config.pooling.k_prime = 32
   config.pca.dim, config.pca.min_vectors_per_dim = 4, 3  # 12 global vectors
-  results = {r['method']: r for r in pipeline.run_demo(config)}
-  assert set(results) == set(pipeline.DEMO_ROWS)
+  results = {r['method']: r for r in modes.run_demo(config)}
+  assert set(results) == set(modes.DEMO_ROWS)
   assert all(r['D'] == 4 for r in results.values())
   assert results['O2_R (proposed)']['mAP'] > 0.8
   assert results['O2_W']['mAP'] > 0.8

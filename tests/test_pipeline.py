@@ -17,6 +17,7 @@ from regagg_jax import images
 from regagg_jax import index
 from regagg_jax import pca
 from regagg_jax import pipeline
+from regagg_jax import workspace
 
 
 def _config(**changes):
@@ -178,7 +179,7 @@ def test_dataset_ranks_maps_rows_and_unreadable_queries():
                              ranks=np.array([[2, 0, 1], [1, 2, 0]]))
   database = index.Store(None, None, None, None, (), None,
                          {'rows': [0, 2, 5]})  # rows 1, 3, 4 unreadable
-  ranks = pipeline.dataset_ranks(ranking, database, np.array([1, -1, 0]))
+  ranks = workspace.dataset_ranks(ranking, database, np.array([1, -1, 0]))
   np.testing.assert_array_equal(ranks, [[2, 5, 0], [0, 2, 5], [5, 0, 2]])
 
 
@@ -329,9 +330,9 @@ def test_dataset_apply_exif_reaches_the_reader_and_the_store_cache(
   monkeypatch.setattr(images, 'load_image', recording)
   config = _config(pooling__method='gem')
   config.workdir = str(tmp_path)
-  upright = pipeline.database_store(config, dataset)
+  upright = workspace.database_store(config, dataset)
   assert calls == [True, True] and upright.metadata['apply_exif']
-  stored = pipeline.database_store(config, dataset._replace(apply_exif=False))
+  stored = workspace.database_store(config, dataset._replace(apply_exif=False))
   assert calls == [True, True, False, False]  # encoded again, not reused
   assert not stored.metadata['apply_exif']
   assert not index.load_store(
