@@ -1,0 +1,312 @@
+"""Encoder throughput: the full encoder versus the bare VGG19 forward.
+
+Default (CPU, forced): images/s of encoder.encode_batch ('o2' with a U^1,
+the jax detector backend, whitening to D included: VGG19 -> alpha, beta ->
+detector -> selection -> k-means -> masks -> eq. 4-6) and of the bare
+vgg19.features on the same padded batch of --batch 1024x768 images (bundled
+samples resized), same dtype, real weights, in one run: the median of
+--repeats interleaved runs after a compiling warm-up, and the ratio full /
+bare (issue 6 target: <= 1.15).
+
+  PYTHONPATH=. python3 benchmarks/encode_throughput.py
+  PYTHONPATH=. python3 benchmarks/encode_throughput.py --mix     # compilations, shape mix
+  PYTHONPATH=. python3 benchmarks/encode_throughput.py --host_pipeline --batch=2
+
+--mix encodes a synthetic Oxford-like mix of shapes (60 % 1024x768, 30 %
+768x1024, 10 % long tail with the longer side <= 1024) through
+encoder.encode_rows, images written to a temporary directory at --mix_scale
+of their size with tiny random VGG19 widths (the count depends on shapes
+only), and prints the compilations (encoder.compilations()) against the
+shape buckets (images.bucket_shape) at that scale and at full scale.
+
+--host_pipeline times encoder.encode_rows end to end (JPEG decoding on
+--threads host threads, --prefetch batches ahead) on --pipeline_images
+1024x768 files against encode_batch alone on the same, already decoded
+batches: a ratio near 1 means the device never waits for the host.
+
+--device (a GPU / TPU; exits with an error when JAX sees only a CPU) prints
+images/s of the bare and full encoder for float32 and bfloat16 VGG19 at each
+of --batches, then the host pipeline at the largest batch. One command on a
+machine with the repository (no network needed) and a float16 copy of the
+weights made here, which fits where the 74 MB checkpoint does not travel:
+
+  PYTHONPATH=. python3 benchmarks/encode_throughput.py --export_weights=weights/.vgg19_float16.npz
+  PYTHONPATH=. python3 benchmarks/encode_throughput.py --device --weights=weights/.vgg19_float16.npz
+"""
+
+import pathlib
+import statistics
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from regagg_jax import encoder
+from regagg_jax import images
+from regagg_jax import pca
+from regagg_jax import vgg19
+
+_DEVICE = flags.DEFINE_bool('device', False, 'Measure on the default JAX '
+                            'accelerator (float32 and bfloat16).')
+_MIX = flags.DEFINE_bool('mix', False, 'Count compilations for an '
+                         'Oxford-like mix of shapes.')
+_HOST_PIPELINE = flags.DEFINE_bool('host_pipeline', False, 'Time encode_rows '
+                                   'end to end against encode_batch alone.')
+_BATCH = flags.DEFINE_integer('batch', 2, 'Images per batch (CPU).')
+_BATCHES = flags.DEFINE_list('batches', ['8', '16'], 'Batch sizes (--device).')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per variant.')
+_HEIGHT = flags.DEFINE_integer('height', 768, 'Image height H_I.')
+_WIDTH = flags.DEFINE_integer('width', 1024, 'Image width W_I.')
+_WEIGHTS = flags.DEFINE_string('weights', None, 'VGG19 weights: a float16 '
+                               '.npz from --export_weights, or a path for '
+                               'vgg19.load_params; default: the cached ones.')
+_EXPORT = flags.DEFINE_string('export_weights', None, 'Write the cached '
+                              'weights as a float16 .npz here and exit.')
+_MIX_IMAGES = flags.DEFINE_integer('mix_images', 100, 'Images in the mix.')
+_MIX_SCALE = flags.DEFINE_float('mix_scale', 0.25, 'Scale of the mix images.')
+_PIPELINE_IMAGES = flags.DEFINE_integer('pipeline_images', 64, 'Files for '
+                                        '--host_pipeline.')
+_THREADS = flags.DEFINE_integer('threads', 4, 'Decoding threads.')
+_PREFETCH = flags.DEFINE_integer('prefetch', 2, 'Batches decoded ahead.')
+
+_SAMPLES = (pathlib.Path(__file__).resolve().parents[1]
+            / 'data' / 'samples')
+_REGIONS = {'backend': 'jax', 'n_max': 4000, 'n_min': 300, 'num_clusters': 3,
+            'min_cells': 1}  # Sec. 5
+_POOLING = {'gem_power': 3.0, 'offdiag_scale': 1.0, 'rmac_levels': 3}
+_K_PRIME, _DIM = 128, 512  # K' of eq. (4), D of eq. (6)
+_TINY_WIDTHS = (4, 8, 8, 16, 16)
+
+
+def _load_weights():
+  if _WEIGHTS.value and _WEIGHTS.value.endswith('.npz'):
+    with np.load(_WEIGHTS.value) as arrays:
+      params = {}
+      for key, value in arrays.items():
+        layer, name = key.split('/')
+        params.setdefault(layer, {})[name] = jnp.asarray(value, jnp.float32)
+    return {'params': params}
+  return vgg19.load_params(_WEIGHTS.value)
+
+
+def _export_weights(path):
+  arrays = {f'{layer}/{name}': np.asarray(value, np.float16)
+            for layer, values in vgg19.load_params()['params'].items()
+            for name, value in values.items()}
+  np.savez(path, **arrays)
+  print(f'wrote {len(arrays)} float16 arrays to {path}')
+
+
+def _orthonormal(rng, rows, columns):
+  return np.linalg.qr(rng.standard_normal((rows, columns)))[0].astype(
+      np.float32)
+
+
+def _projections(channels, k_prime=_K_PRIME, dim=_DIM):
+  """Random U^1 (K, K') of eq. (4) and whitening (K'(K'+1)/2, D) of eq. (6):
+  the speed does not depend on their values."""
+  rng = np.random.default_rng(0)
+  reduction = pca.PCAParams(np.zeros(channels, np.float32),
+                            _orthonormal(rng, channels, k_prime),
+                            np.ones(k_prime, np.float32))
+  pooled = k_prime * (k_prime + 1) // 2
+  whitening = pca.PCAParams(np.zeros(pooled, np.float32),
+                            _orthonormal(rng, pooled, dim),
+                            rng.uniform(1.0, 10.0, dim).astype(np.float32))
+  return reduction, whitening
+
+
+def _pictures(count, height, width):
+  """count bundled samples resized to (height, width), cycling."""
+  paths = sorted(_SAMPLES.glob('ukbench*.jpg'))
+  return [cv2.resize(images.load_image(paths[i % len(paths)]), (width, height),
+                     interpolation=cv2.INTER_CUBIC) for i in range(count)]
+
+
+def _padded(pictures):
+  """uint8 (B, H_I, W_I, 3), int32 (B, 2), bool (B, H, W) of one bucket."""
+  height, width = images.bucket_shape(*pictures[0].shape[:2])
+  rgb, cells = images.pad_batch(pictures, height=height, width=width)
+  sizes = np.array([p.shape[:2] for p in pictures], np.int32)
+  return rgb, sizes, cells
+
+
+def _runners(variables, projections, batch, dtype):
+  """{'bare': run, 'full': run} on one padded batch, each blocking."""
+  rgb, sizes, cells = batch
+  reduction, whitening = projections
+  bare = jax.jit(lambda v, x, s: vgg19.features(  # pylint: disable=g-long-lambda
+      v, vgg19.preprocess(x), s, dtype=dtype))
+  return {
+      'bare': lambda: bare(variables, rgb, sizes).block_until_ready(),
+      'full': lambda: jax.block_until_ready(encoder.encode_batch(
+          variables, rgb, sizes, cells, reduction, whitening, method='o2',
+          dtype=dtype, region_options=_REGIONS, pooling_options=_POOLING)),
+  }
+
+
+def _median_times(runners):
+  """Compiles each runner, then the median of --repeats interleaved runs."""
+  compile_s = {}
+  for name, run in runners.items():
+    start = time.perf_counter()
+    run()
+    compile_s[name] = time.perf_counter() - start
+  times = {name: [] for name in runners}
+  for _ in range(_REPEATS.value):
+    for name, run in runners.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(values) for name, values in times.items()
+          }, compile_s
+
+
+def _print_pair(label, batch_size, medians, compile_s):
+  for name in ('bare', 'full'):
+    print(f'  {label} batch {batch_size:3d} {name}: '
+          f'{batch_size / medians[name]:8.2f} images/s '
+          f'({medians[name] * 1e3:9.1f} ms/batch; first call incl. compile '
+          f'{compile_s[name]:.1f} s)')
+  print(f'  {label} batch {batch_size:3d} ratio full/bare = '
+        f'{medians["full"] / medians["bare"]:.3f} (target <= 1.15)')
+
+
+def measure_pair(variables, projections, batch_size, dtype):
+  """Prints images/s of the bare forward and the full encoder."""
+  batch = _padded(_pictures(batch_size, _HEIGHT.value, _WIDTH.value))
+  medians, compile_s = _median_times(
+      _runners(variables, projections, batch, dtype))
+  _print_pair(dtype, batch_size, medians, compile_s)
+
+
+def measure_host_pipeline(variables, projections, batch_size, dtype):
+  """encode_rows end to end vs encode_batch alone, same images and batches."""
+  count = _PIPELINE_IMAGES.value
+  pictures = _pictures(count, _HEIGHT.value, _WIDTH.value)
+  reduction, whitening = projections
+  with tempfile.TemporaryDirectory() as directory:
+    paths = [f'{directory}/{i:05d}.jpg' for i in range(count)]
+    for path, picture in zip(paths, pictures):
+      cv2.imwrite(path, picture[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+    def end_to_end(rows):
+      return encoder.encode_rows(
+          variables, paths, rows, 'o2', region_options=_REGIONS,
+          pooling_options=_POOLING, reduction=reduction, whitening=whitening,
+          batch_size=batch_size, dtype=dtype, num_threads=_THREADS.value,
+          prefetch=_PREFETCH.value)
+
+    end_to_end(list(range(batch_size)))  # compiles
+    start = time.perf_counter()
+    end_to_end(list(range(count)))
+    pipeline_s = time.perf_counter() - start
+  batches = [_padded(pictures[i:i + batch_size])
+             for i in range(0, count - batch_size + 1, batch_size)]
+  start = time.perf_counter()
+  for rgb, sizes, cells in batches:  # dispatched back to back, as encode_rows
+    outputs = encoder.encode_batch(
+        variables, rgb, sizes, cells, reduction, whitening, method='o2',
+        dtype=dtype, region_options=_REGIONS, pooling_options=_POOLING)
+  jax.block_until_ready(outputs)
+  device_s = time.perf_counter() - start
+  encoded = len(batches) * batch_size
+  print(f'  host pipeline {dtype} batch {batch_size}: encode_rows '
+        f'{count / pipeline_s:.2f} images/s ({count} JPEGs, {_THREADS.value} '
+        f'threads, prefetch {_PREFETCH.value}); encode_batch alone '
+        f'{encoded / device_s:.2f} images/s; ratio end-to-end/device = '
+        f'{(pipeline_s / count) / (device_s / encoded):.3f}')
+
+
+def _mix_shapes(count, rng):
+  """Oxford-like (H_I, W_I): 60 % 768x1024, 30 % 1024x768, 10 % tail."""
+  shapes = []
+  for draw in rng.uniform(size=count):
+    if draw < 0.6:
+      shapes.append((768, 1024))
+    elif draw < 0.9:
+      shapes.append((1024, 768))
+    else:
+      longer = 1024 if rng.uniform() < 0.7 else int(rng.integers(500, 1025))
+      shorter = int(longer * rng.uniform(0.5, 1.0))
+      shapes.append((longer, shorter) if rng.uniform() < 0.5
+                    else (shorter, longer))
+  return shapes
+
+
+def measure_mix(batch_size):
+  """Compilations of encode_rows over the mix, against its shape buckets."""
+  rng = np.random.default_rng(0)
+  shapes = _mix_shapes(_MIX_IMAGES.value, rng)
+  scale = _MIX_SCALE.value
+  scaled = [(max(images.MIN_SIDE, round(h * scale)),
+             max(images.MIN_SIDE, round(w * scale))) for h, w in shapes]
+  sample = _pictures(1, 256, 256)[0]
+  variables = vgg19.init_params(jax.random.PRNGKey(0), widths=_TINY_WIDTHS)
+  reduction, whitening = _projections(_TINY_WIDTHS[-1], k_prime=8, dim=16)
+  with tempfile.TemporaryDirectory() as directory:
+    paths = [f'{directory}/{i:05d}.jpg' for i in range(len(scaled))]
+    for path, (height, width) in zip(paths, scaled):
+      cv2.imwrite(path, cv2.resize(sample, (width, height))[..., ::-1])
+    before = encoder.compilations()
+    start = time.perf_counter()
+    store = encoder.encode_rows(
+        variables, paths, list(range(len(paths))), 'o2',
+        region_options=_REGIONS, pooling_options=_POOLING,
+        reduction=reduction, whitening=whitening, batch_size=batch_size,
+        num_threads=_THREADS.value, prefetch=_PREFETCH.value)
+    seconds = time.perf_counter() - start
+  compilations = encoder.compilations() - before
+  buckets = {images.bucket_shape(*s) for s in scaled}
+  full_buckets = {images.bucket_shape(*s) for s in shapes}
+  batches = len(images.group_by_bucket(scaled, batch_size=batch_size))
+  print(f'mix of {len(shapes)} images (60 % 1024x768, 30 % 768x1024, 10 % '
+        f'tail; {len(set(shapes))} distinct shapes) at scale {scale}, batch '
+        f'{batch_size}, tiny VGG19 {_TINY_WIDTHS}: {len(store.descriptors)} '
+        f'encoded in {seconds:.1f} s')
+  print(f'  compilations {compilations}, shape buckets {len(buckets)} at '
+        f'this scale ({batches} batches), {len(full_buckets)} at full scale '
+        f'(multiple {images.BUCKET_MULTIPLE} px): '
+        f'{sorted(full_buckets)}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  if _EXPORT.value:
+    _export_weights(_EXPORT.value)
+    return
+  if not _DEVICE.value:
+    jax.config.update('jax_platforms', 'cpu')
+    encoder.limit_lapack_threads(1)
+  elif jax.default_backend() == 'cpu':
+    raise app.UsageError(f'--device needs a GPU or TPU, but JAX '
+                         f'{jax.__version__} sees only {jax.devices()}')
+  if _MIX.value:
+    measure_mix(_BATCH.value)
+    return
+  variables = jax.device_put(_load_weights())
+  projections = _projections(variables['params']['conv5_4']['kernel'].shape[-1])
+  print(f'jax {jax.__version__}, {jax.devices()[0].device_kind}, '
+        f'{_WIDTH.value}x{_HEIGHT.value} (W x H), o2 K\'={_K_PRIME} '
+        f'D={_DIM}, jax detector, median of {_REPEATS.value}')
+  if not _DEVICE.value:
+    if _HOST_PIPELINE.value:
+      measure_host_pipeline(variables, projections, _BATCH.value, 'float32')
+    else:
+      measure_pair(variables, projections, _BATCH.value, 'float32')
+    return
+  batches = sorted(map(int, _BATCHES.value))
+  for dtype in ('float32', 'bfloat16'):
+    for batch_size in batches:
+      measure_pair(variables, projections, batch_size, dtype)
+  measure_host_pipeline(variables, projections, batches[-1], 'bfloat16')
+
+
+if __name__ == '__main__':
+  app.run(main)
