@@ -45,11 +45,6 @@ DEFAULT_OPTIONS = {
 }
 """kind -> its options and their defaults."""
 
-CHECKED_METADATA = ('D', 'num_images', 'num_regions', 'whitening_hash',
-                    'store_hash')
-"""Metadata fields that `load(expected=...)` compares."""
-
-
 class RegionIndex(NamedTuple):
   """A FAISS index over the valid region vectors of N images.
 
@@ -375,6 +370,7 @@ def search(region_index, database, database_valid, query, query_valid, *,
   candidates = _shortlist(images.reshape(num_queries, -1),
                           scores.reshape(num_queries, -1), shortlist)
   outputs = [], [], []
+  query_batch = min(query_batch, num_queries)
   for start in range(0, num_queries, query_batch):
     rows = np.arange(start, start + query_batch) % num_queries  # pad by wrap
     batch = candidates[rows]
