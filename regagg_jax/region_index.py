@@ -45,6 +45,7 @@ DEFAULT_OPTIONS = {
 }
 """kind -> its options and their defaults."""
 
+
 class RegionIndex(NamedTuple):
   """A FAISS index over the valid region vectors of N images.
 
