@@ -33,6 +33,7 @@ import os
 import shutil
 import tempfile
 from typing import Any, NamedTuple
+import uuid
 import zipfile
 
 from absl import logging
@@ -124,23 +125,20 @@ def _check_store(store):
 
 def _atomic_write(file, write):
   """write(binary stream) to a temporary file, fsync, rename it to `file`."""
-  directory = os.path.dirname(file)
-  handle, tmp = tempfile.mkstemp(prefix=os.path.basename(file) + '.tmp-',
-                                 dir=directory)
+  tmp = f'{file}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
   try:
-    with os.fdopen(handle, 'wb') as stream:
+    with open(tmp, 'xb') as stream:  # mode 0666 less the umask
       write(stream)
       stream.flush()
       os.fsync(stream.fileno())
     os.replace(tmp, file)
   except BaseException:
-    os.remove(tmp)
+    if os.path.exists(tmp):
+      os.remove(tmp)
     raise
-  handle = os.open(directory, os.O_RDONLY)  # persist the rename itself
-  try:
-    os.fsync(handle)
-  finally:
-    os.close(handle)
+  handle = os.open(os.path.dirname(file), os.O_RDONLY)  # persist the rename
+  os.fsync(handle)
+  os.close(handle)
 
 
 def _write_json(file, value):
@@ -402,6 +400,31 @@ def finalize_store(path):
     os.remove(leftover)  # of killed runs
 
 
+def load_reduction(path):
+  """U^1 of eq. (4) kept in a store directory, finished or not.
+
+  Args:
+    path: store directory (`build_store`).
+
+  Returns:
+    pca.PCAParams, or None when the store has no U^1 or no header yet.
+
+  Raises:
+    ValueError: reduction.npz does not match the header's hash.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(os.path.join(path, 'header.json')):
+    return None
+  record = _read_header(path)
+  if record['reduction_hash'] == 'none':
+    return None
+  with np.load(os.path.join(path, 'reduction.npz')) as arrays:
+    reduction = pca.PCAParams(**{k: arrays[k] for k in pca.PCAParams._fields})
+  if hash_params(reduction) != record['reduction_hash']:
+    raise ValueError(f'{path}/reduction.npz does not match its header hash')
+  return reduction
+
+
 def load_store(path):
   """Reads a finished store (see `build_store`, `save_store`).
 
@@ -436,12 +459,7 @@ def load_store(path):
   width = max(p.masks.shape[3] for p in parts)
   masks = [np.pad(p.masks, ((0, 0), (0, 0), (0, height - p.masks.shape[2]),
                             (0, width - p.masks.shape[3]))) for p in parts]
-  reduction = None
-  if record['reduction_hash'] != 'none':
-    with np.load(os.path.join(path, 'reduction.npz')) as arrays:
-      reduction = pca.PCAParams(**{k: arrays[k] for k in pca.PCAParams._fields})
-    if hash_params(reduction) != record['reduction_hash']:
-      raise ValueError(f'{path}/reduction.npz does not match its header hash')
+  reduction = load_reduction(path)
   return Store(
       descriptors=np.concatenate([p.descriptors for p in parts]),
       valid=np.concatenate([p.valid for p in parts]),

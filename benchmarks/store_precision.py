@@ -1,0 +1,90 @@
+"""float16 versus float32 descriptor storage: mAP change, error, disk size.
+
+Encodes the demo set once (configs/demo.py: the 56 bundled UKBench images,
+real VGG19, 384 px, hesaff regions; one VGG19 pass for every method), writes
+each method's store with index.save_store as float32 and as float16, loads
+both back (float16 is cast up to float32) and, for every demo row (O2_R,
+O2_W, O1_R, O1_W and the global baselines), fits PCA-whitening on the loaded
+store as the demo does (pipeline.fit, D = 16), searches with every image as
+a query and scores it (N-S, mAP). Prints, per row, the scores of both, the
+mAP change, the max / mean |error| of the stored (unwhitened,
+l2-normalised) descriptors over valid regions, and the bytes of the shard
+files float16 / float32. Both variants run in this process on the same
+encoding, so the only difference is the storage dtype.
+
+  nice python3 benchmarks/store_precision.py
+"""
+
+import os
+import tempfile
+
+from absl import app
+import numpy as np
+
+from configs import demo
+from regagg_jax import datasets
+from regagg_jax import encoder
+from regagg_jax import evaluation
+from regagg_jax import index
+from regagg_jax import modes
+from regagg_jax import pipeline
+from regagg_jax import workspace
+
+
+def _shard_bytes(path):
+  return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
+             if f.startswith('shard_'))
+
+
+def _scores(config, dataset, store):
+  """Scores of `store` with whitening fitted on it, as the demo does."""
+  fitted = pipeline.fit(config, store, fitted_on=dataset.name)
+  queries, positions = workspace.query_store(config, dataset, store)
+  ranking = pipeline.search(config, queries, store, fitted)
+  return evaluation.evaluate(dataset, workspace.dataset_ranks(
+      ranking, store, positions))
+
+
+def main(argv):
+  del argv
+  encoder.limit_lapack_threads()
+  config = demo.get_config()
+  dataset = workspace.load_dataset(config)
+  methods = sorted({method for method, _ in modes.DEMO_ROWS.values()})
+  stores = pipeline.encode_methods(
+      config, datasets.database_paths(dataset), methods,
+      rotations=workspace.rotations(dataset, dataset.images),
+      apply_exif=dataset.apply_exif)
+  loaded, errors, sizes = {}, {}, {}
+  with tempfile.TemporaryDirectory() as directory:
+    for method, store in stores.items():
+      for dtype in index.DTYPES:
+        path = os.path.join(directory, f'{method}-{dtype}')
+        index.save_store(path, store, dtype=dtype)
+        loaded[method, dtype] = index.load_store(path)
+        sizes[method, dtype] = _shard_bytes(path)
+      difference = np.abs(loaded[method, 'float16'].descriptors -
+                          store.descriptors)[store.valid]
+      errors[method] = (difference.max(), difference.mean())
+      np.testing.assert_array_equal(loaded[method, 'float32'].descriptors,
+                                    store.descriptors)
+  print(f'{dataset.name}: {len(dataset.images)} images, every image a query;'
+        ' PCA-whitening D = 16 fitted on each loaded store')
+  columns = ('row', 'D_store', 'N-S f32', 'N-S f16', 'mAP f32', 'mAP f16',
+             'dmAP', 'max|err|', 'mean|err|', 'bytes f16/f32')
+  print(' | '.join(columns))
+  for label, (method, regional) in modes.DEMO_ROWS.items():
+    variant = config.copy_and_resolve_references()
+    variant.pooling.method, variant.pooling.regional = method, regional
+    full = _scores(variant, dataset, loaded[method, 'float32'])
+    half = _scores(variant, dataset, loaded[method, 'float16'])
+    print(' | '.join([
+        label, str(stores[method].descriptors.shape[-1]),
+        f'{full["N-S"]:.4f}', f'{half["N-S"]:.4f}', f'{full["mAP"]:.4f}',
+        f'{half["mAP"]:.4f}', f'{half["mAP"] - full["mAP"]:+.4f}',
+        f'{errors[method][0]:.2e}', f'{errors[method][1]:.2e}',
+        f'{sizes[method, "float16"] / sizes[method, "float32"]:.3f}']))
+
+
+if __name__ == '__main__':
+  app.run(main)
