@@ -227,21 +227,20 @@ def _normalised(value):
   return json.loads(json.dumps(value))
 
 
-def _differences(stored, given):
-  """'field: stored X, given Y' for every differing header.json field."""
+def _differences(stored, given, prefix=''):
+  """'field: stored X, given Y' for every differing (nested) field."""
   lines = []
   for key in sorted(set(stored) | set(given)):
     old, new = stored.get(key), given.get(key)
-    if key == 'header' and isinstance(old, dict):
-      lines += [f'header.{k}: stored {old.get(k)!r}, given {new.get(k)!r}'
-                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if isinstance(old, dict) and isinstance(new, dict):
+      lines += _differences(old, new, f'{prefix}{key}.')
     elif key == 'image_paths' and old != new:
       first = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b),
                    min(len(old), len(new)))
       lines.append(f'image_paths: {len(old)} stored, {len(new)} given, '
                    f'first difference at row {first}')
     elif old != new:
-      lines.append(f'{key}: stored {old!r}, given {new!r}')
+      lines.append(f'{prefix}{key}: stored {old!r:.80}, given {new!r:.80}')
   return lines
 
 
@@ -286,8 +285,8 @@ def _check_part(part, rows, record, number):
   metadata = _normalised(part.metadata)
   for key in set(header) & set(metadata):
     if metadata[key] != header[key]:
-      raise ValueError(f'{where} returned {key} {metadata[key]!r}, the '
-                       f'store header has {header[key]!r}')
+      raise ValueError(f'{where} returned {key} {metadata[key]!r:.80}, '
+                       f'the store header has {header[key]!r:.80}')
   if metadata.get('whitening_hash', 'none') != 'none' and (
       'whitening_hash' not in header):
     raise ValueError(f'{where} returned whitened descriptors: record their '
@@ -396,8 +395,11 @@ def finalize_store(path):
   _write_json(os.path.join(path, 'metadata.json'), {
       'format_version': FORMAT_VERSION, 'metadata': metadata,
       'num_images': sum(len(i['image_paths']) for i in infos)})
-  for leftover in glob.glob(os.path.join(path, '*.tmp-*')):
-    os.remove(leftover)  # of killed runs
+  for leftover in glob.glob(os.path.join(path, 'shard_*.tmp-*')):
+    try:  # of killed runs (no shard is being written: all are there)
+      os.remove(leftover)
+    except FileNotFoundError:  # removed by another process finalising
+      pass
 
 
 def load_reduction(path):

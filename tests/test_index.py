@@ -151,7 +151,8 @@ def test_version_1_store_and_missing_directory_are_refused(tmp_path):
 # of 4 rows have their own feature grids (masks padded on load).
 _NUM_INPUTS, _UNREADABLE, _SHARD = 10, (3, 7), 4
 _PATHS = [f'/images/{i}.jpg' for i in range(_NUM_INPUTS)]
-_HEADER = {'config_hash': 'abc', 'whitening_hash': 'none', 'apply_exif': True}
+_HEADER = {'config_hash': 'abc', 'whitening_hash': 'none', 'apply_exif': True,
+           'config': {'regions': {'n_max': 60, 'n_min': 300}}}
 
 
 def _encoded(rng, reduction=None):
@@ -285,6 +286,9 @@ def test_leftover_temporaries_are_ignored_then_removed(tmp_path):
     (dict(header=dict(_HEADER, config_hash='xyz')),
      "header.config_hash: stored 'abc', given 'xyz'"),
     (dict(header=dict(_HEADER, extra=1)), 'header.extra: stored None, given 1'),
+    (dict(header=dict(_HEADER, config={'regions': {'n_max': 10, 'n_min': 3}})),
+     'header.config.regions.n_max: stored 60, given 10; '
+     'header.config.regions.n_min: stored 300, given 3'),
     (dict(shard_size=5), 'shard_size: stored 4, given 5'),
     (dict(dtype='float16'), "dtype: stored 'float32', given 'float16'"),
     (dict(image_paths=_PATHS[:5] + ['/other.jpg'] + _PATHS[6:]),
@@ -342,14 +346,34 @@ def test_whitened_store_records_its_whitening_hash(tmp_path):
   assert index.load_store(tmp_path / 's').metadata['whitening_hash'] == '0123'
 
 
+def test_skeleton_then_load_reduction_then_resume(tmp_path):
+  """A store's U^1 is saved before any shard (encode_part=None, shards=[])
+  and read back with load_reduction, finished or not."""
+  rng = np.random.default_rng(18)
+  reduction = _random_params(rng, 8, 5)
+  expected = _encoded(rng, reduction=reduction)
+  assert index.load_reduction(tmp_path / 's') is None  # nothing there yet
+  assert not _build(tmp_path / 's', None, shards=[], reduction=reduction)
+  assert _shard_files(tmp_path / 's') == []
+  for got, want in zip(index.load_reduction(tmp_path / 's'), reduction):
+    np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match='3 of 3 shards missing'):
+    index.load_store(tmp_path / 's')
+  assert _build(tmp_path / 's', _Encoder(expected), reduction=reduction)
+  _assert_stores_equal(index.load_store(tmp_path / 's'), expected)
+  _build(tmp_path / 'plain', _Encoder(_encoded(rng)))
+  assert index.load_reduction(tmp_path / 'plain') is None
+
+
 def test_corrupt_reduction_is_refused(tmp_path):
   rng = np.random.default_rng(17)
   store = _random_store(rng)
   index.save_store(tmp_path / 's', store)
   np.savez(tmp_path / 's' / 'reduction.npz',
            **_random_params(rng, 8, 3)._asdict())
-  with pytest.raises(ValueError, match='reduction.npz does not match'):
-    index.load_store(tmp_path / 's')
+  for load in (index.load_store, index.load_reduction):
+    with pytest.raises(ValueError, match='reduction.npz does not match'):
+      load(tmp_path / 's')
 
 
 @pytest.mark.parametrize('reduction', [True, False])
