@@ -388,7 +388,7 @@ def finalize_store(path):
   for number, info in enumerate(infos):
     for key, value in info['metadata'].items():
       if key in _ROW_KEYS:
-        metadata[key] = metadata.get(key, []) + value
+        metadata.setdefault(key, []).extend(value)
       elif metadata.setdefault(key, value) != value:
         raise ValueError(f'{path}: shard {number} has {key} {value!r}, '
                          f'other shards {metadata[key]!r}')
@@ -449,8 +449,9 @@ def load_store(path):
     missing = [n for n in range(num_shards)
                if not os.path.isfile(_shard_file(path, n))]
     raise ValueError(f'{path} is an unfinished store: {len(missing)} of '
-                     f'{num_shards} shards missing {missing[:10]}; resume the '
-                     'encode (build_store with the same arguments)')
+                     f'{num_shards} shards missing {missing[:10]}; ' + (
+                         'resume the encode (build_store with the same '
+                         'arguments)' if missing else 'call finalize_store'))
   metadata = _read_json(path, 'metadata.json', FORMAT_VERSION)['metadata']
   try:
     parts = [_read_shard(path, n)[0] for n in range(num_shards)]
@@ -466,7 +467,7 @@ def load_store(path):
       descriptors=np.concatenate([p.descriptors for p in parts]),
       valid=np.concatenate([p.valid for p in parts]),
       masks=np.concatenate(masks), grid=np.concatenate([p.grid for p in parts]),
-      image_paths=sum((p.image_paths for p in parts), ()),
+      image_paths=tuple(i for p in parts for i in p.image_paths),
       reduction=reduction, metadata=metadata)
 
 
@@ -499,6 +500,10 @@ def save_store(path, store, *, shard_size=1000, dtype='float32'):
     store: Store.
     shard_size: images per shard file.
     dtype: descriptor storage, 'float32' or 'float16'.
+
+  Raises:
+    ValueError, TypeError: an inconsistent store or bad arguments (the
+      previous store at path, if any, is kept).
   """
   _check_store(store)
   header = {k: v for k, v in store.metadata.items() if k not in _ROW_KEYS}

@@ -234,6 +234,11 @@ def test_disjoint_shard_lists_compose(tmp_path):
     index.finalize_store(tmp_path / 's')
   assert _build(tmp_path / 's', encode_part, shards=[1])
   assert encode_part.calls == [[0, 1, 2, 3], [8, 9], [4, 5, 6, 7]]
+  os.remove(tmp_path / 's' / 'metadata.json')  # a process finished last
+  with pytest.raises(ValueError, match=r'0 of 3 shards missing \[\]; call '
+                     'finalize_store'):
+    index.load_store(tmp_path / 's')
+  index.finalize_store(tmp_path / 's')
   single = _Encoder(expected)
   _build(tmp_path / 'one', single)
   _assert_stores_equal(index.load_store(tmp_path / 's'),

@@ -89,6 +89,7 @@ def _logged_shards(log):
     return [json.loads(line)[0] // SHARD_SIZE for line in stream]
 
 
+@pytest.mark.slow
 def test_killed_encode_resumes_without_recomputing(tmp_path):
   store, reference = tmp_path / 'store', tmp_path / 'reference'
   logs = [tmp_path / 'killed.log', tmp_path / 'resumed.log',
@@ -120,6 +121,7 @@ def test_killed_encode_resumes_without_recomputing(tmp_path):
       set(range(NUM_SHARDS)) - done)
   assert {f: _shards(store)[f] for f in finished} == finished
   assert _logged_shards(logs[2]) == list(range(NUM_SHARDS))
+  assert not [f for f in os.listdir(store) if '.tmp-' in f]
   # (b) the resumed store is the uninterrupted one, exactly.
   resumed, expected = index.load_store(store), index.load_store(reference)
   for name in ('descriptors', 'valid', 'masks', 'grid'):
