@@ -40,8 +40,13 @@ def _check_points(points, valid):
 
 
 def _squared_distances(points, centres):
-  """float32 (P, k) squared distances between (P, 2) points and (k, 2) centres."""
-  return jnp.sum((points[:, None, :] - centres[None, :, :]) ** 2, axis=-1)
+  """float32 (P, k) squared distances between (P, 2) points and (k, 2) centres.
+
+  Coordinate by coordinate: (P, k) operands vectorise on a CPU where a
+  trailing axis of 2 does not.
+  """
+  return ((points[:, 0, None] - centres[None, :, 0]) ** 2
+          + (points[:, 1, None] - centres[None, :, 1]) ** 2)
 
 
 def compute_bounds(points, valid, nearest, *, chunk_size=512):

@@ -11,14 +11,22 @@ as implemented by Perdoch's hesaff (PyPI `pyhesaff`, the "hesaff" backend):
   extrema       3x3x3 maxima (blobs) and minima (saddles) in (x, y, scale).
   localisation  a quadratic fit in position and scale (scale selection), an
                 edge test on the principal-curvature ratio, a DoH threshold.
-  adaptation    fixed rounds of U <- mu^(-1/2) U, mu the second-moment matrix
-                of the patch sampled through U (det U = 1).
+  adaptation    U <- mu^(-1/2) U (det U = 1), mu the second-moment matrix of
+                the patch sampled through U, until the eigenvalue ratio of mu
+                has converged in two consecutive rounds (success), U is too
+                anisotropic or `iterations` rounds pass (failure), as hesaff.
 
-`detect_hessian_affine` is jit-compiled with a fixed-size top-K output and a
-validity mask. Coordinates are (x, y) pixels with pixel centres at integers.
+Two stages: `find_candidates` (scale space, extrema, localisation; a fixed
+top-P by |DoH|) and `adapt_shapes`, which runs the adaptation on a fixed
+number of slots refilled from a priority queue, so that its cost follows the
+rounds each point really needs and it can stop once the `needed` first valid
+points of the queue are known (keypoints.detect_salient queues by alpha).
+`detect_hessian_affine` chains both over every candidate. Coordinates are
+(x, y) pixels with pixel centres at integers.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +36,37 @@ import numpy as np
 MEASUREMENT_REGION = 3.0 * np.sqrt(3.0)
 # RGB -> gray weights of both backends (OpenCV's), rounded to 0..255 after.
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+_PENDING, _VALID, _INVALID = 0, 1, 2
+
+
+class Candidates(NamedTuple):
+  """Localised DoH extrema, best |DoH| first (padding has score -inf).
+
+  points float32 (P, 2) (x, y) image pixels; sigmas float32 (P,) detection
+  scale in image pixels; ratios float32 (P,) sampling step of the adaptation
+  patch in octave pixels (sigma / initial_sigma); levels int32 (P,) pyramid
+  image the adaptation samples; scores float32 (P,) |DoH|.
+  """
+  points: jax.Array
+  sigmas: jax.Array
+  ratios: jax.Array
+  levels: jax.Array
+  scores: jax.Array
+
+
+class Pyramid(NamedTuple):
+  """The images the adaptation samples, for one-gather bilinear reads.
+
+  quads float32 (N, 4): for every pixel of every level (row-major, levels
+  concatenated) its value and those of its right, lower and lower-right
+  neighbours (edge replicated); offsets int32 (S,), widths and heights
+  float32 (S,) and distances float32 (S,) (image pixels per level pixel).
+  """
+  quads: jax.Array
+  offsets: jax.Array
+  widths: jax.Array
+  heights: jax.Array
+  distances: jax.Array
 
 
 def check_image(image):
@@ -53,45 +92,36 @@ def _blur(image, sigma):
   return sum(float(tap) * rows[:, i:i + width] for i, tap in enumerate(taps))
 
 
-def _differentiate(images):
-  """float32 (N, 5, H, W) dx, dy, dxx, dyy, dxy of (N, H, W), edge border.
-
-  Central 3x3 finite differences, as in hesaff.
-  """
-  height, width = images.shape[1:]
-  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1)), mode="edge")
-  at = lambda rows, columns: padded[:, 1 + rows:1 + rows + height,
-                                    1 + columns:1 + columns + width]
-  return jnp.stack([
-      0.5 * (at(0, 1) - at(0, -1)),
-      0.5 * (at(1, 0) - at(-1, 0)),
-      at(0, -1) - 2 * images + at(0, 1),
-      at(-1, 0) - 2 * images + at(1, 0),
-      0.25 * (at(-1, -1) - at(-1, 1) - at(1, -1) + at(1, 1))], axis=1)
+def _extreme3(array, pick):
+  """pick (max or min) over each 3x3x3 neighbourhood of the middle levels."""
+  scales = pick(pick(array[:-2], array[1:-1]), array[2:])
+  padded = jnp.pad(scales, ((0, 0), (1, 1), (1, 1)), mode="edge")
+  rows = pick(pick(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+  return pick(pick(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
 
 
-def _localise(responses, threshold, edge_ratio):
-  """Quadratic fit in (x, y, scale) at every pixel of the middle responses.
+def _localise(neighbours, threshold, edge_ratio):
+  """Quadratic fit in (x, y, scale) of candidates from their 3x3x3 DoH.
 
   Args:
-    responses: float32 (S + 2, H, W) DoH of consecutive levels.
+    neighbours: float32 (C, 3, 3, 3) DoH around each candidate (scale, row,
+      column).
 
-  Returns, for the S middle levels, offsets (S, 3, H, W), interpolated
-  responses (S, H, W) and whether each pixel passes the edge test,
-  |offset| <= 1.5 and |response| >= threshold.
+  Returns offsets (C, 3) as (x, y, scale), interpolated responses (C,) and
+  whether each passes the edge test, |offset| <= 1.5 and |DoH| >= threshold.
   """
-  derivatives = _differentiate(responses)
-  low, current, high = responses[:-2], responses[1:-1], responses[2:]
-  dx, dy, dxx, dyy, dxy = jnp.moveaxis(derivatives[1:-1], 1, 0)
-  dss = low - 2 * current + high
-  dxs = 0.5 * (derivatives[2:, 0] - derivatives[:-2, 0])
-  dys = 0.5 * (derivatives[2:, 1] - derivatives[:-2, 1])
-  ds = 0.5 * (high - low)
+  at = lambda s, y, x: neighbours[:, 1 + s, 1 + y, 1 + x]
+  current = at(0, 0, 0)
+  dx, dy, ds = [0.5 * (at(*step) - at(*(-i for i in step)))
+                for step in ((0, 0, 1), (0, 1, 0), (1, 0, 0))]
+  dxx, dyy, dss = [at(*step) - 2 * current + at(*(-i for i in step))
+                   for step in ((0, 0, 1), (0, 1, 0), (1, 0, 0))]
+  dxy = 0.25 * (at(0, -1, -1) - at(0, -1, 1) - at(0, 1, -1) + at(0, 1, 1))
+  dxs = 0.25 * (at(-1, 0, -1) - at(-1, 0, 1) - at(1, 0, -1) + at(1, 0, 1))
+  dys = 0.25 * (at(-1, -1, 0) - at(-1, 1, 0) - at(1, -1, 0) + at(1, 1, 0))
   # Cramer's rule for [[dxx dxy dxs] [dxy dyy dys] [dxs dys dss]] b = -g.
-  cofactors = (dyy * dss - dys * dys, dxs * dys - dxy * dss,
-               dxy * dys - dxs * dyy, dxx * dss - dxs * dxs,
-               dxy * dxs - dxx * dys, dxx * dyy - dxy * dxy)
-  c11, c12, c13, c22, c23, c33 = cofactors
+  c11, c12, c13 = dyy * dss - dys * dys, dxs * dys - dxy * dss, dxy * dys - dxs * dyy
+  c22, c23, c33 = dxx * dss - dxs * dxs, dxy * dxs - dxx * dys, dxx * dyy - dxy * dxy
   determinant = dxx * c11 + dxy * c12 + dxs * c13
   offset = -jnp.stack([c11 * dx + c12 * dy + c13 * ds,
                        c12 * dx + c22 * dy + c23 * ds,
@@ -111,106 +141,265 @@ def _octave_candidates(first_level, *, octave, scales_per_octave,
                        max_points):
   """Localised DoH extrema of one octave, the best `max_points` by |DoH|.
 
-  Returns (score, x, y, sigma, detection level index) arrays of the octave's
-  candidates in octave pixels, the images (S, H_o, W_o) the affine adaptation
-  samples (the level below each detection level, as hesaff), and the next
-  octave's first level.
+  Only the 2 max_points strongest raw extrema are localised. Returns the
+  candidates' (score, x, y, sigma, ratio, level) in image pixels, the images
+  (S, H_o, W_o) the adaptation samples (the level below each detection level,
+  as hesaff) and the next octave's first level.
   """
   step = 2.0 ** (1.0 / scales_per_octave)
   sigmas = [initial_sigma * step ** i for i in range(scales_per_octave + 2)]
   levels = [first_level]
   for i in range(1, scales_per_octave + 2):
     levels.append(_blur(levels[-1], sigmas[i - 1] * np.sqrt(step ** 2 - 1)))
-  derivatives = _differentiate(jnp.stack(levels))
-  norms = jnp.asarray(sigmas, jnp.float32)[:, None, None] ** 4
-  responses = norms * (derivatives[:, 2] * derivatives[:, 3]
-                       - derivatives[:, 4] ** 2)  # scale-normalised det H
-  window = (3, 3, 3)
-  maxima = jax.lax.reduce_window(responses, -jnp.inf, jax.lax.max, window,
-                                 (1, 1, 1), "SAME")[1:-1]
-  minima = jax.lax.reduce_window(responses, jnp.inf, jax.lax.min, window,
-                                 (1, 1, 1), "SAME")[1:-1]
+  stack = jnp.stack(levels)
+  padded = jnp.pad(stack, ((0, 0), (1, 1), (1, 1)), mode="edge")
   height, width = first_level.shape
-  rows = jnp.arange(height, dtype=jnp.float32)[:, None]
-  columns = jnp.arange(width, dtype=jnp.float32)[None, :]
+  at = lambda y, x: padded[:, 1 + y:1 + y + height, 1 + x:1 + x + width]
+  dxx = at(0, -1) - 2 * stack + at(0, 1)
+  dyy = at(-1, 0) - 2 * stack + at(1, 0)
+  dxy = 0.25 * (at(-1, -1) - at(-1, 1) - at(1, -1) + at(1, 1))
+  norms = jnp.asarray(sigmas, jnp.float32)[:, None, None] ** 4
+  responses = norms * (dxx * dyy - dxy * dxy)  # scale-normalised det H
+  rows = jnp.arange(height)[:, None]
+  columns = jnp.arange(width)[None, :]
   inside = ((rows >= border) & (rows < height - border)
             & (columns >= border) & (columns < width - border))
   current = responses[1:-1]
-  extremum = (((current >= maxima) & (current > 0.8 * threshold))
-              | ((current <= minima) & (current < -0.8 * threshold)))
-  offset, value, keep = _localise(responses, threshold, edge_ratio)
-  candidate = extremum & keep & inside[None]
-  middle = jnp.asarray(sigmas[1:-1], jnp.float32)[:, None, None]
-  scores = jnp.where(candidate, jnp.abs(value), -jnp.inf).reshape(-1)
-  xs = (columns + offset[:, 0]).reshape(-1)
-  ys = (rows + offset[:, 1]).reshape(-1)
-  scales = (middle * step ** offset[:, 2]).reshape(-1)
-  indices = jnp.broadcast_to(
-      octave * scales_per_octave
-      + jnp.arange(scales_per_octave)[:, None, None], current.shape).reshape(-1)
+  extremum = inside & (
+      ((current >= _extreme3(responses, jnp.maximum))
+       & (current > 0.8 * threshold))
+      | ((current <= _extreme3(responses, jnp.minimum))
+         & (current < -0.8 * threshold)))
+  raw = jnp.where(extremum, jnp.abs(current), -jnp.inf).reshape(-1)
+  raw, flat = jax.lax.top_k(raw, min(2 * max_points, raw.shape[0]))
+  scale, row, column = jnp.unravel_index(flat, current.shape)
+  offsets = jnp.arange(-1, 2)
+  neighbours = responses[
+      scale[:, None, None, None] + 1 + offsets[None, :, None, None],
+      jnp.clip(row[:, None, None, None] + offsets[None, None, :, None], 0,
+               height - 1),
+      jnp.clip(column[:, None, None, None] + offsets[None, None, None, :], 0,
+               width - 1)]
+  offset, value, keep = _localise(neighbours, threshold, edge_ratio)
+  scores = jnp.where(keep & (raw > -jnp.inf), jnp.abs(value), -jnp.inf)
+  sigma = (jnp.asarray(sigmas, jnp.float32)[scale + 1]
+           * step ** offset[:, 2])
+  distance = 2.0 ** octave
+  candidates = (scores, (column + offset[:, 0]) * distance,
+                (row + offset[:, 1]) * distance, sigma * distance,
+                sigma / initial_sigma, octave * scales_per_octave + scale)
   best, order = jax.lax.top_k(scores, min(max_points, scores.shape[0]))
-  candidates = (best, xs[order], ys[order], scales[order], indices[order])
+  candidates = (best,) + tuple(part[order] for part in candidates[1:])
   next_level = levels[scales_per_octave][::2, ::2]
-  return candidates, jnp.stack(levels[:scales_per_octave]), next_level
+  return candidates, stack[:scales_per_octave], next_level
 
 
-def _bilinear(buffer, offset, width, height, xs, ys):
-  """Bilinear reads of the image stored row-major at buffer[offset:]."""
-  xs = jnp.clip(xs, 0.0, width - 1.0)
-  ys = jnp.clip(ys, 0.0, height - 1.0)
-  x0, y0 = jnp.floor(xs), jnp.floor(ys)
-  x1, y1 = jnp.minimum(x0 + 1, width - 1), jnp.minimum(y0 + 1, height - 1)
-  fx, fy = xs - x0, ys - y0
-  read = lambda x, y: buffer[offset + (y * width + x).astype(jnp.int32)]
-  return ((read(x0, y0) * (1 - fx) + read(x1, y0) * fx) * (1 - fy)
-          + (read(x0, y1) * (1 - fx) + read(x1, y1) * fx) * fy)
+def _quads(images):
+  """float32 (S H W, 4) each pixel with its right, lower, lower-right."""
+  padded = jnp.pad(images, ((0, 0), (0, 1), (0, 1)), mode="edge")
+  return jnp.stack([padded[:, :-1, :-1], padded[:, :-1, 1:],
+                    padded[:, 1:, :-1], padded[:, 1:, 1:]], -1).reshape(-1, 4)
 
 
-def _adapt_shape(buffer, offset, width, height, x, y, ratio, *, window,
-                 iterations, max_anisotropy, convergence):
-  """Affine shape adaptation (second-moment matrix) of one keypoint.
+@functools.partial(jax.jit, static_argnames=(
+    "max_points", "scales_per_octave", "initial_sigma", "threshold",
+    "edge_ratio", "border"))
+def find_candidates(image, *, max_points=8192, scales_per_octave=3,
+                    initial_sigma=1.6, threshold=16.0 / 3.0, edge_ratio=10.0,
+                    border=5):
+  """Localised Hessian extrema [16] of an image, the max_points best by |DoH|.
 
-  Iterates U <- mu^(-1/2) U (det U = 1), mu being the Gaussian-weighted
-  second-moment matrix of the window x window patch sampled around (x, y)
-  with spacing ratio * U. Returns U (2, 2) and whether it converged with
-  bounded anisotropy.
+  Args:
+    image: uint8 (H_I, W_I, 3) RGB image.
+    max_points, scales_per_octave, initial_sigma, threshold, edge_ratio,
+      border: see `detect_hessian_affine`.
+
+  Returns:
+    Candidates (P = max_points rows) and the Pyramid the adaptation samples.
   """
+  check_image(image)
+  gray = jnp.round(image.astype(jnp.float32) @ jnp.asarray(GRAY_WEIGHTS))
+  level = _blur(gray, float(np.sqrt(initial_sigma ** 2 - 0.25)))
+  found, quads, tables = [], [], []
+  start, octave = 0, 0
+  while min(level.shape) > 2 * border + 2:
+    candidates, images, level_next = _octave_candidates(
+        level, octave=octave, scales_per_octave=scales_per_octave,
+        initial_sigma=initial_sigma, threshold=threshold ** 2,
+        edge_ratio=edge_ratio, border=border, max_points=max_points)
+    found.append(candidates)
+    quads.append(_quads(images))
+    height, width = level.shape
+    tables += [(start + i * height * width, width, height, 2.0 ** octave)
+               for i in range(scales_per_octave)]
+    start += scales_per_octave * height * width
+    level, octave = level_next, octave + 1
+  score, x, y, sigma, ratio, index = (jnp.concatenate(parts)
+                                      for parts in zip(*found))
+  if score.shape[0] < max_points:  # a small image: pad with no-candidates
+    padding = max_points - score.shape[0]
+    score = jnp.pad(score, (0, padding), constant_values=-jnp.inf)
+    x, y, sigma, ratio, index = (jnp.pad(part, (0, padding))
+                                 for part in (x, y, sigma, ratio, index))
+  score, order = jax.lax.top_k(score, max_points)
+  candidates = Candidates(jnp.stack([x[order], y[order]], axis=1),
+                          sigma[order], ratio[order],
+                          index[order].astype(jnp.int32), score)
+  offsets, widths, heights, distances = (np.asarray(column)
+                                         for column in zip(*tables))
+  pyramid = Pyramid(jnp.concatenate(quads), jnp.asarray(offsets, jnp.int32),
+                    jnp.asarray(widths, jnp.float32),
+                    jnp.asarray(heights, jnp.float32),
+                    jnp.asarray(distances, jnp.float32))
+  return candidates, pyramid
+
+
+def _adaptation_round(pyramid, candidates, point, shape, *, window):
+  """One adaptation round of the points in the slots (C,) (index >= 0).
+
+  Returns the updated shapes (C, 2, 2) (det 1), the eigenvalue ratio change
+  1 - sqrt(lambda_min / lambda_max) of the second-moment matrix mu of the
+  window x window patch sampled through the old shape, and whether mu was
+  singular.
+  """
+  index = jnp.maximum(point, 0)
+  level = candidates.levels[index]
+  width, height = pyramid.widths[level], pyramid.heights[level]
+  distance = pyramid.distances[level]
+  x = candidates.points[index, 0] / distance
+  y = candidates.points[index, 1] / distance
+  step = candidates.ratios[index][:, None, None]
   half = window // 2
   grid = jnp.arange(-half, half + 1, dtype=jnp.float32)
-  u, v = jnp.meshgrid(grid, grid)
+  u, v = grid[None, :], grid[:, None]
+  axes = step * shape  # (C, 2, 2)
+  xs = (x[:, None, None] + axes[:, 0, 0, None, None] * u
+        + axes[:, 0, 1, None, None] * v)
+  ys = (y[:, None, None] + axes[:, 1, 0, None, None] * u
+        + axes[:, 1, 1, None, None] * v)
+  xs = jnp.clip(xs, 0.0, width[:, None, None] - 1.0)
+  ys = jnp.clip(ys, 0.0, height[:, None, None] - 1.0)
+  x0, y0 = jnp.floor(xs), jnp.floor(ys)
+  fx, fy = xs - x0, ys - y0
+  flat = (y0 * width[:, None, None] + x0).astype(jnp.int32)
+  quad = pyramid.quads[pyramid.offsets[level][:, None, None] + flat]
+  patch = ((quad[..., 0] * (1 - fx) + quad[..., 1] * fx) * (1 - fy)
+           + (quad[..., 2] * (1 - fx) + quad[..., 3] * fx) * fy)
+  gx, gy = jnp.gradient(patch, axis=2), jnp.gradient(patch, axis=1)
   weight = jnp.exp(-0.5 * (u ** 2 + v ** 2) / (half / 3.0) ** 2)
+  a, b, c = (jnp.sum(weight * g, axis=(1, 2))
+             for g in (gx * gx, gx * gy, gy * gy))
+  # mu = [[a, b], [b, c]]; mu^(-1/2) is proportional to adj(mu + sqrt(det) I).
+  spread = jnp.sqrt(0.25 * (a - c) ** 2 + b * b)
+  largest, smallest = 0.5 * (a + c) + spread, 0.5 * (a + c) - spread
+  singular = ~(smallest > 0)
+  root = jnp.sqrt(jnp.maximum(a * c - b * b, 0.0))
+  inverse_root = jnp.stack([jnp.stack([c + root, -b], -1),
+                            jnp.stack([-b, a + root], -1)], -2)
+  new_shape = inverse_root @ shape
+  determinant = (new_shape[:, 0, 0] * new_shape[:, 1, 1]
+                 - new_shape[:, 0, 1] * new_shape[:, 1, 0])
+  new_shape /= jnp.sqrt(jnp.abs(determinant))[:, None, None]
+  change = 1.0 - jnp.sqrt(jnp.maximum(smallest, 0.0) / largest)
+  return new_shape, change, singular
 
-  def step(_, state):
-    shape, ok, _ = state
-    xs = x + ratio * (shape[0, 0] * u + shape[0, 1] * v)
-    ys = y + ratio * (shape[1, 0] * u + shape[1, 1] * v)
-    patch = _bilinear(buffer, offset, width, height, xs, ys)
-    gx = jnp.gradient(patch, axis=1)
-    gy = jnp.gradient(patch, axis=0)
-    moments = jnp.array([[jnp.sum(weight * gx * gx), jnp.sum(weight * gx * gy)],
-                         [jnp.sum(weight * gx * gy), jnp.sum(weight * gy * gy)]])
-    eigenvalues, vectors = jnp.linalg.eigh(moments + 1e-12 * jnp.eye(2))
-    inverse_root = (vectors / jnp.sqrt(jnp.maximum(eigenvalues, 1e-20))) @ vectors.T
-    new_shape = inverse_root @ shape
-    new_shape /= jnp.sqrt(jnp.abs(jnp.linalg.det(new_shape)))
-    singular = jnp.linalg.svd(new_shape, compute_uv=False)
-    ok &= singular[0] / singular[1] <= max_anisotropy
-    change = 1.0 - jnp.sqrt(eigenvalues[0] / jnp.maximum(eigenvalues[1], 1e-20))
-    return jnp.where(ok, new_shape, shape), ok, change
 
-  state = (jnp.eye(2), jnp.array(True), jnp.array(1.0))
-  shape, ok, change = jax.lax.fori_loop(0, iterations, step, state)
-  return shape, ok & (change < convergence)
+@functools.partial(jax.jit, static_argnames=(
+    "needed", "capacity", "window", "iterations", "max_anisotropy",
+    "convergence"))
+def adapt_shapes(pyramid, candidates, priority, image_size, *, needed,
+                 capacity=256, window=19, iterations=16, max_anisotropy=6.0,
+                 convergence=0.05):
+  """Affine shape adaptation [16] of candidates taken in priority order.
+
+  Hesaff's rule per point: U <- mu^(-1/2) U (det U = 1), mu the
+  Gaussian-weighted second-moment matrix of the window x window patch
+  sampled around the point with spacing ratio * U; success when
+  1 - sqrt(lambda_min / lambda_max) of mu is below `convergence` in two
+  consecutive rounds, failure when the axis ratio of U exceeds
+  max_anisotropy, mu is singular or `iterations` rounds pass. A point is
+  valid when it succeeds and its measurement region lies in the image.
+
+  `capacity` slots each adapt one point; a slot whose point ends takes the
+  next one of the queue (decreasing priority, ties to the lower index). The
+  loop stops when the queue is done or when the first `needed` valid points
+  of the queue are known (all points before them ended).
+
+  Args:
+    pyramid, candidates: from `find_candidates`.
+    priority: float32 (P,) queue order; -inf rows are never adapted.
+    image_size: int (2,) (H_I, W_I) the measurement regions must lie in
+      (maybe traced, for a padded image).
+    needed: stop after this many valid points in queue order.
+    capacity: points adapted at once.
+    window, iterations, max_anisotropy, convergence: see
+      `detect_hessian_affine`.
+
+  Returns:
+    shapes float32 (P, 2, 2) (MEASUREMENT_REGION * sigma * U; the circle
+    where not adapted) and valid bool (P,) (False where not adapted).
+  """
+  count = priority.shape[0]
+  capacity = min(capacity, count)
+  order = jnp.argsort(-priority, stable=True)
+  queued = jnp.sum(priority > -jnp.inf)
+  position = jnp.arange(count)
+  scale = MEASUREMENT_REGION * candidates.sigmas
+
+  def keep_going(state):
+    point, _, _, _, _, status, _ = state
+    in_order = status[order]
+    pending = (in_order == _PENDING) & (position < queued)
+    first = jnp.where(jnp.any(pending), jnp.argmax(pending), queued)
+    found = jnp.sum((in_order == _VALID) & (position < first))
+    return jnp.any(point >= 0) & (found < needed)
+
+  def step(state):
+    point, shape, previous, rounds, next_entry, status, shapes = state
+    new_shape, change, singular = _adaptation_round(
+        pyramid, candidates, point, shape, window=window)
+    spread = jnp.sum(new_shape ** 2, axis=(1, 2))  # = s1^2 + s2^2, s1 s2 = 1
+    axis_ratio = 0.5 * (spread + jnp.sqrt(jnp.maximum(spread ** 2 - 4.0, 0.0)))
+    failed = singular | ~(axis_ratio <= max_anisotropy)
+    success = ~failed & (change < convergence) & (previous < convergence)
+    ended = (point >= 0) & (success | failed | (rounds + 1 >= iterations))
+    index = jnp.maximum(point, 0)
+    measured = scale[index][:, None, None] * new_shape
+    good = success & measured_inside(candidates.points[index], measured,
+                                     image_size)
+    target = jnp.where(ended, point, count)  # out of range: dropped
+    status = status.at[target].set(jnp.where(good, _VALID, _INVALID),
+                                   mode="drop")
+    shapes = shapes.at[target].set(measured, mode="drop")
+    free = ended | (point < 0)
+    entry = next_entry + jnp.cumsum(free) - 1
+    refill = jnp.where(entry < queued, order[jnp.minimum(entry, count - 1)],
+                       -1)
+    point = jnp.where(free, refill, point)
+    shape = jnp.where(free[:, None, None], jnp.eye(2), new_shape)
+    previous = jnp.where(free, 0.0, change)
+    rounds = jnp.where(free, 0, rounds + 1)
+    next_entry = jnp.minimum(next_entry + jnp.sum(free), queued)
+    return point, shape, previous, rounds, next_entry, status, shapes
+
+  slots = jnp.arange(capacity)
+  state = (jnp.where(slots < queued, order[slots], -1),
+           jnp.broadcast_to(jnp.eye(2), (capacity, 2, 2)),
+           jnp.zeros(capacity), jnp.zeros(capacity, jnp.int32),
+           jnp.minimum(capacity, queued), jnp.zeros(count, jnp.int32),
+           scale[:, None, None] * jnp.eye(2))
+  *_, status, shapes = jax.lax.while_loop(keep_going, step, state)
+  return shapes, status == _VALID
 
 
 @functools.partial(jax.jit, static_argnames=(
     "max_points", "scales_per_octave", "initial_sigma", "threshold",
     "edge_ratio", "border", "window", "iterations", "max_anisotropy",
-    "convergence"))
+    "convergence", "capacity"))
 def detect_hessian_affine(image, *, max_points=8192, scales_per_octave=3,
                           initial_sigma=1.6, threshold=16.0 / 3.0,
                           edge_ratio=10.0, border=5, window=19, iterations=16,
-                          max_anisotropy=6.0, convergence=0.05):
+                          max_anisotropy=6.0, convergence=0.05, capacity=256):
   """Hessian-affine keypoints [16] in JAX, fixed-size output (backend "jax").
 
   Follows Perdoch's detector: a Gaussian scale space (scales_per_octave
@@ -218,8 +407,9 @@ def detect_hessian_affine(image, *, max_points=8192, scales_per_octave=3,
   scale-normalised determinant of the Hessian, 3x3x3 extrema above
   (0.8 threshold)^2 ... threshold^2 (maxima are blobs, minima saddles), a
   quadratic fit in position and scale (scale selection), an edge test, then
-  `iterations` rounds of affine shape adaptation. The max_points strongest
-  |DoH| survive; points whose measurement region leaves the image are dropped.
+  affine shape adaptation (`adapt_shapes`). The max_points strongest |DoH|
+  are adapted; points whose adaptation fails or whose measurement region
+  leaves the image are invalid.
 
   Args:
     image: uint8 (H_I, W_I, 3) RGB image.
@@ -230,49 +420,26 @@ def detect_hessian_affine(image, *, max_points=8192, scales_per_octave=3,
     edge_ratio: maximal principal-curvature ratio of a response peak.
     border: pixels ignored at each octave's border.
     window: side of the patch (samples) for the second-moment matrix.
-    iterations: affine adaptation rounds (fixed).
+    iterations: most adaptation rounds of a point.
     max_anisotropy: largest axis ratio of a valid affine shape.
-    convergence: largest final 1 - sqrt(lambda_min / lambda_max) of the
-      second-moment matrix for a valid shape.
+    convergence: largest 1 - sqrt(lambda_min / lambda_max) of the
+      second-moment matrix, in two consecutive rounds, for convergence.
+    capacity: points adapted at once (speed only).
 
   Returns:
     points float32 (P, 2) (x, y), shapes float32 (P, 2, 2) (unit circle ->
     measurement ellipse, MEASUREMENT_REGION * sigma * U) and valid bool (P,).
   """
-  check_image(image)
-  gray = jnp.round(image.astype(jnp.float32) @ jnp.asarray(GRAY_WEIGHTS))
-  level = _blur(gray, float(np.sqrt(initial_sigma ** 2 - 0.25)))
-  found, buffers, tables = [], [], []
-  start, octave = 0, 0
-  while min(level.shape) > 2 * border + 2:
-    candidates, images, level_next = _octave_candidates(
-        level, octave=octave, scales_per_octave=scales_per_octave,
-        initial_sigma=initial_sigma, threshold=threshold ** 2,
-        edge_ratio=edge_ratio, border=border, max_points=max_points)
-    found.append(candidates)
-    buffers.append(images.reshape(-1))
-    size = level.shape[0] * level.shape[1]
-    for i in range(scales_per_octave):
-      tables.append((start + i * size, level.shape[1], level.shape[0],
-                     2.0 ** octave))
-    start += scales_per_octave * size
-    level, octave = level_next, octave + 1
-  score, x, y, sigma, index = (jnp.concatenate(parts) for parts in zip(*found))
-  score, order = jax.lax.top_k(score, max_points)
-  x, y, sigma, index = x[order], y[order], sigma[order], index[order]
-  offset, width, height, distance = (jnp.asarray(column)[index]
-                                     for column in zip(*tables))
-  adapt = functools.partial(
-      _adapt_shape, window=window, iterations=iterations,
-      max_anisotropy=max_anisotropy, convergence=convergence)
-  shapes, converged = jax.vmap(adapt, in_axes=(None, 0, 0, 0, 0, 0, 0))(
-      jnp.concatenate(buffers), offset, width.astype(jnp.float32),
-      height.astype(jnp.float32), x, y, sigma / initial_sigma)
-  points = jnp.stack([x, y], axis=1) * distance[:, None]
-  shapes = (MEASUREMENT_REGION * sigma * distance)[:, None, None] * shapes
-  valid = ((score > -jnp.inf) & converged
-           & measured_inside(points, shapes, image.shape[:2]))
-  return points, shapes, valid
+  candidates, pyramid = find_candidates(
+      image, max_points=max_points, scales_per_octave=scales_per_octave,
+      initial_sigma=initial_sigma, threshold=threshold,
+      edge_ratio=edge_ratio, border=border)
+  shapes, valid = adapt_shapes(
+      pyramid, candidates, candidates.scores, jnp.asarray(image.shape[:2]),
+      needed=max_points, capacity=capacity, window=window,
+      iterations=iterations, max_anisotropy=max_anisotropy,
+      convergence=convergence)
+  return candidates.points, shapes, valid
 
 
 def measured_inside(points, shapes, image_size):

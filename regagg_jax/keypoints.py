@@ -11,7 +11,9 @@ Detection has two backends behind `detect`:
 
 `select_salient` ranks the points by alpha resized to the image size and keeps
 the N_max best; with fewer than N_min points it falls back to the pixels of the
-N_min largest values of the resized alpha.
+N_min largest values of the resized alpha. `detect_salient` fuses the jax
+detector with that rule: the affine adaptation (the detector's costly stage)
+runs in alpha order and stops once the N_max best valid points are known.
 """
 
 import functools
@@ -191,6 +193,44 @@ def select_salient_padded(points, valid, alpha, grid_size, image_size, *,
 
   enough = jnp.sum(inside) >= n_min
   return jax.lax.cond(enough, lambda: (top_points, top_valid), fall_back)
+
+
+def detect_salient(image, alpha, grid_size, image_size, *, padded_shape,
+                   n_max=4000, n_min=300, max_points=8192, capacity=256):
+  """The salient point set P of Sec. 2 from the jax detector, fused.
+
+  Equals `select_salient_padded` of the "jax" backend's detections (points
+  whose measurement region leaves the image_size area are invalid), but the
+  candidates are adapted in decreasing alpha (`hessian_affine.adapt_shapes`)
+  only until the n_max best valid ones are known.
+
+  Args:
+    image: uint8 (H_I, W_I, 3) RGB image, maybe padded.
+    alpha: float32 (H, W) spatial weights of eq. 1, maybe padded.
+    grid_size: int (2,) rows and columns of alpha that belong to the image.
+    image_size: int (2,) (H_I, W_I) of the image before padding.
+    padded_shape: static (height, width) of `image`.
+    n_max, n_min: N_max and N_min of `select_salient`.
+    max_points: candidates kept by |DoH| (`hessian_affine.find_candidates`).
+    capacity: points adapted at once (speed only).
+
+  Returns:
+    points float32 (n_max, 2) and valid bool (n_max,), best first.
+  """
+  candidates, pyramid = hessian_affine.find_candidates(image,
+                                                       max_points=max_points)
+  image_size = jnp.asarray(image_size, jnp.int32)
+  points = candidates.points
+  inside = (candidates.scores > -jnp.inf) & jnp.all(
+      (points >= -0.5) & (points < image_size[::-1] - 0.5), axis=1)
+  priority = jnp.where(inside, sample_alpha(alpha, points, grid_size,
+                                            image_size), -jnp.inf)
+  _, valid = hessian_affine.adapt_shapes(pyramid, candidates, priority,
+                                         image_size, needed=n_max,
+                                         capacity=capacity)
+  return select_salient_padded(points, valid, alpha, grid_size, image_size,
+                               padded_shape=padded_shape, n_max=n_max,
+                               n_min=n_min)
 
 
 @functools.partial(jax.jit,

@@ -61,7 +61,7 @@ def _build_chain(points, members):
           _cross(stack[count - 2], stack[count - 1], point) <= 0)
 
     count = jax.lax.while_loop(must_pop, lambda count: count - 1, count)
-    stack = jnp.where(member, stack.at[count].set(point), stack)
+    stack = stack.at[count].set(jnp.where(member, point, stack[count]))
     return (stack, count + member.astype(jnp.int32)), None
 
   start = (jnp.zeros_like(points), jnp.array(0, jnp.int32))
@@ -198,8 +198,23 @@ def _regions_from_points(points, valid, alpha, valid_cells, image_size, *,
                               num_clusters=num_clusters, min_cells=min_cells)
 
 
+@functools.partial(jax.jit, static_argnames=(
+    "n_max", "n_min", "num_clusters", "min_cells", "max_points"))
+def _regions_from_image(image, alpha, valid_cells, image_size, *, n_max,
+                        n_min, num_clusters, min_cells, max_points):
+  """Fused jax detection + selection, clustering and masks for one image."""
+  points, valid = keypoints.detect_salient(
+      image, alpha, _grid_size(valid_cells), image_size,
+      padded_shape=image.shape[:2], n_max=n_max, n_min=n_min,
+      max_points=max_points)
+  labels, _ = clustering.global_fast_kmeans(points, valid,
+                                            num_clusters=num_clusters)
+  return compute_region_masks(points, labels, valid_cells, image_size,
+                              num_clusters=num_clusters, min_cells=min_cells)
+
+
 def propose(image, alpha, *, backend="hesaff", n_max=4000, n_min=300,
-            num_clusters=3, min_cells=1):
+            num_clusters=3, min_cells=1, max_points=8192):
   """Candidate regions of one image (Sec. 2).
 
   Args:
@@ -209,14 +224,22 @@ def propose(image, alpha, *, backend="hesaff", n_max=4000, n_min=300,
     n_max, n_min: N_max and N_min of the salient point rule.
     num_clusters: L; M = 2^L regions.
     min_cells: cluster regions with fewer cells are discarded.
+    max_points: "jax" backend: detector candidates kept by |DoH|.
 
   Returns:
     masks bool (M, H, W) and valid bool (M,); the last slot is the whole image.
   """
   if alpha.ndim != 2:
     raise ValueError(f"alpha must be (H, W), got shape {alpha.shape}")
-  points, valid = keypoints.detect(image, backend=backend)
   image_size = tuple(image.shape[:2])
+  if backend == "jax":
+    hessian_affine.check_image(image)
+    return _regions_from_image(
+        jnp.asarray(image), jnp.asarray(alpha, jnp.float32),
+        jnp.ones(alpha.shape, bool), jnp.asarray(image_size), n_max=n_max,
+        n_min=n_min, num_clusters=num_clusters, min_cells=min_cells,
+        max_points=max_points)
+  points, valid = keypoints.detect(image, backend=backend)
   return _regions_from_points(
       points, valid, jnp.asarray(alpha, jnp.float32),
       jnp.ones(alpha.shape, bool), jnp.asarray(image_size),
@@ -225,21 +248,25 @@ def propose(image, alpha, *, backend="hesaff", n_max=4000, n_min=300,
 
 
 def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
-                  n_max=4000, n_min=300, num_clusters=3, min_cells=1):
+                  n_max=4000, n_min=300, num_clusters=3, min_cells=1,
+                  max_points=8192):
   """Candidate regions of a padded batch (images.pad_batch layout).
 
   With backend "hesaff" each image is detected on its own (unpadded) area on
-  the host; with "jax" the padded batch is detected in one vmapped jit and
-  points whose measurement region leaves the image are dropped, and the whole
-  call is traceable: it can run inside an outer jax.jit (the encoder's). Selection, clustering and
-  masks run as one vmapped jit, and masks are ANDed with valid_cells.
+  the host; with "jax" the padded batch runs in one vmapped jit (detection
+  fused with the selection, `keypoints.detect_salient`; points whose
+  measurement region leaves the image are dropped), and the whole call is
+  traceable: it can run inside an outer jax.jit (the encoder's). Selection,
+  clustering and masks run in the same vmapped jit; masks are ANDed with
+  valid_cells.
 
   Args:
     images: uint8 (B, H_I, W_I, 3) padded RGB images.
     alpha: float32 (B, H, W) spatial weights (eq. 1).
     valid_cells: bool (B, H, W) cells that belong to each image.
     image_sizes: int (B, 2) (height, width) of each image before padding.
-    backend, n_max, n_min, num_clusters, min_cells: as in `propose`.
+    backend, n_max, n_min, num_clusters, min_cells, max_points: as in
+      `propose`.
 
   Returns:
     masks bool (B, M, H, W) and valid bool (B, M).
@@ -249,22 +276,24 @@ def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
                      f"(B, H, W); got {images.shape}, {alpha.shape}, "
                      f"{valid_cells.shape}")
   if backend == "jax":  # traceable: no host reads of the (maybe traced) inputs
-    image_sizes = jnp.asarray(image_sizes, jnp.int32)
-    points, shapes, valid = jax.vmap(hessian_affine.detect_hessian_affine)(
-        jnp.asarray(images))
-    valid &= jax.vmap(hessian_affine.measured_inside)(points, shapes,
-                                                      image_sizes)
-  elif backend != "hesaff":
+    hessian_affine.check_image(images[0])
+    regions = functools.partial(
+        _regions_from_image, n_max=n_max, n_min=n_min,
+        num_clusters=num_clusters, min_cells=min_cells, max_points=max_points)
+    return jax.vmap(regions)(jnp.asarray(images),
+                             jnp.asarray(alpha, jnp.float32),
+                             jnp.asarray(valid_cells),
+                             jnp.asarray(image_sizes, jnp.int32))
+  if backend != "hesaff":
     raise ValueError(f'backend must be "hesaff" or "jax", got {backend!r}')
-  else:
-    image_sizes = np.asarray(image_sizes, np.int32)
-    detections = [keypoints.detect(np.asarray(image[:height, :width]),
-                                   backend=backend)
-                  for image, (height, width) in zip(images, image_sizes)]
-    size = max(len(points) for points, _ in detections)
-    points = jnp.stack([jnp.pad(p, ((0, size - len(p)), (0, 0)))
-                        for p, _ in detections])
-    valid = jnp.stack([jnp.pad(v, (0, size - len(v))) for _, v in detections])
+  image_sizes = np.asarray(image_sizes, np.int32)
+  detections = [keypoints.detect(np.asarray(image[:height, :width]),
+                                 backend=backend)
+                for image, (height, width) in zip(images, image_sizes)]
+  size = max(len(points) for points, _ in detections)
+  points = jnp.stack([jnp.pad(p, ((0, size - len(p)), (0, 0)))
+                      for p, _ in detections])
+  valid = jnp.stack([jnp.pad(v, (0, size - len(v))) for _, v in detections])
   regions = functools.partial(
       _regions_from_points, padded_shape=tuple(images.shape[1:3]),
       n_max=n_max, n_min=n_min, num_clusters=num_clusters,
