@@ -46,6 +46,7 @@ import tqdm
 from regagg_jax import datasets
 from regagg_jax import images
 from regagg_jax import index
+from regagg_jax import parallel
 from regagg_jax import pca
 from regagg_jax import pooling
 from regagg_jax import regions
@@ -216,13 +217,13 @@ def _encode_chain(variables, rgb, sizes, cells, reduction, whitening, *,
   forward, pool = (_forward, _pool) if staged else (
       _compute_maps, _pool_batch)
   features, alpha, beta = forward(variables, rgb, sizes, cells, dtype=dtype)
-  options = dict(region_options) if method.regional else None
-  if staged:
-    masks, valid = _propose(rgb, sizes, cells, alpha, options)
-  elif options is None:
+  if not method.regional:  # the whole image
     masks, valid = cells[:, None], jnp.any(cells, axis=(1, 2))[:, None]
+  elif staged:
+    masks, valid = _propose(rgb, sizes, cells, alpha, dict(region_options))
   else:
-    masks, valid = regions.propose_batch(rgb, alpha, cells, sizes, **options)
+    masks, valid = regions.propose_batch(rgb, alpha, cells, sizes,
+                                         **dict(region_options))
   descriptors = pool(features, alpha, beta, cells, masks, valid, reduction,
                      method=method, options=pooling_options)
   if whitening is not None:
@@ -460,7 +461,6 @@ def _encode_rows(variables, image_paths, rows, method, *, reduction,
   """
   _check_reading(image_paths, rows, batch_size, num_threads, prefetch)
   if mesh is not None:
-    from regagg_jax import parallel  # pylint: disable=g-import-not-at-top
     if batch_size % mesh.size:
       raise ValueError(f'batch_size {batch_size} is not a multiple of the '
                        f'{mesh.size} mesh devices')
@@ -479,11 +479,10 @@ def _encode_rows(variables, image_paths, rows, method, *, reduction,
         variables, *arrays, reduction, whitening, method=method, dtype=dtype,
         region_options=_items(region_options),
         pooling_options=_items(pooling_options), staged=False)))
-    while len(in_flight) > 1:  # the previous batch, while this one runs
+    if len(in_flight) > 1:  # fetch the previous batch while this one runs
       done, result = in_flight.popleft()
       _collect(outputs, done.rows, done.sizes, *result)
-  while in_flight:
-    done, result = in_flight.popleft()
+  for done, result in in_flight:
     _collect(outputs, done.rows, done.sizes, *result)
   return outputs, skipped
 

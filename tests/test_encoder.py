@@ -27,7 +27,7 @@ import scipy
 
 from regagg_jax import encoder
 from regagg_jax import hessian_affine
-from regagg_jax import images
+from regagg_jax import index
 from regagg_jax import pca
 from regagg_jax import vgg19
 
@@ -245,6 +245,22 @@ def test_unreadable_images_are_skipped_and_reported(variables, mixed_paths):
   assert readable.metadata['skipped'] == []
 
 
+def test_encode_rows_whitens_and_records_the_whitening(variables,
+                                                      mixed_paths):
+  rng = np.random.default_rng(2)
+  whitening = pca.fit(rng.normal(size=(40, 16)).astype(np.float32), 6,
+                      whiten=True)
+  plain = _gem_rows(variables, mixed_paths, [0, 1])
+  whitened = _gem_rows(variables, mixed_paths, [0, 1], whitening=whitening)
+  assert whitened.metadata['whitening_hash'] == index.hash_params(whitening)
+  assert whitened.metadata['whitening_hash'] != 'none'
+  assert whitened.descriptors.shape == (2, 1, 6)
+  np.testing.assert_allclose(
+      whitened.descriptors,
+      pca.apply(whitening, jnp.asarray(plain.descriptors), plain.valid),
+      **_TOLERANCE)
+
+
 def test_thread_count_and_prefetch_do_not_change_the_output(variables,
                                                             mixed_paths):
   rows = [7, 4, 0, 2, 1, 5, 3]
@@ -312,7 +328,7 @@ def test_bad_arguments_are_refused(variables, batch, paths):
 
 
 _SHARDED = """
-import functools, json, sys
+import functools
 import jax, numpy as np
 from regagg_jax import encoder, hessian_affine, parallel, vgg19
 hessian_affine.detect_hessian_affine = functools.partial(
