@@ -5,11 +5,11 @@ real VGG19, 384 px, hesaff regions; one VGG19 pass for every method), writes
 each method's store with index.save_store as float32 and as float16, loads
 both back (float16 is cast up to float32) and, for every demo row (O2_R,
 O2_W, O1_R, O1_W and the global baselines), fits PCA-whitening on the loaded
-store as the demo does (pipeline.fit, D = 16), searches with every image as
-a query and scores it (N-S, mAP). Prints, per row, the scores of both, the
-mAP change, the max / mean |error| of the stored (unwhitened,
-l2-normalised) descriptors over valid regions, and the bytes of the shard
-files float16 / float32. Both variants run in this process on the same
+store as the demo does (pipeline.fit, D = 16), ranks every image against all
+56 by eq. (7) (exact, no QE, as the demo) and scores it (N-S, mAP). Prints, per row, the scores of both, the
+mAP change, the largest change of an eq. (7) similarity, the max / mean
+|error| of the stored (unwhitened, l2-normalised) descriptors over valid
+regions, and the bytes of the shard files float16 / float32. Both variants run in this process on the same
 encoding, so the only difference is the storage dtype.
 
   nice python3 benchmarks/store_precision.py
@@ -27,7 +27,9 @@ from regagg_jax import encoder
 from regagg_jax import evaluation
 from regagg_jax import index
 from regagg_jax import modes
+from regagg_jax import pca
 from regagg_jax import pipeline
+from regagg_jax import similarity
 from regagg_jax import workspace
 
 
@@ -37,12 +39,18 @@ def _shard_bytes(path):
 
 
 def _scores(config, dataset, store):
-  """Scores of `store` with whitening fitted on it, as the demo does."""
+  """(N-S and mAP, float32 (N, N) eq. 7 similarities) of `store` with
+  whitening fitted on it as the demo does; every image is a query."""
   fitted = pipeline.fit(config, store, fitted_on=dataset.name)
-  queries, positions = workspace.query_store(config, dataset, store)
-  ranking = pipeline.search(config, queries, store, fitted)
-  return evaluation.evaluate(dataset, workspace.dataset_ranks(
-      ranking, store, positions))
+  valid = store.valid
+  if not config.pooling.regional:  # W: R_M, the last region, only
+    valid = valid & (np.arange(valid.shape[1]) == valid.shape[1] - 1)
+  whitened = pca.apply(fitted.whitening, store.descriptors, valid)  # eq. (6)
+  scores, _ = similarity.image_similarity(whitened, valid, whitened, valid)
+  scores = np.asarray(scores)  # eq. (7)
+  rows = np.asarray(store.metadata['rows'])
+  return evaluation.evaluate(
+      dataset, rows[evaluation.ranks_from_scores(scores)]), scores
 
 
 def main(argv):
@@ -50,6 +58,8 @@ def main(argv):
   encoder.limit_lapack_threads()
   config = demo.get_config()
   dataset = workspace.load_dataset(config)
+  if not np.array_equal(dataset.query_indices, np.arange(len(dataset.images))):
+    raise ValueError(f'{dataset.name}: every image must be a query')
   methods = sorted({method for method, _ in modes.DEMO_ROWS.values()})
   stores = pipeline.encode_methods(
       config, datasets.database_paths(dataset), methods,
@@ -71,17 +81,18 @@ def main(argv):
   print(f'{dataset.name}: {len(dataset.images)} images, every image a query;'
         ' PCA-whitening D = 16 fitted on each loaded store')
   columns = ('row', 'D_store', 'N-S f32', 'N-S f16', 'mAP f32', 'mAP f16',
-             'dmAP', 'max|err|', 'mean|err|', 'bytes f16/f32')
+             'dmAP', 'max|dscore|', 'max|err|', 'mean|err|', 'bytes f16/f32')
   print(' | '.join(columns))
   for label, (method, regional) in modes.DEMO_ROWS.items():
     variant = config.copy_and_resolve_references()
     variant.pooling.method, variant.pooling.regional = method, regional
-    full = _scores(variant, dataset, loaded[method, 'float32'])
-    half = _scores(variant, dataset, loaded[method, 'float16'])
+    full, full_scores = _scores(variant, dataset, loaded[method, 'float32'])
+    half, half_scores = _scores(variant, dataset, loaded[method, 'float16'])
     print(' | '.join([
         label, str(stores[method].descriptors.shape[-1]),
         f'{full["N-S"]:.4f}', f'{half["N-S"]:.4f}', f'{full["mAP"]:.4f}',
         f'{half["mAP"]:.4f}', f'{half["mAP"] - full["mAP"]:+.4f}',
+        f'{np.abs(half_scores - full_scores).max():.2e}',
         f'{errors[method][0]:.2e}', f'{errors[method][1]:.2e}',
         f'{sizes[method, "float16"] / sizes[method, "float32"]:.3f}']))
 
