@@ -6,7 +6,15 @@
   python run.py --config=configs/default.py --config.pca.dim=256 --mode=fit
 
 Modes (regagg_jax.modes.MODES): demo, encode, fit, search, eval. Each
-configs/*.py docstring gives its exact commands. On CPU backends, the
+configs/*.py docstring gives its exact commands.
+
+Several hosts encode one store together (--mode=encode only): every host
+runs the same command on a shared workdir with its own --process_id, e.g.
+
+  python run.py --config=configs/oxford5k.py --mode=encode \\
+      --coordinator_address=host0:12345 --num_processes=2 --process_id=0
+
+(regagg_jax.parallel documents the launch). On CPU backends, the
 OpenBLAS threads behind jaxlib's QR / SVD are capped to one at start-up
 (encoder.limit_lapack_threads): they fight XLA's threads otherwise.
 """
@@ -20,6 +28,7 @@ from ml_collections import config_flags
 
 from regagg_jax import encoder
 from regagg_jax import modes
+from regagg_jax import parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -28,11 +37,23 @@ _CONFIG = config_flags.DEFINE_config_file(
     '--config.<section>.<field>=value.')
 _MODE = flags.DEFINE_enum('mode', 'demo', sorted(modes.MODES),
                           'What to run.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None,
+    'host:port of process 0 for multi-host encoding (jax.distributed).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', 1, 'Processes (hosts) encoding one store together.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', 0,
+                                   'This process, 0 <= id < num_processes.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _NUM_PROCESSES.value > 1 and _MODE.value != 'encode':
+    raise app.UsageError(f'--num_processes={_NUM_PROCESSES.value} is for '
+                         f'--mode=encode only, got --mode={_MODE.value}')
+  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                      _PROCESS_ID.value)
   if jax.default_backend() == 'cpu':
     encoder.limit_lapack_threads()
   modes.MODES[_MODE.value](_CONFIG.value)

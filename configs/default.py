@@ -29,7 +29,11 @@ def get_config():
   config.features.max_size = 0  # longer side in px; 0 keeps the original
   config.features.dtype = 'float32'  # VGG19 compute: 'float32' | 'bfloat16'
   config.features.batch_size = 4  # images per jitted forward
-  config.features.cache_mib = 2048  # keep conv5_4 maps between O2's passes
+  config.features.cache_mib = 2048  # demo: conv5_4 kept between O2's passes
+  config.features.num_threads = 4  # host threads decoding images
+  config.features.prefetch = 2  # batches decoded ahead of the device
+  config.features.shard_size = 1000  # images per store shard (resume unit)
+  config.features.store_dtype = 'float32'  # stored descriptors | 'float16'
 
   config.regions = ml_collections.ConfigDict()
   config.regions.backend = 'hesaff'  # 'hesaff' (pyhesaff) | 'jax'
@@ -46,6 +50,8 @@ def get_config():
   config.pooling.offdiag_scale = 1.0  # vec() off-diagonal factor (1: paper)
   config.pooling.gem_power = 3.0  # p of the GeM baseline
   config.pooling.rmac_levels = 3  # scales of the R-MAC baseline grid
+  # U^1 of eq. (4) is fitted on this many images spread over the set (0: all)
+  config.pooling.reduction_images = 10000
 
   config.pca = ml_collections.ConfigDict()
   config.pca.dim = 512  # D of eq. (6)
@@ -55,12 +61,26 @@ def get_config():
   # D is capped to (valid fitting vectors) / min_vectors_per_dim: whitening
   # fitted on fewer vectors than a few times D amplifies noise directions.
   config.pca.min_vectors_per_dim = 1
+  # Store eq. (6) outputs (D dims) instead of unwhitened descriptors: U^1 and
+  # the whitening are learnt on fit_on first. For millions of images.
+  config.pca.store_whitened = False
 
   config.search = ml_collections.ConfigDict()
   config.search.qe = False  # regional query expansion (eq. 8)
   config.search.n_qe = 10  # N_QE
   config.search.qe_include_query = False  # eq. 8: top N_QE regions only
   config.search.chunk_size = 1024  # database images per similarity chunk
+  # 'exact': eq. (7) on every image; 'flat' | 'ivfpq' | 'hnsw': FAISS region
+  # index, per-image max of the top k_regions regions per query region,
+  # then exact eq. (7) / eq. (8) on the best `shortlist` images.
+  config.search.index = 'exact'
+  config.search.k_regions = 100
+  config.search.shortlist = 1000
+  config.search.ivfpq = ml_collections.ConfigDict({
+      'nlist': 1024, 'm': 64, 'nbits': 8, 'nprobe': 16, 'train_size': 100000,
+      'coarse': 'hnsw', 'hnsw_m': 32, 'quantizer_ef_search': 64, 'seed': 0})
+  config.search.hnsw = ml_collections.ConfigDict({
+      'hnsw_m': 32, 'ef_construction': 80, 'ef_search': 128})
   config.search.top_k = 100  # results written per query by --mode=search
   config.search.query_regions = 'all'  # 'all' regions | 'whole' (R_M only)
   config.search.queries = ''  # --mode=search: image file, folder or list

@@ -8,6 +8,7 @@ Each mode takes the config, gets its stores and fits from `workspace`, runs
 import json
 import os
 
+import jax
 import numpy as np
 
 from regagg_jax import datasets
@@ -15,6 +16,7 @@ from regagg_jax import evaluation
 from regagg_jax import figures
 from regagg_jax import index
 from regagg_jax import pipeline
+from regagg_jax import retrieval
 from regagg_jax import workspace
 
 
@@ -48,16 +50,18 @@ def evaluate(config):
     also written to <workdir>/results/<name>.json.
   """
   dataset = workspace.load_dataset(config)
-  database = workspace.database_store(config, dataset)
-  fitted = workspace.fitted_whitening(config, dataset, database)
-  queries, positions = workspace.query_store(config, dataset, database)
-  ranking = pipeline.search(config, queries, database, fitted)
+  database, fitted = workspace.prepare(config, dataset)
+  queries, positions = workspace.query_store(config, dataset, database,
+                                             fitted)
+  ranking = retrieval.search(config, queries, database, fitted,
+                             workspace.search_index(config, dataset, database,
+                                                    fitted))
   scores = evaluation.evaluate(dataset, workspace.dataset_ranks(
-      ranking, database,
-                                                      positions))
+      ranking, database, positions))
   result = {'name': config.name, 'dataset': dataset.name,
             'method': config.pooling.method,
             'regional': config.pooling.regional, 'qe': config.search.qe,
+            'index': config.search.index,
             'D': fitted.metadata['dim'],
             'fitted_on': fitted.metadata['fitted_on'],
             'num_database': len(database.image_paths),
@@ -90,8 +94,7 @@ def run_search(config):
   if not config.search.queries:
     raise ValueError('set --config.search.queries to an image, folder or .txt')
   dataset = workspace.load_dataset(config, ground_truth=False)
-  database = workspace.database_store(config, dataset)
-  fitted = workspace.fitted_whitening(config, dataset, database)
+  database, fitted = workspace.prepare(config, dataset)
   paths = _query_paths(config.search.queries)
   boxes = None
   if config.search.box:
@@ -100,9 +103,11 @@ def run_search(config):
       raise ValueError('search.box must be x1,y1,x2,y2, got '
                        f'{config.search.box!r}')
     boxes = np.array([box] * len(paths))
-  queries = pipeline.encode(config, paths, boxes=boxes,
-                            reduction=database.reduction)
-  ranking = pipeline.search(config, queries, database, fitted)
+  queries = workspace.encode_queries(config, paths, database, fitted,
+                                     boxes=boxes)
+  ranking = retrieval.search(config, queries, database, fitted,
+                             workspace.search_index(config, dataset, database,
+                                                    fitted))
   path = os.path.join(config.workdir, 'results', f'search-{config.name}')
   os.makedirs(os.path.dirname(path), exist_ok=True)
   index.write_results(path, ranking.scores, ranking.ranks, ranking.best,
@@ -115,9 +120,12 @@ def run_search(config):
 
 
 def run_encode(config):
-  """--mode=encode: the database of config.eval -> a store in workdir."""
-  store = workspace.database_store(
-      config, workspace.load_dataset(config, ground_truth=False))
+  """--mode=encode: the database of config.eval -> a store in workdir
+  (with pca.store_whitened, after fitting the whitening on pca.fit_on)."""
+  store, _ = workspace.prepare(
+      config, workspace.load_dataset(config, ground_truth=False), fit=False)
+  if jax.process_index():
+    return  # process 0 reports
   print(f'{len(store.image_paths)} images encoded as {store.valid.shape[1]} x '
         f'{store.descriptors.shape[2]} descriptors in '
         f'{os.path.join(config.workdir, "stores")}')
@@ -127,9 +135,8 @@ def run_encode(config):
 
 def run_fit(config):
   """--mode=fit: whitening of config.pca.fit_on (or the database)."""
-  dataset = workspace.load_dataset(config, ground_truth=False)
-  fitted = workspace.fitted_whitening(
-      config, dataset, workspace.database_store(config, dataset))
+  _, fitted = workspace.prepare(
+      config, workspace.load_dataset(config, ground_truth=False))
   print(f'PCA-whitening D = {fitted.metadata["dim"]} fitted on '
         f'{fitted.metadata["fitted_on"]} ({fitted.metadata["num_vectors"]} '
         f'vectors) in {os.path.join(config.workdir, "fits")}')
@@ -142,6 +149,7 @@ DEMO_ROWS = {
     'GeM': ('gem', False)}
 """Demo table row -> (pooling.method, pooling.regional); the first is drawn."""
 
+
 def run_demo(config):
   """--mode=demo: every DEMO_ROWS method on config.eval's dataset (the
   bundled samples), one VGG19 pass; prints the table, writes
@@ -151,17 +159,17 @@ def run_demo(config):
   stores = pipeline.encode_methods(
       config, datasets.database_paths(dataset), methods,
       rotations=workspace.rotations(dataset, dataset.images),
-                          apply_exif=dataset.apply_exif)
+      apply_exif=dataset.apply_exif)
   results, drawn = [], None
   for label, (method, regional) in DEMO_ROWS.items():
     variant = _variant(config, method, regional)
     store = stores[method]
     fitted = pipeline.fit(variant, store, fitted_on=dataset.name)
-    queries, positions = workspace.query_store(variant, dataset, store)
-    ranking = pipeline.search(variant, queries, store, fitted)
+    queries, positions = workspace.query_store(variant, dataset, store,
+                                               fitted)
+    ranking = retrieval.search(variant, queries, store, fitted)
     scores = evaluation.evaluate(dataset, workspace.dataset_ranks(
-        ranking, store,
-                                                        positions))
+        ranking, store, positions))
     results.append({'method': label, 'D': fitted.metadata['dim'], **scores})
     drawn = drawn or (store, ranking, positions)
   path = os.path.join(config.workdir, 'results', f'{config.name}.json')
@@ -172,8 +180,8 @@ def run_demo(config):
   figure = os.path.join(config.workdir, 'fig2.png')
   figures.draw_results(figure, dataset, *drawn,
                        max_size=config.features.max_size,
-               num_queries=config.eval.figure_queries,
-               num_results=config.eval.figure_results)
+                       num_queries=config.eval.figure_queries,
+                       num_results=config.eval.figure_results)
   print(f'\nFig. 2 ({next(iter(DEMO_ROWS))}): {figure}')
   return results
 

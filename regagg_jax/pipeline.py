@@ -1,19 +1,24 @@
-"""Encode, fit and search as a config says: the stages' config reader.
+"""Encode and fit as a config says: the stages' config reader.
 
-  encode  images -> index.Store: region descriptors (N, M, D_store) + validity
-  fit     Store -> index.Fit: PCA-whitening U^2, s (eq. 6)
-  search  queries x Store -> scores (eq. 7, eq. 8 with QE), ranks, best region
+  encode / encode_rows  images -> index.Store: region descriptors
+                        (N, M, D_store) + validity
+  fit_reduction         U^1 of eq. (4) on pooling.reduction_images images
+  fit                   Store -> index.Fit: PCA-whitening U^2, s (eq. 6)
+  store_header          what a store on disk must match (index.build_store)
 
-`workspace` keeps a dataset's stores and fits in the workdir and `modes`
-holds what run.py's --mode runs; with this module they are the only code
-that reads a config.
+`retrieval` searches, `workspace` keeps a dataset's stores, fits and
+indexes in the workdir and `modes` holds what run.py's --mode runs; with
+this module they are the only code that reads a config.
 
 `encode` reads the features, regions and pooling sections and hands them to
-`encoder` (images -> region descriptors, two-pass for 'o2'); `figures` draws
-the demo's Fig. 2. A store holds unwhitened descriptors (D_store =
-K'(K'+1)/2 for 'o2', K otherwise) and U^1, so one store serves every D, QE
-and R/W setting: whitening is fitted on a store by `fit` and applied at
-search time. R/W (pooling.regional) only selects regions: W uses R_M alone.
+`encoder` (images -> region descriptors, one jit per batch; VGG19 on all
+local devices when there are several). By default a store holds
+unwhitened descriptors (D_store = K'(K'+1)/2 for 'o2', K otherwise) and
+U^1, so one store serves every D, QE and R/W setting: whitening is fitted
+on a store by `fit` and applied at search time. For millions of images,
+pca.store_whitened stores D-dim eq. (6) outputs instead (whitening learnt
+on pca.fit_on first). R/W (pooling.regional) only selects regions: W uses
+R_M alone.
 
 Stores and fits carry the hash of the config sections that made them
 (`store_hash`, `fit_hash`) and mixing them with another config is refused.
@@ -30,24 +35,23 @@ pca.fit_on learns it on another set, and the demo (configs/demo.py) uses a
 small D = 16 for every method.
 """
 
+import functools
 import json
-from typing import NamedTuple
 
 from absl import logging
 import jax
 import numpy as np
 
 from regagg_jax import encoder
-from regagg_jax import evaluation
 from regagg_jax import index
+from regagg_jax import parallel
 from regagg_jax import pca
-from regagg_jax import similarity
 from regagg_jax import vgg19
 
 WEIGHTS = {
-    'imagenet': lambda features: vgg19.load_params(),
-    'random': lambda features: vgg19.init_params(
-        jax.random.PRNGKey(features.seed), widths=tuple(features.widths)),
+    'imagenet': lambda widths, seed: vgg19.load_params(),
+    'random': lambda widths, seed: vgg19.init_params(
+        jax.random.PRNGKey(seed), widths=widths),
 }
 """features.weights -> VGG19 variables."""
 
@@ -55,25 +59,33 @@ QUERY_REGIONS = {'all': False, 'whole': True}
 """search.query_regions -> whether queries use R_M (the whole image) only."""
 
 
-def store_hash(config, method=None):
-  """Hash of what a store depends on: features, regions, pooling (not R/W).
+def store_sections(config, method=None):
+  """The config sections a store depends on: features (less _SPEED_ONLY),
+  regions (regional methods) and pooling (less R/W), as plain JSON values.
 
   Args:
     config: ConfigDict.
-    method: pooling method to hash instead of config.pooling.method.
-
-  Returns:
-    16 hex digits (index.hash_config).
+    method: pooling method to use instead of config.pooling.method.
   """
   method = method or config.pooling.method
   features = {k: v for k, v in config.features.to_dict().items()
-              if k not in ('batch_size', 'cache_mib')}
+              if k not in _SPEED_ONLY}
   pooled = dict(config.pooling.to_dict(), method=method)
   pooled.pop('regional')
   sections = {'features': features, 'pooling': pooled}
   if encoder.POOLING[method].regional:
     sections['regions'] = config.regions.to_dict()
-  return index.hash_config(sections)
+  return json.loads(json.dumps(sections))
+
+
+def store_hash(config, method=None):
+  """16 hex digits: index.hash_config of `store_sections`."""
+  return index.hash_config(store_sections(config, method))
+
+
+_SPEED_ONLY = ('batch_size', 'cache_mib', 'num_threads', 'prefetch',
+               'shard_size')
+"""features fields that change how fast a store is made, not its contents."""
 
 
 def fit_hash(config):
@@ -82,12 +94,53 @@ def fit_hash(config):
                             'regional': config.pooling.regional})
 
 
+@functools.lru_cache(maxsize=2)
+def _variables(weights, widths, seed):
+  return WEIGHTS[weights](widths, seed)
+
+
+def _encoder_options(config):
+  """encoder keywords from the features, regions and pooling sections."""
+  features = config.features
+  mesh = None
+  if jax.local_device_count() > 1:  # data parallelism over local devices
+    mesh = parallel.make_mesh()
+    if features.batch_size % jax.local_device_count():
+      raise ValueError(f'features.batch_size={features.batch_size} must be a '
+                       f'multiple of the {jax.local_device_count()} devices')
+  return dict(
+      region_options={k: config.regions[k] for k in (
+          'backend', 'n_max', 'n_min', 'num_clusters', 'min_cells')},
+      max_size=features.max_size, batch_size=features.batch_size,
+      dtype=features.dtype, mesh=mesh, num_threads=features.num_threads,
+      prefetch=features.prefetch)
+
+
+def _pooling_options(config):
+  return {'gem_power': float(config.pooling.gem_power),
+          'offdiag_scale': float(config.pooling.offdiag_scale),
+          'rmac_levels': int(config.pooling.rmac_levels)}
+
+
+def _stamp(config, store, method):
+  """Records store_sections and store_hash in a store's metadata."""
+  return store._replace(metadata=dict(
+      store.metadata, config_hash=store_hash(config, method),
+      config=store_sections(config, method)))
+
+
+def variables(config):
+  """VGG19 variables of config.features (loaded once per process)."""
+  features = config.features
+  return _variables(features.weights, tuple(features.widths), features.seed)
+
+
 def encode_methods(config, image_paths, methods, *, boxes=None,
                    rotations=None, reduction=None, apply_exif=True):
   """Encodes images once for several pooling methods (one VGG19 pass).
 
-  Reads the features, regions and pooling sections for
-  `encoder.encode_methods` and records the config and its `store_hash` in
+  `encoder.encode_methods` with the features, regions and pooling sections,
+  in memory (the demo); the config and its `store_hash` are recorded in
   each store's metadata.
 
   Args:
@@ -106,41 +159,94 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
   Raises:
     ValueError: an unknown method.
   """
-  features = config.features
+  options = _encoder_options(config)
+  del options['num_threads'], options['prefetch'], options['mesh']
   stores = encoder.encode_methods(
-      WEIGHTS[features.weights](features), image_paths, methods,
-      region_options={k: config.regions[k] for k in (
-          'backend', 'n_max', 'n_min', 'num_clusters', 'min_cells')},
-      pooling_options={'gem_power': float(config.pooling.gem_power),
-                       'offdiag_scale': float(config.pooling.offdiag_scale),
-                       'rmac_levels': int(config.pooling.rmac_levels)},
-      k_prime=config.pooling.k_prime, max_size=features.max_size,
-      batch_size=features.batch_size, dtype=features.dtype,
-      cache_mib=features.cache_mib, boxes=boxes, rotations=rotations,
-      reduction=reduction, apply_exif=apply_exif)
-  return {method: store._replace(metadata=dict(
-      store.metadata, config_hash=store_hash(config, method),
-      config=json.loads(json.dumps(dict(config.to_dict(), pooling=dict(
-          config.pooling.to_dict(), method=method))))))
+      variables(config), image_paths, methods,
+      pooling_options=_pooling_options(config),
+      k_prime=config.pooling.k_prime, cache_mib=config.features.cache_mib,
+      boxes=boxes, rotations=rotations, reduction=reduction,
+      apply_exif=apply_exif, **options)
+  return {method: _stamp(config, store, method)
           for method, store in stores.items()}
 
 
+def sample_rows(num_images, count):
+  """int rows of `count` images evenly spaced over num_images (all if 0)."""
+  if count <= 0 or count >= num_images:
+    return list(range(num_images))
+  return sorted(set(np.linspace(0, num_images - 1, count).astype(int)))
+
+
+def fit_reduction(config, image_paths, *, boxes=None, rotations=None,
+                  apply_exif=True):
+  """U^1 of eq. (4) on pooling.reduction_images images spread over the set.
+
+  Returns:
+    pca.PCAParams, components float32 (K, K').
+  """
+  return encoder.fit_reduction(
+      variables(config), image_paths,
+      sample_rows(len(image_paths), config.pooling.reduction_images),
+      k_prime=config.pooling.k_prime, boxes=boxes, rotations=rotations,
+      apply_exif=apply_exif, **_encoder_options(config))
+
+
+def encode_rows(config, image_paths, rows, *, reduction=None, whitening=None,
+                boxes=None, rotations=None, apply_exif=True):
+  """Encodes image_paths[r] for r in rows in one pass (`encoder.encode_rows`).
+
+  Args:
+    config: ConfigDict.
+    image_paths: N image files.
+    rows: the rows to encode.
+    reduction: U^1 (eq. 4); required by 'o2'.
+    whitening: PCAParams of eq. (6) to store whitened descriptors, or None.
+    boxes, rotations, apply_exif: as in `encode_methods`.
+
+  Returns:
+    index.Store of the readable rows with the config and its hash recorded.
+  """
+  method = config.pooling.method
+  return _stamp(config, encoder.encode_rows(
+      variables(config), image_paths, rows, method,
+      pooling_options=_pooling_options(config), reduction=reduction,
+      whitening=whitening, boxes=boxes, rotations=rotations,
+      apply_exif=apply_exif, **_encoder_options(config)), method)
+
+
 def encode(config, image_paths, *, boxes=None, rotations=None,
-           reduction=None, apply_exif=True):
-  """Encodes images with config.pooling.method (see `encode_methods`).
+           reduction=None, whitening=None, apply_exif=True):
+  """Encodes images with config.pooling.method, in memory.
+
+  For 'o2' without `reduction`, U^1 is first fitted on them
+  (`fit_reduction`).
 
   Returns:
     index.Store: float32 (N', M, D_store) descriptors of the N' readable
-    images (M = 2^L, or 1 for global baselines), bool (N', M) validity,
-    masks, U^1 and metadata (config, hashes, rows, sizes, skipped).
+    images (M = 2^L, or 1 for global baselines; D_store = D when
+    `whitening` is given), bool (N', M) validity, masks, U^1 and metadata
+    (config, hashes, rows, sizes, skipped).
   """
-  method = config.pooling.method
-  return encode_methods(config, image_paths, (method,), boxes=boxes,
-                        rotations=rotations, reduction=reduction,
-                        apply_exif=apply_exif)[method]
+  if reduction is None and encoder.POOLING[config.pooling.method].reduced:
+    reduction = fit_reduction(config, image_paths, boxes=boxes,
+                              rotations=rotations, apply_exif=apply_exif)
+  return encode_rows(config, image_paths, range(len(image_paths)),
+                     reduction=reduction, whitening=whitening, boxes=boxes,
+                     rotations=rotations, apply_exif=apply_exif)
 
 
-def _use_regions(valid, *, whole):
+def store_header(config, image_paths, *, reduction, whitening, apply_exif):
+  """What a store on disk must match (index.build_store's header)."""
+  return {'config_hash': store_hash(config),
+          'config': store_sections(config),
+          'inputs_hash': index.hash_config([str(p) for p in image_paths]),
+          'apply_exif': apply_exif,
+          'reduction_hash': index.hash_params(reduction),
+          'whitening_hash': index.hash_params(whitening)}
+
+
+def use_regions(valid, *, whole):
   """bool (N, M) validity restricted to R_M (the last slot) when `whole`."""
   if not whole:
     return valid
@@ -173,9 +279,7 @@ def check_store(config, store, role='database'):
   """
   expected = store_hash(config)
   if store.metadata['config_hash'] != expected:
-    current = json.loads(json.dumps(config.to_dict()))
-    changes = [c for c in _differences(store.metadata['config'], current)
-               if c.split('.')[0] in ('features', 'regions', 'pooling')]
+    changes = _differences(store.metadata['config'], store_sections(config))
     raise ValueError(
         f'the {role} store was encoded with config '
         f'{store.metadata["config_hash"]}'
@@ -226,7 +330,10 @@ def fit(config, store, *, fitted_on=''):
     index.Fit with the store's U^1 and U^2, 1/s.
   """
   check_store(config, store, 'fitting')
-  mask = _use_regions(store.valid, whole=not config.pooling.regional)
+  if store.metadata.get('whitening_hash', 'none') != 'none':
+    raise ValueError('cannot fit PCA-whitening on a store of whitened '
+                     'descriptors; fit it on an unwhitened store')
+  mask = use_regions(store.valid, whole=not config.pooling.regional)
   num_vectors = int(mask.sum())
   dim = min(config.pca.dim, store.descriptors.shape[-1],
             max(1, num_vectors // config.pca.min_vectors_per_dim))
@@ -243,59 +350,3 @@ def fit(config, store, *, fitted_on=''):
       'fit_hash': fit_hash(config), 'fitted_on': fitted_on,
       'num_images': len(store.image_paths), 'num_vectors': num_vectors,
       'dim': dim})
-
-
-class Ranking(NamedTuple):
-  """Search results.
-
-  Attributes:
-    scores: float32 (Q, N) eq. (7), or eq. (8) with QE.
-    ranks: int64 (Q, N) database rows, best first.
-    best: int32 (Q, N) best-matched database region of eq. (7).
-  """
-  scores: np.ndarray
-  ranks: np.ndarray
-  best: np.ndarray
-
-
-def search(config, queries, database, fitted):
-  """Ranks a database store for every image of a query store.
-
-  Args:
-    config: ConfigDict (pooling.regional, search section).
-    queries: index.Store of the queries, encoded with the database's U^1.
-    database: index.Store.
-    fitted: index.Fit of the database's config.
-
-  Returns:
-    Ranking.
-
-  Raises:
-    ValueError: stores or fit from different configs.
-  """
-  check_fit(config, database, fitted)
-  check_store(config, queries, 'query')
-  if queries.metadata['reduction_hash'] != database.metadata['reduction_hash']:
-    raise ValueError('the queries were encoded with another U^1 (eq. 4) than '
-                     'the database; encode them with '
-                     'reduction=database.reduction')
-  whole = not config.pooling.regional
-  query_valid = _use_regions(queries.valid, whole=whole or QUERY_REGIONS[
-      config.search.query_regions])
-  database_valid = _use_regions(database.valid, whole=whole)
-  query = pca.apply(fitted.whitening, jax.numpy.asarray(queries.descriptors),
-                    jax.numpy.asarray(query_valid))  # eq. (6)
-  target = pca.apply(fitted.whitening, jax.numpy.asarray(database.descriptors),
-                     jax.numpy.asarray(database_valid))
-  scores, best = similarity.image_similarity(  # eq. (7)
-      query, query_valid, target, database_valid,
-      chunk_size=config.search.chunk_size)
-  if config.search.qe:
-    scores = similarity.query_expansion(  # eq. (8)
-        query, target, database_valid, scores, best,
-        n_qe=min(config.search.n_qe, len(database.image_paths)),
-        include_query=config.search.qe_include_query,
-        query_valid=jax.numpy.asarray(query_valid),
-        chunk_size=config.search.chunk_size)
-  scores = np.asarray(scores)
-  return Ranking(scores, evaluation.ranks_from_scores(scores), np.asarray(best))

@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 
 from configs import quick
+from regagg_jax import datasets
 from regagg_jax import images
 from regagg_jax import index
 from regagg_jax import modes
+from regagg_jax import pca
 from regagg_jax import pipeline
+from regagg_jax import retrieval
 from regagg_jax import workspace
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,10 +126,11 @@ def test_cropped_queries_and_whitening_fitted_on_another_set(tmp_path, folder,
     config.pca.dim = 6
     result = modes.evaluate(config)
     dataset = workspace.load_dataset(config)
-    database = workspace.database_store(config, dataset)
-    cropped, positions = workspace.query_store(config, dataset, database)
+    database, fitted = workspace.prepare(config, dataset)
+    cropped, positions = workspace.query_store(config, dataset, database,
+                                               fitted)
     config.eval.crop_queries = False
-    full, _ = workspace.query_store(config, dataset, database)
+    full, _ = workspace.query_store(config, dataset, database, fitted)
   finally:
     (folder / 'groups.json').replace(folder / 'groundtruth.json')
   assert result['fitted_on'] == 'other' and result['num_queries'] == 2
@@ -146,14 +150,13 @@ def test_cropped_queries_and_whitening_fitted_on_another_set(tmp_path, folder,
 def test_store_round_trip_gives_identical_results(tmp_path, folder):
   config = _config(tmp_path, folder)
   dataset = workspace.load_dataset(config)
-  database = workspace.database_store(config, dataset)
-  fitted = workspace.fitted_whitening(config, dataset, database)
+  database, fitted = workspace.prepare(config, dataset)
   index.save_store(tmp_path / 'copy', database)
   index.save_fit(tmp_path / 'fit', fitted)
   loaded = index.load_store(tmp_path / 'copy')
   loaded_fit = index.load_fit(tmp_path / 'fit')
-  before = pipeline.search(config, database, database, fitted)
-  after = pipeline.search(config, loaded, loaded, loaded_fit)
+  before = retrieval.search(config, database, database, fitted)
+  after = retrieval.search(config, loaded, loaded, loaded_fit)
   np.testing.assert_array_equal(after.scores, before.scores)
   np.testing.assert_array_equal(after.ranks, before.ranks)
   np.testing.assert_array_equal(after.best, before.best)
@@ -162,17 +165,16 @@ def test_store_round_trip_gives_identical_results(tmp_path, folder):
 def test_mismatched_store_and_fit_are_refused(tmp_path, folder):
   config = _config(tmp_path, folder)
   dataset = workspace.load_dataset(config)
-  database = workspace.database_store(config, dataset)
+  database, _ = workspace.prepare(config, dataset)
   other = _config(tmp_path, folder)
   other.pooling.k_prime = 4
-  other_database = workspace.database_store(other, dataset)
-  other_fit = workspace.fitted_whitening(other, dataset, other_database)
+  other_database, other_fit = workspace.prepare(other, dataset)
   with pytest.raises(ValueError, match='PCA-whitening .* fitted on descriptors'):
-    pipeline.search(other, database, database, other_fit)
+    retrieval.search(other, database, database, other_fit)
   with pytest.raises(ValueError, match='PCA-whitening .* fitted on descriptors'):
-    pipeline.search(config, database, database, other_fit)
+    retrieval.search(config, database, database, other_fit)
   with pytest.raises(ValueError, match=r'k_prime: 4 -> 6.*encode it again'):
-    pipeline.search(config, other_database, other_database, other_fit)
+    retrieval.search(config, other_database, other_database, other_fit)
 
 
 def test_command_line_modes(tmp_path, folder):
@@ -210,3 +212,152 @@ def test_demo_with_real_weights_retrieves_objects(tmp_path, sample_paths):
   assert results['O2_R (proposed)']['mAP'] > 0.8
   assert results['O2_W']['mAP'] > 0.8
   assert os.path.getsize(tmp_path / 'work' / 'fig2.png') > 10_000
+
+
+def test_killed_store_resumes_only_its_missing_shards(tmp_path, folder,
+                                                      monkeypatch):
+  """A store loses a shard (as if killed before writing it): the next run
+  encodes only that shard's rows and the store equals the first one."""
+  config = _config(tmp_path, folder)
+  config.features.shard_size = 3
+  dataset = workspace.load_dataset(config)
+  first, _ = workspace.prepare(config, dataset)
+  (store_dir,) = (tmp_path / 'work' / 'stores').iterdir()
+  (store_dir / 'shard_00001.npz').unlink()
+  (store_dir / 'metadata.json').unlink()
+  with pytest.raises(ValueError, match='unfinished store'):
+    index.load_store(store_dir)
+  encoded = []
+  original = pipeline.encode_rows
+
+  def recording(config, paths, rows, **kwargs):
+    encoded.append(list(rows))
+    return original(config, paths, rows, **kwargs)
+
+  monkeypatch.setattr(pipeline, 'encode_rows', recording)
+  monkeypatch.setattr(pipeline, 'fit_reduction', None)  # U^1 is kept
+  again, _ = workspace.prepare(config, dataset)
+  assert encoded == [[3, 4, 5]]
+  np.testing.assert_array_equal(again.descriptors, first.descriptors)
+  np.testing.assert_array_equal(again.masks, first.masks)
+  assert again.metadata == first.metadata
+
+
+def test_float16_store_is_close_to_float32(tmp_path, folder):
+  config = _config(tmp_path, folder)
+  single, _ = workspace.prepare(config, workspace.load_dataset(config))
+  config.features.store_dtype = 'float16'
+  half, _ = workspace.prepare(config, workspace.load_dataset(config))
+  assert half.descriptors.dtype == np.float32
+  np.testing.assert_allclose(half.descriptors, single.descriptors, atol=1e-3)
+  assert len(os.listdir(tmp_path / 'work' / 'stores')) == 2
+
+
+def test_whitened_store_equals_whitening_at_search_time(tmp_path, folder,
+                                                        sample_paths):
+  """pca.store_whitened: U^1 and eq. (6) learnt on fit_on, the database
+  stored whitened; equal to whitening the unwhitened store at search."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  other = tmp_path / 'other'
+  other.mkdir()
+  for path in sample_paths[20:28]:
+    image = images.resize_longer_side(images.load_image(path), 96)
+    cv2.imwrite(str(other / path.name), image[..., ::-1])
+  config = _config(tmp_path, folder)
+  config.pca.fit_on, config.pca.fit_root = 'folder', str(other)
+  config.pca.store_whitened = True
+  config.pca.dim = 6
+  dataset = workspace.load_dataset(config)
+  database, fitted = workspace.prepare(config, dataset)
+  assert database.descriptors.shape[-1] == 6
+  assert database.metadata['whitening_hash'] == index.hash_params(
+      fitted.whitening)
+  plain = pipeline.encode(config, datasets.database_paths(dataset),
+                          reduction=fitted.reduction)
+  whitened = np.asarray(pca.apply(fitted.whitening, plain.descriptors,
+                                  plain.valid))
+  np.testing.assert_allclose(database.descriptors, whitened, atol=2e-5)
+  result = modes.evaluate(config)
+  unwhitened = retrieval.search(config, plain, plain, fitted)
+  queries, _ = workspace.query_store(config, dataset, database, fitted)
+  stored = retrieval.search(config, queries, database, fitted)
+  np.testing.assert_allclose(stored.scores, unwhitened.scores, atol=1e-4)
+  assert np.isfinite(result['mAP'])
+  with pytest.raises(ValueError, match='whitened descriptors'):
+    pipeline.fit(config, database)
+
+
+@pytest.mark.parametrize('kind', ['flat', 'hnsw'])
+def test_region_index_search_matches_exact_search(tmp_path, folder, kind):
+  """search.index: FAISS shortlist + exact re-rank; with the whole database
+  shortlisted it is the exact ranking, and mAP is unchanged."""
+  config = _config(tmp_path, folder)
+  exact = modes.evaluate(config)
+  config.search.index = kind
+  config.search.k_regions = 64
+  config.search.shortlist = 8
+  approximate = modes.evaluate(config)
+  assert approximate['mAP'] == pytest.approx(exact['mAP'], abs=1e-6)
+  assert len(os.listdir(tmp_path / 'work' / 'indexes')) == 1
+  dataset = workspace.load_dataset(config)
+  database, fitted = workspace.prepare(config, dataset)
+  regions = workspace.search_index(config, dataset, database, fitted)
+  config.search.index = 'exact'
+  reference = retrieval.search(config, database, database, fitted)
+  config.search.index = kind
+  ranking = retrieval.search(config, database, database, fitted, regions)
+  np.testing.assert_allclose(ranking.scores, reference.scores, atol=1e-5)
+  whitened = np.asarray(pca.apply(fitted.whitening, database.descriptors,
+                                  database.valid))
+  rows = np.arange(len(database.valid))
+  for q in rows:  # the best region attains the score (ties may differ)
+    chosen = whitened[rows, ranking.best[q]]  # (N, D)
+    attained = np.where(database.valid[q][:, None], whitened[q] @ chosen.T,
+                        -np.inf)
+    np.testing.assert_allclose(attained.max(axis=0), reference.scores[q],
+                               atol=1e-5)
+  with pytest.raises(ValueError, match='needs the database.s region index'):
+    retrieval.search(config, database, database, fitted)
+
+
+def test_two_processes_encode_one_store(tmp_path, folder):
+  """run.py --mode=encode with two jax.distributed processes on localhost:
+  each encodes its shards, process 0 finalises; equal to one process."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as probe:
+    probe.bind(('localhost', 0))
+    port = probe.getsockname()[1]
+  base = [sys.executable, 'run.py', '--config=configs/quick.py', '--mode=encode',
+          '--config.eval.dataset=folder', f'--config.eval.root={folder}',
+          '--config.features.shard_size=2']
+  together = [subprocess.Popen(
+      base + [f'--config.workdir={tmp_path / "two"}',
+              f'--coordinator_address=localhost:{port}', '--num_processes=2',
+              f'--process_id={i}'], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in together]
+  for process, (_, stderr) in zip(together, outputs):
+    assert process.returncode == 0, stderr[-3000:]
+  assert 'images encoded' in outputs[0][0]  # process 0 reports
+  assert 'images encoded' not in outputs[1][0]
+  logs = [stderr for _, stderr in outputs]
+  assert all('encoding shard' in log for log in logs)  # both did work
+  alone = subprocess.run(base + [f'--config.workdir={tmp_path / "one"}'],
+                         cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=300)
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  (two,) = (tmp_path / 'two' / 'stores').iterdir()
+  (one,) = (tmp_path / 'one' / 'stores').iterdir()
+  two, one = index.load_store(two), index.load_store(one)
+  np.testing.assert_allclose(two.descriptors, one.descriptors, atol=1e-6)
+  np.testing.assert_array_equal(two.valid, one.valid)
+  assert two.metadata['rows'] == one.metadata['rows']
+
+
+def test_multiple_processes_only_encode(tmp_path, folder):
+  result = subprocess.run(
+      [sys.executable, 'run.py', '--config=configs/quick.py', '--mode=eval',
+       '--num_processes=2', '--coordinator_address=localhost:1'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'is for --mode=encode only' in result.stderr

@@ -17,6 +17,7 @@ from regagg_jax import images
 from regagg_jax import index
 from regagg_jax import pca
 from regagg_jax import pipeline
+from regagg_jax import retrieval
 from regagg_jax import workspace
 
 
@@ -42,7 +43,7 @@ def _store(config, rng, num_images=9, num_regions=4, dim=12, reduction=None):
       image_paths=tuple(f'{i}.jpg' for i in range(num_images)),
       reduction=reduction,
       metadata={'config_hash': pipeline.store_hash(config),
-                'config': config.to_dict(),
+                'config': pipeline.store_sections(config),
                 'reduction_hash': index.hash_params(reduction),
                 'rows': list(range(num_images)),
                 'sizes': [[48, 64]] * num_images, 'skipped': []})
@@ -93,7 +94,7 @@ def test_search_matches_float64_reference(regional, query_regions, qe):
   database = _store(config, rng)
   queries = _store(config, rng, num_images=4)
   fitted = pipeline.fit(config, database, fitted_on='synthetic')
-  ranking = pipeline.search(config, queries, database, fitted)
+  ranking = retrieval.search(config, queries, database, fitted)
 
   last = np.arange(4) == 3
   database_valid = database.valid & (last if not regional else True)
@@ -138,24 +139,24 @@ def test_store_and_fit_from_other_configs_are_refused():
   database = _store(config, rng)
   queries = _store(config, rng, num_images=2)
   fitted = pipeline.fit(config, database)
-  pipeline.search(config, queries, database, fitted)  # compatible: fine
+  retrieval.search(config, queries, database, fitted)  # compatible: fine
 
   other = _config(pca__dim=4, pooling__k_prime=5)
   with pytest.raises(ValueError, match=r'encoded with config .*k_prime'):
-    pipeline.search(other, queries, database, fitted)
+    retrieval.search(other, queries, database, fitted)
   with pytest.raises(ValueError, match='fitted with other pca settings'):
-    pipeline.search(_config(pca__dim=3), queries, database, fitted)
+    retrieval.search(_config(pca__dim=3), queries, database, fitted)
   foreign = fitted._replace(metadata=dict(fitted.metadata, config_hash='0' * 16))
   with pytest.raises(ValueError, match='PCA-whitening .* fitted on descriptors'):
-    pipeline.search(config, queries, database, foreign)
+    retrieval.search(config, queries, database, foreign)
   reduced = database._replace(reduction=pca.PCAParams(
       np.zeros(3, np.float32), np.eye(3, 2, dtype=np.float32),
       np.ones(2, np.float32)), metadata=dict(database.metadata,
                                              reduction_hash='1' * 16))
   with pytest.raises(ValueError, match='another U\\^1'):
-    pipeline.search(config, queries, reduced, fitted)
+    retrieval.search(config, queries, reduced, fitted)
   with pytest.raises(ValueError, match='queries were encoded with another'):
-    pipeline.search(config, queries, reduced, pipeline.fit(config, reduced))
+    retrieval.search(config, queries, reduced, pipeline.fit(config, reduced))
 
 
 def test_hashes_follow_what_they_depend_on():
@@ -175,7 +176,7 @@ def test_hashes_follow_what_they_depend_on():
 
 
 def test_dataset_ranks_maps_rows_and_unreadable_queries():
-  ranking = pipeline.Ranking(scores=None, best=None,
+  ranking = retrieval.Ranking(scores=None, best=None,
                              ranks=np.array([[2, 0, 1], [1, 2, 0]]))
   database = index.Store(None, None, None, None, (), None,
                          {'rows': [0, 2, 5]})  # rows 1, 3, 4 unreadable
@@ -231,10 +232,14 @@ def test_encoding_does_not_depend_on_batch_mates_or_cache(small_images):
   np.testing.assert_allclose(alone.descriptors[0], together.descriptors[0],
                              rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(alone.valid[0], together.valid[0])
-  uncached = pipeline.encode(_config(features__batch_size=3,
-                                     features__cache_mib=0), paths)
-  np.testing.assert_allclose(uncached.descriptors, together.descriptors,
+  cached = pipeline.encode_methods(config, paths, ('o2',))['o2']
+  uncached = pipeline.encode_methods(_config(features__batch_size=3,
+                                             features__cache_mib=0), paths,
+                                     ('o2',))['o2']
+  np.testing.assert_allclose(uncached.descriptors, cached.descriptors,
                              rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(cached.descriptors, together.descriptors,
+                             rtol=1e-4, atol=1e-5)
 
 
 def test_one_bucket_compiles_the_forward_once(small_images):
@@ -330,11 +335,12 @@ def test_dataset_apply_exif_reaches_the_reader_and_the_store_cache(
   monkeypatch.setattr(images, 'load_image', recording)
   config = _config(pooling__method='gem')
   config.workdir = str(tmp_path)
-  upright = workspace.database_store(config, dataset)
+  upright, _ = workspace.prepare(config, dataset)
   assert calls == [True, True] and upright.metadata['apply_exif']
-  stored = workspace.database_store(config, dataset._replace(apply_exif=False))
+  stored, _ = workspace.prepare(config, dataset._replace(apply_exif=False))
   assert calls == [True, True, False, False]  # encoded again, not reused
   assert not stored.metadata['apply_exif']
+  key = f'tiny-database-{pipeline.store_hash(config)}'
+  assert index.load_store(tmp_path / 'stores' / key).metadata['apply_exif']
   assert not index.load_store(
-      tmp_path / 'stores' / f'tiny-database-{pipeline.store_hash(config)}'
-  ).metadata['apply_exif']
+      tmp_path / 'stores' / f'{key}-raw').metadata['apply_exif']
