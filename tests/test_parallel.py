@@ -121,6 +121,18 @@ def test_replicate_keeps_values():
   assert placed['kernel'].sharding.is_fully_replicated
 
 
+def test_map_batch_rejects_bad_arguments():
+  mesh = parallel.make_mesh()
+  with pytest.raises(ValueError, match='one bool per argument'):
+    parallel.map_batch(mesh, lambda x: x, batched=())
+  with pytest.raises(ValueError, match='one bool per argument'):
+    parallel.map_batch(mesh, lambda x: x, batched=(1,))
+  with pytest.raises(TypeError, match='callable'):
+    parallel.map_batch(mesh, None, batched=(True,))
+  with pytest.raises(TypeError, match='jax.sharding.Mesh'):
+    parallel.map_batch('mesh', lambda x: x, batched=(True,))
+
+
 # --- initialize and barrier in one process -----------------------------------
 
 
@@ -190,13 +202,40 @@ def _four_devices():
   single = encode(variables, rgb, sizes, cells)
   sharded = encode(parallel.replicate(mesh, variables), placed['rgb'],
                    placed['sizes'], placed['cells'])
+  mapped = jax.jit(parallel.map_batch(mesh, _iterate_and_rank,
+                                      batched=(True, False, False)))
+  scores = rng.uniform(0.0, 10.0, (8, 16)).astype(np.float32)
+  placed_scores = parallel.shard_batch(mesh, scores)
+  mapped_out = mapped(placed_scores, {'scale': np.float32(2.0)}, None)
+  compiled = mapped.lower(placed_scores, {'scale': np.float32(2.0)},
+                          None).compile().as_text()
   return {
       'devices': len(mesh.devices), 'shards': sorted(shards),
       'error': error,
       'output_devices': [len(a.sharding.device_set) for a in sharded],
       'max_difference': [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                          for a, b in zip(single, sharded)],
-      'max_value': [float(np.max(np.abs(np.asarray(a)))) for a in single]}
+      'max_value': [float(np.max(np.abs(np.asarray(a)))) for a in single],
+      'mapped': np.asarray(mapped_out).tolist(),
+      'mapped_devices': len(mapped_out.sharding.device_set),
+      'mapped_collectives': sum(compiled.count(f' {op}') for op in (
+          'all-reduce', 'all-gather', 'all-to-all', 'collective-permute',
+          'reduce-scatter')),
+      'scores': scores.tolist()}
+
+
+def _iterate_and_rank(scores, options, unused):
+  """(B, 16) -> (B, 3): a vmapped while_loop with a per-row trip count
+  (1 + int(row[0]) % 5 steps of v -> 1.5 v + 1), then top_k."""
+  del unused
+
+  def one(row):
+    steps = row[0].astype(np.int32) % 5 + 1
+    row, _ = jax.lax.while_loop(lambda c: c[1] < steps,
+                                lambda c: (c[0] * 1.5 + 1.0, c[1] + 1),
+                                (row, 0))
+    return jax.lax.top_k(row * options['scale'], 3)[0]
+  return jax.vmap(one)(scores)
 
 
 def test_four_devices_shard_and_match_single_device():
@@ -214,6 +253,15 @@ def test_four_devices_shard_and_match_single_device():
   for difference, value in zip(result['max_difference'], result['max_value']):
     assert value > 0
     assert difference <= 1e-5 * value
+  # map_batch: each device runs its own rows, no communication, same result.
+  assert result['mapped_collectives'] == 0
+  assert result['mapped_devices'] == 4
+  expected = []
+  for row in np.asarray(result['scores'], np.float64):
+    for _ in range(int(np.float32(row[0])) % 5 + 1):
+      row = row * 1.5 + 1.0
+    expected.append(np.sort(row * 2.0)[::-1][:3])
+  np.testing.assert_allclose(result['mapped'], expected, rtol=1e-6)
 
 
 # --- two jax.distributed processes -------------------------------------------
