@@ -2,12 +2,11 @@
 encode_rows / fit_reduction, compilation counting, sharding; encode_methods
 is also tested through pipeline.encode.
 
-Speed: the JAX Hessian-affine detector's compilation dominates. The module
-swaps in the detector with max_points=256 (both the fused and the staged
-path read it from hessian_affine at trace time) and uses region options of
-its own, so no jit cache entry is shared with other test modules; the fused
-'o1' / 'o2' batches (4 images of 64 x 48 px, padded to 64 x 64) compile once
-each and are reused.
+Speed: compiling the JAX detector dominates. The region options here
+(max_points=256, small N_max / N_min, L = 2) are this module's own, so no
+jit cache entry is shared with other test modules; the fused 'o1' / 'o2'
+batches (4 images of 64 x 48 px, padded to 64 x 64) compile once each and
+are reused.
 """
 
 import ctypes
@@ -26,26 +25,16 @@ import pytest
 import scipy
 
 from regagg_jax import encoder
-from regagg_jax import hessian_affine
 from regagg_jax import index
 from regagg_jax import pca
 from regagg_jax import vgg19
 
 _OPTIONS = {'gem_power': 3.0, 'offdiag_scale': 1.0, 'rmac_levels': 3}
 _JAX_REGIONS = {'backend': 'jax', 'n_max': 48, 'n_min': 12,
-                'num_clusters': 2, 'min_cells': 1}
+                'num_clusters': 2, 'min_cells': 1, 'max_points': 256}
 _HESAFF_REGIONS = dict(_JAX_REGIONS, backend='hesaff')
 _WIDTHS = (4, 8, 8, 16, 16)
-_MAX_POINTS = 256
 _TOLERANCE = {'rtol': 1e-5, 'atol': 1e-6}  # float32, fused vs staged XLA
-
-
-@pytest.fixture(scope='module', autouse=True)
-def small_detector():
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(hessian_affine, 'detect_hessian_affine', functools.partial(
-        hessian_affine.detect_hessian_affine, max_points=_MAX_POINTS))
-    yield
 
 
 @pytest.fixture(scope='module')
@@ -340,11 +329,8 @@ def test_bad_arguments_are_refused(variables, batch, paths):
 
 
 _SHARDED = """
-import functools
 import jax, numpy as np
-from regagg_jax import encoder, hessian_affine, parallel, vgg19
-hessian_affine.detect_hessian_affine = functools.partial(
-    hessian_affine.detect_hessian_affine, max_points={max_points})
+from regagg_jax import encoder, parallel, vgg19
 assert jax.device_count() == 4, jax.devices()
 variables = vgg19.init_params(jax.random.PRNGKey(0), widths={widths})
 paths = {paths}
@@ -370,7 +356,7 @@ def test_mesh_sharded_encode_rows_equals_single_device(paths, method,
                                                        regions):
   """4 host CPU devices (a subprocess): batches sharded over a 1-D mesh."""
   pytest.importorskip('regagg_jax.parallel')
-  script = _SHARDED.format(max_points=_MAX_POINTS, widths=_WIDTHS,
+  script = _SHARDED.format(widths=_WIDTHS,
                            paths=paths + paths[:2], regions=regions,
                            options=_OPTIONS, method=method)
   environment = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
