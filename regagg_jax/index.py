@@ -303,7 +303,8 @@ def build_store(path, encode_part, *, image_paths, header, shard_size=1000,
 
   Shard n holds input rows [n * shard_size, min((n + 1) * shard_size, N)).
   A shard file that is missing or unreadable (logged) is encoded again with
-  encode_part(rows) and written atomically; finished shards are kept.
+  encode_part(rows) and written atomically; finished shards are kept. Each
+  existing shard of `shards` is read once (zip CRCs, shapes) to check it.
 
   Args:
     path: store directory; created, or checked against these arguments.
