@@ -12,7 +12,7 @@ mAP change, the largest change of an eq. (7) similarity, the max / mean
 regions, and the bytes of the shard files float16 / float32. Both variants run in this process on the same
 encoding, so the only difference is the storage dtype.
 
-  nice python3 benchmarks/store_precision.py
+  PYTHONPATH=. nice python3 benchmarks/store_precision.py  # repo root
 """
 
 import os
