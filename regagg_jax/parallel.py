@@ -30,7 +30,7 @@ Across hosts, every host runs the same command on the same configuration and
 the same shared store directory (a network file system), differing only in
 --process_id:
 
-  python run.py --config=configs/oxford105k.py --mode=encode \\
+  python run.py --config=configs/oxford5k.py --mode=encode \\
       --coordinator_address=host0:12345 --num_processes=P --process_id=i
 
 run.py calls initialize(coordinator_address, P, i) before any other JAX
