@@ -531,8 +531,9 @@ def encode_rows(variables, image_paths, rows, method, *, region_options,
       counts.
   """
   chosen = _check_method(method, region_options, reduction)
+  rows = [int(row) for row in rows]
   outputs, skipped = _encode_rows(
-      variables, image_paths, list(rows), chosen,
+      variables, image_paths, rows, chosen,
       reduction=reduction if chosen.reduced else None,
       whitening=whitening, region_options=region_options,
       pooling_options=pooling_options, max_size=max_size,
@@ -568,8 +569,9 @@ def fit_reduction(variables, image_paths, rows, *, k_prime, region_options,
   """
   if region_options is None:
     raise ValueError('fit_reduction needs region_options (eq. 3 regions)')
+  rows = [int(row) for row in rows]
   outputs, _ = _encode_rows(
-      variables, image_paths, list(rows), _SUM, reduction=None,
+      variables, image_paths, rows, _SUM, reduction=None,
       whitening=None, region_options=region_options, pooling_options={},
       max_size=max_size, batch_size=batch_size, dtype=dtype, boxes=boxes,
       rotations=rotations, apply_exif=apply_exif, mesh=mesh,
@@ -701,7 +703,7 @@ def encode_methods(variables, image_paths, methods, *, pooling_options,
 def _assemble(image_paths, rows, apply_exif, outputs, skipped, num_regions,
               reduction):
   """Builds a Store of the encoded rows, in the order of `rows`."""
-  rows = [int(r) for r in rows if r in outputs]
+  rows = [r for r in rows if r in outputs]
   dim = outputs[rows[0]][0].shape[-1] if rows else 0
   grid = np.array([o[2].shape[1:] for o in outputs.values()] or [(0, 0)],
                   np.int32).max(axis=0)

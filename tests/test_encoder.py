@@ -254,8 +254,10 @@ def test_thread_count_and_prefetch_do_not_change_the_output(variables,
                                                             mixed_paths):
   rows = [7, 4, 0, 2, 1, 5, 3]
   one = _gem_rows(variables, mixed_paths, rows, num_threads=1, prefetch=0)
-  four = _gem_rows(variables, mixed_paths, rows, num_threads=4, prefetch=3)
+  four = _gem_rows(variables, mixed_paths, iter(np.array(rows)),
+                   num_threads=4, prefetch=3)  # any iterable of integers
   assert one.metadata['rows'] == four.metadata['rows'] == [7, 4, 0, 1, 5, 3]
+  assert all(type(row) is int for row in four.metadata['rows'])  # JSON
   np.testing.assert_array_equal(one.descriptors, four.descriptors)
   np.testing.assert_array_equal(one.masks, four.masks)
   assert one.metadata['skipped'] == four.metadata['skipped']
