@@ -171,3 +171,45 @@ def test_detect_bad_inputs_raise():
     keypoints.detect(np.zeros((8, 8), np.uint8))
   with pytest.raises(ValueError):
     keypoints.detect(np.zeros((8, 8, 3), np.uint8), backend="sift")
+
+
+def _assert_same_selection(got, want, alpha_at):
+  """Equal point sets and validity; the order may differ only between
+  points whose alpha agrees to float32 rounding (XLA fuses differently)."""
+  got_points, got_valid = (np.asarray(a) for a in got)
+  want_points, want_valid = (np.asarray(a) for a in want)
+  np.testing.assert_array_equal(got_valid, want_valid)
+  assert ({tuple(p) for p in got_points[got_valid]}
+          == {tuple(p) for p in want_points[want_valid]})
+  differ = np.any(got_points != want_points, axis=1) & want_valid
+  np.testing.assert_allclose(alpha_at(got_points[differ]),
+                             alpha_at(want_points[differ]), rtol=1e-6)
+
+
+def test_detect_salient_equals_detection_then_selection():
+  # The fused path (adaptation in alpha order, stopped early) selects what
+  # the jax detector followed by the N_max / N_min rule selects, also for an
+  # image padded into a larger canvas.
+  image = _noise_image((64, 96), seed=11)
+  alpha = np.random.default_rng(12).uniform(0, 1, (4, 6)).astype(np.float32)
+  for canvas, cells in (((64, 96), (4, 6)), ((80, 128), (5, 8))):
+    padded = np.zeros(canvas + (3,), np.uint8)
+    padded[:64, :96] = image
+    padded_alpha = np.zeros(cells, np.float32)
+    padded_alpha[:4, :6] = alpha
+    size, grid = jnp.asarray((64, 96)), jnp.asarray((4, 6))
+    points, shapes, valid = hessian_affine.detect_hessian_affine(
+        jnp.asarray(padded), max_points=128)
+    valid &= hessian_affine.measured_inside(points, shapes, size)
+    assert int(valid.sum()) > 12
+    for n_max, n_min in ((8, 4), (12, 6), (128, 8), (128, 100)):
+      want = keypoints.select_salient_padded(
+          points, valid, jnp.asarray(padded_alpha), grid, size,
+          padded_shape=canvas, n_max=n_max, n_min=n_min)
+      got = jax.jit(keypoints.detect_salient, static_argnames=(
+          "padded_shape", "n_max", "n_min", "max_points"))(
+              jnp.asarray(padded), jnp.asarray(padded_alpha), grid, size,
+              padded_shape=canvas, n_max=n_max, n_min=n_min, max_points=128)
+      _assert_same_selection(got, want, lambda p: np.asarray(
+          keypoints.sample_alpha(jnp.asarray(padded_alpha), jnp.asarray(p),
+                                 grid, size)))
