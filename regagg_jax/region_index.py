@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import faiss
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from regagg_jax import similarity
@@ -290,7 +291,8 @@ def _rerank(query, query_valid, candidates, candidates_valid, *, qe, n_qe,
 
   Args:
     query: float32 (Q, Mq, D); query_valid: bool (Q, Mq).
-    candidates: float32 (Q, S, Mt, D); candidates_valid: bool (Q, S, Mt).
+    candidates: float32 or float16 (Q, S, Mt, D), scored in float32;
+      candidates_valid: bool (Q, S, Mt).
 
   Returns:
     float32 (Q, S) scores and int32 (Q, S) best-matched candidate region.
@@ -307,7 +309,8 @@ def _rerank(query, query_valid, candidates, candidates_valid, *, qe, n_qe,
           chunk_size=targets.shape[0])
     return scores[0], best[0]
 
-  return jax.vmap(rerank_one)(query, query_valid, candidates, candidates_valid)
+  return jax.vmap(rerank_one)(query, query_valid,
+                              candidates.astype(jnp.float32), candidates_valid)
 
 
 def search(region_index, database, database_valid, query, query_valid, *,
@@ -375,7 +378,7 @@ def search(region_index, database, database_valid, query, query_valid, *,
   for start in range(0, num_queries, query_batch):
     rows = np.arange(start, start + query_batch) % num_queries  # pad by wrap
     batch = candidates[rows]
-    gathered = np.asarray(database[np.maximum(batch, 0)], np.float32)
+    gathered = np.asarray(database[np.maximum(batch, 0)])  # cast on device
     gathered_valid = database_valid[np.maximum(batch, 0)] & (batch >= 0)[
         ..., None]
     batch_scores, batch_best = _rerank(

@@ -204,3 +204,19 @@ def test_bad_inputs_raise(data):
   with pytest.raises(ValueError, match='k_regions'):
     region_index.search(index, database, valid, query, query_valid,
                         k_regions=0)
+
+
+def test_float16_store_is_rescored_exactly_in_float32(data):
+  database, valid, query, query_valid = data
+  stored = database.astype(np.float16)
+  index = region_index.build(stored, valid, kind='flat')
+  scores, ranks, _ = region_index.search(
+      index, stored, valid, query, query_valid, k_regions=int(valid.sum()),
+      shortlist=NUM_IMAGES)
+  expected, _ = reference_similarity(query, query_valid, stored, valid)
+  found = NUM_IMAGES - 1
+  np.testing.assert_array_equal(
+      ranks[:, :found], np.argsort(-expected, axis=1, kind='stable')[:, :found])
+  np.testing.assert_allclose(
+      scores[:, :found], np.sort(expected, axis=1)[:, ::-1][:, :found],
+      atol=1e-5)
