@@ -9,8 +9,9 @@ samples resized), same dtype, real weights, in one run: the median of
 bare (issue 6 target: <= 1.15).
 
   PYTHONPATH=. python3 benchmarks/encode_throughput.py
-  PYTHONPATH=. python3 benchmarks/encode_throughput.py --mix     # compilations, shape mix
+  PYTHONPATH=. python3 benchmarks/encode_throughput.py --mix  # compilations
   PYTHONPATH=. python3 benchmarks/encode_throughput.py --host_pipeline --batch=2
+  PYTHONPATH=. python3 benchmarks/encode_throughput.py --stages  # per stage
 
 --mix encodes a synthetic Oxford-like mix of shapes (60 % 1024x768, 30 %
 768x1024, 10 % long tail with the longer side <= 1024) through
@@ -24,17 +25,23 @@ shape buckets (images.bucket_shape) at that scale and at full scale.
 1024x768 files against encode_batch alone on the same, already decoded
 batches: a ratio near 1 means the device never waits for the host.
 
+--stages also times each stage (VGG19, alpha / beta, detection + N_max
+selection, k-means, hull masks, eq. 4-5 pooling, eq. 6 whitening) as its
+own jit on the same batch, with its share of their sum.
+
 --device (a GPU / TPU; exits with an error when JAX sees only a CPU) prints
 images/s of the bare and full encoder for float32 and bfloat16 VGG19 at each
-of --batches, largest first, and the host pipeline (bfloat16) at the
-largest. One command on a machine with the repository (no network needed)
-and a float16 copy of the weights made here (40 MB: it travels where the
-74 MB checkpoint does not):
+of --batches, largest first, the host pipeline (bfloat16) and, with
+--stages, the float32 stages at the largest. One command on a machine with
+the repository (no network needed) and a float16 copy of the weights made
+here (40 MB: it travels where the 74 MB checkpoint does not):
 
   PYTHONPATH=. python3 benchmarks/encode_throughput.py --export_weights=weights/.vgg19_float16.npz
-  PYTHONPATH=. python3 benchmarks/encode_throughput.py --device --weights=weights/.vgg19_float16.npz
+  PYTHONPATH=. python3 benchmarks/encode_throughput.py --device --stages \
+      --weights=weights/.vgg19_float16.npz
 """
 
+import functools
 import pathlib
 import statistics
 import tempfile
@@ -47,15 +54,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regagg_jax import clustering
 from regagg_jax import encoder
 from regagg_jax import images
+from regagg_jax import keypoints
 from regagg_jax import pca
+from regagg_jax import regions
 from regagg_jax import vgg19
+from regagg_jax import weighting
 
 _DEVICE = flags.DEFINE_bool('device', False, 'Measure on the default JAX '
                             'accelerator (float32 and bfloat16).')
 _MIX = flags.DEFINE_bool('mix', False, 'Count compilations for an '
                          'Oxford-like mix of shapes.')
+_STAGES = flags.DEFINE_bool('stages', False, 'Also time each stage of the '
+                            'encoder as its own jit.')
 _HOST_PIPELINE = flags.DEFINE_bool('host_pipeline', False, 'Time encode_rows '
                                    'end to end against encode_batch alone.')
 _BATCH = flags.DEFINE_integer('batch', 2, 'Images per batch (CPU).')
@@ -141,8 +154,12 @@ def _runners(variables, projections, batch, dtype):
   """{'bare': run, 'full': run} on one padded batch, each blocking."""
   rgb, sizes, cells = batch
   reduction, whitening = projections
-  bare = jax.jit(lambda v, x, s: vgg19.features(  # pylint: disable=g-long-lambda
-      v, vgg19.preprocess(x), s, dtype=dtype))
+
+  @jax.jit
+  def bare(variables, rgb, sizes):  # the VGG19 forward of encode_batch
+    return vgg19.features(variables, vgg19.preprocess(rgb), sizes,
+                          dtype=dtype)
+
   return {
       'bare': lambda: bare(variables, rgb, sizes).block_until_ready(),
       'full': lambda: jax.block_until_ready(encoder.encode_batch(
@@ -224,6 +241,54 @@ def measure_host_pipeline(variables, projections, batch_size, dtype):
         f'{(pipeline_s / count) / (device_s / encoded):.3f}')
 
 
+def _median_call(function, *args):
+  """(median seconds of function(*args) as _median_times, its output)."""
+  medians, _ = _median_times(
+      {'call': lambda: jax.block_until_ready(function(*args))})
+  return medians['call'], function(*args)
+
+
+def measure_stages(variables, projections, batch_size, dtype):
+  """Prints each stage of the encoder as its own jit: where the time goes."""
+  rgb, sizes, cells = _padded(_pictures(batch_size, _HEIGHT.value,
+                                        _WIDTH.value))
+  reduction, whitening = projections
+  grid = np.array([images.feature_shape(*size) for size in sizes], np.int32)
+  clusters = _REGIONS['num_clusters']
+  seconds = {}
+  seconds['vgg19'], features = _median_call(jax.jit(
+      lambda v, x, s: vgg19.features(v, vgg19.preprocess(x), s, dtype=dtype)),
+                                            variables, rgb, sizes)
+  seconds['alpha, beta'], (alpha, beta) = _median_call(jax.jit(
+      lambda f, c: (jax.vmap(weighting.spatial_weights)(f, c),  # eq. (1)
+                    jax.vmap(weighting.channel_weights)(f, c))),  # eq. (2)
+                                                       features, cells)
+  seconds['detect+select'], (points, valid) = _median_call(
+      jax.jit(jax.vmap(functools.partial(
+          keypoints.detect_salient, padded_shape=rgb.shape[1:3],
+          n_max=_REGIONS['n_max'], n_min=_REGIONS['n_min']))),
+      rgb, alpha, grid, sizes)
+  seconds['kmeans'], (labels, _) = _median_call(jax.jit(jax.vmap(
+      functools.partial(clustering.global_fast_kmeans,
+                        num_clusters=clusters))), points, valid)
+  seconds['masks'], (masks, region_valid) = _median_call(jax.jit(jax.vmap(
+      functools.partial(regions.compute_region_masks, num_clusters=clusters,
+                        min_cells=_REGIONS['min_cells']))),
+                                                         points, labels,
+                                                         cells, sizes)
+  seconds['pool o2'], pooled = _median_call(jax.jit(jax.vmap(
+      functools.partial(encoder.POOLING['o2'].pool, reduction=reduction,
+                        options=_POOLING))),  # eq. (4-5)
+                                            features, alpha, beta, cells,
+                                            masks, region_valid)
+  seconds['whitening'], _ = _median_call(jax.jit(pca.apply), whitening,
+                                         pooled, region_valid)  # eq. (6)
+  total = sum(seconds.values())
+  print(f'  stages, {dtype} batch {batch_size}, each its own jit:')
+  for stage, value in seconds.items():
+    print(f'    {stage:14s} {value * 1e3:9.1f} ms  {value / total:6.1%}')
+
+
 def _mix_shapes(count, rng):
   """Oxford-like (H_I, W_I): 60 % 768x1024, 30 % 1024x768, 10 % tail."""
   shapes = []
@@ -301,6 +366,8 @@ def main(argv):
       measure_host_pipeline(variables, projections, _BATCH.value, 'float32')
     else:
       measure_pair(variables, projections, _BATCH.value, 'float32')
+    if _STAGES.value:
+      measure_stages(variables, projections, _BATCH.value, 'float32')
     return
   batches = sorted(map(int, _BATCHES.value), reverse=True)
   for batch_size in batches:  # largest first, then the host pipeline at it
@@ -308,6 +375,8 @@ def main(argv):
       measure_pair(variables, projections, batch_size, dtype)
     if batch_size == batches[0]:
       measure_host_pipeline(variables, projections, batch_size, 'bfloat16')
+      if _STAGES.value:
+        measure_stages(variables, projections, batch_size, 'float32')
 
 
 if __name__ == '__main__':
