@@ -6,11 +6,10 @@
   fit_reduction   image files -> U^1 of eq. (4) on eq. (3) descriptors
   encode_methods  image files -> {method: index.Store}, one VGG19 pass
   compilations    how often this module's jitted functions were compiled
-  load            one image as the encoder reads it (rotate, crop, shrink)
   limit_lapack_threads  caps the OpenBLAS threads behind jaxlib's QR / SVD
 
-Images are decoded and resized on `num_threads` host threads, `prefetch`
-batches ahead of the device, grouped into batches of one shape bucket
+Images are decoded and resized on `num_threads` host threads (`reading`),
+`prefetch` batches ahead of the device, grouped into batches of one shape bucket
 (images.bucket_shape) and padded to the batch size with a validity mask, so
 each bucket compiles once. With the 'jax' detector backend `encode_batch`
 runs the whole chain of a batch in ONE jit: VGG19 conv5_4, alpha (eq. 1),
@@ -28,11 +27,9 @@ kept in memory (up to cache_mib) or recomputed. Nothing here reads a config.
 """
 
 import collections
-import concurrent.futures
 import ctypes
 import functools
 import glob
-import itertools
 import os
 from typing import Callable, NamedTuple
 
@@ -43,12 +40,12 @@ import numpy as np
 import scipy
 import tqdm
 
-from regagg_jax import datasets
 from regagg_jax import images
 from regagg_jax import index
 from regagg_jax import parallel
 from regagg_jax import pca
 from regagg_jax import pooling
+from regagg_jax import reading
 from regagg_jax import regions
 from regagg_jax import vgg19
 from regagg_jax import weighting
@@ -327,99 +324,6 @@ def _encode(variables, rgb, sizes, cells, reduction, whitening, *, method,
              pooling_options=pooling_options, staged=staged)
 
 
-def load(path, *, box=None, rotation=0, max_size=0, apply_exif=True):
-  """Reads one image: rotate, crop at full resolution, then shrink.
-
-  Args:
-    path: image file.
-    box: x1 y1 x2 y2 crop in pixels of the (rotated) image, or None.
-    rotation: clockwise degrees, a multiple of 90.
-    max_size: longer side to shrink to; 0 keeps the original size.
-    apply_exif: apply a JPEG's EXIF orientation (images.load_image); box
-      and rotation refer to the image after it.
-
-  Returns:
-    uint8 (H_I, W_I, 3) RGB image.
-
-  Raises:
-    images.ImageError: unreadable, or the crop is empty or too small.
-  """
-  image = images.load_image(path, apply_exif=apply_exif)
-  if rotation:
-    image = datasets.rotate_image(image, rotation)
-  if box is not None:
-    try:
-      image = datasets.crop_query(image, box)
-    except ValueError as error:
-      raise images.ImageError(f'{path}: {error}') from error
-    if min(image.shape[:2]) < images.MIN_SIDE:
-      raise images.ImageError(f'{path}: crop {list(box)} is smaller than '
-                              f'{images.MIN_SIDE} px')
-  if max_size and max(image.shape[:2]) > max_size:
-    image = images.resize_longer_side(image, max_size)
-  return image
-
-
-class _Batch(NamedTuple):
-  rows: list  # rows of the input list, one per real image
-  rgb: np.ndarray  # uint8 (B, H_b, W_b, 3), padded to the batch size
-  sizes: np.ndarray  # int32 (B, 2) image (H_I, W_I), zeros for padding
-  cells: np.ndarray  # bool (B, H, W) valid feature cells
-
-
-def _batch(rows, pictures, batch_size):
-  """Pads images of one shape bucket into a batch of batch_size."""
-  height, width = images.bucket_shape(*pictures[0].shape[:2])
-  rgb, cells = images.pad_batch(pictures, height=height, width=width)
-  extra = batch_size - len(pictures)
-  rgb = np.concatenate([rgb, np.zeros((extra,) + rgb.shape[1:], np.uint8)])
-  cells = np.concatenate([cells, np.zeros((extra,) + cells.shape[1:], bool)])
-  sizes = np.zeros((batch_size, 2), np.int32)
-  sizes[:len(pictures)] = [p.shape[:2] for p in pictures]
-  return _Batch(list(rows), rgb, sizes, cells)
-
-
-def _read_batches(read, rows, image_paths, skipped, *, batch_size,
-                  num_threads=4, prefetch=2):
-  """Yields _Batch of one shape bucket each, skipping unreadable images.
-
-  read(row) runs on num_threads threads, at most (prefetch + 1) *
-  batch_size images ahead of the batch being consumed; results are taken in
-  row order, so batches do not depend on the thread count. A bucket is
-  yielded when it is full, partial buckets at the end.
-  """
-  pool = concurrent.futures.ThreadPoolExecutor(num_threads)
-  pending, futures, upcoming = {}, collections.deque(), iter(rows)
-
-  def submit(count):
-    for row in itertools.islice(upcoming, count):
-      futures.append((row, pool.submit(read, row)))
-
-  try:
-    submit((prefetch + 1) * batch_size)
-    with tqdm.tqdm(total=len(rows), desc='encoding', unit='image') as bar:
-      while futures:
-        row, future = futures.popleft()
-        submit(1)
-        bar.update()
-        try:
-          image = future.result()
-        except images.ImageError as error:
-          logging.warning('skipping unreadable image: %s', error)
-          skipped.append([str(image_paths[row]), str(error)])
-          continue
-        bucket = pending.setdefault(images.bucket_shape(*image.shape[:2]), [])
-        bucket.append((row, image))
-        if len(bucket) == batch_size:
-          yield _batch(*zip(*bucket), batch_size)
-          bucket.clear()
-    for bucket in pending.values():
-      if bucket:
-        yield _batch(*zip(*bucket), batch_size)
-  finally:
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _collect(outputs, rows, sizes, descriptors, valid, masks):
   """Keeps each real image's (descriptors, valid, masks on its grid, size)."""
   descriptors, valid, masks = (np.asarray(a) for a in (descriptors, valid,
@@ -431,25 +335,6 @@ def _collect(outputs, rows, sizes, descriptors, valid, masks):
                     masks[slot, :, :height, :width], (height_i, width_i))
 
 
-def _reader(image_paths, *, boxes, rotations, max_size, apply_exif):
-  """row -> uint8 (H_I, W_I, 3) image as `load` reads image_paths[row]."""
-  return lambda row: load(
-      image_paths[row], box=None if boxes is None else boxes[row],
-      rotation=0 if rotations is None else rotations[row],
-      max_size=max_size, apply_exif=apply_exif)
-
-
-def _check_reading(image_paths, rows, batch_size, num_threads, prefetch):
-  if batch_size < 1 or num_threads < 1 or prefetch < 0:
-    raise ValueError(f'need batch_size >= 1, num_threads >= 1 and prefetch '
-                     f'>= 0, got {batch_size}, {num_threads}, {prefetch}')
-  for row in rows:
-    if not 0 <= row < len(image_paths):
-      raise ValueError(f'row {row} is outside the {len(image_paths)} images')
-  if len(set(rows)) != len(rows):
-    raise ValueError('rows must not repeat')
-
-
 def _encode_rows(variables, image_paths, rows, method, *, reduction,
                  whitening, region_options, pooling_options, max_size,
                  batch_size, dtype, boxes, rotations, apply_exif, mesh,
@@ -459,17 +344,17 @@ def _encode_rows(variables, image_paths, rows, method, *, reduction,
   A batch's outputs are fetched after the next batch is dispatched, so the
   device runs while the host collects and pads.
   """
-  _check_reading(image_paths, rows, batch_size, num_threads, prefetch)
+  reading.check_reading(image_paths, rows, batch_size, num_threads, prefetch)
   if mesh is not None:
     if batch_size % mesh.size:
       raise ValueError(f'batch_size {batch_size} is not a multiple of the '
                        f'{mesh.size} mesh devices')
     variables, reduction, whitening = parallel.replicate(
         mesh, (variables, reduction, whitening))
-  read = _reader(image_paths, boxes=boxes, rotations=rotations,
+  read = reading.reader(image_paths, boxes=boxes, rotations=rotations,
                  max_size=max_size, apply_exif=apply_exif)
   outputs, skipped, in_flight = {}, [], collections.deque()
-  for batch in _read_batches(read, rows, image_paths, skipped,
+  for batch in reading.read_batches(read, rows, image_paths, skipped,
                              batch_size=batch_size, num_threads=num_threads,
                              prefetch=prefetch):
     arrays = (batch.rgb, batch.sizes, batch.cells)
@@ -647,7 +532,7 @@ def encode_methods(variables, image_paths, methods, *, pooling_options,
   for method in methods:
     _check_method(method, region_options, reduction, fitted_here=True)
   regional = any(POOLING[m].regional for m in methods)
-  read = _reader(image_paths, boxes=boxes, rotations=rotations,
+  read = reading.reader(image_paths, boxes=boxes, rotations=rotations,
                  max_size=max_size, apply_exif=apply_exif)
   forward = lambda batch: _forward(  # pylint: disable=g-long-lambda
       variables, batch.rgb, batch.sizes, batch.cells, dtype=dtype) + (
@@ -659,11 +544,11 @@ def encode_methods(variables, image_paths, methods, *, pooling_options,
                  options=options)
 
   rows = range(len(image_paths))
-  _check_reading(image_paths, rows, batch_size, num_threads, prefetch)
+  reading.check_reading(image_paths, rows, batch_size, num_threads, prefetch)
   later = [m for m in methods if POOLING[m].reduced]
   skipped, deferred, outputs = [], [], {m: {} for m in methods}
   cache_bytes = cache_mib * 2 ** 20
-  for batch in _read_batches(read, rows, image_paths, skipped,
+  for batch in reading.read_batches(read, rows, image_paths, skipped,
                              batch_size=batch_size, num_threads=num_threads,
                              prefetch=prefetch):
     maps = forward(batch)
@@ -687,8 +572,8 @@ def encode_methods(variables, image_paths, methods, *, pooling_options,
   for batch in tqdm.tqdm(deferred, desc='second order', unit='batch'):
     maps = batch.maps
     if maps is None:  # not cached: run VGG19 again on the same padded batch
-      maps = forward(_batch(batch.rows, [read(r) for r in batch.rows],
-                            len(batch.sizes)))
+      maps = forward(reading.make_batch(
+          batch.rows, [read(r) for r in batch.rows], len(batch.sizes)))
     for method in later:
       _collect(outputs[method], batch.rows, batch.sizes, pool(
           POOLING[method], maps, batch.masks, batch.valid, reduction),

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from regagg_jax import datasets
-from regagg_jax import encoder
+from regagg_jax import reading
 from regagg_jax import images
 
 _MARKS = {'relevant': (0, 170, 0), 'irrelevant': (220, 0, 0),
@@ -62,7 +62,7 @@ def draw_results(path, dataset, database, ranking, positions, *, max_size,
   picks = np.unique(np.linspace(0, len(positions) - 1, num_queries).round())
   rows = np.asarray(database.metadata['rows'])
   query_paths = datasets.query_paths(dataset)
-  read = lambda path, box=None: encoder.load(  # pylint: disable=g-long-lambda
+  read = lambda path, box=None: reading.load(  # pylint: disable=g-long-lambda
       path, box=box, max_size=max_size, apply_exif=dataset.apply_exif)
   lines = []
   for q in picks.astype(int):

@@ -27,6 +27,7 @@ import scipy
 from regagg_jax import encoder
 from regagg_jax import index
 from regagg_jax import pca
+from regagg_jax import reading
 from regagg_jax import vgg19
 
 _OPTIONS = {'gem_power': 3.0, 'offdiag_scale': 1.0, 'rmac_levels': 3}
@@ -50,8 +51,8 @@ def paths(sample_paths):
 @pytest.fixture(scope='module')
 def batch(paths):
   """Three 64 x 48 images padded to a batch of 4 (one empty slot)."""
-  pictures = [encoder.load(p, max_size=64) for p in paths[:3]]
-  return encoder._batch([0, 1, 2], pictures, 4)
+  pictures = [reading.load(p, max_size=64) for p in paths[:3]]
+  return reading.make_batch([0, 1, 2], pictures, 4)
 
 
 @pytest.fixture(scope='module')
@@ -102,11 +103,11 @@ def test_fit_reduction_is_the_uncentred_pca_of_eq3(variables, paths,
                                                    reduction):
   """U^1 spans the top eigenvectors of sum f f^T over eq. (3) descriptors
   (numpy float64) and equals the one encode_methods fits for 'o2'."""
-  pictures = [encoder.load(p, max_size=64) for p in paths]
+  pictures = [reading.load(p, max_size=64) for p in paths]
   summed, region_valid = [], []
   for start in (0, 4):
     rows = list(range(start, min(start + 4, 5)))
-    part = encoder._batch(rows, pictures[start:start + 4], 4)
+    part = reading.make_batch(rows, pictures[start:start + 4], 4)
     outputs = encoder._encode(
         variables, part.rgb, part.sizes, part.cells, None, None,
         method=encoder._SUM, dtype='float32',
@@ -279,7 +280,7 @@ def test_compilations_count_one_per_bucket(variables):
 
   def run(height, width, **kwargs):
     picture = np.full((height, width, 3), 90, np.uint8)
-    part = encoder._batch([0], [picture], 3)  # batch size 3: this test's
+    part = reading.make_batch([0], [picture], 3)  # batch size 3: this test's
     encoder.encode_batch(variables, part.rgb, part.sizes, part.cells, None,
                          None, method='spoc', pooling_options=_OPTIONS,
                          **kwargs)[0].block_until_ready()
