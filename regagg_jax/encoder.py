@@ -313,15 +313,39 @@ def encode_batch(variables, rgb, sizes, cells, reduction, whitening, *,
                  pooling_options=_items(pooling_options), staged=staged)
 
 
+def _map_chain(variables, rgb, sizes, cells, reduction, whitening, *, mesh,
+               method, dtype, region_options, pooling_options):
+  """The fused chain on each device's slice of a mesh-sharded batch
+  (parallel.map_batch): every image is independent, so no collectives."""
+  chain = functools.partial(
+      _encode_chain, method=method, dtype=dtype,
+      region_options=region_options, pooling_options=pooling_options,
+      staged=False)
+  return parallel.map_batch(
+      mesh, chain, batched=(False, True, True, True, False, False))(
+          variables, rgb, sizes, cells, reduction, whitening)
+
+
+_encode_sharded = _jit(_map_chain, static_argnames=(
+    'mesh', 'method', 'dtype', 'region_options', 'pooling_options'))
+
+
 def _encode(variables, rgb, sizes, cells, reduction, whitening, *, method,
-            dtype, region_options, pooling_options, staged):
-  """encode_batch with a Method and option tuples, unchecked."""
+            dtype, region_options, pooling_options, staged, mesh=None):
+  """encode_batch with a Method and option tuples, unchecked; with a mesh
+  the fused chain runs per device (`_map_chain`)."""
   staged = staged or (method.regional
                       and dict(region_options)['backend'] != 'jax')
-  run = _encode_chain if staged else _encode_fused
-  return run(variables, rgb, sizes, cells, reduction, whitening,
-             method=method, dtype=dtype, region_options=region_options,
-             pooling_options=pooling_options, staged=staged)
+  options = dict(method=method, dtype=dtype, region_options=region_options,
+                 pooling_options=pooling_options)
+  if staged:
+    return _encode_chain(variables, rgb, sizes, cells, reduction, whitening,
+                         staged=True, **options)
+  if mesh is not None:
+    return _encode_sharded(variables, rgb, sizes, cells, reduction,
+                           whitening, mesh=mesh, **options)
+  return _encode_fused(variables, rgb, sizes, cells, reduction, whitening,
+                       staged=False, **options)
 
 
 def _collect(outputs, rows, sizes, descriptors, valid, masks):
@@ -363,7 +387,7 @@ def _encode_rows(variables, image_paths, rows, method, *, reduction,
     in_flight.append((batch, _encode(
         variables, *arrays, reduction, whitening, method=method, dtype=dtype,
         region_options=_items(region_options),
-        pooling_options=_items(pooling_options), staged=False)))
+        pooling_options=_items(pooling_options), staged=False, mesh=mesh)))
     if len(in_flight) > 1:  # fetch the previous batch while this one runs
       done, result = in_flight.popleft()
       _collect(outputs, done.rows, done.sizes, *result)

@@ -194,9 +194,11 @@ def map_batch(mesh: jax.sharding.Mesh, function: Callable, *,
   if not batched or not all(isinstance(flag, bool) for flag in batched):
     raise ValueError(f'batched must be one bool per argument, got {batched}')
   split, whole = jax.sharding.PartitionSpec(axis), jax.sharding.PartitionSpec()
+  # check_vma=False: the per-image loops (while_loop carries that start
+  # replicated and become per-device) need no cross-device typing.
   return jax.shard_map(function, mesh=mesh, out_specs=split,
                        in_specs=tuple(split if flag else whole
-                                      for flag in batched))
+                                      for flag in batched), check_vma=False)
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int = 1,

@@ -348,6 +348,17 @@ np.testing.assert_allclose(sharded.descriptors, single.descriptors,
 np.testing.assert_array_equal(sharded.valid, single.valid)
 np.testing.assert_array_equal(sharded.masks, single.masks)
 assert sharded.metadata['rows'] == single.metadata['rows']
+if {fused}:  # each device runs its own images: no cross-device collectives
+  mesh = parallel.make_mesh()
+  batch = parallel.shard_batch(mesh, (
+      np.zeros((4, 64, 64, 3), np.uint8), np.full((4, 2), 64, np.int32),
+      np.ones((4, 4, 4), bool)))
+  hlo = encoder._encode_sharded.lower(
+      variables, *batch, None, None, mesh=mesh,
+      method=encoder.POOLING[{method!r}], dtype='float32',
+      region_options=encoder._items({regions}),
+      pooling_options=encoder._items({options})).compile().as_text()
+  assert 'all-reduce' not in hlo and 'all-gather' not in hlo, 'collectives'
 print('SHARDED_OK', single.descriptors.shape)
 """
 
@@ -361,7 +372,8 @@ def test_mesh_sharded_encode_rows_equals_single_device(paths, method,
   pytest.importorskip('regagg_jax.parallel')
   script = _SHARDED.format(widths=_WIDTHS,
                            paths=paths + paths[:2], regions=regions,
-                           options=_OPTIONS, method=method)
+                           options=_OPTIONS, method=method,
+                           fused=regions is None or regions is _JAX_REGIONS)
   environment = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
       os.environ.get('XLA_FLAGS', '')
       + ' --xla_force_host_platform_device_count=4'))
