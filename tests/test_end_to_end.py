@@ -27,15 +27,21 @@ from regagg_jax import workspace
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _make_folder(folder, sample_paths, *, groups, size):
-  """Sample photos of `groups` UKBench groups + groundtruth.json + a bad file."""
+def _write_photos(folder, paths, size):
+  """Writes the photos shrunk to `size` px into folder (made if needed)."""
   import cv2  # pylint: disable=g-import-not-at-top
   folder.mkdir(parents=True, exist_ok=True)
-  names = {}
-  for path in sample_paths[:4 * groups]:
+  for path in paths:
     image = images.resize_longer_side(images.load_image(path), size)
     cv2.imwrite(str(folder / path.name), image[..., ::-1])
-    names[path.name] = f'object{int(path.stem[7:]) // 4}'
+  return folder
+
+
+def _make_folder(folder, sample_paths, *, groups, size):
+  """Sample photos of `groups` UKBench groups + groundtruth.json + a bad file."""
+  _write_photos(folder, sample_paths[:4 * groups], size)
+  names = {path.name: f'object{int(path.stem[7:]) // 4}'
+           for path in sample_paths[:4 * groups]}
   (folder / 'zz_unreadable.jpg').write_bytes(b'\xff\xd8 truncated')
   names['zz_unreadable.jpg'] = 'object0'
   (folder / 'groundtruth.json').write_text(json.dumps({'groups': names}))
@@ -84,12 +90,7 @@ def test_encode_fit_search_eval(tmp_path, folder):
 
 
 def test_search_a_folder_without_ground_truth(tmp_path, sample_paths):
-  import cv2  # pylint: disable=g-import-not-at-top
-  photos = tmp_path / 'plain'
-  photos.mkdir()
-  for path in sample_paths[:5]:
-    image = images.resize_longer_side(images.load_image(path), 80)
-    cv2.imwrite(str(photos / path.name), image[..., ::-1])
+  photos = _write_photos(tmp_path / 'plain', sample_paths[:5], 80)
   config = _config(tmp_path, photos)
   config.search.queries = str(photos / sample_paths[0].name)
   config.search.top_k = 5
@@ -107,7 +108,6 @@ def test_cropped_queries_and_whitening_fitted_on_another_set(tmp_path, folder,
   """The Oxford protocol path: queries cropped to a box at full resolution
   and described by R_M only; whitening learnt on another folder with the
   database's U^1 (as CroW / R-MAC fit on Paris for Oxford)."""
-  import cv2  # pylint: disable=g-import-not-at-top
   names = sorted(p.name for p in folder.glob('ukbench*.jpg'))
   queries = [{'image': names[0], 'positives': names[1:4], 'box': [8, 4, 90, 70]},
              {'image': names[4], 'positives': names[5:8], 'box': [0, 0, 60, 50]}]
@@ -115,11 +115,7 @@ def test_cropped_queries_and_whitening_fitted_on_another_set(tmp_path, folder,
   try:
     (folder / 'groundtruth.json').write_text(json.dumps(
         {'images': names, 'queries': queries}))
-    other = tmp_path / 'other'
-    other.mkdir()
-    for path in sample_paths[20:26]:
-      image = images.resize_longer_side(images.load_image(path), 96)
-      cv2.imwrite(str(other / path.name), image[..., ::-1])
+    other = _write_photos(tmp_path / 'other', sample_paths[20:26], 96)
     config = _config(tmp_path, folder)
     config.search.query_regions = 'whole'
     config.pca.fit_on, config.pca.fit_root = 'folder', str(other)
@@ -257,12 +253,7 @@ def test_whitened_store_equals_whitening_at_search_time(tmp_path, folder,
                                                         sample_paths):
   """pca.store_whitened: U^1 and eq. (6) learnt on fit_on, the database
   stored whitened; equal to whitening the unwhitened store at search."""
-  import cv2  # pylint: disable=g-import-not-at-top
-  other = tmp_path / 'other'
-  other.mkdir()
-  for path in sample_paths[20:28]:
-    image = images.resize_longer_side(images.load_image(path), 96)
-    cv2.imwrite(str(other / path.name), image[..., ::-1])
+  other = _write_photos(tmp_path / 'other', sample_paths[20:28], 96)
   config = _config(tmp_path, folder)
   config.pca.fit_on, config.pca.fit_root = 'folder', str(other)
   config.pca.store_whitened = True
