@@ -55,14 +55,14 @@ class Candidates(NamedTuple):
 
 
 class Pyramid(NamedTuple):
-  """The images the adaptation samples, for one-gather bilinear reads.
+  """The images the adaptation samples.
 
-  quads float32 (N, 4): for every pixel of every level (row-major, levels
-  concatenated) its value and those of its right, lower and lower-right
-  neighbours (edge replicated); offsets int32 (S,), widths and heights
-  float32 (S,) and distances float32 (S,) (image pixels per level pixel).
+  pixels float32 (N,): every level row-major, levels concatenated, then a
+  row of zeros (reads of a pixel's right and lower neighbours stay inside);
+  offsets int32 (S,) where each level starts, widths and heights float32
+  (S,) and distances float32 (S,) (image pixels per level pixel).
   """
-  quads: jax.Array
+  pixels: jax.Array
   offsets: jax.Array
   widths: jax.Array
   heights: jax.Array
@@ -80,23 +80,32 @@ def check_image(image):
 def _blur(image, sigma):
   """float32 (H, W) Gaussian blur, radius ceil(3 sigma), replicated border.
 
-  Sums of shifted slices: XLA fuses them into one loop, several times faster
-  on a CPU than lax.conv with a 1-D kernel.
+  Sums of shifted slices: XLA fuses each pass into one loop, several times
+  faster on a CPU than lax.conv with a 1-D kernel. The barriers materialise
+  each pass once (XLA would otherwise recompute a pass inside every consumer).
   """
   radius = int(np.ceil(3.0 * sigma))
   taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
   taps /= taps.sum()
   height, width = image.shape
   padded = jnp.pad(image, radius, mode="edge")
-  rows = sum(float(tap) * padded[i:i + height] for i, tap in enumerate(taps))
-  return sum(float(tap) * rows[:, i:i + width] for i, tap in enumerate(taps))
+  rows = jax.lax.optimization_barrier(
+      sum(float(tap) * padded[i:i + height] for i, tap in enumerate(taps)))
+  return jax.lax.optimization_barrier(
+      sum(float(tap) * rows[:, i:i + width] for i, tap in enumerate(taps)))
 
 
 def _extreme3(array, pick):
-  """pick (max or min) over each 3x3x3 neighbourhood of the middle levels."""
+  """pick (max or min) over each 3x3x3 neighbourhood of the middle levels.
+
+  Separable; the barriers keep XLA from fusing (and so recomputing 3 times)
+  each pass into the next: several times faster on a CPU.
+  """
   scales = pick(pick(array[:-2], array[1:-1]), array[2:])
-  padded = jnp.pad(scales, ((0, 0), (1, 1), (1, 1)), mode="edge")
-  rows = pick(pick(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+  padded = jax.lax.optimization_barrier(
+      jnp.pad(scales, ((0, 0), (1, 1), (1, 1)), mode="edge"))
+  rows = jax.lax.optimization_barrier(
+      pick(pick(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:]))
   return pick(pick(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
 
 
@@ -152,7 +161,8 @@ def _octave_candidates(first_level, *, octave, scales_per_octave,
   for i in range(1, scales_per_octave + 2):
     levels.append(_blur(levels[-1], sigmas[i - 1] * np.sqrt(step ** 2 - 1)))
   stack = jnp.stack(levels)
-  padded = jnp.pad(stack, ((0, 0), (1, 1), (1, 1)), mode="edge")
+  padded = jax.lax.optimization_barrier(  # see _extreme3
+      jnp.pad(stack, ((0, 0), (1, 1), (1, 1)), mode="edge"))
   height, width = first_level.shape
   at = lambda y, x: padded[:, 1 + y:1 + y + height, 1 + x:1 + x + width]
   dxx = at(0, -1) - 2 * stack + at(0, 1)
@@ -173,13 +183,12 @@ def _octave_candidates(first_level, *, octave, scales_per_octave,
   raw = jnp.where(extremum, jnp.abs(current), -jnp.inf).reshape(-1)
   raw, flat = jax.lax.top_k(raw, min(2 * max_points, raw.shape[0]))
   scale, row, column = jnp.unravel_index(flat, current.shape)
-  offsets = jnp.arange(-1, 2)
-  neighbours = responses[
-      scale[:, None, None, None] + 1 + offsets[None, :, None, None],
-      jnp.clip(row[:, None, None, None] + offsets[None, None, :, None], 0,
-               height - 1),
-      jnp.clip(column[:, None, None, None] + offsets[None, None, None, :], 0,
-               width - 1)]
+  steps = np.arange(-1, 2)
+  deltas = (steps[:, None, None] * height * width + steps[None, :, None] * width
+            + steps[None, None, :])  # (3, 3, 3) flat steps in (s, y, x)
+  neighbours = jnp.take(responses.reshape(-1),
+                        flat[:, None, None, None] + height * width + deltas,
+                        mode="clip")  # padding rows may read anything
   offset, value, keep = _localise(neighbours, threshold, edge_ratio)
   scores = jnp.where(keep & (raw > -jnp.inf), jnp.abs(value), -jnp.inf)
   sigma = (jnp.asarray(sigmas, jnp.float32)[scale + 1]
@@ -192,13 +201,6 @@ def _octave_candidates(first_level, *, octave, scales_per_octave,
   candidates = (best,) + tuple(part[order] for part in candidates[1:])
   next_level = levels[scales_per_octave][::2, ::2]
   return candidates, stack[:scales_per_octave], next_level
-
-
-def _quads(images):
-  """float32 (S H W, 4) each pixel with its right, lower, lower-right."""
-  padded = jnp.pad(images, ((0, 0), (0, 1), (0, 1)), mode="edge")
-  return jnp.stack([padded[:, :-1, :-1], padded[:, :-1, 1:],
-                    padded[:, 1:, :-1], padded[:, 1:, 1:]], -1).reshape(-1, 4)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -220,7 +222,7 @@ def find_candidates(image, *, max_points=8192, scales_per_octave=3,
   check_image(image)
   gray = jnp.round(image.astype(jnp.float32) @ jnp.asarray(GRAY_WEIGHTS))
   level = _blur(gray, float(np.sqrt(initial_sigma ** 2 - 0.25)))
-  found, quads, tables = [], [], []
+  found, pixels, tables = [], [], []
   start, octave = 0, 0
   while min(level.shape) > 2 * border + 2:
     candidates, images, level_next = _octave_candidates(
@@ -228,7 +230,7 @@ def find_candidates(image, *, max_points=8192, scales_per_octave=3,
         initial_sigma=initial_sigma, threshold=threshold ** 2,
         edge_ratio=edge_ratio, border=border, max_points=max_points)
     found.append(candidates)
-    quads.append(_quads(images))
+    pixels.append(jax.lax.optimization_barrier(images.reshape(-1)))
     height, width = level.shape
     tables += [(start + i * height * width, width, height, 2.0 ** octave)
                for i in range(scales_per_octave)]
@@ -247,11 +249,28 @@ def find_candidates(image, *, max_points=8192, scales_per_octave=3,
                           index[order].astype(jnp.int32), score)
   offsets, widths, heights, distances = (np.asarray(column)
                                          for column in zip(*tables))
-  pyramid = Pyramid(jnp.concatenate(quads), jnp.asarray(offsets, jnp.int32),
+  # Copied into place: XLA's CPU concatenate is an order of magnitude slower.
+  buffer = jnp.zeros(start + image.shape[1] + 2, jnp.float32)
+  for offset, part in zip(offsets[::scales_per_octave], pixels):
+    buffer = buffer.at[offset:offset + part.shape[0]].set(part)
+  pyramid = Pyramid(buffer, jnp.asarray(offsets, jnp.int32),
                     jnp.asarray(widths, jnp.float32),
                     jnp.asarray(heights, jnp.float32),
                     jnp.asarray(distances, jnp.float32))
   return candidates, pyramid
+
+
+def _read_pairs(pixels, start):
+  """float32 (..., 2) pixels[start], pixels[start + 1]: one gather of pairs.
+
+  A read past a row's end (x0 = width - 1, weight 0) gets the next row's
+  first pixel, a finite value.
+  """
+  dimensions = jax.lax.GatherDimensionNumbers(
+      offset_dims=(start.ndim,), collapsed_slice_dims=(),
+      start_index_map=(0,))
+  return jax.lax.gather(pixels, start[..., None], dimensions, (2,),
+                        mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
 def _adaptation_round(pyramid, candidates, point, shape, *, window):
@@ -281,10 +300,13 @@ def _adaptation_round(pyramid, candidates, point, shape, *, window):
   ys = jnp.clip(ys, 0.0, height[:, None, None] - 1.0)
   x0, y0 = jnp.floor(xs), jnp.floor(ys)
   fx, fy = xs - x0, ys - y0
-  flat = (y0 * width[:, None, None] + x0).astype(jnp.int32)
-  quad = pyramid.quads[pyramid.offsets[level][:, None, None] + flat]
-  patch = ((quad[..., 0] * (1 - fx) + quad[..., 1] * fx) * (1 - fy)
-           + (quad[..., 2] * (1 - fx) + quad[..., 3] * fx) * fy)
+  start = (pyramid.offsets[level][:, None, None]
+           + (y0 * width[:, None, None] + x0).astype(jnp.int32))
+  top = _read_pairs(pyramid.pixels, start)  # (x0, y0), (x0 + 1, y0)
+  bottom = _read_pairs(pyramid.pixels, start + width.astype(jnp.int32)[
+      :, None, None])
+  patch = ((top[..., 0] * (1 - fx) + top[..., 1] * fx) * (1 - fy)
+           + (bottom[..., 0] * (1 - fx) + bottom[..., 1] * fx) * fy)
   gx, gy = jnp.gradient(patch, axis=2), jnp.gradient(patch, axis=1)
   weight = jnp.exp(-0.5 * (u ** 2 + v ** 2) / (half / 3.0) ** 2)
   a, b, c = (jnp.sum(weight * g, axis=(1, 2))
@@ -308,7 +330,7 @@ def _adaptation_round(pyramid, candidates, point, shape, *, window):
     "needed", "capacity", "window", "iterations", "max_anisotropy",
     "convergence"))
 def adapt_shapes(pyramid, candidates, priority, image_size, *, needed,
-                 capacity=256, window=19, iterations=16, max_anisotropy=6.0,
+                 capacity=64, window=19, iterations=16, max_anisotropy=6.0,
                  convergence=0.05):
   """Affine shape adaptation [16] of candidates taken in priority order.
 
@@ -347,48 +369,47 @@ def adapt_shapes(pyramid, candidates, priority, image_size, *, needed,
   scale = MEASUREMENT_REGION * candidates.sigmas
 
   def keep_going(state):
-    point, _, _, _, _, status, _ = state
-    in_order = status[order]
-    pending = (in_order == _PENDING) & (position < queued)
+    entry, _, _, _, _, status, _ = state  # status in queue order
+    pending = (status == _PENDING) & (position < queued)
     first = jnp.where(jnp.any(pending), jnp.argmax(pending), queued)
-    found = jnp.sum((in_order == _VALID) & (position < first))
-    return jnp.any(point >= 0) & (found < needed)
+    found = jnp.sum((status == _VALID) & (position < first))
+    return jnp.any(entry >= 0) & (found < needed)
 
   def step(state):
-    point, shape, previous, rounds, next_entry, status, shapes = state
+    entry, shape, previous, rounds, next_entry, status, shapes = state
+    point = jnp.where(entry >= 0, order[jnp.maximum(entry, 0)], -1)
     new_shape, change, singular = _adaptation_round(
         pyramid, candidates, point, shape, window=window)
     spread = jnp.sum(new_shape ** 2, axis=(1, 2))  # = s1^2 + s2^2, s1 s2 = 1
     axis_ratio = 0.5 * (spread + jnp.sqrt(jnp.maximum(spread ** 2 - 4.0, 0.0)))
     failed = singular | ~(axis_ratio <= max_anisotropy)
     success = ~failed & (change < convergence) & (previous < convergence)
-    ended = (point >= 0) & (success | failed | (rounds + 1 >= iterations))
+    ended = (entry >= 0) & (success | failed | (rounds + 1 >= iterations))
     index = jnp.maximum(point, 0)
     measured = scale[index][:, None, None] * new_shape
     good = success & measured_inside(candidates.points[index], measured,
                                      image_size)
-    target = jnp.where(ended, point, count)  # out of range: dropped
-    status = status.at[target].set(jnp.where(good, _VALID, _INVALID),
-                                   mode="drop")
-    shapes = shapes.at[target].set(measured, mode="drop")
-    free = ended | (point < 0)
-    entry = next_entry + jnp.cumsum(free) - 1
-    refill = jnp.where(entry < queued, order[jnp.minimum(entry, count - 1)],
-                       -1)
-    point = jnp.where(free, refill, point)
+    status = status.at[jnp.where(ended, entry, count)].set(  # count: dropped
+        jnp.where(good, _VALID, _INVALID), mode="drop")
+    shapes = shapes.at[jnp.where(ended, point, count)].set(measured,
+                                                           mode="drop")
+    free = ended | (entry < 0)
+    refill = next_entry + jnp.cumsum(free) - 1
+    entry = jnp.where(free, jnp.where(refill < queued, refill, -1), entry)
     shape = jnp.where(free[:, None, None], jnp.eye(2), new_shape)
     previous = jnp.where(free, 0.0, change)
     rounds = jnp.where(free, 0, rounds + 1)
     next_entry = jnp.minimum(next_entry + jnp.sum(free), queued)
-    return point, shape, previous, rounds, next_entry, status, shapes
+    return entry, shape, previous, rounds, next_entry, status, shapes
 
   slots = jnp.arange(capacity)
-  state = (jnp.where(slots < queued, order[slots], -1),
+  state = (jnp.where(slots < queued, slots, -1),
            jnp.broadcast_to(jnp.eye(2), (capacity, 2, 2)),
            jnp.zeros(capacity), jnp.zeros(capacity, jnp.int32),
            jnp.minimum(capacity, queued), jnp.zeros(count, jnp.int32),
            scale[:, None, None] * jnp.eye(2))
   *_, status, shapes = jax.lax.while_loop(keep_going, step, state)
+  status = jnp.zeros(count, jnp.int32).at[order].set(status)
   return shapes, status == _VALID
 
 
@@ -399,7 +420,7 @@ def adapt_shapes(pyramid, candidates, priority, image_size, *, needed,
 def detect_hessian_affine(image, *, max_points=8192, scales_per_octave=3,
                           initial_sigma=1.6, threshold=16.0 / 3.0,
                           edge_ratio=10.0, border=5, window=19, iterations=16,
-                          max_anisotropy=6.0, convergence=0.05, capacity=256):
+                          max_anisotropy=6.0, convergence=0.05, capacity=64):
   """Hessian-affine keypoints [16] in JAX, fixed-size output (backend "jax").
 
   Follows Perdoch's detector: a Gaussian scale space (scales_per_octave

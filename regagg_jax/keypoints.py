@@ -196,7 +196,7 @@ def select_salient_padded(points, valid, alpha, grid_size, image_size, *,
 
 
 def detect_salient(image, alpha, grid_size, image_size, *, padded_shape,
-                   n_max=4000, n_min=300, max_points=8192, capacity=256):
+                   n_max=4000, n_min=300, max_points=8192, capacity=64):
   """The salient point set P of Sec. 2 from the jax detector, fused.
 
   Equals `select_salient_padded` of the "jax" backend's detections (points

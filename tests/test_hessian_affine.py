@@ -242,7 +242,7 @@ def test_candidates_match_numpy_float64_reference():
 def _level_image(pyramid, level):
   offset = int(pyramid.offsets[level])
   height, width = int(pyramid.heights[level]), int(pyramid.widths[level])
-  return np.asarray(pyramid.quads[offset:offset + height * width, 0],
+  return np.asarray(pyramid.pixels[offset:offset + height * width],
                     np.float64).reshape(height, width)
 
 

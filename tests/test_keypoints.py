@@ -192,7 +192,7 @@ def test_detect_salient_equals_detection_then_selection():
   # image padded into a larger canvas.
   image = _noise_image((64, 96), seed=11)
   alpha = np.random.default_rng(12).uniform(0, 1, (4, 6)).astype(np.float32)
-  for canvas, cells in (((64, 96), (4, 6)), ((80, 128), (5, 8))):
+  for canvas, cells in (((80, 128), (5, 8)),):
     padded = np.zeros(canvas + (3,), np.uint8)
     padded[:64, :96] = image
     padded_alpha = np.zeros(cells, np.float32)
@@ -202,7 +202,7 @@ def test_detect_salient_equals_detection_then_selection():
         jnp.asarray(padded), max_points=128)
     valid &= hessian_affine.measured_inside(points, shapes, size)
     assert int(valid.sum()) > 12
-    for n_max, n_min in ((8, 4), (12, 6), (128, 8), (128, 100)):
+    for n_max, n_min in ((8, 4), (128, 100)):  # stops early; falls back
       want = keypoints.select_salient_padded(
           points, valid, jnp.asarray(padded_alpha), grid, size,
           padded_shape=canvas, n_max=n_max, n_min=n_min)

@@ -7,6 +7,7 @@ from scipy.spatial import ConvexHull, Delaunay, QhullError
 import jax
 import jax.numpy as jnp
 
+from regagg_jax import keypoints
 from regagg_jax import regions
 
 IMAGE_SIZE = (96, 128)  # H_I, W_I: 16-pixel cells, centres at 8, 24, ...
@@ -228,6 +229,18 @@ def test_propose_jax_backend_end_to_end():
       n_min=8)
   assert batch_masks.shape == (1, 8, 8, 10) and bool(batch_valid[0, -1])
   assert not np.asarray(batch_masks)[0][:, ~cells[0]].any()
+  np.testing.assert_array_equal(np.asarray(batch_masks)[0, :, :6, :8],
+                                np.asarray(masks))
+  np.testing.assert_array_equal(np.asarray(batch_valid)[0], np.asarray(valid))
+  # The fused detection + selection equals detecting every point first.
+  points, valid_points = keypoints.detect(image, backend="jax")
+  want_masks, want_valid = regions._regions_from_points(  # pylint: disable=protected-access
+      points, valid_points, jnp.asarray(alpha), jnp.ones(GRID, bool),
+      jnp.asarray(IMAGE_SIZE), padded_shape=IMAGE_SIZE, n_max=64, n_min=8,
+      num_clusters=3, min_cells=1)
+  np.testing.assert_array_equal(np.asarray(masks), np.asarray(want_masks))
+  np.testing.assert_array_equal(np.asarray(valid), np.asarray(want_valid))
+  assert np.asarray(valid)[:-1].any()
 
 
 def test_propose_batch_jax_traces_inside_an_outer_jit():
