@@ -18,10 +18,12 @@ ICASSP 2017. One module per pipeline stage:
   region_index  FAISS index over region vectors + exact eq. 7 re-ranking
   datasets    benchmarks: image lists, ground truth, query boxes
   evaluation  AP / mAP protocols (numpy, host)
-  encoder     images -> region descriptors: one jit per batch, prefetching
+  reading     host side: read / crop / shrink images, bucket, pad, prefetch
+  encoder     images -> region descriptors: one jit per batch (all stages)
   parallel    device mesh (jax.sharding) and hosts (jax.distributed)
   figures     the paper's Fig. 2: queries beside their best-matched results
-  pipeline    encode / fit / search as a config says
+  pipeline    encode / fit as a config says
+  retrieval   search as a config says: exact eq. 7 or region index + re-rank
   workspace   a dataset's stores, fits and indexes kept in the workdir
   modes       what run.py --mode runs: demo / encode / fit / search / eval
 
