@@ -91,6 +91,15 @@ SOURCES = {
                       'mirror of the original http://vis.uky.edu/~stewe/ukbench/'),
 }
 
+_R1M = 'http://ptak.felk.cvut.cz/revisitop/revisitop1m/'
+DISTRACTORS = {
+    'revisitop1m': Source(_R1M, tuple(f'{_R1M}jpg/revisitop1m.{i}.tar.gz'
+                                      for i in range(1, 101)),
+                          'R1M, the 1M distractors of ROxford / RParis: pass '
+                          'the folder as eval.distractors'),
+}
+"""Distractor sets added to a benchmark's database (never relevant)."""
+
 
 class DatasetNotFoundError(FileNotFoundError):
   """Images or ground truth are missing; the message says where and how to get them."""
@@ -259,7 +268,7 @@ def load_ukbench(image_root) -> Dataset:
   Every image is a query and its positives are the images of its group, itself
   included (N-S counts it). Works on the full set and on the bundled samples.
   """
-  root = _check_folder(Path(image_root), 'ukbench')
+  root = check_folder(Path(image_root), 'ukbench')
   found = sorted((int(m.group(1)), str(f.relative_to(root))) for f in root.rglob('*')
                  if (m := re.fullmatch(r'ukbench(\d+)\.jpe?g', f.name, re.IGNORECASE)))
   if not found:
@@ -293,7 +302,7 @@ def load_folder(root, *, ground_truth: str = FOLDER_GROUND_TRUTH) -> Dataset:
 
   Names are paths relative to root. Query images may lie outside "images".
   """
-  root = _check_folder(Path(root), Path(root).name)
+  root = check_folder(Path(root), Path(root).name)
   path = root / ground_truth
   if not path.is_file():
     raise DatasetNotFoundError(f'{root.name}: no ground truth file {path} '
@@ -401,16 +410,19 @@ def rotate_image(image: np.ndarray, degrees: int) -> np.ndarray:
 
 
 def _source(name: str) -> Source:
-  if name not in SOURCES:
-    raise ValueError(f'unknown benchmark {name!r}; known: {sorted(SOURCES)}')
-  return SOURCES[name]
+  sources = {**SOURCES, **DISTRACTORS}
+  if name not in sources:
+    raise ValueError(f'unknown benchmark {name!r}; known: {sorted(sources)}')
+  return sources[name]
 
 
 def _hint(name: str) -> str:
   return ('\n' + download_instructions(name)) if name in SOURCES else ''
 
 
-def _check_folder(folder: Path, name: str) -> Path:
+def check_folder(folder, name: str) -> Path:
+  """folder as a Path; DatasetNotFoundError naming it (and its sources) if absent."""
+  folder = Path(folder)
   if not folder.is_dir():
     raise DatasetNotFoundError(f'{name}: image folder {folder} does not exist.{_hint(name)}')
   return folder
@@ -429,7 +441,7 @@ def _locate(names, dataset: Dataset, image_root) -> list[Path]:
   if root is None:
     raise DatasetNotFoundError(f'{dataset.name}: pass image_root, the folder of its images.'
                                + _hint(dataset.name))
-  root = _check_folder(Path(root), dataset.name)
+  root = check_folder(Path(root), dataset.name)
   found = {}
   for folder, _, files in os.walk(root):
     for file in files:

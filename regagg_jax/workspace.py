@@ -193,6 +193,32 @@ def _fit(config, name, store, fitted_on):
       load=index.load_fit, save=index.save_fit)
 
 
+def database_images(config, dataset):
+  """The database: the dataset's images, then eval.distractors' (if set).
+
+  Distractors (e.g. R1M, datasets.DISTRACTORS) get rows after the
+  dataset's images, so ground-truth indices are unchanged and they only
+  count as irrelevant.
+
+  Returns:
+    (store role, image paths, names).
+
+  Raises:
+    ValueError: distractors with the UKBench protocol (scored by group).
+  """
+  paths, names = datasets.database_paths(dataset), list(dataset.images)
+  folder = config.eval.distractors
+  if not folder:
+    return 'database', paths, names
+  if dataset.protocol == 'ukbench':
+    raise ValueError('eval.distractors cannot be used with UKBench, whose '
+                     'N-S score counts groups of the top 4')
+  extra = datasets.list_images(datasets.check_folder(folder, 'distractors'))
+  logging.info('%d distractors from %s', len(extra), folder)
+  return (f'database+{os.path.basename(os.path.normpath(folder))}',
+          paths + [os.path.join(folder, n) for n in extra], names + extra)
+
+
 def prepare(config, dataset, *, fit=True):
   """The dataset's database store and its PCA-whitening (eq. 6).
 
@@ -214,7 +240,7 @@ def prepare(config, dataset, *, fit=True):
   Raises:
     ValueError: pca.store_whitened without pca.fit_on.
   """
-  paths = datasets.database_paths(dataset)
+  role, paths, names = database_images(config, dataset)
   if config.pca.store_whitened:
     if not config.pca.fit_on:
       raise ValueError('pca.store_whitened needs pca.fit_on: the whitening '
@@ -222,11 +248,10 @@ def prepare(config, dataset, *, fit=True):
                        'is encoded')
     fitted_on, store = _fitting_store(config)
     fitted = _fit(config, fitted_on, store, fitted_on)
-    return _dataset_store(config, dataset, 'database', paths, dataset.images,
+    return _dataset_store(config, dataset, role, paths, names,
                           reduction=fitted.reduction,
                           whitening=fitted.whitening), fitted
-  database = _dataset_store(config, dataset, 'database', paths,
-                            dataset.images)
+  database = _dataset_store(config, dataset, role, paths, names)
   if not fit:
     return database, None
   fitted_on, store = _fitting_store(config, database)

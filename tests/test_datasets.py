@@ -296,3 +296,12 @@ def test_download_fetches_extracts_once_and_is_found(tmp_path, monkeypatch):
                              np.array([0]), None, (np.array([1]),), (np.array([0]),))
   assert datasets.database_paths(dataset, target) == [target / 'jpg/jpg/100000.jpg',
                                                       target / 'jpg/jpg/100001.jpg']
+
+
+def test_r1m_distractors_point_at_the_official_archives():
+  source = datasets.DISTRACTORS['revisitop1m']
+  assert len(source.archives) == 100
+  assert source.archives[0] == ('http://ptak.felk.cvut.cz/revisitop/'
+                                'revisitop1m/jpg/revisitop1m.1.tar.gz')
+  assert 'revisitop1m.100.tar.gz' in datasets.download_instructions(
+      'revisitop1m')

@@ -16,6 +16,7 @@ import pytest
 
 from configs import quick
 from regagg_jax import datasets
+from regagg_jax import evaluation
 from regagg_jax import images
 from regagg_jax import index
 from regagg_jax import modes
@@ -352,3 +353,30 @@ def test_multiple_processes_only_encode(tmp_path, folder):
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert 'is for --mode=encode only' in result.stderr
+
+
+def test_distractors_join_the_database_as_irrelevant(tmp_path, folder,
+                                                     sample_paths):
+  """eval.distractors: extra database rows after the dataset's images,
+  ranked like any image and never relevant."""
+  config = _config(tmp_path, folder)
+  clean = modes.evaluate(config)
+  config.eval.distractors = str(_write_photos(
+      tmp_path / 'r1m', sample_paths[32:38], 96))
+  noisy = modes.evaluate(config)
+  assert noisy['num_database'] == clean['num_database'] + 6
+  dataset = workspace.load_dataset(config)
+  database, fitted = workspace.prepare(config, dataset)
+  queries, positions = workspace.query_store(config, dataset, database,
+                                             fitted)
+  ranks = workspace.dataset_ranks(
+      retrieval.search(config, queries, database, fitted), database,
+      positions)
+  assert ranks.shape == (9, 14) and ranks.max() == 14  # 8 + 6 readable
+  assert evaluation.evaluate(dataset, ranks)['mAP'] == pytest.approx(
+      noisy['mAP'])
+  kept = np.array([row[row < 9] for row in ranks])  # distractors removed
+  assert evaluation.evaluate(dataset, kept)['mAP'] >= noisy['mAP']
+  config.eval.distractors = str(tmp_path / 'missing')
+  with pytest.raises(FileNotFoundError, match='missing'):
+    workspace.prepare(config, dataset)
