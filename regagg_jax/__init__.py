@@ -9,6 +9,7 @@ ICASSP 2017. One module per pipeline stage:
   weighting   spatial weights alpha (eq. 1), channel weights beta (eq. 2)
   keypoints   Hessian-affine detection (hesaff | jax), salient point selection
   hessian_affine  JAX Hessian-affine detector (keypoints' jax backend)
+  affine_adaptation  affine shape adaptation of its candidates (hesaff rule)
   clustering  global fast k-means
   regions     power set of clusters -> 2^L convex-hull masks on the conv grid
   pooling     first-order (eq. 3, 9), second-order (eq. 4-5), baselines

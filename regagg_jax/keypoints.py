@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regagg_jax import affine_adaptation
 from regagg_jax import hessian_affine
 
 
@@ -68,7 +69,7 @@ def detect_shapes(image, *, backend="hesaff", pad_multiple=1024,
   Returns:
     points: float32 (P, 2) keypoint centres (x, y) in pixels.
     shapes: float32 (P, 2, 2) matrices mapping the unit circle onto each
-      measurement ellipse (hessian_affine.MEASUREMENT_REGION * sigma * U).
+      measurement ellipse (affine_adaptation.MEASUREMENT_REGION * sigma * U).
     valid: bool (P,) which rows are detections (the rest is padding).
   """
   hessian_affine.check_image(image)
@@ -201,7 +202,7 @@ def detect_salient(image, alpha, grid_size, image_size, *, padded_shape,
 
   Equals `select_salient_padded` of the "jax" backend's detections (points
   whose measurement region leaves the image_size area are invalid), but the
-  candidates are adapted in decreasing alpha (`hessian_affine.adapt_shapes`)
+  candidates are adapted in decreasing alpha (`affine_adaptation.adapt_shapes`)
   only until the n_max best valid ones are known.
 
   Args:
@@ -225,7 +226,7 @@ def detect_salient(image, alpha, grid_size, image_size, *, padded_shape,
       (points >= -0.5) & (points < image_size[::-1] - 0.5), axis=1)
   priority = jnp.where(inside, sample_alpha(alpha, points, grid_size,
                                             image_size), -jnp.inf)
-  _, valid = hessian_affine.adapt_shapes(pyramid, candidates, priority,
+  _, valid = affine_adaptation.adapt_shapes(pyramid, candidates, priority,
                                          image_size, needed=n_max,
                                          capacity=capacity)
   return select_salient_padded(points, valid, alpha, grid_size, image_size,

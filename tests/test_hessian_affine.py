@@ -9,6 +9,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from regagg_jax import affine_adaptation
 from regagg_jax import hessian_affine
 from regagg_jax import keypoints
 
@@ -40,7 +41,7 @@ def test_hesaff_reference_finds_a_blob_at_the_measurement_region_scale():
   best = np.argmin(distance)
   assert distance[best] < 1.0
   sigma = (np.sqrt(abs(np.linalg.det(shapes[best])))
-           / hessian_affine.MEASUREMENT_REGION)
+           / affine_adaptation.MEASUREMENT_REGION)
   assert 0.8 * 6.0 < sigma < 1.25 * 6.0
 
 
@@ -66,7 +67,7 @@ def test_measured_inside_matches_numpy():
       inside &= 0 <= x <= image_size[1] - 1 and 0 <= y <= image_size[0] - 1
     want[p] = inside
   assert 0 < want.sum() < 64
-  got = jax.jit(hessian_affine.measured_inside)(points, shapes,
+  got = jax.jit(affine_adaptation.measured_inside)(points, shapes,
                                                 jnp.asarray(image_size))
   assert got.shape == (64,) and got.dtype == jnp.bool_
   np.testing.assert_array_equal(np.asarray(got), want)
@@ -96,7 +97,7 @@ def test_finds_blob_position_and_scale(centre, sigma):
   best = np.argmin(distance)
   assert distance[best] < 0.5
   found = (np.sqrt(abs(np.linalg.det(shapes[best])))
-           / hessian_affine.MEASUREMENT_REGION)
+           / affine_adaptation.MEASUREMENT_REGION)
   assert abs(found / sigma - 1.0) < 0.1
   ratio, _ = _axes(shapes[best])
   assert ratio < 1.05  # isotropic blob, isotropic shape
@@ -282,7 +283,7 @@ def test_adaptation_matches_numpy_float64_reference():
   image = _scene(seed=7)
   candidates, pyramid = hessian_affine.find_candidates(jnp.asarray(image),
                                                        max_points=64)
-  shapes, valid = hessian_affine.adapt_shapes(
+  shapes, valid = affine_adaptation.adapt_shapes(
       pyramid, candidates, candidates.scores, jnp.asarray(image.shape[:2]),
       needed=64, capacity=16)
   shapes, valid = np.asarray(shapes, np.float64), np.asarray(valid)
@@ -296,9 +297,9 @@ def test_adaptation_matches_numpy_float64_reference():
                                   points[p, 1] / distance,
                                   float(candidates.ratios[p]))
     measured = None if shape is None else (
-        hessian_affine.MEASUREMENT_REGION * float(candidates.sigmas[p])
+        affine_adaptation.MEASUREMENT_REGION * float(candidates.sigmas[p])
         * shape)
-    want = measured is not None and bool(hessian_affine.measured_inside(
+    want = measured is not None and bool(affine_adaptation.measured_inside(
         points[p:p + 1], measured[None], image.shape[:2])[0])
     compared += 1
     agree += want == valid[p]
@@ -317,9 +318,9 @@ def test_adaptation_queue_stops_early_and_ignores_capacity():
   priority = jnp.asarray(np.random.default_rng(0).permutation(64),
                          jnp.float32)
   priority = jnp.where(candidates.scores > -jnp.inf, priority, -jnp.inf)
-  full_shapes, full = hessian_affine.adapt_shapes(
+  full_shapes, full = affine_adaptation.adapt_shapes(
       pyramid, candidates, priority, size, needed=64, capacity=64)
-  small_shapes, small = hessian_affine.adapt_shapes(
+  small_shapes, small = affine_adaptation.adapt_shapes(
       pyramid, candidates, priority, size, needed=64, capacity=5)
   np.testing.assert_array_equal(np.asarray(small), np.asarray(full))
   np.testing.assert_allclose(np.asarray(small_shapes),
@@ -328,7 +329,7 @@ def test_adaptation_queue_stops_early_and_ignores_capacity():
   order = np.argsort(-np.asarray(priority), kind="stable")
   assert full.sum() > 6
   for needed in (1, 3, 6):
-    _, early = hessian_affine.adapt_shapes(
+    _, early = affine_adaptation.adapt_shapes(
         pyramid, candidates, priority, size, needed=needed, capacity=4)
     early = np.asarray(early)
     # The first `needed` valid points in priority order are found, never a

@@ -7,6 +7,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from regagg_jax import affine_adaptation
 from regagg_jax import hessian_affine
 from regagg_jax import keypoints
 
@@ -200,7 +201,7 @@ def test_detect_salient_equals_detection_then_selection():
     size, grid = jnp.asarray((64, 96)), jnp.asarray((4, 6))
     points, shapes, valid = hessian_affine.detect_hessian_affine(
         jnp.asarray(padded), max_points=128)
-    valid &= hessian_affine.measured_inside(points, shapes, size)
+    valid &= affine_adaptation.measured_inside(points, shapes, size)
     assert int(valid.sum()) > 12
     for n_max, n_min in ((8, 4), (128, 100)):  # stops early; falls back
       want = keypoints.select_salient_padded(
