@@ -151,14 +151,20 @@ def _dataset_store(config, dataset, role, paths, names, *, reduction=None,
             shard_size=config.features.shard_size,
             dtype=config.features.store_dtype, shards=[], reduction=r),
         f'U1 {key}')
+  header = pipeline.store_header(config, paths, reduction=reduction,
+                                 whitening=whitening,
+                                 apply_exif=dataset.apply_exif)
+  if os.path.isfile(os.path.join(path, 'metadata.json')):  # finished
+    store = index.load_store(path)
+    if all(store.metadata.get(k) == v for k, v in header.items()):
+      logging.info('reusing %s', path)
+      return store
   num_shards = -(-len(paths) // config.features.shard_size)
   finished = index.build_store(
       path, lambda rows: pipeline.encode_rows(
           config, paths, rows, reduction=reduction, whitening=whitening,
           **reading),
-      image_paths=paths, header=pipeline.store_header(
-          config, paths, reduction=reduction, whitening=whitening,
-          apply_exif=dataset.apply_exif),
+      image_paths=paths, header=header,
       shard_size=config.features.shard_size,
       dtype=config.features.store_dtype,
       shards=parallel.process_shards(num_shards), reduction=reduction)
