@@ -76,8 +76,10 @@ def get_config():
   config.search.index = 'exact'
   config.search.k_regions = 100
   config.search.shortlist = 1000
+  # m = 128 one-byte codes for D = 512: 64 lost ~0.35 recall@100 at 1M
+  # (benchmarks/search_scale.py).
   config.search.ivfpq = ml_collections.ConfigDict({
-      'nlist': 1024, 'm': 64, 'nbits': 8, 'nprobe': 16, 'train_size': 100000,
+      'nlist': 1024, 'm': 128, 'nbits': 8, 'nprobe': 32, 'train_size': 100000,
       'coarse': 'hnsw', 'hnsw_m': 32, 'quantizer_ef_search': 64, 'seed': 0})
   config.search.hnsw = ml_collections.ConfigDict({
       'hnsw_m': 32, 'ef_construction': 80, 'ef_search': 128})
