@@ -160,7 +160,7 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
     ValueError: an unknown method.
   """
   options = _encoder_options(config)
-  del options['num_threads'], options['prefetch'], options['mesh']
+  del options['mesh']  # encode_methods runs on the default device
   stores = encoder.encode_methods(
       variables(config), image_paths, methods,
       pooling_options=_pooling_options(config),
