@@ -14,10 +14,12 @@ eq. (7) is the inner product and every index kind uses it:
 
 Only valid regions are added; `image_ids` / `region_ids` map a FAISS label
 (the vector's ordinal among the valid regions, row-major) back to (n, m).
-`search` takes the top `k_regions` regions of every valid query region, keeps
-the per-image max, re-ranks the best `shortlist` images EXACTLY with eq. (7)
-on their gathered float32 descriptors (and, with `qe`, eq. 8 on that
-shortlist), all queries of a batch at once under `jax.vmap`.
+`search` takes the top `k_regions` regions of every valid query region,
+re-scores those hits exactly (the inner product with the stored vector, read
+from `database`: approximate PQ scores cannot order near-equal distractors),
+keeps the per-image max, and re-ranks the best `shortlist` images EXACTLY
+with eq. (7) on their gathered float32 descriptors (and, with `qe`, eq. 8 on
+that shortlist), all queries of a batch at once under `jax.vmap`.
 """
 
 import functools
@@ -252,6 +254,31 @@ def _search_parameters(region_index, nprobe, ef_search):
   return None
 
 
+def _rescore(region_index, database, vectors, labels, *, block=65536):
+  """Exact VecSim of eq. (7) (inner product) of every region hit.
+
+  Args:
+    region_index: RegionIndex the labels come from.
+    database: float32 or float16 (N, M, D) the indexed descriptors.
+    vectors: float32 (R, D) query regions.
+    labels: int64 (R, H) FAISS labels of their hits (-1: no hit).
+    block: hits gathered and scored at once.
+
+  Returns:
+    float32 (R, H) scores, -inf where there is no hit.
+  """
+  scores = np.full(labels.shape, -np.inf, np.float32)
+  rows = max(1, block // max(1, labels.shape[1]))
+  for start in range(0, labels.shape[0], rows):
+    hits = labels[start:start + rows]
+    safe = np.maximum(hits, 0)
+    regions = np.asarray(database[region_index.image_ids[safe],
+                                  region_index.region_ids[safe]], np.float32)
+    exact = np.einsum('rhd,rd->rh', regions, vectors[start:start + rows])
+    scores[start:start + rows] = np.where(hits >= 0, exact, -np.inf)
+  return scores
+
+
 def _shortlist(images, scores, shortlist):
   """Per-image max of region hits, then the best `shortlist` images per query.
 
@@ -315,7 +342,8 @@ def _rerank(query, query_valid, candidates, candidates_valid, *, qe, n_qe,
 
 def search(region_index, database, database_valid, query, query_valid, *,
            k_regions=100, shortlist=1000, qe=False, n_qe=10,
-           include_query=False, nprobe=None, ef_search=None, query_batch=16):
+           include_query=False, nprobe=None, ef_search=None, rescore=True,
+           query_batch=16):
   """Ranks the database for each query: region index, then exact eq. (7).
 
   Args:
@@ -332,6 +360,10 @@ def search(region_index, database, database_valid, query, query_valid, *,
     include_query: eq. (8) variant of `similarity.query_expansion`.
     nprobe: ivfpq lists probed (None: the index option).
     ef_search: hnsw search depth (None: the index option).
+    rescore: shortlist by the exact scores of the retrieved regions (read
+      from `database`) instead of the index's approximate ones; the
+      per-image max is then a lower bound of eq. (7), exact whenever the
+      best region pair was retrieved.
     query_batch: queries re-ranked at once (largest temporary: float32
       (query_batch, S, M, D) gathered candidates).
 
@@ -365,11 +397,14 @@ def search(region_index, database, database_valid, query, query_valid, *,
                    np.float32)
   labels = np.full(scores.shape, -1, np.int64)
   if flat_valid.any():
-    found = region_index.index.search(
-        np.ascontiguousarray(query.reshape(-1, query.shape[-1])[flat_valid],
-                             dtype=np.float32), k_regions,
+    vectors = np.ascontiguousarray(
+        query.reshape(-1, query.shape[-1])[flat_valid], dtype=np.float32)
+    found, labels[flat_valid] = region_index.index.search(
+        vectors, k_regions,
         params=_search_parameters(region_index, nprobe, ef_search))
-    scores[flat_valid], labels[flat_valid] = found
+    scores[flat_valid] = (_rescore(region_index, database, vectors,
+                                   labels[flat_valid])
+                          if rescore else found)
   images = np.where(labels >= 0, region_index.image_ids[labels], -1)
   candidates = _shortlist(images.reshape(num_queries, -1),
                           scores.reshape(num_queries, -1), shortlist)

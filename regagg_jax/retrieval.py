@@ -120,7 +120,8 @@ def search(config, queries, database, fitted, regions=None):
         regions, target, database_valid, query, query_valid,
         k_regions=search_config.k_regions, shortlist=search_config.shortlist,
         qe=search_config.qe, n_qe=n_qe,
-        include_query=search_config.qe_include_query), len(target))
+        include_query=search_config.qe_include_query,
+        rescore=search_config.rescore), len(target))
   scores, best = similarity.image_similarity(  # eq. (7)
       query, query_valid, target, database_valid,
       chunk_size=search_config.chunk_size)

@@ -3,6 +3,7 @@
 import json
 import os
 
+import faiss
 import numpy as np
 import pytest
 
@@ -220,3 +221,34 @@ def test_float16_store_is_rescored_exactly_in_float32(data):
   np.testing.assert_allclose(
       scores[:, :found], np.sort(expected, axis=1)[:, ::-1][:, :found],
       atol=1e-5)
+
+
+@pytest.mark.parametrize('rescore', [True, False])
+def test_shortlist_from_exact_or_index_scores_of_the_hits(data, rescore):
+  database, valid, query, query_valid = data
+  options = {'nlist': 4, 'm': 4, 'nbits': 4, 'nprobe': 4, 'train_size': 4000}
+  index = region_index.build(database, valid, kind='ivfpq', options=options)
+  k_regions, shortlist = 12, 15
+  _, ranks, _ = region_index.search(index, database, valid, query, query_valid,
+                                    k_regions=k_regions, shortlist=shortlist,
+                                    rescore=rescore)
+  # Reference: the same hits, scored in float64 (or by the crude PQ codes),
+  # per-image max, best `shortlist` images.
+  for q in range(NUM_QUERIES):
+    vectors = query[q][query_valid[q]]
+    approximate, labels = index.index.search(
+        vectors, k_regions, params=faiss.SearchParametersIVF(nprobe=4))
+    assert np.all(labels >= 0)
+    images = index.image_ids[labels]
+    exact = np.einsum('hd,hkd->hk', vectors.astype(np.float64), database[
+        images, index.region_ids[labels]].astype(np.float64))
+    hit_scores = exact if rescore else approximate
+    best = {}
+    for image, score in zip(images.ravel(), hit_scores.ravel()):
+      best[image] = max(best.get(image, -np.inf), score)
+    threshold = sorted(best.values(), reverse=True)[shortlist - 1]
+    returned = set(ranks[q][ranks[q] >= 0])
+    assert len(returned) == shortlist
+    # Ties at the threshold (crude PQ codes give many) may go either way.
+    assert {i for i in best if best[i] > threshold + 1e-6} <= returned, q
+    assert all(best[i] >= threshold - 1e-6 for i in returned), q
