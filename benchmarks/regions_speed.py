@@ -29,10 +29,24 @@ and the mean IoU of the 2^L - 1 cluster-subset masks of regions.propose (best
 of the L! cluster relabellings, since the two runs may number clusters
 differently; the whole-image slot is equal by construction).
 
+With --masks it instead times regions.compute_region_masks (jitted, vmapped
+over a batch of --batch sample images resized to width x height: hesaff
+points (jax ones without pyhesaff), N_max = 4000 salient points by the alpha of
+a random-weight VGG19, padded, L = 3 global fast k-means clusters) with the
+dense bisection hulls of regions.py ("new") against the former Andrew's
+monotone chain ("scan", the lax.scan baseline kept below as
+`_scan_rasterise_hulls`, swapped in for regions.rasterise_hulls when its jit
+traces), and against the VGG19 forward of the same images (one image per call,
+to bound memory). It also prints the sequential loop steps of each jaxpr (what
+costs launch latency on an accelerator) and the share of mask cells on which
+the two agree.
+
 CPU (forces the CPU platform):
   PYTHONPATH=. python3 benchmarks/regions_speed.py
 Accelerator (the default JAX backend, e.g. a GPU):
   PYTHONPATH=. python3 benchmarks/regions_speed.py --device
+Masks, old against new (about 10 minutes on 2 CPU cores, mostly VGG19):
+  PYTHONPATH=. python3 benchmarks/regions_speed.py --masks
 Backend agreement on data/samples (about 8 minutes on 2 CPU cores):
   PYTHONPATH=. python3 benchmarks/regions_speed.py --agreement
 """
@@ -41,6 +55,7 @@ import functools
 import itertools
 import pathlib
 import time
+from unittest import mock
 
 from absl import app
 from absl import flags
@@ -57,6 +72,9 @@ flags.DEFINE_integer("repeats", 3, "Timed rounds (median ratio reported).")
 flags.DEFINE_integer("n_max", 4000, "N_max of the salient point rule.")
 flags.DEFINE_bool("agreement", False, "Compare the hesaff and jax backends "
                   "on the bundled samples instead of timing.")
+flags.DEFINE_bool("masks", False, "Time compute_region_masks: dense "
+                  "bisection hulls against the monotone-chain scan baseline.")
+flags.DEFINE_integer("batch", 8, "--masks: images in the batch.")
 flags.DEFINE_string("image", str(pathlib.Path(__file__).parents[1] / "data" /
                                  "samples" / "ukbench00000.jpg"),
                     "Image resized to width x height.")
@@ -112,6 +130,186 @@ def measure_agreement(samples, num_clusters=3):
         f"{np.median(ious):.3f}, min {np.min(ious):.3f})")
 
 
+def _cross(origin, a, b):
+  return ((a[0] - origin[0]) * (b[1] - origin[1])
+          - (a[1] - origin[1]) * (b[0] - origin[0]))
+
+
+def _build_chain(points, members):
+  """Baseline: one monotone chain (CCW turns kept) as a lax.scan over P."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def push(carry, inputs):
+    stack, count = carry
+    point, member = inputs
+
+    def must_pop(count):
+      return member & (count >= 2) & (
+          _cross(stack[count - 2], stack[count - 1], point) <= 0)
+
+    count = jax.lax.while_loop(must_pop, lambda count: count - 1, count)
+    stack = stack.at[count].set(jnp.where(member, point, stack[count]))
+    return (stack, count + member.astype(jnp.int32)), None
+
+  start = (jnp.zeros_like(points), jnp.array(0, jnp.int32))
+  (stack, count), _ = jax.lax.scan(push, start, (points, members))
+  return stack, count
+
+
+def _chain_height(chain, count, columns, pick):
+  """Baseline: height of a monotone chain at x = columns (W,)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  start, end = chain[:-1], chain[1:]
+  edge_valid = jnp.arange(chain.shape[0] - 1) < count - 1
+  low_x = jnp.minimum(start[:, 0], end[:, 0])
+  high_x = jnp.maximum(start[:, 0], end[:, 0])
+  usable = edge_valid & (high_x > low_x)
+  x = columns[:, None]
+  covers = usable[None, :] & (low_x[None, :] <= x) & (x <= high_x[None, :])
+  fraction = (x - start[None, :, 0]) / jnp.where(usable, end[:, 0] - start[:, 0],
+                                                 1.0)[None, :]
+  heights = start[None, :, 1] + fraction * (end[:, 1] - start[:, 1])[None, :]
+  fill = -jnp.inf if pick is jnp.max else jnp.inf
+  return pick(jnp.where(covers, heights, fill), axis=1), jnp.any(covers, axis=1)
+
+
+def _scan_rasterise_one(sorted_points, members, centres_x, centres_y,
+                        tolerance):
+  """Baseline: bool (H, W) cells inside the hull of the members, its area."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  lower, lower_count = _build_chain(sorted_points, members)
+  upper, upper_count = _build_chain(sorted_points[::-1], members[::-1])
+  member_x = jnp.where(members, sorted_points[:, 0], jnp.nan)
+  member_y = jnp.where(members, sorted_points[:, 1], jnp.nan)
+  min_x, max_x = jnp.nanmin(member_x), jnp.nanmax(member_x)
+  columns = jnp.clip(centres_x, min_x, max_x)
+  bottom, covered = _chain_height(lower, lower_count, columns, jnp.max)
+  top, _ = _chain_height(upper, upper_count, columns, jnp.min)
+  bottom = jnp.where(covered, bottom, jnp.nanmin(member_y))
+  top = jnp.where(covered, top, jnp.nanmax(member_y))
+  in_columns = (centres_x >= min_x - tolerance) & (centres_x <= max_x + tolerance)
+  mask = (in_columns[None, :] & (centres_y[:, None] >= bottom[None, :] - tolerance)
+          & (centres_y[:, None] <= top[None, :] + tolerance))
+  mask &= jnp.any(members)
+
+  def shoelace(chain, count):
+    edge = jnp.arange(chain.shape[0] - 1) < count - 1
+    return jnp.sum(jnp.where(edge, _cross(jnp.zeros(2), chain[:-1].T,
+                                          chain[1:].T), 0.0))
+
+  area = 0.5 * (shoelace(lower, lower_count) + shoelace(upper, upper_count))
+  return mask, jnp.abs(area)
+
+
+def _scan_rasterise_hulls(points, members, grid_size, image_size, *,
+                          grid_shape, tolerance=1e-3):
+  """Measured baseline only: regions.rasterise_hulls before the dense rewrite.
+
+  Andrew's monotone chain as a lax.scan over the P sorted points (a
+  while_loop pops inside), vmapped over the subsets, twice (lower and upper
+  chain); kept here, verbatim, so that the benchmark can compare against it.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  grid = jnp.asarray(grid_size, jnp.float32)
+  cell = jnp.asarray(image_size, jnp.float32) / grid
+  rows = jnp.arange(grid_shape[0], dtype=jnp.float32)
+  columns = jnp.arange(grid_shape[1], dtype=jnp.float32)
+  order = jnp.lexsort((points[:, 1], points[:, 0]))
+  masks, areas = jax.vmap(
+      _scan_rasterise_one, in_axes=(None, 0, None, None, None))(
+          points[order], members[:, order], (columns + 0.5) * cell[1],
+          (rows + 0.5) * cell[0], tolerance)
+  inside = (rows[:, None] < grid[0]) & (columns[None, :] < grid[1])
+  return masks & inside[None], areas
+
+
+def _loop_steps(jaxpr):
+  """Sequential loop iterations of a jaxpr: scan lengths (nested ones
+  multiplied) and the number of while loops (data-dependent trip counts)."""
+  steps, whiles = 0, 0
+  for equation in jaxpr.eqns:
+    inner_steps, inner_whiles = 0, 0
+    for value in equation.params.values():
+      inner = getattr(value, "jaxpr", value)
+      if hasattr(inner, "eqns"):
+        found = _loop_steps(inner)
+        inner_steps += found[0]
+        inner_whiles += found[1]
+    if equation.primitive.name == "scan":
+      steps += equation.params["length"] * max(inner_steps, 1)
+    else:
+      steps += inner_steps
+    whiles += inner_whiles + (equation.primitive.name == "while")
+  return steps, whiles
+
+
+def measure_masks(paths):
+  """Prints compute_region_masks times: new, scan baseline, VGG19."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from regagg_jax import clustering, images, keypoints, regions, vgg19, weighting  # pylint: disable=g-import-not-at-top,g-multiple-import
+  variables = vgg19.init_params(jax.random.PRNGKey(0))
+  forward = jax.jit(vgg19.features)
+  image_shape = (FLAGS.height, FLAGS.width)
+  batch, all_points, all_labels = [], [], []
+  for path in paths:
+    image = cv2.resize(images.load_image(path), (FLAGS.width, FLAGS.height),
+                       interpolation=cv2.INTER_CUBIC)
+    batch.append(vgg19.preprocess(image[None]))
+    alpha = weighting.spatial_weights(forward(variables, batch[-1])[0])
+    try:
+      points, valid = keypoints.detect(image, backend="hesaff")
+    except ImportError:
+      points, valid = keypoints.detect(jnp.asarray(image), backend="jax")
+    points, valid = keypoints.select_salient(points, valid, alpha, image_shape,
+                                             n_max=FLAGS.n_max)
+    labels, _ = clustering.global_fast_kmeans(points, valid)
+    all_points.append(points)
+    all_labels.append(jnp.where(valid, labels, -1))
+  points, labels = jnp.stack(all_points), jnp.stack(all_labels)
+  cells = jnp.ones((len(paths),) + alpha.shape, bool)
+  sizes = jnp.asarray([image_shape] * len(paths))
+  new = jax.jit(jax.vmap(regions.compute_region_masks))
+  scan = jax.jit(jax.vmap(regions.compute_region_masks))
+  with mock.patch.object(regions, "rasterise_hulls", _scan_rasterise_hulls):
+    scan_masks, scan_valid = scan(points, labels, cells, sizes)  # traces
+    scan_jaxpr = jax.make_jaxpr(  # a fresh function: no trace cache hit
+        lambda *arrays: regions.compute_region_masks(*arrays))(
+            points[0], labels[0], cells[0], sizes[0]).jaxpr
+  new_masks, new_valid = new(points, labels, cells, sizes)
+  new_jaxpr = jax.make_jaxpr(
+      lambda *arrays: regions.compute_region_masks(*arrays))(
+          points[0], labels[0], cells[0], sizes[0]).jaxpr
+  stages = {
+      "vgg19": lambda: [forward(variables, image) for image in batch],
+      "new": lambda: new(points, labels, cells, sizes),
+      "scan": lambda: scan(points, labels, cells, sizes),
+  }
+  _seconds(stages["vgg19"])  # compile
+  seconds = {stage: [] for stage in stages}
+  for _ in range(FLAGS.repeats):
+    for stage, function in stages.items():
+      seconds[stage].append(_seconds(function))
+  median = {stage: np.median(times) for stage, times in seconds.items()}
+  print(f"{len(paths)} images {FLAGS.width}x{FLAGS.height}, grid "
+        f"{alpha.shape[1]}x{alpha.shape[0]}, P = {points.shape[1]} "
+        f"({int(np.sum(labels >= 0))} valid points), L = 3, device "
+        f"{jax.devices()[0].platform}, median of {FLAGS.repeats} rounds")
+  for stage in stages:
+    print(f"  {stage:6s} {1e3 * median[stage]:10.1f} ms   "
+          f"{median[stage] / median['vgg19']:7.4f} x vgg19")
+  print(f"  new / scan time: {median['new'] / median['scan']:.2f}")
+  for name, jaxpr in (("scan", scan_jaxpr), ("new", new_jaxpr)):
+    steps, whiles = _loop_steps(jaxpr)
+    print(f"  {name:6s} sequential loop steps per image: {steps} "
+          f"(+ {whiles} data-dependent while loops inside)")
+  agree = np.mean(np.asarray(new_masks) == np.asarray(scan_masks))
+  print(f"  mask cells equal (new vs scan): {agree:.6f}; valid slots equal: "
+        f"{np.mean(np.asarray(new_valid) == np.asarray(scan_valid)):.4f}")
+
+
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
@@ -119,6 +317,10 @@ def main(argv):
     jax.config.update("jax_platforms", "cpu")
   if FLAGS.agreement:
     measure_agreement(sorted(pathlib.Path(FLAGS.image).parent.glob("*.jpg")))
+    return
+  if FLAGS.masks:
+    measure_masks(sorted(pathlib.Path(FLAGS.image).parent.glob("*.jpg"))
+                  [:FLAGS.batch])
     return
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from regagg_jax import clustering, hessian_affine, keypoints, regions, vgg19, weighting  # pylint: disable=g-import-not-at-top,g-multiple-import
