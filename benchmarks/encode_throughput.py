@@ -15,12 +15,12 @@ bare (issue 6 target: <= 1.15).
 
 --mix encodes a synthetic Oxford-like mix of shapes (60 % 1024x768, 30 %
 768x1024, 10 % long tail with the longer side <= 1024) through
-encoder.encode_rows, images written to a temporary directory at --mix_scale
+file_encoder.encode_rows, images written to a temporary directory at --mix_scale
 of their size with tiny random VGG19 widths (the count depends on shapes
 only), and prints the compilations (encoder.compilations()) against the
 shape buckets (images.bucket_shape) at that scale and at full scale.
 
---host_pipeline times encoder.encode_rows end to end (JPEG decoding on
+--host_pipeline times file_encoder.encode_rows end to end (JPEG decoding on
 --threads host threads, --prefetch batches ahead) on --pipeline_images
 1024x768 files against encode_batch alone on the same, already decoded
 batches: a ratio near 1 means the device never waits for the host.
@@ -56,9 +56,11 @@ import numpy as np
 
 from regagg_jax import clustering
 from regagg_jax import encoder
+from regagg_jax import file_encoder
 from regagg_jax import images
 from regagg_jax import keypoints
 from regagg_jax import pca
+from regagg_jax import pooling_methods
 from regagg_jax import regions
 from regagg_jax import vgg19
 from regagg_jax import weighting
@@ -214,7 +216,7 @@ def measure_host_pipeline(variables, projections, batch_size, dtype):
       cv2.imwrite(path, picture[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
 
     def end_to_end(rows):
-      return encoder.encode_rows(
+      return file_encoder.encode_rows(
           variables, paths, rows, 'o2', region_options=_REGIONS,
           pooling_options=_POOLING, reduction=reduction, whitening=whitening,
           batch_size=batch_size, dtype=dtype, num_threads=_THREADS.value,
@@ -277,7 +279,7 @@ def measure_stages(variables, projections, batch_size, dtype):
                                                          points, labels,
                                                          cells, sizes)
   seconds['pool o2'], pooled = _median_call(jax.jit(jax.vmap(
-      functools.partial(encoder.POOLING['o2'].pool, reduction=reduction,
+      functools.partial(pooling_methods.POOLING['o2'].pool, reduction=reduction,
                         options=_POOLING))),  # eq. (4-5)
                                             features, alpha, beta, cells,
                                             masks, region_valid)
@@ -321,7 +323,7 @@ def measure_mix(batch_size):
       cv2.imwrite(path, cv2.resize(sample, (width, height))[..., ::-1])
     before = encoder.compilations()
     start = time.perf_counter()
-    store = encoder.encode_rows(
+    store = file_encoder.encode_rows(
         variables, paths, list(range(len(paths))), 'o2',
         region_options=_REGIONS, pooling_options=_POOLING,
         reduction=reduction, whitening=whitening, batch_size=batch_size,

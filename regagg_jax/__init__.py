@@ -20,7 +20,9 @@ ICASSP 2017. One module per pipeline stage:
   datasets    benchmarks: image lists, ground truth, query boxes
   evaluation  AP / mAP protocols (numpy, host)
   reading     host side: read / crop / shrink images, bucket, pad, prefetch
-  encoder     images -> region descriptors: one jit per batch (all stages)
+  pooling_methods  the pooling.method table: per-image pooling, U^1 needs
+  encoder     a padded batch -> region descriptors: one jit (all stages)
+  file_encoder  image files -> stores: reading, batches, the encoder, U^1
   parallel    device mesh (jax.sharding) and hosts (jax.distributed)
   figures     the paper's Fig. 2: queries beside their best-matched results
   pipeline    encode / fit as a config says

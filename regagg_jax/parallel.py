@@ -8,7 +8,7 @@
   process_shards  the store shards one process encodes (strided)
   barrier         waits for every process (no-op for one)
 
-Within one process, encoder.encode_rows(..., mesh=make_mesh()) places each
+Within one process, file_encoder.encode_rows(..., mesh=make_mesh()) places each
 padded batch (rgb, sizes, cells) with shard_batch, so that the one jitted
 encoder (encoder.encode_batch) runs B / num_devices images per device; the
 batch size must be a multiple of the device count. Every image is encoded

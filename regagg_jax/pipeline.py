@@ -11,7 +11,7 @@ indexes in the workdir and `modes` holds what run.py's --mode runs; with
 this module they are the only code that reads a config.
 
 `encode` reads the features, regions and pooling sections and hands them to
-`encoder` (images -> region descriptors, one jit per batch; VGG19 on all
+`file_encoder` (images -> region descriptors, one jit per batch; VGG19 on all
 local devices when there are several). By default a store holds
 unwhitened descriptors (D_store = K'(K'+1)/2 for 'o2', K otherwise) and
 U^1, so one store serves every D, QE and R/W setting: whitening is fitted
@@ -42,10 +42,11 @@ from absl import logging
 import jax
 import numpy as np
 
-from regagg_jax import encoder
+from regagg_jax import file_encoder
 from regagg_jax import index
 from regagg_jax import parallel
 from regagg_jax import pca
+from regagg_jax import pooling_methods
 from regagg_jax import vgg19
 
 WEIGHTS = {
@@ -73,7 +74,7 @@ def store_sections(config, method=None):
   pooled = dict(config.pooling.to_dict(), method=method)
   pooled.pop('regional')
   sections = {'features': features, 'pooling': pooled}
-  if encoder.POOLING[method].regional:
+  if pooling_methods.POOLING[method].regional:
     sections['regions'] = config.regions.to_dict()
   return json.loads(json.dumps(sections))
 
@@ -100,7 +101,7 @@ def _variables(weights, widths, seed):
 
 
 def _encoder_options(config):
-  """encoder keywords from the features, regions and pooling sections."""
+  """file_encoder keywords from the features, regions and pooling sections."""
   features = config.features
   mesh = None
   if jax.local_device_count() > 1:  # data parallelism over local devices
@@ -139,14 +140,14 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
                    rotations=None, reduction=None, apply_exif=True):
   """Encodes images once for several pooling methods (one VGG19 pass).
 
-  `encoder.encode_methods` with the features, regions and pooling sections,
+  `file_encoder.encode_methods` with the features, regions and pooling sections,
   in memory (the demo); the config and its `store_hash` are recorded in
   each store's metadata.
 
   Args:
     config: ConfigDict (features, regions, pooling sections).
     image_paths: N image files.
-    methods: encoder.POOLING keys.
+    methods: pooling_methods.POOLING keys.
     boxes: float (N, 4) x1 y1 x2 y2 crops at full resolution, or None.
     rotations: N clockwise degrees (multiples of 90), or None.
     reduction: U^1 (eq. 4) for 'o2' (queries: the database's); None fits
@@ -161,7 +162,7 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
   """
   options = _encoder_options(config)
   del options['mesh']  # encode_methods runs on the default device
-  stores = encoder.encode_methods(
+  stores = file_encoder.encode_methods(
       variables(config), image_paths, methods,
       pooling_options=_pooling_options(config),
       k_prime=config.pooling.k_prime, cache_mib=config.features.cache_mib,
@@ -185,7 +186,7 @@ def fit_reduction(config, image_paths, *, boxes=None, rotations=None,
   Returns:
     pca.PCAParams, components float32 (K, K').
   """
-  return encoder.fit_reduction(
+  return file_encoder.fit_reduction(
       variables(config), image_paths,
       sample_rows(len(image_paths), config.pooling.reduction_images),
       k_prime=config.pooling.k_prime, boxes=boxes, rotations=rotations,
@@ -194,7 +195,7 @@ def fit_reduction(config, image_paths, *, boxes=None, rotations=None,
 
 def encode_rows(config, image_paths, rows, *, reduction=None, whitening=None,
                 boxes=None, rotations=None, apply_exif=True):
-  """Encodes image_paths[r] for r in rows in one pass (`encoder.encode_rows`).
+  """Encodes image_paths[r], r in rows, in one pass (file_encoder.encode_rows).
 
   Args:
     config: ConfigDict.
@@ -208,7 +209,7 @@ def encode_rows(config, image_paths, rows, *, reduction=None, whitening=None,
     index.Store of the readable rows with the config and its hash recorded.
   """
   method = config.pooling.method
-  return _stamp(config, encoder.encode_rows(
+  return _stamp(config, file_encoder.encode_rows(
       variables(config), image_paths, rows, method,
       pooling_options=_pooling_options(config), reduction=reduction,
       whitening=whitening, boxes=boxes, rotations=rotations,
@@ -228,7 +229,8 @@ def encode(config, image_paths, *, boxes=None, rotations=None,
     `whitening` is given), bool (N', M) validity, masks, U^1 and metadata
     (config, hashes, rows, sizes, skipped).
   """
-  if reduction is None and encoder.POOLING[config.pooling.method].reduced:
+  if reduction is None and pooling_methods.POOLING[
+      config.pooling.method].reduced:
     reduction = fit_reduction(config, image_paths, boxes=boxes,
                               rotations=rotations, apply_exif=apply_exif)
   return encode_rows(config, image_paths, range(len(image_paths)),

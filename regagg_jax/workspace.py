@@ -21,10 +21,10 @@ import jax
 import numpy as np
 
 from regagg_jax import datasets
-from regagg_jax import encoder
 from regagg_jax import index
 from regagg_jax import parallel
 from regagg_jax import pipeline
+from regagg_jax import pooling_methods
 from regagg_jax import region_index
 from regagg_jax import retrieval
 
@@ -140,7 +140,8 @@ def _dataset_store(config, dataset, role, paths, names, *, reduction=None,
   path = os.path.join(config.workdir, 'stores', key)
   reading = dict(boxes=boxes, rotations=rotations(dataset, names),
                  apply_exif=dataset.apply_exif)
-  if reduction is None and encoder.POOLING[config.pooling.method].reduced:
+  if reduction is None and pooling_methods.POOLING[
+      config.pooling.method].reduced:
     reduction = _made_once(  # U^1 of eq. (4), fitted once, kept in the store
         path, index.load_reduction,
         lambda: pipeline.fit_reduction(config, paths, **reading),

@@ -1,6 +1,7 @@
-"""Tests of regagg_jax.encoder: the fused batch encoder, the threaded reader,
-encode_rows / fit_reduction, compilation counting, sharding; encode_methods
-is also tested through pipeline.encode.
+"""Tests of regagg_jax.encoder (the fused batch encoder, compilation
+counting, sharding) and of the file_encoder that runs it over image files
+(the threaded reader, encode_rows / fit_reduction / encode_methods, which
+is also tested through pipeline.encode): they share this module's jits.
 
 Speed: compiling the JAX detector dominates. The region options here
 (max_points=256, small N_max / N_min, L = 2) are this module's own, so no
@@ -25,8 +26,10 @@ import pytest
 import scipy
 
 from regagg_jax import encoder
+from regagg_jax import file_encoder
 from regagg_jax import index
 from regagg_jax import pca
+from regagg_jax import pooling_methods
 from regagg_jax import reading
 from regagg_jax import vgg19
 
@@ -57,9 +60,9 @@ def batch(paths):
 
 @pytest.fixture(scope='module')
 def reduction(variables, paths):
-  return encoder.fit_reduction(variables, paths, range(5), k_prime=4,
-                               region_options=_HESAFF_REGIONS, max_size=64,
-                               batch_size=4)
+  return file_encoder.fit_reduction(variables, paths, range(5), k_prime=4,
+                                    region_options=_HESAFF_REGIONS, max_size=64,
+                                    batch_size=4)
 
 
 def _encode(variables, batch, method, reduction=None, whitening=None,
@@ -108,10 +111,11 @@ def test_fit_reduction_is_the_uncentred_pca_of_eq3(variables, paths,
   for start in (0, 4):
     rows = list(range(start, min(start + 4, 5)))
     part = reading.make_batch(rows, pictures[start:start + 4], 4)
-    outputs = encoder._encode(
+    outputs = encoder.run_batch(
         variables, part.rgb, part.sizes, part.cells, None, None,
-        method=encoder._SUM, dtype='float32',
-        region_options=encoder._items(_HESAFF_REGIONS), pooling_options=(),
+        method=pooling_methods.SUM, dtype='float32',
+        region_options=encoder.freeze_options(_HESAFF_REGIONS),
+        pooling_options=(),
         staged=True)
     summed.append(np.asarray(outputs[0])[:len(rows)])
     region_valid.append(np.asarray(outputs[1])[:len(rows)])
@@ -123,10 +127,10 @@ def test_fit_reduction_is_the_uncentred_pca_of_eq3(variables, paths,
   assert components.shape == (16, 4)
   np.testing.assert_allclose(np.abs(top.T @ components), np.eye(4),
                              atol=1e-4)
-  stores = encoder.encode_methods(variables, paths, ('o2',),
-                                  pooling_options=_OPTIONS, k_prime=4,
-                                  region_options=_HESAFF_REGIONS,
-                                  max_size=64, batch_size=4)
+  stores = file_encoder.encode_methods(variables, paths, ('o2',),
+                                       pooling_options=_OPTIONS, k_prime=4,
+                                       region_options=_HESAFF_REGIONS,
+                                       max_size=64, batch_size=4)
   np.testing.assert_allclose(stores['o2'].reduction.components,
                              reduction.components, atol=1e-5)
 
@@ -151,14 +155,14 @@ def test_whitening_inside_equals_pca_apply_afterwards(variables, batch,
 
 def test_encode_rows_of_a_subset_equal_those_of_a_full_encode(
     variables, paths, fused):
-  full = encoder.encode_rows(variables, paths, range(5), 'o1',
-                             region_options=_JAX_REGIONS,
-                             pooling_options=_OPTIONS, max_size=64,
-                             batch_size=4)
-  part = encoder.encode_rows(variables, paths, [3, 1], 'o1',
-                             region_options=_JAX_REGIONS,
-                             pooling_options=_OPTIONS, max_size=64,
-                             batch_size=4)
+  full = file_encoder.encode_rows(variables, paths, range(5), 'o1',
+                                  region_options=_JAX_REGIONS,
+                                  pooling_options=_OPTIONS, max_size=64,
+                                  batch_size=4)
+  part = file_encoder.encode_rows(variables, paths, [3, 1], 'o1',
+                                  region_options=_JAX_REGIONS,
+                                  pooling_options=_OPTIONS, max_size=64,
+                                  batch_size=4)
   assert full.metadata['rows'] == [0, 1, 2, 3, 4]
   assert part.metadata['rows'] == [3, 1]  # the order of `rows`
   assert part.image_paths == (paths[3], paths[1])
@@ -179,15 +183,15 @@ def test_encode_rows_of_a_subset_equal_those_of_a_full_encode(
 def test_encode_methods_agrees_with_encode_rows(variables, paths, reduction):
   """The staged multi-method pass == the one-pass fused encoder, 'o2' with
   the same U^1 included."""
-  stores = encoder.encode_methods(variables, paths[:3], ('o1', 'o2', 'crow'),
-                                  pooling_options=_OPTIONS, k_prime=4,
-                                  region_options=_JAX_REGIONS, max_size=64,
-                                  batch_size=4, reduction=reduction)
+  stores = file_encoder.encode_methods(
+      variables, paths[:3], ('o1', 'o2', 'crow'), pooling_options=_OPTIONS,
+      k_prime=4, region_options=_JAX_REGIONS, max_size=64, batch_size=4,
+      reduction=reduction)
   for method, store in stores.items():
-    alone = encoder.encode_rows(variables, paths, range(3), method,
-                                region_options=_JAX_REGIONS,
-                                pooling_options=_OPTIONS, max_size=64,
-                                batch_size=4, reduction=reduction)
+    alone = file_encoder.encode_rows(variables, paths, range(3), method,
+                                     region_options=_JAX_REGIONS,
+                                     pooling_options=_OPTIONS, max_size=64,
+                                     batch_size=4, reduction=reduction)
     np.testing.assert_allclose(store.descriptors, alone.descriptors,
                                **_TOLERANCE)
     np.testing.assert_array_equal(store.valid, alone.valid)
@@ -216,9 +220,9 @@ def mixed_paths(paths, tmp_path_factory):
 
 
 def _gem_rows(variables, image_paths, rows, **kwargs):
-  return encoder.encode_rows(variables, image_paths, rows, 'gem',
-                             region_options=None, pooling_options=_OPTIONS,
-                             max_size=96, batch_size=2, **kwargs)
+  return file_encoder.encode_rows(variables, image_paths, rows, 'gem',
+                                  region_options=None, pooling_options=_OPTIONS,
+                                  max_size=96, batch_size=2, **kwargs)
 
 
 def test_unreadable_images_are_skipped_and_reported(variables, mixed_paths):
@@ -324,25 +328,27 @@ def test_bad_arguments_are_refused(variables, batch, paths):
   with pytest.raises(ValueError, match='num_threads'):
     rows([0], num_threads=0)
   with pytest.raises(ValueError, match='needs region_options'):
-    encoder.fit_reduction(variables, paths, [0], k_prime=4,
-                          region_options=None)
+    file_encoder.fit_reduction(variables, paths, [0], k_prime=4,
+                               region_options=None)
   with pytest.raises(ValueError, match='no readable image'):
-    encoder.fit_reduction(variables, ['/nonexistent.jpg'], [0], k_prime=4,
-                          region_options=_HESAFF_REGIONS)
+    file_encoder.fit_reduction(variables, ['/nonexistent.jpg'], [0], k_prime=4,
+                               region_options=_HESAFF_REGIONS)
 
 
 _SHARDED = """
 import jax, numpy as np
-from regagg_jax import encoder, parallel, vgg19
+from regagg_jax import encoder, file_encoder, parallel, pooling_methods
+from regagg_jax import vgg19
 assert jax.device_count() == 4, jax.devices()
 variables = vgg19.init_params(jax.random.PRNGKey(0), widths={widths})
 paths = {paths}
 kwargs = dict(region_options={regions}, pooling_options={options},
               max_size=64, batch_size=4)
-single = encoder.encode_rows(variables, paths, range(len(paths)), {method!r},
-                             **kwargs)
-sharded = encoder.encode_rows(variables, paths, range(len(paths)), {method!r},
-                              mesh=parallel.make_mesh(), **kwargs)
+single = file_encoder.encode_rows(variables, paths, range(len(paths)),
+                                  {method!r}, **kwargs)
+sharded = file_encoder.encode_rows(variables, paths, range(len(paths)),
+                                   {method!r}, mesh=parallel.make_mesh(),
+                                   **kwargs)
 np.testing.assert_allclose(sharded.descriptors, single.descriptors,
                            rtol=1e-5, atol=1e-6)
 np.testing.assert_array_equal(sharded.valid, single.valid)
@@ -355,9 +361,9 @@ if {fused}:  # each device runs its own images: no cross-device collectives
       np.ones((4, 4, 4), bool)))
   hlo = encoder._encode_sharded.lower(
       variables, *batch, None, None, mesh=mesh,
-      method=encoder.POOLING[{method!r}], dtype='float32',
-      region_options=encoder._items({regions}),
-      pooling_options=encoder._items({options})).compile().as_text()
+      method=pooling_methods.POOLING[{method!r}], dtype='float32',
+      region_options=encoder.freeze_options({regions}),
+      pooling_options=encoder.freeze_options({options})).compile().as_text()
   assert 'all-reduce' not in hlo and 'all-gather' not in hlo, 'collectives'
 print('SHARDED_OK', single.descriptors.shape)
 """
@@ -415,7 +421,7 @@ def test_encode_methods_takes_explicit_arguments(sample_paths):
   """No config: global methods need no region_options; M = 1, unit norm."""
   variables = vgg19.init_params(jax.random.PRNGKey(0),
                                 widths=(4, 4, 8, 8, 16))
-  stores = encoder.encode_methods(
+  stores = file_encoder.encode_methods(
       variables, sample_paths[:3], ('gem', 'mac'), pooling_options=_OPTIONS,
       k_prime=6, max_size=64, batch_size=2)
   for store in stores.values():
@@ -426,5 +432,5 @@ def test_encode_methods_takes_explicit_arguments(sample_paths):
     assert store.metadata['rows'] == [0, 1, 2] and store.reduction is None
     assert store.metadata['apply_exif'] and 'config_hash' not in store.metadata
   with pytest.raises(ValueError, match='region_options'):
-    encoder.encode_methods(variables, sample_paths[:1], ('o1',),
-                           pooling_options=_OPTIONS, k_prime=6)
+    file_encoder.encode_methods(variables, sample_paths[:1], ('o1',),
+                                pooling_options=_OPTIONS, k_prime=6)

@@ -17,6 +17,7 @@ from regagg_jax import images
 from regagg_jax import index
 from regagg_jax import pca
 from regagg_jax import pipeline
+from regagg_jax import pooling_methods
 from regagg_jax import retrieval
 from regagg_jax import workspace
 
@@ -244,7 +245,7 @@ def test_encoding_does_not_depend_on_batch_mates_or_cache(small_images):
 
 def test_one_bucket_compiles_the_forward_once(small_images):
   counter = {'traces': 0}
-  original = encoder._forward
+  original = encoder.staged_forward
 
   @functools.partial(jax.jit, static_argnames=('dtype',))
   def counting(variables, rgb, sizes, cells, *, dtype):
@@ -253,23 +254,24 @@ def test_one_bucket_compiles_the_forward_once(small_images):
 
   paths = [p for p, n in zip(small_images, range(7)) if n in (0, 2, 5)]
   try:
-    encoder._forward = counting
+    encoder.staged_forward = counting
     pipeline.encode_methods(_config(features__batch_size=1), paths, ('gem',))
   finally:
-    encoder._forward = original
+    encoder.staged_forward = original
   assert counter['traces'] == 1  # three 80 px images, one bucket
 
 
-@pytest.mark.parametrize('method', sorted(encoder.POOLING))
+@pytest.mark.parametrize('method', sorted(pooling_methods.POOLING))
 def test_every_method_encodes_finite_unit_descriptors(small_images, method):
   config = _config(pooling__method=method)
   store = pipeline.encode(config, small_images[:2])
-  expected_regions = 8 if encoder.POOLING[method].regional else 1
+  expected_regions = 8 if pooling_methods.POOLING[method].regional else 1
   assert store.descriptors.shape[:2] == (2, expected_regions)
   assert np.isfinite(store.descriptors).all()
   norms = np.linalg.norm(store.descriptors[store.valid], axis=-1)
   np.testing.assert_allclose(norms, 1, rtol=1e-5)
-  assert (store.reduction is not None) == encoder.POOLING[method].reduced
+  assert (store.reduction is not None) == (
+      pooling_methods.POOLING[method].reduced)
   assert store.metadata['config_hash'] == pipeline.store_hash(config)
 
 

@@ -1,7 +1,7 @@
 """An encode killed mid-way resumes to the store an uninterrupted run makes.
 
 The test runs this file as a child process (see `_encode`): a real encode
-(encoder.encode_rows, 'o2' with a fixed U^1, tiny random VGG19, jax region
+(file_encoder.encode_rows, 'o2' with a fixed U^1, tiny random VGG19, jax region
 backend) of 24 sample images at 96 px into an index.build_store store of
 shards of 4 images.
 """
@@ -28,7 +28,7 @@ def _encode(pause, targets):
   encode_part call appends its rows to that log (one JSON line) and then
   waits `pause` seconds (time for the test to kill it between shards)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from regagg_jax import encoder  # pylint: disable=g-import-not-at-top
+  from regagg_jax import file_encoder  # pylint: disable=g-import-not-at-top
   from regagg_jax import pca  # pylint: disable=g-import-not-at-top
   from regagg_jax import vgg19  # pylint: disable=g-import-not-at-top
 
@@ -52,7 +52,7 @@ def _encode(pause, targets):
     def encode_part(rows, log=log):
       with open(log, 'a') as stream:
         stream.write(json.dumps(rows) + '\n')
-      part = encoder.encode_rows(variables, paths, rows, 'o2',
+      part = file_encoder.encode_rows(variables, paths, rows, 'o2',
                                  reduction=reduction, max_size=96,
                                  batch_size=SHARD_SIZE, num_threads=2,
                                  prefetch=1, **options)
