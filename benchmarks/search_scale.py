@@ -120,6 +120,9 @@ _NLIST = flags.DEFINE_integer('nlist', 0, 'ivfpq lists (0: ~sqrt(V), pow2).')
 _COARSE = flags.DEFINE_enum('coarse', 'flat', ['flat', 'hnsw'],
                              'ivfpq coarse quantizer.')
 _PQ_M = flags.DEFINE_integer('pq_m', 64, 'ivfpq sub-quantizers.')
+_PQ_NBITS = flags.DEFINE_integer('pq_nbits', 8, 'ivfpq bits per sub-code.')
+_FAST_SCAN = flags.DEFINE_boolean('fast_scan', False, 'IndexIVFPQFastScan '
+                                  '(needs --pq_nbits=4).')
 _TRAIN_SIZE = flags.DEFINE_integer('train_size', 100000, 'ivfpq k-means set.')
 _HNSW_M = flags.DEFINE_integer('hnsw_m', 32, 'HNSW links per node.')
 _EF_CONSTRUCTION = flags.DEFINE_integer('ef_construction', 40,
@@ -127,6 +130,9 @@ _EF_CONSTRUCTION = flags.DEFINE_integer('ef_construction', 40,
 _SETTINGS = flags.DEFINE_list(
     'settings', ['16:100:300', '32:200:1000', '64:400:1000'],
     'Search settings nprobe|ef_search:k_regions:shortlist tried per index.')
+_RESCORE = flags.DEFINE_boolean(
+    'rescore', True, 'Shortlist by the exact scores of the retrieved regions '
+    '(region_index.search(rescore=...)).')
 _LATENCY_QUERIES = flags.DEFINE_integer('latency_queries', 10,
                                         'Single queries timed (median).')
 _MAPS_CACHE = flags.DEFINE_string(
@@ -419,7 +425,8 @@ def build_options(kind, num_vectors):
   if kind == 'ivfpq':
     nlist = _NLIST.value or int(
         min(8192, max(64, 2 ** round(np.log2(np.sqrt(num_vectors))))))
-    return {'nlist': nlist, 'm': _PQ_M.value, 'nprobe': 16,
+    return {'nlist': nlist, 'm': _PQ_M.value, 'nbits': _PQ_NBITS.value,
+            'fast_scan': _FAST_SCAN.value, 'nprobe': 16,
             'train_size': _TRAIN_SIZE.value, 'hnsw_m': _HNSW_M.value,
             'coarse': _COARSE.value}
   if kind == 'hnsw':
@@ -442,8 +449,9 @@ def measure_kind(kind, store, store_valid, query, query_valid, exact_scores,
     probe, k_regions, shortlist = (int(v) for v in setting.split(':'))
     search = lambda q, v: region_index.search(  # pylint: disable=cell-var-from-loop
         built, store, store_valid, q, v, k_regions=k_regions,
-        shortlist=shortlist, nprobe=probe or None, ef_search=probe or None)
-    search(query[:16], query_valid[:16])  # compile the batch shapes
+        shortlist=shortlist, nprobe=probe or None, ef_search=probe or None,
+        rescore=_RESCORE.value)
+    search(query, query_valid)  # compile every shape bucket
     search(query[:1], query_valid[:1])
     start = time.perf_counter()
     _, ranks, _ = search(query, query_valid)
@@ -455,7 +463,8 @@ def measure_kind(kind, store, store_valid, query, query_valid, exact_scores,
       latencies.append(time.perf_counter() - start)
     latency = float(np.median(latencies))
     print(f'    {"nprobe" if kind == "ivfpq" else "ef"}={probe} '
-          f'k_regions={k_regions} shortlist={shortlist}: '
+          f'k_regions={k_regions} shortlist={shortlist} '
+          f'rescore={_RESCORE.value}: '
           f'recall@100 {recall_at_100(ranks, exact_scores)}, '
           f'{batched * 1e3:8.2f} ms/query batched '
           f'({brute_per_query / batched:6.1f}x brute force), single '

@@ -232,16 +232,18 @@ def test_shortlist_from_exact_or_index_scores_of_the_hits(data, rescore):
   _, ranks, _ = region_index.search(index, database, valid, query, query_valid,
                                     k_regions=k_regions, shortlist=shortlist,
                                     rescore=rescore)
-  # Reference: the same hits, scored in float64 (or by the crude PQ codes),
-  # per-image max, best `shortlist` images.
+  # Reference: the same hits, scored in float64 against every valid query
+  # region (or by the crude PQ codes, for the retrieving region only), per-
+  # image max, best `shortlist` images.
   for q in range(NUM_QUERIES):
     vectors = query[q][query_valid[q]]
     approximate, labels = index.index.search(
         vectors, k_regions, params=faiss.SearchParametersIVF(nprobe=4))
     assert np.all(labels >= 0)
     images = index.image_ids[labels]
-    exact = np.einsum('hd,hkd->hk', vectors.astype(np.float64), database[
-        images, index.region_ids[labels]].astype(np.float64))
+    retrieved = database[images, index.region_ids[labels]].astype(np.float64)
+    exact = np.einsum('hkd,rd->hkr', retrieved,
+                      vectors.astype(np.float64)).max(axis=-1)
     hit_scores = exact if rescore else approximate
     best = {}
     for image, score in zip(images.ravel(), hit_scores.ravel()):
@@ -252,3 +254,30 @@ def test_shortlist_from_exact_or_index_scores_of_the_hits(data, rescore):
     # Ties at the threshold (crude PQ codes give many) may go either way.
     assert {i for i in best if best[i] > threshold + 1e-6} <= returned, q
     assert all(best[i] >= threshold - 1e-6 for i in returned), q
+
+
+def test_fast_scan_ivfpq_recall_and_round_trip(data, tmp_path):
+  database, valid, query, query_valid = data
+  options = {'nlist': 8, 'm': 16, 'nbits': 4, 'fast_scan': True, 'nprobe': 8,
+             'train_size': 4000}
+  index = region_index.build(database, valid, kind='ivfpq', options=options)
+  assert isinstance(index.index, faiss.IndexIVFPQFastScan)
+  scores, ranks, _ = region_index.search(index, database, valid, query,
+                                         query_valid, k_regions=200,
+                                         shortlist=60)
+  expected, _ = reference_similarity(query, query_valid, database, valid)
+  assert recall_at(ranks, expected, 10) >= 0.9
+  finite = ranks >= 0
+  np.testing.assert_allclose(
+      scores[finite],
+      np.take_along_axis(expected, np.maximum(ranks, 0), axis=1)[finite],
+      atol=1e-5)
+  region_index.save(tmp_path / 'fast', index)
+  loaded = region_index.load(tmp_path / 'fast')
+  _, loaded_ranks, _ = region_index.search(loaded, database, valid, query,
+                                           query_valid, k_regions=200,
+                                           shortlist=60)
+  np.testing.assert_array_equal(loaded_ranks, ranks)
+  with pytest.raises(ValueError, match='fast_scan needs nbits=4'):
+    region_index.build(database, valid, kind='ivfpq',
+                       options=dict(options, nbits=8))
