@@ -33,7 +33,7 @@ With --masks it instead times regions.compute_region_masks (jitted, vmapped
 over a batch of --batch sample images resized to width x height: hesaff
 points (jax ones without pyhesaff), N_max = 4000 salient points by the alpha of
 a random-weight VGG19, padded, L = 3 global fast k-means clusters) with the
-dense bisection hulls of regions.py ("new") against the former Andrew's
+dense hulls of regions.py ("new": candidate packing + bisection) against the former Andrew's
 monotone chain ("scan", the lax.scan baseline kept below as
 `_scan_rasterise_hulls`, swapped in for regions.rasterise_hulls when its jit
 traces), and against the VGG19 forward of the same images (one image per call,
@@ -230,13 +230,16 @@ def _loop_steps(jaxpr):
   multiplied) and the number of while loops (data-dependent trip counts)."""
   steps, whiles = 0, 0
   for equation in jaxpr.eqns:
-    inner_steps, inner_whiles = 0, 0
-    for value in equation.params.values():
-      inner = getattr(value, "jaxpr", value)
-      if hasattr(inner, "eqns"):
-        found = _loop_steps(inner)
-        inner_steps += found[0]
-        inner_whiles += found[1]
+    inner = [_loop_steps(getattr(value, "jaxpr", value))
+             for values in equation.params.values()
+             for value in (values if isinstance(values, (tuple, list))
+                           else [values])
+             if hasattr(getattr(value, "jaxpr", value), "eqns")]
+    if equation.primitive.name == "cond":  # one branch runs
+      inner_steps, inner_whiles = max(inner, default=(0, 0))
+    else:
+      inner_steps, inner_whiles = (sum(found[0] for found in inner),
+                                   sum(found[1] for found in inner))
     if equation.primitive.name == "scan":
       steps += equation.params["length"] * max(inner_steps, 1)
     else:
@@ -305,6 +308,13 @@ def measure_masks(paths):
     steps, whiles = _loop_steps(jaxpr)
     print(f"  {name:6s} sequential loop steps per image: {steps} "
           f"(+ {whiles} data-dependent while loops inside)")
+  members = jax.vmap(regions.subset_members)(labels)
+  polygons = jax.vmap(regions._support_polygon)(points, members)  # pylint: disable=protected-access
+  _, packed, fits = jax.vmap(regions._compact_candidates)(  # pylint: disable=protected-access
+      points, members, polygons)
+  counts = np.asarray(jnp.sum(jnp.any(packed, axis=1), axis=-1))
+  print(f"  hull candidates per image: {counts} of {packed.shape[-1]} slots "
+        f"(all fit: {bool(jnp.all(fits))})")
   agree = np.mean(np.asarray(new_masks) == np.asarray(scan_masks))
   print(f"  mask cells equal (new vs scan): {agree:.6f}; valid slots equal: "
         f"{np.mean(np.asarray(new_valid) == np.asarray(scan_valid)):.4f}")

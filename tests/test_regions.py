@@ -1,5 +1,7 @@
 """Tests for regagg_jax.regions (2^L convex-hull candidate regions, Sec. 2)."""
 
+import functools
+
 import numpy as np
 import pytest
 from scipy.spatial import ConvexHull, Delaunay, QhullError
@@ -132,11 +134,27 @@ def test_large_padded_sets_equal_scipy_reference():
   # Real-valued points: cells within 0.01 px of the hull's boundary may go
   # either way in float32 (the cell test tolerance is 1e-3 px); all the
   # others must equal the float64 reference.
+  # The circle (all points on the hull) does not fit the packed candidates:
+  # alone it takes the every-point branch, the others the packed one.
   grid, image_size = (48, 64), (768, 1024)
   sets = _large_sets(np.random.default_rng(5))
+  for group, fit in ((sets[:-1], True), (sets[-1:], False)):
+    num_points = sum(map(len, group)) + 96
+    points = np.zeros((num_points, 2), np.float32)
+    points[:num_points - 96] = np.concatenate(group)
+    members = np.zeros((len(group), num_points), bool)
+    members[:, :num_points - 96] = np.repeat(
+        np.eye(len(group), dtype=bool), [len(s) for s in group], axis=1)
+    polygons = regions._support_polygon(points, members)  # pylint: disable=protected-access
+    assert bool(regions._compact_candidates(  # pylint: disable=protected-access
+        points, members, polygons)[2]) == fit
   for padding in (0.0, 1e6):
-    masks, areas = _rasterise(sets, sum(map(len, sets)) + 96, grid,
-                               image_size, padding)
+    masks, areas = _rasterise(sets[:-1], sum(map(len, sets)) + 96, grid,
+                              image_size, padding)
+    circle_masks, circle_areas = _rasterise(sets[-1:], 4000, grid, image_size,
+                                            padding)
+    masks = np.concatenate([masks, circle_masks])
+    areas = np.concatenate([areas, circle_areas])
     for index, subset in enumerate(sets):
       want = _reference_mask(subset, grid, image_size)
       sure = _boundary_distance(subset, grid, image_size) > 1e-2
@@ -193,6 +211,34 @@ def test_support_area_bound_and_degenerate_zero():
   np.testing.assert_array_equal(areas[len(sets):], 0.0)
 
 
+def test_vmapped_batch_with_one_overflow_equals_single_images():
+  # A vmapped batch takes one branch for all images (custom_vmap): every
+  # point when any image's candidates overflow; results must not change.
+  rng = np.random.default_rng(21)
+  angle = rng.uniform(0, 2 * np.pi, 400)
+  ring = np.stack([64 + 60 * np.cos(angle), 48 + 45 * np.sin(angle)], -1)
+  blob = rng.normal((60, 50), 20, (400, 2))
+  batch = np.stack([ring, blob]).astype(np.float32)
+  members = np.ones((2, 3, 400), bool)
+  members[:, 0, 200:] = False
+  members[:, 1, :200] = False
+  fn = functools.partial(regions.rasterise_hulls, grid_shape=GRID)
+  args = (jnp.asarray(GRID), jnp.asarray(IMAGE_SIZE))
+  masks, areas = jax.jit(jax.vmap(fn, in_axes=(0, 0, None, None)))(
+      jnp.asarray(batch), jnp.asarray(members), *args)
+  for image in range(2):
+    one_masks, one_areas = jax.jit(fn)(jnp.asarray(batch[image]),
+                                       jnp.asarray(members[image]), *args)
+    np.testing.assert_array_equal(np.asarray(masks[image]),
+                                  np.asarray(one_masks))
+    np.testing.assert_array_equal(np.asarray(areas[image]),
+                                  np.asarray(one_areas))
+    for subset in range(3):
+      np.testing.assert_array_equal(
+          np.asarray(one_masks[subset]),
+          _reference_mask(batch[image][members[image, subset]]))
+
+
 def _loops(jaxpr):
   """(primitive, trip count) of every scan / while in a jaxpr, nested."""
   found = []
@@ -201,9 +247,10 @@ def _loops(jaxpr):
       found.append((equation.primitive.name,
                     equation.params.get("length")))
     for value in equation.params.values():
-      inner = getattr(value, "jaxpr", value)
-      if hasattr(inner, "eqns"):
-        found += _loops(inner)
+      for inner in value if isinstance(value, (tuple, list)) else [value]:
+        inner = getattr(inner, "jaxpr", inner)
+        if hasattr(inner, "eqns"):  # cond branches, custom_vmap, pjit ...
+          found += _loops(inner)
   return found
 
 
