@@ -84,58 +84,82 @@ def first_order(features, masks, beta, alpha=None, *, valid=None,
   return pca.l2_normalize(pooled)
 
 
-def compute_log_covariances(local_descriptors, weights, *, eps_rel=1e-3):
+LOG_METHODS = ('qr', 'eigh')
+"""How `compute_log_covariances` gets the eigenpairs of G_m (eq. 5)."""
+
+
+def compute_log_covariances(local_descriptors, weights, *, eps_rel=1e-3,
+                            method='qr'):
   """Matrix log of the weighted average second moment of eq. (5).
 
   G_m = sum_p w_mp f~_p f~_p^T / sum_p w_mp (uncentred, as in O2P [12]),
   regularised as G_m + eps_rel tr(G_m) / K' I so that its condition number is
   at most 1 + K' / eps_rel: a region with fewer than K' cells has rank(G) <
   K' and no finite log otherwise; eigenvalues are clamped at that floor.
+  The log is V diag(log(lambda / tr G + eps_rel / K')) V^T + log tr(G) I,
+  computed on the trace-normalised spectrum. A region with zero weight mass
+  or zero trace (alpha = 0, e.g. a black image) gives a zero matrix instead
+  of log 0.
 
-  G_m is never formed: with X_m the rows sqrt(w_mp / sum_p w_mp) f~_p,
-  G_m = X_m^T X_m, and its eigenpairs come from the SVD (float32) of the R
-  factor of a QR of X_m, lambda = sigma^2. A float32 `eigh` of G resolves
-  eigenvalues and eigenvector gaps only to ~1e-7 lambda_max; the SVD of X
-  resolves sigma to ~1e-7 sigma_max, i.e. lambda to ~1e-7 sqrt(lambda_max
-  lambda). Against scipy's float64 logm at K' = 128 this measured a relative
-  Frobenius error of ~2e-6 where eigh gave up to 3e-3 on real VGG19 regions
-  (tests/test_pooling.py holds the float64 comparison). The log is
-  V diag(log(lambda / tr G + eps_rel / K')) V^T + log tr(G) I, computed on
-  the trace-normalised spectrum. A region with zero weight mass or zero trace
-  (alpha = 0, e.g. a black image) gives a zero matrix instead of log 0.
+  With X_m the rows sqrt(w_mp / sum_p w_mp) f~_p, G_m = X_m^T X_m, and:
+    'qr'   G_m is never formed: its eigenpairs come from the SVD (float32) of
+           the R factor of a QR of X_m, lambda = sigma^2. The SVD resolves
+           sigma to ~1e-7 sigma_max, i.e. lambda to ~1e-7 sqrt(lambda_max
+           lambda); against scipy's float64 logm at K' = 128 this measured a
+           relative Frobenius error of ~2e-6 on real VGG19 regions
+           (tests/test_pooling.py). Batched tall QR and SVD run as loops of
+           LAPACK-style calls: cheap on a CPU, slow on a GPU.
+    'eigh' G_m = X_m^T X_m as one batched matmul (full float32 precision,
+           never TF32), then `jnp.linalg.eigh` of the trace-normalised,
+           regularised G_m: dense batched work for accelerators. float32
+           eigh resolves eigenvalues only to ~1e-7 lambda_max, so small
+           eigenvalues near the floor carry a larger error (up to ~3e-3
+           relative Frobenius error on real regions).
 
   Args:
     local_descriptors: float32 (H, W, K') reduced local descriptors (eq. 4).
     weights: float32 (M, H, W) non-negative cell weights (alpha times masks).
     eps_rel: regularisation relative to the mean eigenvalue tr(G) / K'.
+    method: one of LOG_METHODS.
 
   Returns:
     float32 (M, K', K') symmetric log(G_m + eps_rel tr(G_m) / K' I).
   """
+  if method not in LOG_METHODS:
+    raise ValueError(f'method must be one of {LOG_METHODS}, got {method!r}')
   height, width, reduced_dim = local_descriptors.shape
   mass = jnp.sum(weights, axis=(1, 2))
   row_scale = jnp.sqrt(weights / jnp.where(mass > 0, mass, 1.0)[:, None, None])
   rows = (row_scale[..., None] * local_descriptors).reshape(
       -1, height * width, reduced_dim)  # X_m, G_m = X_m^T X_m (eq. 5)
-  triangle = jnp.linalg.qr(rows, mode='r')
-  _, singular, right = jnp.linalg.svd(triangle, full_matrices=True)
-  eigenvalues = jnp.zeros(rows.shape[:1] + (reduced_dim,), rows.dtype)
-  eigenvalues = eigenvalues.at[:, :singular.shape[-1]].set(singular ** 2)
-  trace = jnp.sum(eigenvalues, axis=-1)
-  usable = trace > 0
-  safe_trace = jnp.where(usable, trace, 1.0)
   floor = eps_rel / reduced_dim
-  log_values = jnp.log(jnp.maximum(eigenvalues / safe_trace[:, None] + floor,
-                                   floor))
-  log_moments = jnp.einsum('mtr,mt,mts->mrs', right, log_values, right)
   identity = jnp.eye(reduced_dim, dtype=rows.dtype)
+  if method == 'qr':
+    triangle = jnp.linalg.qr(rows, mode='r')
+    _, singular, vectors = jnp.linalg.svd(triangle, full_matrices=True)
+    eigenvalues = jnp.zeros(rows.shape[:1] + (reduced_dim,), rows.dtype)
+    eigenvalues = eigenvalues.at[:, :singular.shape[-1]].set(singular ** 2)
+    trace = jnp.sum(eigenvalues, axis=-1)
+    safe_trace = jnp.where(trace > 0, trace, 1.0)
+    normalised = eigenvalues / safe_trace[:, None] + floor
+  else:
+    moments = jnp.einsum('mpk,mpl->mkl', rows, rows,
+                         precision=jax.lax.Precision.HIGHEST)  # G_m (eq. 5)
+    trace = jnp.trace(moments, axis1=1, axis2=2)
+    safe_trace = jnp.where(trace > 0, trace, 1.0)
+    normalised, vectors = jnp.linalg.eigh(
+        moments / safe_trace[:, None, None] + floor * identity)
+    vectors = jnp.swapaxes(vectors, 1, 2)  # rows are eigenvectors, as svd's
+  log_values = jnp.log(jnp.maximum(normalised, floor))
+  log_moments = jnp.einsum('mtr,mt,mts->mrs', vectors, log_values, vectors)
   log_moments = log_moments + jnp.log(safe_trace)[:, None, None] * identity
-  return jnp.where(usable[:, None, None], log_moments, 0.0)
+  return jnp.where((trace > 0)[:, None, None], log_moments, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=('offdiag_scale',))
+@functools.partial(jax.jit, static_argnames=('offdiag_scale', 'log_method'))
 def second_order(features, masks, alpha, beta, pca1, *, valid=None,
-                 region_valid=None, eps_rel=1e-3, offdiag_scale=1.0):
+                 region_valid=None, eps_rel=1e-3, offdiag_scale=1.0,
+                 log_method='qr'):
   """Second-order region descriptors of eq. (4)-(5).
 
   f~_p = U1^T (beta o f_p) exactly as eq. (4): only `pca1.components` is used
@@ -156,6 +180,7 @@ def second_order(features, masks, alpha, beta, pca1, *, valid=None,
     eps_rel: regularisation of `compute_log_covariances`.
     offdiag_scale: factor on off-diagonal entries of vec: 1 is the paper's
       plain form, sqrt(2) makes the l2 norm the log-Euclidean (Frobenius) one.
+    log_method: eigen-solver of `compute_log_covariances` ('qr' | 'eigh').
 
   Returns:
     float32 (M, K'(K'+1)/2) l2-normalised descriptors (zero rows for empty
@@ -168,7 +193,7 @@ def second_order(features, masks, alpha, beta, pca1, *, valid=None,
                      f'{pca1.components.shape}')
   local = (features * beta) @ pca1.components  # eq. (4)
   log_moments = compute_log_covariances(local, weights * alpha,
-                                        eps_rel=eps_rel)
+                                        eps_rel=eps_rel, method=log_method)
   rows, cols = np.triu_indices(local.shape[-1])
   entry_scale = np.where(rows == cols, 1.0, offdiag_scale).astype(np.float32)
   return pca.l2_normalize(log_moments[:, rows, cols] * entry_scale)
