@@ -30,16 +30,18 @@ of the L! cluster relabellings, since the two runs may number clusters
 differently; the whole-image slot is equal by construction).
 
 With --masks it instead times regions.compute_region_masks (jitted, vmapped
-over a batch of --batch sample images resized to width x height: hesaff
-points (jax ones without pyhesaff), N_max = 4000 salient points by the alpha of
-a random-weight VGG19, padded, L = 3 global fast k-means clusters) with the
-dense hulls of regions.py ("new": candidate packing + bisection) against the former Andrew's
-monotone chain ("scan", the lax.scan baseline kept below as
-`_scan_rasterise_hulls`, swapped in for regions.rasterise_hulls when its jit
+over a batch of --batch sample images resized to width x height: hesaff points
+(jax ones without pyhesaff), N_max = 4000 salient points by the alpha of a
+random-weight VGG19, padded, L = 3 global fast k-means clusters) with the dense
+hulls of regions.py ("new": hull-candidate packing + bisection) against the
+former Andrew's monotone chain ("scan", the lax.scan baseline kept below as
+`_scan_rasterise_hulls`, swapped in for regions.rasterise_hulls while its jit
 traces), and against the VGG19 forward of the same images (one image per call,
-to bound memory). It also prints the sequential loop steps of each jaxpr (what
-costs launch latency on an accelerator) and the share of mask cells on which
-the two agree.
+to bound memory); each round times the four once, medians over --repeats
+rounds; "fallback" is "new" forced onto its every-point branch (its cost when
+the candidates do not fit). It also prints the sequential loop steps of each
+jaxpr (what costs launch latency on an accelerator), the packed hull candidates
+per image, and the share of mask cells on which the two agree.
 
 CPU (forces the CPU platform):
   PYTHONPATH=. python3 benchmarks/regions_speed.py
@@ -282,6 +284,10 @@ def measure_masks(paths):
         lambda *arrays: regions.compute_region_masks(*arrays))(
             points[0], labels[0], cells[0], sizes[0]).jaxpr
   new_masks, new_valid = new(points, labels, cells, sizes)
+  fallback = jax.jit(jax.vmap(regions.compute_region_masks))
+  with mock.patch.object(regions, "_compact_candidates", functools.partial(
+      regions._compact_candidates, max_candidates=1)):  # pylint: disable=protected-access
+    fallback_masks, _ = fallback(points, labels, cells, sizes)  # traces
   new_jaxpr = jax.make_jaxpr(
       lambda *arrays: regions.compute_region_masks(*arrays))(
           points[0], labels[0], cells[0], sizes[0]).jaxpr
@@ -289,6 +295,7 @@ def measure_masks(paths):
       "vgg19": lambda: [forward(variables, image) for image in batch],
       "new": lambda: new(points, labels, cells, sizes),
       "scan": lambda: scan(points, labels, cells, sizes),
+      "fallback": lambda: fallback(points, labels, cells, sizes),
   }
   _seconds(stages["vgg19"])  # compile
   seconds = {stage: [] for stage in stages}
@@ -301,9 +308,11 @@ def measure_masks(paths):
         f"({int(np.sum(labels >= 0))} valid points), L = 3, device "
         f"{jax.devices()[0].platform}, median of {FLAGS.repeats} rounds")
   for stage in stages:
-    print(f"  {stage:6s} {1e3 * median[stage]:10.1f} ms   "
+    print(f"  {stage:8s} {1e3 * median[stage]:10.1f} ms   "
           f"{median[stage] / median['vgg19']:7.4f} x vgg19")
-  print(f"  new / scan time: {median['new'] / median['scan']:.2f}")
+  print(f"  new / scan time: {median['new'] / median['scan']:.2f}; fallback "
+        f"(new forced onto its every-point branch) / scan: "
+        f"{median['fallback'] / median['scan']:.2f}")
   for name, jaxpr in (("scan", scan_jaxpr), ("new", new_jaxpr)):
     steps, whiles = _loop_steps(jaxpr)
     print(f"  {name:6s} sequential loop steps per image: {steps} "
@@ -316,7 +325,10 @@ def measure_masks(paths):
   print(f"  hull candidates per image: {counts} of {packed.shape[-1]} slots "
         f"(all fit: {bool(jnp.all(fits))})")
   agree = np.mean(np.asarray(new_masks) == np.asarray(scan_masks))
-  print(f"  mask cells equal (new vs scan): {agree:.6f}; valid slots equal: "
+  agree_fallback = np.mean(np.asarray(fallback_masks)
+                           == np.asarray(new_masks))
+  print(f"  mask cells equal (new vs scan): {agree:.6f}, (fallback vs new): "
+        f"{agree_fallback:.6f}; valid slots equal (new vs scan): "
         f"{np.mean(np.asarray(new_valid) == np.asarray(scan_valid)):.4f}")
 
 
