@@ -2,8 +2,8 @@
 
 Encodes the demo set once (configs/demo.py: the 56 bundled UKBench images,
 real VGG19, 384 px, hesaff regions; one VGG19 pass for every method), writes
-each method's store with index.save_store as float32 and as float16, loads
-both back (float16 is cast up to float32) and, for every demo row (O2_R,
+each method's store with sharded_store.save_store as float32 and as float16,
+loads both back (float16 is cast up to float32) and, for every demo row (O2_R,
 O2_W, O1_R, O1_W and the global baselines), fits PCA-whitening on the loaded
 store as the demo does (pipeline.fit, D = 16), ranks every image against all
 56 by eq. (7) (exact, no QE, as the demo) and scores it (N-S, mAP). Prints, per row, the scores of both, the
@@ -25,11 +25,12 @@ from configs import demo
 from regagg_jax import datasets
 from regagg_jax import encoder
 from regagg_jax import evaluation
-from regagg_jax import index
 from regagg_jax import modes
 from regagg_jax import pca
 from regagg_jax import pipeline
+from regagg_jax import sharded_store
 from regagg_jax import similarity
+from regagg_jax import store_format
 from regagg_jax import workspace
 
 
@@ -68,10 +69,10 @@ def main(argv):
   loaded, errors, sizes = {}, {}, {}
   with tempfile.TemporaryDirectory() as directory:
     for method, store in stores.items():
-      for dtype in index.DTYPES:
+      for dtype in store_format.DTYPES:
         path = os.path.join(directory, f'{method}-{dtype}')
-        index.save_store(path, store, dtype=dtype)
-        loaded[method, dtype] = index.load_store(path)
+        sharded_store.save_store(path, store, dtype=dtype)
+        loaded[method, dtype] = sharded_store.load_store(path)
         sizes[method, dtype] = _shard_bytes(path)
       difference = np.abs(loaded[method, 'float16'].descriptors -
                           store.descriptors)[store.valid]

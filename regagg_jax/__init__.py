@@ -15,7 +15,9 @@ ICASSP 2017. One module per pipeline stage:
   pooling     first-order (eq. 3, 9), second-order (eq. 4-5), baselines
   pca         PCA (eq. 4, U1) and PCA-whitening (eq. 6, U2)
   similarity  region-to-region image similarity (eq. 7), query expansion (eq. 8)
-  index       descriptor stores on disk: sharded, resumable; fitted whitening
+  index       Store and Fit in memory, their hashes, fits and results on disk
+  store_format  the files of a store directory: header, shards (versioned)
+  sharded_store  stores on disk: built shard by shard, resumable; load, save
   region_index  FAISS index over region vectors + exact eq. 7 re-ranking
   datasets    benchmarks: image lists, ground truth, query boxes
   evaluation  AP / mAP protocols (numpy, host)

@@ -8,8 +8,8 @@
   process_shards  the store shards one process encodes (strided)
   barrier         waits for every process (no-op for one)
 
-Within one process, file_encoder.encode_rows(..., mesh=make_mesh()) places each
-padded batch (rgb, sizes, cells) with shard_batch, so that the one jitted
+Within one process, file_encoder.encode_rows(..., mesh=make_mesh()) places
+each padded batch (rgb, sizes, cells) with shard_batch, so that the one jitted
 encoder (encoder.encode_batch) runs B / num_devices images per device; the
 batch size must be a multiple of the device count. Every image is encoded
 independently, so sharded and single-device results are equal up to float
@@ -36,17 +36,18 @@ the same shared store directory (a network file system), differing only in
 run.py calls initialize(coordinator_address, P, i) before any other JAX
 call (jax.distributed.initialize: process 0 also serves the coordinator at
 host0:12345, which every host must reach). The store is written in shards
-of index.build_store's shard_size images; process i encodes the shards
+of sharded_store.build_store's shard_size images; process i encodes the
+shards
 process_shards(num_shards) = [n for n in range(num_shards) if n % P == i]
 on its local devices (make_mesh() meshes jax.local_devices() only, so no
 data crosses hosts while encoding), writing each shard file atomically into
 the shared directory. Every process then calls barrier('encoded ...')
 unconditionally (also one that found all shards done), process 0 alone
-finalises the store (index.finalize_store), and a second barrier keeps the
-others from reading it before that. A killed run is restarted with the same
-command: finished shards are kept. With one process (the default)
-initialize and barrier do nothing, so the same code runs on a single
-machine. On CPU-only hosts the barrier's all-gather runs over gloo
+finalises the store (sharded_store.finalize_store), and a second barrier
+keeps the others from reading it before that. A killed run is restarted
+with the same command: finished shards are kept. With one process (the
+default) initialize and barrier do nothing, so the same code runs on a
+single machine. On CPU-only hosts the barrier's all-gather runs over gloo
 (jax_cpu_collectives_implementation, set by initialize); two CPU processes
 on localhost waited 400 s at one without a timeout (jax 0.10.2).
 """
@@ -249,8 +250,8 @@ def process_shards(num_shards: int, *, process_index: int | None = None,
   and differ in number by at most one.
 
   Args:
-    num_shards: shards of the store (index.build_store's shard_size rows
-      each).
+    num_shards: shards of the store (sharded_store.build_store's shard_size
+      rows each).
     process_index: this process's number; None: jax.process_index().
     process_count: the number of processes; None: jax.process_count().
 

@@ -4,7 +4,8 @@
                         (N, M, D_store) + validity
   fit_reduction         U^1 of eq. (4) on pooling.reduction_images images
   fit                   Store -> index.Fit: PCA-whitening U^2, s (eq. 6)
-  store_header          what a store on disk must match (index.build_store)
+  store_header          what a store on disk must match
+                        (sharded_store.build_store)
 
 `retrieval` searches, `workspace` keeps a dataset's stores, fits and
 indexes in the workdir and `modes` holds what run.py's --mode runs; with
@@ -239,7 +240,7 @@ def encode(config, image_paths, *, boxes=None, rotations=None,
 
 
 def store_header(config, image_paths, *, reduction, whitening, apply_exif):
-  """What a store on disk must match (index.build_store's header)."""
+  """What a store on disk must match (sharded_store.build_store's header)."""
   return {'config_hash': store_hash(config),
           'config': store_sections(config),
           'inputs_hash': index.hash_config([str(p) for p in image_paths]),

@@ -9,7 +9,7 @@
 
 Stores live in <workdir>/stores/<dataset>-<role>-<store hash>[-raw: no
 EXIF][-<U^1 hash>][-w<whitening hash>], written in shards and resumed after a crash
-(index.build_store); fits in <workdir>/fits/<dataset>-<store hash>-<fit
+(sharded_store.build_store); fits in <workdir>/fits/<dataset>-<store hash>-<fit
 hash>; indexes in <workdir>/indexes. A finished one is reused when it
 matches the config; a store made with other settings is refused.
 """
@@ -27,6 +27,7 @@ from regagg_jax import pipeline
 from regagg_jax import pooling_methods
 from regagg_jax import region_index
 from regagg_jax import retrieval
+from regagg_jax import sharded_store
 
 
 def _take(store, positions):
@@ -111,10 +112,10 @@ def _dataset_store(config, dataset, role, paths, names, *, reduction=None,
   """Encodes images of a dataset into workdir/stores, resumably.
 
   The store is written in shards of features.shard_size images
-  (index.build_store): a killed run resumes where it stopped, a finished
-  store is reused, one made with other settings is refused. With several
-  processes (parallel.initialize) each encodes its process_shards and
-  process 0 finalises the store.
+  (sharded_store.build_store): a killed run resumes where it stopped, a
+  finished store is reused, one made with other settings is refused. With
+  several processes (parallel.initialize) each encodes its process_shards
+  and process 0 finalises the store.
 
   Args:
     config: ConfigDict.
@@ -143,9 +144,9 @@ def _dataset_store(config, dataset, role, paths, names, *, reduction=None,
   if reduction is None and pooling_methods.POOLING[
       config.pooling.method].reduced:
     reduction = _made_once(  # U^1 of eq. (4), fitted once, kept in the store
-        path, index.load_reduction,
+        path, sharded_store.load_reduction,
         lambda: pipeline.fit_reduction(config, paths, **reading),
-        lambda p, r: index.build_store(
+        lambda p, r: sharded_store.build_store(
             p, None, image_paths=paths, header=pipeline.store_header(
                 config, paths, reduction=r, whitening=whitening,
                 apply_exif=dataset.apply_exif),
@@ -156,12 +157,12 @@ def _dataset_store(config, dataset, role, paths, names, *, reduction=None,
                                  whitening=whitening,
                                  apply_exif=dataset.apply_exif)
   if os.path.isfile(os.path.join(path, 'metadata.json')):  # finished
-    store = index.load_store(path)
+    store = sharded_store.load_store(path)
     if all(store.metadata.get(k) == v for k, v in header.items()):
       logging.info('reusing %s', path)
       return store
   num_shards = -(-len(paths) // config.features.shard_size)
-  finished = index.build_store(
+  finished = sharded_store.build_store(
       path, lambda rows: pipeline.encode_rows(
           config, paths, rows, reduction=reduction, whitening=whitening,
           **reading),
@@ -171,9 +172,9 @@ def _dataset_store(config, dataset, role, paths, names, *, reduction=None,
       shards=parallel.process_shards(num_shards), reduction=reduction)
   parallel.barrier(f'encoded {key}')
   if jax.process_index() == 0 and not finished:
-    index.finalize_store(path)
+    sharded_store.finalize_store(path)
   parallel.barrier(f'finalised {key}')
-  return index.load_store(path)
+  return sharded_store.load_store(path)
 
 
 def _fitting_store(config, database=None):

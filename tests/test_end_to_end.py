@@ -23,6 +23,7 @@ from regagg_jax import modes
 from regagg_jax import pca
 from regagg_jax import pipeline
 from regagg_jax import retrieval
+from regagg_jax import sharded_store
 from regagg_jax import workspace
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,9 +149,9 @@ def test_store_round_trip_gives_identical_results(tmp_path, folder):
   config = _config(tmp_path, folder)
   dataset = workspace.load_dataset(config)
   database, fitted = workspace.prepare(config, dataset)
-  index.save_store(tmp_path / 'copy', database)
+  sharded_store.save_store(tmp_path / 'copy', database)
   index.save_fit(tmp_path / 'fit', fitted)
-  loaded = index.load_store(tmp_path / 'copy')
+  loaded = sharded_store.load_store(tmp_path / 'copy')
   loaded_fit = index.load_fit(tmp_path / 'fit')
   before = retrieval.search(config, database, database, fitted)
   after = retrieval.search(config, loaded, loaded, loaded_fit)
@@ -223,7 +224,7 @@ def test_killed_store_resumes_only_its_missing_shards(tmp_path, folder,
   (store_dir / 'shard_00001.npz').unlink()
   (store_dir / 'metadata.json').unlink()
   with pytest.raises(ValueError, match='unfinished store'):
-    index.load_store(store_dir)
+    sharded_store.load_store(store_dir)
   encoded = []
   original = pipeline.encode_rows
 
@@ -340,7 +341,7 @@ def test_two_processes_encode_one_store(tmp_path, folder):
   assert alone.returncode == 0, alone.stderr[-3000:]
   (two,) = (tmp_path / 'two' / 'stores').iterdir()
   (one,) = (tmp_path / 'one' / 'stores').iterdir()
-  two, one = index.load_store(two), index.load_store(one)
+  two, one = sharded_store.load_store(two), sharded_store.load_store(one)
   np.testing.assert_allclose(two.descriptors, one.descriptors, atol=1e-6)
   np.testing.assert_array_equal(two.valid, one.valid)
   assert two.metadata['rows'] == one.metadata['rows']

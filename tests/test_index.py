@@ -1,4 +1,6 @@
-"""Tests for regagg_jax.index: stores (sharded, resumable, checked), fits."""
+"""Tests for regagg_jax.index (Store, Fit, hashes, fits, results) and for
+the on-disk stores split out of it: sharded_store (sharded, resumable,
+checked) and store_format (its files). One file: they share its builders."""
 
 import csv
 import json
@@ -9,6 +11,8 @@ import pytest
 
 from regagg_jax import index
 from regagg_jax import pca
+from regagg_jax import sharded_store
+from regagg_jax import store_format
 
 
 def _random_params(rng, d_in, dim):
@@ -56,33 +60,33 @@ def _shard_files(path):
 @pytest.mark.parametrize('reduction', [True, False])
 def test_store_round_trip_is_identical(tmp_path, shard_size, reduction):
   store = _random_store(np.random.default_rng(0), reduction=reduction)
-  index.save_store(tmp_path / 'store', store, shard_size=shard_size)
-  loaded = index.load_store(tmp_path / 'store')
+  sharded_store.save_store(tmp_path / 'store', store, shard_size=shard_size)
+  loaded = sharded_store.load_store(tmp_path / 'store')
   _assert_stores_equal(loaded, store)
   assert len(_shard_files(tmp_path / 'store')) == -(-7 // shard_size)
 
 
 def test_float16_round_trip_is_close_and_smaller(tmp_path):
   store = _random_store(np.random.default_rng(1), num_images=40, dim=64)
-  index.save_store(tmp_path / 'half', store, dtype='float16')
-  index.save_store(tmp_path / 'full', store)
-  loaded = index.load_store(tmp_path / 'half')
+  sharded_store.save_store(tmp_path / 'half', store, dtype='float16')
+  sharded_store.save_store(tmp_path / 'full', store)
+  loaded = sharded_store.load_store(tmp_path / 'half')
   assert loaded.descriptors.dtype == np.float32
   _assert_stores_equal(loaded, store, atol=1e-3)
   assert np.abs(loaded.descriptors - store.descriptors).max() > 0
   size = lambda name: os.path.getsize(tmp_path / name / 'shard_00000.npz')
   assert size('half') < 0.6 * size('full')
   with pytest.raises(ValueError, match='overflow float16'):
-    index.save_store(tmp_path / 'big', store._replace(
+    sharded_store.save_store(tmp_path / 'big', store._replace(
         descriptors=store.descriptors * 1e6), dtype='float16')
   with pytest.raises(ValueError, match='dtype must be one of'):
-    index.save_store(tmp_path / 'bad', store, dtype='int8')
+    sharded_store.save_store(tmp_path / 'bad', store, dtype='int8')
 
 
 def test_empty_store_round_trip(tmp_path):
   store = _random_store(np.random.default_rng(1), num_images=0)
-  index.save_store(tmp_path / 'store', store)
-  loaded = index.load_store(tmp_path / 'store')
+  sharded_store.save_store(tmp_path / 'store', store)
+  loaded = sharded_store.load_store(tmp_path / 'store')
   assert loaded.descriptors.shape == (0, 4, 6)
   assert loaded.image_paths == ()
   assert loaded.metadata == store.metadata
@@ -90,10 +94,10 @@ def test_empty_store_round_trip(tmp_path):
 
 def test_save_replaces_existing_store_and_leaves_no_temporaries(tmp_path):
   rng = np.random.default_rng(2)
-  index.save_store(tmp_path / 'store', _random_store(rng, num_images=5))
+  sharded_store.save_store(tmp_path / 'store', _random_store(rng, num_images=5))
   second = _random_store(rng, num_images=3)
-  index.save_store(tmp_path / 'store', second)
-  _assert_stores_equal(index.load_store(tmp_path / 'store'), second)
+  sharded_store.save_store(tmp_path / 'store', second)
+  _assert_stores_equal(sharded_store.load_store(tmp_path / 'store'), second)
   assert os.listdir(tmp_path) == ['store']
   assert not [f for f in os.listdir(tmp_path / 'store') if '.tmp-' in f]
 
@@ -101,50 +105,52 @@ def test_save_replaces_existing_store_and_leaves_no_temporaries(tmp_path):
 def test_failed_write_keeps_previous_store(tmp_path):
   rng = np.random.default_rng(3)
   first = _random_store(rng)
-  index.save_store(tmp_path / 'store', first)
+  sharded_store.save_store(tmp_path / 'store', first)
   bad = first._replace(metadata={'not_json': object()})
   with pytest.raises(TypeError):
-    index.save_store(tmp_path / 'store', bad)
-  _assert_stores_equal(index.load_store(tmp_path / 'store'), first)
+    sharded_store.save_store(tmp_path / 'store', bad)
+  _assert_stores_equal(sharded_store.load_store(tmp_path / 'store'), first)
   assert os.listdir(tmp_path) == ['store']
 
 
 def test_inconsistent_store_is_refused(tmp_path):
   store = _random_store(np.random.default_rng(4))
   with pytest.raises(ValueError, match='paths'):
-    index.save_store(tmp_path / 's', store._replace(image_paths=('a',)))
+    sharded_store.save_store(tmp_path / 's', store._replace(image_paths=('a',)))
   with pytest.raises(ValueError, match='descriptors'):
-    index.save_store(tmp_path / 's',
-                     store._replace(descriptors=store.descriptors[:2]))
+    sharded_store.save_store(tmp_path / 's',
+                             store._replace(descriptors=store.descriptors[:2]))
   with pytest.raises(TypeError, match='bool'):
-    index.save_store(tmp_path / 's', store._replace(valid=store.valid * 1))
+    sharded_store.save_store(tmp_path / 's',
+                             store._replace(valid=store.valid * 1))
 
 
 @pytest.mark.parametrize('name', ['header.json', 'metadata.json'])
 def test_other_format_versions_are_refused(tmp_path, name):
-  index.save_store(tmp_path / 'store', _random_store(np.random.default_rng(5)))
+  sharded_store.save_store(tmp_path / 'store',
+                           _random_store(np.random.default_rng(5)))
   meta_file = tmp_path / 'store' / name
   metadata = json.loads(meta_file.read_text())
-  metadata['format_version'] = index.FORMAT_VERSION + 1
+  metadata['format_version'] = store_format.FORMAT_VERSION + 1
   meta_file.write_text(json.dumps(metadata))
   with pytest.raises(ValueError, match=f'{name} has format version 3'):
-    index.load_store(tmp_path / 'store')
+    sharded_store.load_store(tmp_path / 'store')
 
 
 def test_version_1_store_and_missing_directory_are_refused(tmp_path):
   old = tmp_path / 'old'
   old.mkdir()  # the version 1 layout: metadata.json and shards, no header
   (old / 'metadata.json').write_text(json.dumps({'format_version': 1}))
-  for call in (lambda: index.load_store(old),
-               lambda: index.build_store(old, None, image_paths=['a.jpg'],
-                                         header={})):
+  for call in (lambda: sharded_store.load_store(old),
+               lambda: sharded_store.build_store(
+                   old, None, image_paths=['a.jpg'], header={})):
     with pytest.raises(ValueError, match='format version 1, this code reads '
                        'version 2; re-create it'):
       call()
   with pytest.raises(FileNotFoundError, match='header.json is missing'):
-    index.load_store(tmp_path / 'nothing')
+    sharded_store.load_store(tmp_path / 'nothing')
   with pytest.raises(FileNotFoundError, match='header.json is missing'):
-    index.finalize_store(tmp_path / 'nothing')
+    sharded_store.finalize_store(tmp_path / 'nothing')
 
 
 # Resumable building. Ten input images; rows 3 and 7 are unreadable; shards
@@ -202,7 +208,7 @@ class _Encoder:
 def _build(path, encode_part, **kwargs):
   kwargs = dict(dict(image_paths=_PATHS, header=_HEADER, shard_size=_SHARD),
                 **kwargs)
-  return index.build_store(path, encode_part, **kwargs)
+  return sharded_store.build_store(path, encode_part, **kwargs)
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'float16'])
@@ -213,7 +219,7 @@ def test_build_store_encodes_each_shard_once_and_loads_padded(tmp_path, dtype):
   assert _build(tmp_path / 's', encode_part, dtype=dtype,
                 reduction=expected.reduction)
   assert encode_part.calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-  _assert_stores_equal(index.load_store(tmp_path / 's'), expected,
+  _assert_stores_equal(sharded_store.load_store(tmp_path / 's'), expected,
                        atol=1e-3 if dtype == 'float16' else 0)
   stats = {f: os.stat(tmp_path / 's' / f) for f in _shard_files(tmp_path / 's')}
   assert _build(tmp_path / 's', encode_part, dtype=dtype,
@@ -228,22 +234,22 @@ def test_disjoint_shard_lists_compose(tmp_path):
   assert not _build(tmp_path / 's', encode_part, shards=[2, 0])
   with pytest.raises(ValueError, match=r'unfinished store: 1 of 3 shards '
                      r'missing \[1\]; resume the encode'):
-    index.load_store(tmp_path / 's')
+    sharded_store.load_store(tmp_path / 's')
   with pytest.raises(ValueError, match=r'cannot be finalised: 1 of 3 shards '
                      r'are missing or unreadable \(\[1\]\)'):
-    index.finalize_store(tmp_path / 's')
+    sharded_store.finalize_store(tmp_path / 's')
   assert _build(tmp_path / 's', encode_part, shards=[1])
   assert encode_part.calls == [[0, 1, 2, 3], [8, 9], [4, 5, 6, 7]]
   os.remove(tmp_path / 's' / 'metadata.json')  # a process finished last
   with pytest.raises(ValueError, match=r'0 of 3 shards missing \[\]; call '
                      'finalize_store'):
-    index.load_store(tmp_path / 's')
-  index.finalize_store(tmp_path / 's')
+    sharded_store.load_store(tmp_path / 's')
+  sharded_store.finalize_store(tmp_path / 's')
   single = _Encoder(expected)
   _build(tmp_path / 'one', single)
-  _assert_stores_equal(index.load_store(tmp_path / 's'),
-                       index.load_store(tmp_path / 'one'))
-  _assert_stores_equal(index.load_store(tmp_path / 's'), expected)
+  _assert_stores_equal(sharded_store.load_store(tmp_path / 's'),
+                       sharded_store.load_store(tmp_path / 'one'))
+  _assert_stores_equal(sharded_store.load_store(tmp_path / 's'), expected)
   with pytest.raises(ValueError, match=r'shards must be in \[0, 3\)'):
     _build(tmp_path / 's', encode_part, shards=[3])
 
@@ -264,13 +270,13 @@ def test_corrupt_shard_is_reported_and_encoded_again(tmp_path, damage, caplog):
   shard.write_bytes(bytes(data))
   with pytest.raises(ValueError, match=r'shard_00001.npz is unreadable .*'
                      'run build_store again to re-encode it'):
-    index.load_store(tmp_path / 's')
+    sharded_store.load_store(tmp_path / 's')
   other = os.stat(tmp_path / 's' / 'shard_00000.npz')
   assert _build(tmp_path / 's', encode_part)
   assert encode_part.calls[3:] == [[4, 5, 6, 7]]
   assert 'encoding an unreadable shard again' in caplog.text
   assert os.stat(tmp_path / 's' / 'shard_00000.npz') == other
-  _assert_stores_equal(index.load_store(tmp_path / 's'), expected)
+  _assert_stores_equal(sharded_store.load_store(tmp_path / 's'), expected)
 
 
 def test_leftover_temporaries_are_ignored_then_removed(tmp_path):
@@ -280,11 +286,11 @@ def test_leftover_temporaries_are_ignored_then_removed(tmp_path):
   half = tmp_path / 's' / 'shard_00001.npz.tmp-killed'
   half.write_bytes(b'PK half a shard')  # a run killed while writing
   with pytest.raises(ValueError, match='2 of 3 shards missing'):
-    index.load_store(tmp_path / 's')
+    sharded_store.load_store(tmp_path / 's')
   assert _build(tmp_path / 's', encode_part)
   assert encode_part.calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
   assert not half.exists()
-  _assert_stores_equal(index.load_store(tmp_path / 's'), expected)
+  _assert_stores_equal(sharded_store.load_store(tmp_path / 's'), expected)
 
 
 @pytest.mark.parametrize('change, message', [
@@ -348,7 +354,8 @@ def test_whitened_store_records_its_whitening_hash(tmp_path):
   assert _build(tmp_path / 's', _Encoder(whitened), header=header)
   record = json.loads((tmp_path / 's' / 'header.json').read_text())
   assert record['header']['whitening_hash'] == '0123'
-  assert index.load_store(tmp_path / 's').metadata['whitening_hash'] == '0123'
+  assert sharded_store.load_store(
+      tmp_path / 's').metadata['whitening_hash'] == '0123'
 
 
 def test_skeleton_then_load_reduction_then_resume(tmp_path):
@@ -357,26 +364,26 @@ def test_skeleton_then_load_reduction_then_resume(tmp_path):
   rng = np.random.default_rng(18)
   reduction = _random_params(rng, 8, 5)
   expected = _encoded(rng, reduction=reduction)
-  assert index.load_reduction(tmp_path / 's') is None  # nothing there yet
+  assert sharded_store.load_reduction(tmp_path / 's') is None  # nothing yet
   assert not _build(tmp_path / 's', None, shards=[], reduction=reduction)
   assert _shard_files(tmp_path / 's') == []
-  for got, want in zip(index.load_reduction(tmp_path / 's'), reduction):
+  for got, want in zip(sharded_store.load_reduction(tmp_path / 's'), reduction):
     np.testing.assert_array_equal(got, want)
   with pytest.raises(ValueError, match='3 of 3 shards missing'):
-    index.load_store(tmp_path / 's')
+    sharded_store.load_store(tmp_path / 's')
   assert _build(tmp_path / 's', _Encoder(expected), reduction=reduction)
-  _assert_stores_equal(index.load_store(tmp_path / 's'), expected)
+  _assert_stores_equal(sharded_store.load_store(tmp_path / 's'), expected)
   _build(tmp_path / 'plain', _Encoder(_encoded(rng)))
-  assert index.load_reduction(tmp_path / 'plain') is None
+  assert sharded_store.load_reduction(tmp_path / 'plain') is None
 
 
 def test_corrupt_reduction_is_refused(tmp_path):
   rng = np.random.default_rng(17)
   store = _random_store(rng)
-  index.save_store(tmp_path / 's', store)
+  sharded_store.save_store(tmp_path / 's', store)
   np.savez(tmp_path / 's' / 'reduction.npz',
            **_random_params(rng, 8, 3)._asdict())
-  for load in (index.load_store, index.load_reduction):
+  for load in (sharded_store.load_store, sharded_store.load_reduction):
     with pytest.raises(ValueError, match='reduction.npz does not match'):
       load(tmp_path / 's')
 

@@ -19,6 +19,7 @@ from regagg_jax import pca
 from regagg_jax import pipeline
 from regagg_jax import pooling_methods
 from regagg_jax import retrieval
+from regagg_jax import sharded_store
 from regagg_jax import workspace
 
 
@@ -343,6 +344,7 @@ def test_dataset_apply_exif_reaches_the_reader_and_the_store_cache(
   assert calls == [True, True, False, False]  # encoded again, not reused
   assert not stored.metadata['apply_exif']
   key = f'tiny-database-{pipeline.store_hash(config)}'
-  assert index.load_store(tmp_path / 'stores' / key).metadata['apply_exif']
-  assert not index.load_store(
+  assert sharded_store.load_store(
+      tmp_path / 'stores' / key).metadata['apply_exif']
+  assert not sharded_store.load_store(
       tmp_path / 'stores' / f'{key}-raw').metadata['apply_exif']

@@ -1,9 +1,9 @@
 """An encode killed mid-way resumes to the store an uninterrupted run makes.
 
 The test runs this file as a child process (see `_encode`): a real encode
-(file_encoder.encode_rows, 'o2' with a fixed U^1, tiny random VGG19, jax region
-backend) of 24 sample images at 96 px into an index.build_store store of
-shards of 4 images.
+(file_encoder.encode_rows, 'o2' with a fixed U^1, tiny random VGG19, jax
+region backend) of 24 sample images at 96 px into a
+sharded_store.build_store store of shards of 4 images.
 """
 
 import json
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from regagg_jax import index
+from regagg_jax import sharded_store
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES, SHARD_SIZE = 24, 4
@@ -53,13 +54,14 @@ def _encode(pause, targets):
       with open(log, 'a') as stream:
         stream.write(json.dumps(rows) + '\n')
       part = file_encoder.encode_rows(variables, paths, rows, 'o2',
-                                 reduction=reduction, max_size=96,
-                                 batch_size=SHARD_SIZE, num_threads=2,
-                                 prefetch=1, **options)
+                                      reduction=reduction, max_size=96,
+                                      batch_size=SHARD_SIZE, num_threads=2,
+                                      prefetch=1, **options)
       time.sleep(pause)
       return part
-    index.build_store(store, encode_part, image_paths=paths, header=header,
-                      shard_size=SHARD_SIZE, reduction=reduction)
+    sharded_store.build_store(store, encode_part, image_paths=paths,
+                              header=header, shard_size=SHARD_SIZE,
+                              reduction=reduction)
 
 
 def _start(tmp_path, pause, *targets):
@@ -110,7 +112,7 @@ def test_killed_encode_resumes_without_recomputing(tmp_path):
   with pytest.raises(ValueError, match=f'unfinished store: '
                      f'{NUM_SHARDS - len(finished)} of {NUM_SHARDS} shards '
                      'missing'):
-    index.load_store(store)
+    sharded_store.load_store(store)
 
   child, output = _start(tmp_path, 0, (store, logs[1]), (reference, logs[2]))
   with open(output) as stream:
@@ -123,7 +125,8 @@ def test_killed_encode_resumes_without_recomputing(tmp_path):
   assert _logged_shards(logs[2]) == list(range(NUM_SHARDS))
   assert not [f for f in os.listdir(store) if '.tmp-' in f]
   # (b) the resumed store is the uninterrupted one, exactly.
-  resumed, expected = index.load_store(store), index.load_store(reference)
+  resumed = sharded_store.load_store(store)
+  expected = sharded_store.load_store(reference)
   for name in ('descriptors', 'valid', 'masks', 'grid'):
     np.testing.assert_array_equal(getattr(resumed, name),
                                   getattr(expected, name), err_msg=name)
