@@ -259,6 +259,15 @@ def _search_parameters(region_index, nprobe, ef_search):
   return None
 
 
+def _bucket(size):
+  """Padded row count for `size` rows: >= 256, 4 steps per octave (<= 25 %
+  padding), so that `_hit_scores` compiles for few shapes."""
+  if size <= 256:
+    return 256
+  step = 64 << int(np.ceil(np.log2(size / 256)) - 1)
+  return -(-size // step) * step
+
+
 @jax.jit
 def _hit_scores(vectors, regions, regions_valid):
   """VecSim of eq. (7) of retrieved regions, maximised over the query's.
@@ -297,9 +306,9 @@ def _candidates(region_index, database, regions, regions_valid, labels,
     retrieved = np.unique(labels[hit])
     images = region_index.image_ids[retrieved]
     rows = images * database.shape[1] + region_index.region_ids[retrieved]
-    bucket = 256 << max(0, int(np.ceil(np.log2(max(rows.size, 1) / 256))))
     vectors = np.take(database.reshape(-1, database.shape[-1]),
-                      np.pad(rows, (0, bucket - rows.size)), axis=0)
+                      np.pad(rows, (0, _bucket(rows.size) - rows.size)),
+                      axis=0)
     scores = np.asarray(_hit_scores(vectors, regions,
                                     regions_valid))[:rows.size]
   else:

@@ -281,3 +281,11 @@ def test_fast_scan_ivfpq_recall_and_round_trip(data, tmp_path):
   with pytest.raises(ValueError, match='fast_scan needs nbits=4'):
     region_index.build(database, valid, kind='ivfpq',
                        options=dict(options, nbits=8))
+
+
+def test_rescoring_buckets_bound_padding_and_shapes():
+  sizes = np.arange(1, 20001)
+  buckets = np.array([region_index._bucket(int(n)) for n in sizes])
+  assert np.all(buckets >= sizes) and np.all(np.diff(buckets) >= 0)
+  assert np.all((buckets - sizes)[sizes > 256] <= 0.25 * sizes[sizes > 256])
+  assert len(set(buckets.tolist())) <= 30  # compilations of _hit_scores
