@@ -421,11 +421,9 @@ def index_bytes(built):
           + built.region_ids.nbytes)
 
 
-def build_options(kind, num_vectors):
+def build_options(kind):
   if kind == 'ivfpq':
-    nlist = _NLIST.value or int(
-        min(8192, max(64, 2 ** round(np.log2(np.sqrt(num_vectors))))))
-    return {'nlist': nlist, 'm': _PQ_M.value, 'nbits': _PQ_NBITS.value,
+    return {'nlist': _NLIST.value, 'm': _PQ_M.value, 'nbits': _PQ_NBITS.value,
             'fast_scan': _FAST_SCAN.value, 'nprobe': 16,
             'train_size': _TRAIN_SIZE.value, 'hnsw_m': _HNSW_M.value,
             'coarse': _COARSE.value}
@@ -439,7 +437,7 @@ def measure_kind(kind, store, store_valid, query, query_valid, exact_scores,
   """Builds one index and prints one line per search setting."""
   start = time.perf_counter()
   built = region_index.build(store, store_valid, kind=kind,
-                             options=build_options(kind, store_valid.sum()))
+                             options=build_options(kind))
   build_seconds = time.perf_counter() - start
   print(f'  {kind:5s} build {build_seconds:8.1f} s, index '
         f'{index_bytes(built) / 2**20:9.1f} MiB, options '

@@ -4,7 +4,8 @@ Region descriptors are l2-normalised and whitened (eq. 6), so VecSim of
 eq. (7) is the inner product and every index kind uses it:
 
   'flat'   exact IndexFlatIP.
-  'ivfpq'  IndexIVFPQ: `nlist` inverted lists (k-means on `train_size` valid
+  'ivfpq'  IndexIVFPQ: `nlist` inverted lists (0: the power of two nearest
+           sqrt(V), 64 .. 65536; k-means on `train_size` valid
            vectors), residuals coded with `m` sub-quantizers of `nbits` bits.
            `coarse='hnsw'` assigns vectors to lists through an HNSW graph over
            the centroids (fast at millions of vectors). `fast_scan` (with
@@ -43,7 +44,7 @@ FORMAT_VERSION = 1
 
 DEFAULT_OPTIONS = {
     'flat': {},
-    'ivfpq': {'nlist': 1024, 'm': 64, 'nbits': 8, 'fast_scan': False,
+    'ivfpq': {'nlist': 0, 'm': 64, 'nbits': 8, 'fast_scan': False,
               'nprobe': 16, 'train_size': 100_000, 'coarse': 'hnsw',
               'hnsw_m': 32, 'quantizer_ef_search': 64, 'seed': 0},
     'hnsw': {'hnsw_m': 32, 'ef_construction': 80, 'ef_search': 128},
@@ -155,6 +156,9 @@ def build(descriptors, valid, *, kind='flat', options=None, metadata=None,
   image_ids, region_ids = np.nonzero(valid)
   if not image_ids.size:
     raise ValueError('descriptors have no valid region to index')
+  if kind == 'ivfpq' and not options['nlist']:
+    options['nlist'] = int(np.clip(2 ** round(np.log2(np.sqrt(image_ids.size))),
+                                   64, 65536))
   index = _make_index(kind, dim, options)
   if not index.is_trained:
     rng = np.random.default_rng(options['seed'])

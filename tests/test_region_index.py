@@ -278,6 +278,10 @@ def test_fast_scan_ivfpq_recall_and_round_trip(data, tmp_path):
                                            query_valid, k_regions=200,
                                            shortlist=60)
   np.testing.assert_array_equal(loaded_ranks, ranks)
+  assert index.index.nlist == index.metadata['options']['nlist'] == 8
+  automatic = region_index.build(database, valid, kind='ivfpq',
+                                 options=dict(options, nlist=0))
+  assert automatic.metadata['options']['nlist'] == 64  # sqrt(V) ~ 40, >= 64
   with pytest.raises(ValueError, match='fast_scan needs nbits=4'):
     region_index.build(database, valid, kind='ivfpq',
                        options=dict(options, nbits=8))
