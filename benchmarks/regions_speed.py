@@ -33,9 +33,9 @@ With --masks it instead times regions.compute_region_masks (jitted, vmapped
 over a batch of --batch sample images resized to width x height: hesaff points
 (jax ones without pyhesaff), N_max = 4000 salient points by the alpha of a
 random-weight VGG19, padded, L = 3 global fast k-means clusters) with the dense
-hulls of regions.py ("new": hull-candidate packing + bisection) against the
+hulls of hulls.py ("new": hull-candidate packing + bisection) against the
 former Andrew's monotone chain ("scan", the lax.scan baseline kept below as
-`_scan_rasterise_hulls`, swapped in for regions.rasterise_hulls while its jit
+`_scan_rasterise_hulls`, swapped in for hulls.rasterise_hulls while its jit
 traces), and against the VGG19 forward of the same images (one image per call,
 to bound memory); each round times the four once, medians over --repeats
 rounds; "fallback" is "new" forced onto its every-point branch (its cost when
@@ -206,7 +206,7 @@ def _scan_rasterise_one(sorted_points, members, centres_x, centres_y,
 
 def _scan_rasterise_hulls(points, members, grid_size, image_size, *,
                           grid_shape, tolerance=1e-3):
-  """Measured baseline only: regions.rasterise_hulls before the dense rewrite.
+  """Measured baseline only: hulls.rasterise_hulls before the dense rewrite.
 
   Andrew's monotone chain as a lax.scan over the P sorted points (a
   while_loop pops inside), vmapped over the subsets, twice (lower and upper
@@ -254,7 +254,7 @@ def measure_masks(paths):
   """Prints compute_region_masks times: new, scan baseline, VGG19."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from regagg_jax import clustering, images, keypoints, regions, vgg19, weighting  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from regagg_jax import clustering, hulls, images, keypoints, regions, vgg19, weighting  # pylint: disable=g-import-not-at-top,g-multiple-import
   variables = vgg19.init_params(jax.random.PRNGKey(0))
   forward = jax.jit(vgg19.features)
   image_shape = (FLAGS.height, FLAGS.width)
@@ -278,15 +278,15 @@ def measure_masks(paths):
   sizes = jnp.asarray([image_shape] * len(paths))
   new = jax.jit(jax.vmap(regions.compute_region_masks))
   scan = jax.jit(jax.vmap(regions.compute_region_masks))
-  with mock.patch.object(regions, "rasterise_hulls", _scan_rasterise_hulls):
+  with mock.patch.object(hulls, "rasterise_hulls", _scan_rasterise_hulls):
     scan_masks, scan_valid = scan(points, labels, cells, sizes)  # traces
     scan_jaxpr = jax.make_jaxpr(  # a fresh function: no trace cache hit
         lambda *arrays: regions.compute_region_masks(*arrays))(
             points[0], labels[0], cells[0], sizes[0]).jaxpr
   new_masks, new_valid = new(points, labels, cells, sizes)
   fallback = jax.jit(jax.vmap(regions.compute_region_masks))
-  with mock.patch.object(regions, "_compact_candidates", functools.partial(
-      regions._compact_candidates, max_candidates=1)):  # pylint: disable=protected-access
+  with mock.patch.object(hulls, "_compact_candidates", functools.partial(
+      hulls._compact_candidates, max_candidates=1)):  # pylint: disable=protected-access
     fallback_masks, _ = fallback(points, labels, cells, sizes)  # traces
   new_jaxpr = jax.make_jaxpr(
       lambda *arrays: regions.compute_region_masks(*arrays))(
@@ -318,8 +318,8 @@ def measure_masks(paths):
     print(f"  {name:6s} sequential loop steps per image: {steps} "
           f"(+ {whiles} data-dependent while loops inside)")
   members = jax.vmap(regions.subset_members)(labels)
-  polygons = jax.vmap(regions._support_polygon)(points, members)  # pylint: disable=protected-access
-  _, packed, fits = jax.vmap(regions._compact_candidates)(  # pylint: disable=protected-access
+  polygons = jax.vmap(hulls._support_polygon)(points, members)  # pylint: disable=protected-access
+  _, packed, fits = jax.vmap(hulls._compact_candidates)(  # pylint: disable=protected-access
       points, members, polygons)
   counts = np.asarray(jnp.sum(jnp.any(packed, axis=1), axis=-1))
   print(f"  hull candidates per image: {counts} of {packed.shape[-1]} slots "

@@ -11,6 +11,7 @@ ICASSP 2017. One module per pipeline stage:
   hessian_affine  JAX Hessian-affine detector (keypoints' jax backend)
   affine_adaptation  affine shape adaptation of its candidates (hesaff rule)
   clustering  global fast k-means
+  hulls       convex hulls of point subsets rasterised on the conv grid
   regions     power set of clusters -> 2^L convex-hull masks on the conv grid
   pooling     first-order (eq. 3, 9), second-order (eq. 4-5), baselines
   pca         PCA (eq. 4, U1) and PCA-whitening (eq. 6, U2)
