@@ -36,8 +36,7 @@ the same shared store directory (a network file system), differing only in
 run.py calls initialize(coordinator_address, P, i) before any other JAX
 call (jax.distributed.initialize: process 0 also serves the coordinator at
 host0:12345, which every host must reach). The store is written in shards
-of sharded_store.build_store's shard_size images; process i encodes the
-shards
+of sharded_store.build_store's shard_size images; process i encodes the shards
 process_shards(num_shards) = [n for n in range(num_shards) if n % P == i]
 on its local devices (make_mesh() meshes jax.local_devices() only, so no
 data crosses hosts while encoding), writing each shard file atomically into
