@@ -91,20 +91,26 @@ def test_flat_with_full_shortlist_is_exact_eq7(data):
 
 @pytest.mark.parametrize('kind', sorted(APPROXIMATE))
 def test_approximate_kinds_recall(data, kind):
-  database, valid, query, query_valid = data
+  database, valid, _, _ = data
   index = region_index.build(database, valid, kind=kind,
                              options=APPROXIMATE[kind])
+  check_recall_and_exact_scores(index, data)
+
+
+def check_recall_and_exact_scores(index, data):
+  """Recall@10 >= 0.9, and every returned score is eq. (7) (exact re-rank)."""
+  database, valid, query, query_valid = data
   scores, ranks, _ = region_index.search(index, database, valid, query,
                                          query_valid, k_regions=200,
                                          shortlist=60)
   expected, _ = reference_similarity(query, query_valid, database, valid)
   assert recall_at(ranks, expected, 10) >= 0.9
-  # The shortlist is re-ranked exactly: every returned score is eq. (7).
   finite = ranks >= 0
   np.testing.assert_allclose(
       scores[finite],
       np.take_along_axis(expected, np.maximum(ranks, 0), axis=1)[finite],
       atol=1e-5)
+  return ranks
 
 
 def test_query_expansion_on_shortlist(data):
@@ -262,16 +268,7 @@ def test_fast_scan_ivfpq_recall_and_round_trip(data, tmp_path):
              'train_size': 4000}
   index = region_index.build(database, valid, kind='ivfpq', options=options)
   assert isinstance(index.index, faiss.IndexIVFPQFastScan)
-  scores, ranks, _ = region_index.search(index, database, valid, query,
-                                         query_valid, k_regions=200,
-                                         shortlist=60)
-  expected, _ = reference_similarity(query, query_valid, database, valid)
-  assert recall_at(ranks, expected, 10) >= 0.9
-  finite = ranks >= 0
-  np.testing.assert_allclose(
-      scores[finite],
-      np.take_along_axis(expected, np.maximum(ranks, 0), axis=1)[finite],
-      atol=1e-5)
+  ranks = check_recall_and_exact_scores(index, data)
   region_index.save(tmp_path / 'fast', index)
   loaded = region_index.load(tmp_path / 'fast')
   _, loaded_ranks, _ = region_index.search(loaded, database, valid, query,
