@@ -89,14 +89,20 @@ _PIPELINE_IMAGES = flags.DEFINE_integer('pipeline_images', 64, 'Files for '
                                         '--host_pipeline.')
 _THREADS = flags.DEFINE_integer('threads', 4, 'Decoding threads.')
 _PREFETCH = flags.DEFINE_integer('prefetch', 2, 'Batches decoded ahead.')
+_LOG_METHOD = flags.DEFINE_enum('log_method', 'qr', ['qr', 'eigh'], 'eq. (5) '
+                                'eigen-solver (pooling.LOG_METHODS).')
 
 _SAMPLES = (pathlib.Path(__file__).resolve().parents[1]
             / 'data' / 'samples')
 _REGIONS = {'backend': 'jax', 'n_max': 4000, 'n_min': 300, 'num_clusters': 3,
             'min_cells': 1}  # Sec. 5
-_POOLING = {'gem_power': 3.0, 'offdiag_scale': 1.0, 'rmac_levels': 3}
 _K_PRIME, _DIM = 128, 512  # K' of eq. (4), D of eq. (6)
 _TINY_WIDTHS = (4, 8, 8, 16, 16)
+
+
+def _pooling():
+  return {'gem_power': 3.0, 'offdiag_scale': 1.0, 'rmac_levels': 3,
+          'log_method': _LOG_METHOD.value}
 
 
 def _load_weights():
@@ -166,7 +172,7 @@ def _runners(variables, projections, batch, dtype):
       'bare': lambda: bare(variables, rgb, sizes).block_until_ready(),
       'full': lambda: jax.block_until_ready(encoder.encode_batch(
           variables, rgb, sizes, cells, reduction, whitening, method='o2',
-          dtype=dtype, region_options=_REGIONS, pooling_options=_POOLING)),
+          dtype=dtype, region_options=_REGIONS, pooling_options=_pooling())),
   }
 
 
@@ -218,7 +224,7 @@ def measure_host_pipeline(variables, projections, batch_size, dtype):
     def end_to_end(rows):
       return file_encoder.encode_rows(
           variables, paths, rows, 'o2', region_options=_REGIONS,
-          pooling_options=_POOLING, reduction=reduction, whitening=whitening,
+          pooling_options=_pooling(), reduction=reduction, whitening=whitening,
           batch_size=batch_size, dtype=dtype, num_threads=_THREADS.value,
           prefetch=_PREFETCH.value)
 
@@ -232,7 +238,7 @@ def measure_host_pipeline(variables, projections, batch_size, dtype):
   for rgb, sizes, cells in batches:  # dispatched back to back, as encode_rows
     outputs = encoder.encode_batch(
         variables, rgb, sizes, cells, reduction, whitening, method='o2',
-        dtype=dtype, region_options=_REGIONS, pooling_options=_POOLING)
+        dtype=dtype, region_options=_REGIONS, pooling_options=_pooling())
   jax.block_until_ready(outputs)
   device_s = time.perf_counter() - start
   encoded = len(batches) * batch_size
@@ -280,7 +286,7 @@ def measure_stages(variables, projections, batch_size, dtype):
                                                          cells, sizes)
   seconds['pool o2'], pooled = _median_call(jax.jit(jax.vmap(
       functools.partial(pooling_methods.POOLING['o2'].pool, reduction=reduction,
-                        options=_POOLING))),  # eq. (4-5)
+                        options=_pooling()))),  # eq. (4-5)
                                             features, alpha, beta, cells,
                                             masks, region_valid)
   seconds['whitening'], _ = _median_call(jax.jit(pca.apply), whitening,
@@ -325,7 +331,7 @@ def measure_mix(batch_size):
     start = time.perf_counter()
     store = file_encoder.encode_rows(
         variables, paths, list(range(len(paths))), 'o2',
-        region_options=_REGIONS, pooling_options=_POOLING,
+        region_options=_REGIONS, pooling_options=_pooling(),
         reduction=reduction, whitening=whitening, batch_size=batch_size,
         num_threads=_THREADS.value, prefetch=_PREFETCH.value)
     seconds = time.perf_counter() - start

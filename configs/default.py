@@ -47,6 +47,9 @@ def get_config():
   config.pooling.method = 'o2'
   config.pooling.regional = True  # R: all 2^L regions; W: only R_M (image)
   config.pooling.k_prime = 128  # K' of eq. (4)
+  # eq. 5 eigen-solver: 'qr' (QR + SVD, ~1e-6 accurate; CPU) | 'eigh' (one
+  # batched Gram matmul + eigh, ~1e-3; for GPUs / TPUs)
+  config.pooling.log_method = 'qr'
   config.pooling.offdiag_scale = 1.0  # vec() off-diagonal factor (1: paper)
   config.pooling.gem_power = 3.0  # p of the GeM baseline
   config.pooling.rmac_levels = 3  # scales of the R-MAC baseline grid
@@ -80,8 +83,9 @@ def get_config():
   config.search.rescore = True
   config.search.shortlist = 200
   # nlist 0: ~sqrt(region vectors). 128-byte fast-scan codes (m = 256
-  # four-bit sub-codes for D = 512), 64 lists probed: recall@100 0.95 at 41x brute force on 1M simulated images
-  # (benchmarks/search_scale.py; README "Search at scale").
+  # four-bit sub-codes for D = 512), 64 lists probed: recall@100 0.95 at
+  # 41x brute force on 1M simulated images (benchmarks/search_scale.py,
+  # README "Search at scale").
   config.search.ivfpq = ml_collections.ConfigDict({
       'nlist': 0, 'm': 256, 'nbits': 4, 'fast_scan': True, 'nprobe': 64,
       'train_size': 100000, 'coarse': 'hnsw', 'hnsw_m': 32,

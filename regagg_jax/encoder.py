@@ -239,8 +239,8 @@ def encode_batch(variables, rgb, sizes, cells, reduction, whitening, *,
     region_options: keywords of regions.propose_batch (backend, n_max,
       n_min, num_clusters, min_cells), a dict or tuple of items; needed by
       regional methods.
-    pooling_options: {'gem_power', 'offdiag_scale', 'rmac_levels'}, a dict
-      or tuple of items.
+    pooling_options: {'gem_power', 'offdiag_scale', 'log_method',
+      'rmac_levels'}, a dict or tuple of items.
     staged: run the staged path even with the 'jax' backend.
 
   Returns:

@@ -101,7 +101,8 @@ def encode_rows(variables, image_paths, rows, method, *, region_options,
     method: pooling_methods.POOLING key.
     region_options: keywords of regions.propose_batch (backend, n_max,
       n_min, num_clusters, min_cells); needed by regional methods.
-    pooling_options: {'gem_power', 'offdiag_scale', 'rmac_levels'}.
+    pooling_options: {'gem_power', 'offdiag_scale', 'log_method',
+      'rmac_levels'}.
     reduction: U^1 (eq. 4), required for 'o2' (see `fit_reduction`).
     whitening: PCAParams of eq. (6) applied before storing, or None.
     max_size: longer side images are shrunk to; 0 keeps the original size.
@@ -212,8 +213,8 @@ def encode_methods(variables, image_paths, methods, *, pooling_options,
     variables: VGG19 variables {'params': ...}.
     image_paths: N image files.
     methods: pooling_methods.POOLING keys.
-    pooling_options: {'gem_power', 'offdiag_scale', 'rmac_levels'} of the
-      baselines and of eq. (5).
+    pooling_options: {'gem_power', 'offdiag_scale', 'log_method',
+      'rmac_levels'} of the baselines and of eq. (5).
     k_prime: K' of eq. (4), the dimension of U^1 when it is fitted here.
     region_options: keywords of regions.propose (backend, n_max, n_min,
       num_clusters, min_cells); needed when a method is regional.

@@ -121,6 +121,7 @@ def _encoder_options(config):
 def _pooling_options(config):
   return {'gem_power': float(config.pooling.gem_power),
           'offdiag_scale': float(config.pooling.offdiag_scale),
+          'log_method': str(config.pooling.log_method),
           'rmac_levels': int(config.pooling.rmac_levels)}
 
 

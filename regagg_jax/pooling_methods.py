@@ -46,7 +46,8 @@ def _pool_second_order(features, alpha, beta, cells, masks, region_valid,
                        reduction, options):
   return pooling.second_order(  # eq. (4-5)
       features, masks, alpha, beta, reduction, valid=cells,
-      region_valid=region_valid, offdiag_scale=options['offdiag_scale'])
+      region_valid=region_valid, offdiag_scale=options['offdiag_scale'],
+      log_method=options['log_method'])
 
 
 def _baseline(function, **option_names):

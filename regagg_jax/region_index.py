@@ -20,9 +20,10 @@ Only valid regions are added; `image_ids` / `region_ids` map a FAISS label
 `search` takes the top `k_regions` regions of every valid query region,
 re-scores every retrieved region exactly against all the query's regions (the
 stored vector is read from `database`: approximate PQ scores cannot order
-near-equal distractors), keeps the per-image max (a lower bound of eq. 7), and re-ranks the best `shortlist` images EXACTLY
-with eq. (7) on their gathered float32 descriptors (and, with `qe`, eq. 8 on
-that shortlist), all queries of a batch at once under `jax.vmap`.
+near-equal distractors), keeps the per-image max (a lower bound of eq. 7),
+and re-ranks the best `shortlist` images EXACTLY with eq. (7) on their
+gathered float32 descriptors (and, with `qe`, eq. 8 on that shortlist), all
+queries of a batch at once under `jax.vmap`.
 """
 
 import functools

@@ -33,7 +33,8 @@ from regagg_jax import pooling_methods
 from regagg_jax import reading
 from regagg_jax import vgg19
 
-_OPTIONS = {'gem_power': 3.0, 'offdiag_scale': 1.0, 'rmac_levels': 3}
+_OPTIONS = {'gem_power': 3.0, 'offdiag_scale': 1.0, 'log_method': 'qr',
+            'rmac_levels': 3}
 _JAX_REGIONS = {'backend': 'jax', 'n_max': 48, 'n_min': 12,
                 'num_clusters': 2, 'min_cells': 1, 'max_points': 256}
 _HESAFF_REGIONS = dict(_JAX_REGIONS, backend='hesaff')

@@ -45,7 +45,7 @@ def _encode(pause, targets):
   options = {'region_options': {'backend': 'jax', 'n_max': 30, 'n_min': 10,
                                 'num_clusters': 3, 'min_cells': 1},
              'pooling_options': {'gem_power': 3.0, 'offdiag_scale': 1.0,
-                                 'rmac_levels': 3}}
+                                 'log_method': 'qr', 'rmac_levels': 3}}
   header = {'config_hash': index.hash_config(options), 'apply_exif': True,
             'whitening_hash': 'none',
             'inputs_hash': index.hash_config([str(p) for p in paths])}
