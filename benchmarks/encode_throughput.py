@@ -29,6 +29,10 @@ batches: a ratio near 1 means the device never waits for the host.
 selection, k-means, hull masks, eq. 4-5 pooling, eq. 6 whitening) as its
 own jit on the same batch, with its share of their sum.
 
+--log_method=eigh runs eq. (5) as one batched Gram matmul + eigh instead of
+QR + SVD (pooling.LOG_METHODS; both are tested against float64): on a GPU,
+run --device --stages with each.
+
 --device (a GPU / TPU; exits with an error when JAX sees only a CPU) prints
 images/s of the bare and full encoder for float32 and bfloat16 VGG19 at each
 of --batches, largest first, the host pipeline (bfloat16) and, with
