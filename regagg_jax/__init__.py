@@ -19,7 +19,8 @@ ICASSP 2017. One module per pipeline stage:
   index       Store and Fit in memory, their hashes, fits and results on disk
   store_format  the files of a store directory: header, shards (versioned)
   sharded_store  stores on disk: built shard by shard, resumable; load, save
-  region_index  FAISS index over region vectors + exact eq. 7 re-ranking
+  region_index  FAISS index over region vectors: build, save, load
+  region_search  index search: exact re-scoring, eq. 7 / eq. 8 re-rank
   datasets    benchmarks: image lists, ground truth, query boxes
   evaluation  AP / mAP protocols (numpy, host)
   reading     host side: read / crop / shrink images, bucket, pad, prefetch

@@ -7,7 +7,7 @@ search.index 'exact' scores every database image with eq. (7) (and eq. 8);
 'flat', 'ivfpq' or 'hnsw' retrieve the top search.k_regions regions of
 each query region from a FAISS index, keep the per-image max, and re-rank
 the best search.shortlist images exactly with eq. (7) / eq. (8)
-(region_index.search). Stores holding whitened descriptors
+(region_search.search). Stores holding whitened descriptors
 (pca.store_whitened) are used as they are, once their whitening is checked
 against the fit.
 """
@@ -22,6 +22,7 @@ from regagg_jax import index
 from regagg_jax import pca
 from regagg_jax import pipeline
 from regagg_jax import region_index
+from regagg_jax import region_search
 from regagg_jax import similarity
 
 
@@ -74,7 +75,7 @@ def search(config, queries, database, fitted, regions=None):
 
   search.index 'exact' scores every image (eq. 7); a FAISS kind shortlists
   search.shortlist images per query from their top search.k_regions
-  regions and re-ranks them exactly (`region_index.search`); the rest of
+  regions and re-ranks them exactly (`region_search.search`); the rest of
   the database follows in row order with score -inf.
 
   Args:
@@ -116,7 +117,7 @@ def search(config, queries, database, fitted, regions=None):
     if stale:
       raise ValueError(f'the region index was built with {stale}, not this '
                        f'store and fit {expected}; build it again')
-    return _complete(*region_index.search(
+    return _complete(*region_search.search(
         regions, target, database_valid, query, query_valid,
         k_regions=search_config.k_regions, shortlist=search_config.shortlist,
         qe=search_config.qe, n_qe=n_qe,

@@ -1,4 +1,4 @@
-"""Tests of regagg_jax.region_index against float64 numpy eq. (7) / eq. (8)."""
+"""Tests of region_index and region_search against float64 eq. (7) / (8)."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from regagg_jax import region_index
+from regagg_jax import region_search
 
 NUM_IMAGES, NUM_REGIONS, DIM, NUM_QUERIES = 300, 6, 32, 8
 APPROXIMATE = {
@@ -69,7 +70,7 @@ def recall_at(ranks, reference, k):
 def test_flat_with_full_shortlist_is_exact_eq7(data):
   database, valid, query, query_valid = data
   index = region_index.build(database, valid, kind='flat')
-  scores, ranks, best = region_index.search(
+  scores, ranks, best = region_search.search(
       index, database, valid, query, query_valid, k_regions=int(valid.sum()),
       shortlist=NUM_IMAGES, query_batch=3)
   expected, expected_best = reference_similarity(query, query_valid, database,
@@ -100,7 +101,7 @@ def test_approximate_kinds_recall(data, kind):
 def check_recall_and_exact_scores(index, data):
   """Recall@10 >= 0.9, and every returned score is eq. (7) (exact re-rank)."""
   database, valid, query, query_valid = data
-  scores, ranks, _ = region_index.search(index, database, valid, query,
+  scores, ranks, _ = region_search.search(index, database, valid, query,
                                          query_valid, k_regions=200,
                                          shortlist=60)
   expected, _ = reference_similarity(query, query_valid, database, valid)
@@ -117,7 +118,7 @@ def test_query_expansion_on_shortlist(data):
   database, valid, query, query_valid = data
   index = region_index.build(database, valid, kind='flat')
   shortlist, n_qe = 40, 5
-  scores, ranks, _ = region_index.search(
+  scores, ranks, _ = region_search.search(
       index, database, valid, query, query_valid, k_regions=int(valid.sum()),
       shortlist=shortlist, qe=True, n_qe=n_qe)
   expected, expected_best = reference_similarity(query, query_valid, database,
@@ -139,7 +140,7 @@ def test_invalid_regions_never_indexed_or_returned(data, kind):
                              options=APPROXIMATE.get(kind))
   assert index.index.ntotal == valid.sum() == index.metadata['num_vectors']
   assert np.all(valid[index.image_ids, index.region_ids])
-  _, ranks, best = region_index.search(index, database, valid, query,
+  _, ranks, best = region_search.search(index, database, valid, query,
                                        query_valid, k_regions=400,
                                        shortlist=NUM_IMAGES)
   assert 7 not in ranks
@@ -162,9 +163,9 @@ def test_save_load_round_trip_and_mismatches(data, tmp_path):
   assert loaded.metadata == built.metadata
   np.testing.assert_array_equal(loaded.image_ids, built.image_ids)
   np.testing.assert_array_equal(loaded.region_ids, built.region_ids)
-  before = region_index.search(built, database, valid, query, query_valid,
+  before = region_search.search(built, database, valid, query, query_valid,
                                k_regions=20, shortlist=30)
-  after = region_index.search(loaded, database, valid, query, query_valid,
+  after = region_search.search(loaded, database, valid, query, query_valid,
                               k_regions=20, shortlist=30)
   for one, two in zip(before, after):
     np.testing.assert_array_equal(one, two)
@@ -203,13 +204,13 @@ def test_bad_inputs_raise(data):
     region_index.build(database, np.zeros_like(valid))
   index = region_index.build(database, valid, kind='flat')
   with pytest.raises(ValueError, match='query D'):
-    region_index.search(index, database, valid, query[..., :16], query_valid)
+    region_search.search(index, database, valid, query[..., :16], query_valid)
   with pytest.raises(ValueError, match='not the indexed'):
-    region_index.search(index, database[:-1], valid[:-1], query, query_valid)
+    region_search.search(index, database[:-1], valid[:-1], query, query_valid)
   with pytest.raises(ValueError, match='query_valid'):
-    region_index.search(index, database, valid, query, query_valid[:, :2])
+    region_search.search(index, database, valid, query, query_valid[:, :2])
   with pytest.raises(ValueError, match='k_regions'):
-    region_index.search(index, database, valid, query, query_valid,
+    region_search.search(index, database, valid, query, query_valid,
                         k_regions=0)
 
 
@@ -217,7 +218,7 @@ def test_float16_store_is_rescored_exactly_in_float32(data):
   database, valid, query, query_valid = data
   stored = database.astype(np.float16)
   index = region_index.build(stored, valid, kind='flat')
-  scores, ranks, _ = region_index.search(
+  scores, ranks, _ = region_search.search(
       index, stored, valid, query, query_valid, k_regions=int(valid.sum()),
       shortlist=NUM_IMAGES)
   expected, _ = reference_similarity(query, query_valid, stored, valid)
@@ -235,7 +236,7 @@ def test_shortlist_from_exact_or_index_scores_of_the_hits(data, rescore):
   options = {'nlist': 4, 'm': 4, 'nbits': 4, 'nprobe': 4, 'train_size': 4000}
   index = region_index.build(database, valid, kind='ivfpq', options=options)
   k_regions, shortlist = 12, 15
-  _, ranks, _ = region_index.search(index, database, valid, query, query_valid,
+  _, ranks, _ = region_search.search(index, database, valid, query, query_valid,
                                     k_regions=k_regions, shortlist=shortlist,
                                     rescore=rescore)
   # Reference: the same hits, scored in float64 against every valid query
@@ -271,7 +272,7 @@ def test_fast_scan_ivfpq_recall_and_round_trip(data, tmp_path):
   ranks = check_recall_and_exact_scores(index, data)
   region_index.save(tmp_path / 'fast', index)
   loaded = region_index.load(tmp_path / 'fast')
-  _, loaded_ranks, _ = region_index.search(loaded, database, valid, query,
+  _, loaded_ranks, _ = region_search.search(loaded, database, valid, query,
                                            query_valid, k_regions=200,
                                            shortlist=60)
   np.testing.assert_array_equal(loaded_ranks, ranks)
@@ -286,7 +287,7 @@ def test_fast_scan_ivfpq_recall_and_round_trip(data, tmp_path):
 
 def test_rescoring_buckets_bound_padding_and_shapes():
   sizes = np.arange(1, 20001)
-  buckets = np.array([region_index._bucket(int(n)) for n in sizes])
+  buckets = np.array([region_search._bucket(int(n)) for n in sizes])
   assert np.all(buckets >= sizes) and np.all(np.diff(buckets) >= 0)
   assert np.all((buckets - sizes)[sizes > 256] <= 0.25 * sizes[sizes > 256])
   assert len(set(buckets.tolist())) <= 30  # compilations of _hit_scores
