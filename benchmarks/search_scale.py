@@ -4,13 +4,14 @@
   PYTHONPATH=. python3 benchmarks/search_scale.py --num_images=1000000 \
       --small_images=1000000 --kinds=ivfpq --pq_m=256 --pq_nbits=4 \
       --fast_scan --coarse=hnsw --train_size=80000 --num_queries=50 \
-      --fresh_queries=10 --settings=64:1500:300,64:1200:200,64:1000:200
-      # 2026-11-27, 2-core CPU: 18 min wall, peak RSS 11.9 GiB. 1M images
-      # (7.86M vectors, nlist 2048): recall@100 0.970 at 53.8x brute force
-      # (1125 ms/query), 0.961 at 62.3x, 0.953 at 68.1x: the goal (>= 0.95
-      # at >= 20x) is met with exact re-scoring (region_search.search
-      # rescore=True). Without it, 8-bit IVF-PQ reached 0.894 at 12.4x
-      # (m=128) and 0.516 at 20.2x (m=64).
+      --fresh_queries=10 \
+      --settings=64:1500:300,64:1200:200,64:1000:200,32:1000:200
+      # 2026-11-27, idle 2-core CPU: 10.4 min wall, peak RSS 11.9 GiB. 1M
+      # images (7.86M vectors, nlist 2048), brute force 870 ms/query:
+      # recall@100 0.970 at 43.6x, 0.961 at 57.7x, 0.953 at 63.3x, 0.927 at
+      # 76.1x: the goal (>= 0.95 at >= 20x) is met with exact re-scoring
+      # (region_search.search rescore=True). Without it, 8-bit IVF-PQ
+      # reached 0.894 at 12.4x (m=128) and 0.516 at 20.2x (m=64).
 
 A simulated collection of N DISTINCT images x M regions x D is generated on
 the fly (never written to disk) from REAL region descriptors: the real VGG19

@@ -84,7 +84,7 @@ def get_config():
   config.search.shortlist = 300
   # nlist 0: ~sqrt(region vectors). 128-byte fast-scan codes (m = 256
   # four-bit sub-codes for D = 512), 64 lists probed, 1500 regions per query
-  # region, 300 images re-ranked: recall@100 0.970 at 54x brute force on 1M
+  # region, 300 images re-ranked: recall@100 0.970 at 44x brute force on 1M
   # simulated images (benchmarks/search_scale.py, README "Search at scale").
   config.search.ivfpq = ml_collections.ConfigDict({
       'nlist': 0, 'm': 256, 'nbits': 4, 'fast_scan': True, 'nprobe': 64,
