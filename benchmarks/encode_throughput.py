@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from regagg_jax import clustering
 from regagg_jax import encoder
 from regagg_jax import file_encoder
@@ -182,17 +183,7 @@ def _runners(variables, projections, batch, dtype):
 
 def _median_times(runners):
   """Compiles each runner, then the median of --repeats interleaved runs."""
-  compile_s = {}
-  for name, run in runners.items():
-    start = time.perf_counter()
-    run()
-    compile_s[name] = time.perf_counter() - start
-  times = {name: [] for name in runners}
-  for _ in range(_REPEATS.value):
-    for name, run in runners.items():
-      start = time.perf_counter()
-      run()
-      times[name].append(time.perf_counter() - start)
+  _, compile_s, times = timing.interleaved(runners, _REPEATS.value)
   return {name: statistics.median(values) for name, values in times.items()
           }, compile_s
 

@@ -254,6 +254,7 @@ def measure_masks(paths):
   """Prints compute_region_masks times: new, scan baseline, VGG19."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import timing  # pylint: disable=g-import-not-at-top
   from regagg_jax import clustering, hulls, images, keypoints, regions, vgg19, weighting  # pylint: disable=g-import-not-at-top,g-multiple-import
   variables = vgg19.init_params(jax.random.PRNGKey(0))
   forward = jax.jit(vgg19.features)
@@ -297,11 +298,7 @@ def measure_masks(paths):
       "scan": lambda: scan(points, labels, cells, sizes),
       "fallback": lambda: fallback(points, labels, cells, sizes),
   }
-  _seconds(stages["vgg19"])  # compile
-  seconds = {stage: [] for stage in stages}
-  for _ in range(FLAGS.repeats):
-    for stage, function in stages.items():
-      seconds[stage].append(_seconds(function))
+  _, _, seconds = timing.interleaved(stages, FLAGS.repeats)
   median = {stage: np.median(times) for stage, times in seconds.items()}
   print(f"{len(paths)} images {FLAGS.width}x{FLAGS.height}, grid "
         f"{alpha.shape[1]}x{alpha.shape[0]}, P = {points.shape[1]} "

@@ -16,7 +16,6 @@ ratio. Needs torch (`pip install torch`), not a project dependency.
 
 import functools
 import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from regagg_jax import vgg19
 
 _DEVICE = flags.DEFINE_bool("device", False, "Measure images/s on the default "
@@ -35,12 +35,6 @@ _BATCHES = flags.DEFINE_list("batches", ["1", "8", "32"], "Batch sizes for "
                              "--device.")
 _RANDOM = flags.DEFINE_bool("random", False, "Random weights instead of "
                             "vgg19.load_params() (same speed).")
-
-
-def _time(function) -> float:
-  start = time.perf_counter()
-  function()
-  return time.perf_counter() - start
 
 
 def _torch_stack(params, torch):
@@ -81,13 +75,9 @@ def compare_cpu(variables) -> None:
       "jax portrait": lambda: run_jax(portrait, False),
       "torch landscape": run_torch,
   }
-  outputs = {name: run() for name, run in variants.items()}  # compile/warm up
+  outputs, _, times = timing.interleaved(variants, _REPEATS.value)
   reference = outputs["torch landscape"].numpy().transpose(0, 2, 3, 1)
   difference = np.abs(np.asarray(outputs["jax landscape"]) - reference).max()
-  times = {name: [] for name in variants}
-  for _ in range(_REPEATS.value):
-    for name, run in variants.items():
-      times[name].append(_time(run))
   medians = {name: statistics.median(values) for name, values in times.items()}
   print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), "
@@ -119,9 +109,10 @@ def measure_device(variables) -> None:
     for batch in map(int, _BATCHES.value):
       x = jax.random.normal(jax.random.PRNGKey(0),
                             (batch, _HEIGHT.value, _WIDTH.value, 3)) * 60.0
-      run = functools.partial(_run_features, variables, x, dtype)
-      run()
-      seconds = statistics.median(_time(run) for _ in range(_REPEATS.value))
+      _, _, times = timing.interleaved(
+          {'run': functools.partial(_run_features, variables, x, dtype)},
+          _REPEATS.value)
+      seconds = statistics.median(times['run'])
       print(f"  {jnp.dtype(dtype).name:8s} batch {batch:3d}: "
             f"{batch / seconds:8.1f} images/s ({seconds * 1e3:.1f} ms/batch)")
 
