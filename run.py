@@ -5,7 +5,7 @@
   python run.py --config=configs/table1_proposed.py:oxford5k,256 --mode=eval
   python run.py --config=configs/default.py --config.pca.dim=256 --mode=fit
 
-Modes (regagg_jax.modes.MODES): demo, encode, fit, search, eval. Each
+Modes (regagg_jax.experiment.modes.MODES): demo, encode, fit, search, eval. Each
 configs/*.py docstring gives its exact commands.
 
 Several hosts encode one store together (--mode=encode only): every host
@@ -14,9 +14,9 @@ runs the same command on a shared workdir with its own --process_id, e.g.
   python run.py --config=configs/oxford5k.py --mode=encode \\
       --coordinator_address=host0:12345 --num_processes=2 --process_id=0
 
-(regagg_jax.parallel documents the launch). On CPU backends, the
+(regagg_jax.encoding.parallel documents the launch). On CPU backends, the
 OpenBLAS threads behind jaxlib's QR / SVD are capped to one at start-up
-(encoder.limit_lapack_threads): they fight XLA's threads otherwise.
+(batch_encoder.limit_lapack_threads): they fight XLA's threads otherwise.
 """
 
 import os
@@ -26,9 +26,9 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from regagg_jax import encoder
-from regagg_jax import modes
-from regagg_jax import parallel
+from regagg_jax.encoding import batch_encoder
+from regagg_jax.experiment import modes
+from regagg_jax.encoding import parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -55,7 +55,7 @@ def main(argv):
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                       _PROCESS_ID.value)
   if jax.default_backend() == 'cpu':
-    encoder.limit_lapack_threads()
+    batch_encoder.limit_lapack_threads()
   modes.MODES[_MODE.value](_CONFIG.value)
 
 

@@ -21,7 +21,7 @@ jaxlib runs its LAPACK custom calls (QR, SVD of eq. 5) through scipy's
 OpenBLAS, whose own worker threads compete with XLA's thread pool: on a
 loaded 2-core machine a batched QR took 580 ms with them and 61 ms without.
 --lapack_threads=1 (default) caps that one library
-(encoder.limit_lapack_threads, through its scipy_openblas_set_num_threads
+(batch_encoder.limit_lapack_threads, through its scipy_openblas_set_num_threads
 entry point); FAISS's bundled OpenBLAS and numpy's are left alone. --lapack_threads=0 keeps the library default.
 """
 
@@ -35,12 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regagg_jax import encoder
-from regagg_jax import pca
-from regagg_jax import pooling
-from regagg_jax import similarity
-from regagg_jax import vgg19
-from regagg_jax import weighting
+from regagg_jax.encoding import batch_encoder
+from regagg_jax.aggregation import pca
+from regagg_jax.aggregation import pooling
+from regagg_jax.search import similarity
+from regagg_jax.features import vgg19
+from regagg_jax.features import weighting
 
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Alternating timing rounds.')
 _IMAGE_HEIGHT = flags.DEFINE_integer('image_height', 768, 'H_I of the image.')
@@ -168,7 +168,7 @@ def search_ratio(rng):
 def main(argv):
   del argv
   if _LAPACK_THREADS.value > 0:
-    encoder.limit_lapack_threads(_LAPACK_THREADS.value)
+    batch_encoder.limit_lapack_threads(_LAPACK_THREADS.value)
   rng = np.random.default_rng(0)
   print(f'jax {jax.__version__} on {jax.devices()[0].platform}, '
         f'{jax.device_count()} device(s); faiss {faiss.__version__} '

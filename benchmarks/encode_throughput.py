@@ -1,6 +1,6 @@
 """Encoder throughput: the full encoder versus the bare VGG19 forward.
 
-Default (CPU, forced): images/s of encoder.encode_batch ('o2' with a U^1,
+Default (CPU, forced): images/s of batch_encoder.encode_batch ('o2' with a U^1,
 the jax detector backend, whitening to D included: VGG19 -> alpha, beta ->
 detector -> selection -> k-means -> masks -> eq. 4-6) and of the bare
 vgg19.features on the same padded batch of --batch 1024x768 images (bundled
@@ -17,7 +17,7 @@ bare (issue 6 target: <= 1.15).
 768x1024, 10 % long tail with the longer side <= 1024) through
 file_encoder.encode_rows, images written to a temporary directory at --mix_scale
 of their size with tiny random VGG19 widths (the count depends on shapes
-only), and prints the compilations (encoder.compilations()) against the
+only), and prints the compilations (batch_encoder.compilations()) against the
 shape buckets (images.bucket_shape) at that scale and at full scale.
 
 --host_pipeline times file_encoder.encode_rows end to end (JPEG decoding on
@@ -59,16 +59,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
-from regagg_jax import clustering
-from regagg_jax import encoder
-from regagg_jax import file_encoder
-from regagg_jax import images
-from regagg_jax import keypoints
-from regagg_jax import pca
-from regagg_jax import pooling_methods
-from regagg_jax import regions
-from regagg_jax import vgg19
-from regagg_jax import weighting
+from regagg_jax.regions import clustering
+from regagg_jax.encoding import batch_encoder
+from regagg_jax.encoding import file_encoder
+from regagg_jax.features import images
+from regagg_jax.regions import keypoints
+from regagg_jax.aggregation import pca
+from regagg_jax.aggregation import method_table
+from regagg_jax.regions import proposal
+from regagg_jax.features import vgg19
+from regagg_jax.features import weighting
 
 _DEVICE = flags.DEFINE_bool('device', False, 'Measure on the default JAX '
                             'accelerator (float32 and bfloat16).')
@@ -175,7 +175,7 @@ def _runners(variables, projections, batch, dtype):
 
   return {
       'bare': lambda: bare(variables, rgb, sizes).block_until_ready(),
-      'full': lambda: jax.block_until_ready(encoder.encode_batch(
+      'full': lambda: jax.block_until_ready(batch_encoder.encode_batch(
           variables, rgb, sizes, cells, reduction, whitening, method='o2',
           dtype=dtype, region_options=_REGIONS, pooling_options=_pooling())),
   }
@@ -231,7 +231,7 @@ def measure_host_pipeline(variables, projections, batch_size, dtype):
              for i in range(0, count - batch_size + 1, batch_size)]
   start = time.perf_counter()
   for rgb, sizes, cells in batches:  # dispatched back to back, as encode_rows
-    outputs = encoder.encode_batch(
+    outputs = batch_encoder.encode_batch(
         variables, rgb, sizes, cells, reduction, whitening, method='o2',
         dtype=dtype, region_options=_REGIONS, pooling_options=_pooling())
   jax.block_until_ready(outputs)
@@ -275,12 +275,12 @@ def measure_stages(variables, projections, batch_size, dtype):
       functools.partial(clustering.global_fast_kmeans,
                         num_clusters=clusters))), points, valid)
   seconds['masks'], (masks, region_valid) = _median_call(jax.jit(jax.vmap(
-      functools.partial(regions.compute_region_masks, num_clusters=clusters,
+      functools.partial(proposal.compute_region_masks, num_clusters=clusters,
                         min_cells=_REGIONS['min_cells']))),
                                                          points, labels,
                                                          cells, sizes)
   seconds['pool o2'], pooled = _median_call(jax.jit(jax.vmap(
-      functools.partial(pooling_methods.POOLING['o2'].pool, reduction=reduction,
+      functools.partial(method_table.POOLING['o2'].pool, reduction=reduction,
                         options=_pooling()))),  # eq. (4-5)
                                             features, alpha, beta, cells,
                                             masks, region_valid)
@@ -322,7 +322,7 @@ def measure_mix(batch_size):
     paths = [f'{directory}/{i:05d}.jpg' for i in range(len(scaled))]
     for path, (height, width) in zip(paths, scaled):
       cv2.imwrite(path, cv2.resize(sample, (width, height))[..., ::-1])
-    before = encoder.compilations()
+    before = batch_encoder.compilations()
     start = time.perf_counter()
     store = file_encoder.encode_rows(
         variables, paths, list(range(len(paths))), 'o2',
@@ -330,7 +330,7 @@ def measure_mix(batch_size):
         reduction=reduction, whitening=whitening, batch_size=batch_size,
         num_threads=_THREADS.value, prefetch=_PREFETCH.value)
     seconds = time.perf_counter() - start
-  compilations = encoder.compilations() - before
+  compilations = batch_encoder.compilations() - before
   buckets = {images.bucket_shape(*s) for s in scaled}
   full_buckets = {images.bucket_shape(*s) for s in shapes}
   batches = len(images.group_by_bucket(scaled, batch_size=batch_size))
@@ -352,7 +352,7 @@ def main(argv):
     return
   if not _DEVICE.value:
     jax.config.update('jax_platforms', 'cpu')
-    encoder.limit_lapack_threads(1)
+    batch_encoder.limit_lapack_threads(1)
   elif jax.default_backend() == 'cpu':
     raise app.UsageError(f'--device needs a GPU or TPU, but JAX '
                          f'{jax.__version__} sees only {jax.devices()}')

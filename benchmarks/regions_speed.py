@@ -1,7 +1,7 @@
 """Per-image time of each region-proposal stage versus the VGG19 forward.
 
 Times, at one image size (1024 x 768 by default), in one run:
-  vgg19       regagg_jax.vgg19.features (random init_params weights)
+  vgg19       regagg_jax.features.vgg19.features (random init_params weights)
   hesaff      keypoints.detect(backend="hesaff") on the host (if installed)
   jax         keypoints.detect(backend="jax"), i.e. the jitted
               hessian_affine.detect_hessian_affine (every candidate adapted)
@@ -13,8 +13,8 @@ Times, at one image size (1024 x 768 by default), in one run:
   selection   keypoints.select_salient (N_max = 4000)
   bound       clustering.compute_bounds once over N_max points (O(P^2))
   kmeans      clustering.global_fast_kmeans (L = 3)
-  masks       regions.compute_region_masks (2^L hulls on the conv grid)
-  proposal    regions.propose_batch(backend="jax") of the one image: the
+  masks       proposal.compute_region_masks (2^L hulls on the conv grid)
+  proposal    proposal.propose_batch(backend="jax") of the one image: the
               whole jitted proposal (salient + kmeans + masks), as the
               encoder runs it
 Every round times the VGG19 forward, each stage, and the forward again; a
@@ -25,11 +25,11 @@ and the median ratio over --repeats rounds is printed, after one warm-up
 With --agreement it instead compares the two detector backends on the bundled
 samples, with alpha from the real VGG19 weights: the share of jax points
 within 2 px of a hesaff point at a matched scale (|log2 sigma ratio| <= 0.5),
-and the mean IoU of the 2^L - 1 cluster-subset masks of regions.propose (best
+and the mean IoU of the 2^L - 1 cluster-subset masks of proposal.propose (best
 of the L! cluster relabellings, since the two runs may number clusters
 differently; the whole-image slot is equal by construction).
 
-With --masks it instead times regions.compute_region_masks (jitted, vmapped
+With --masks it instead times proposal.compute_region_masks (jitted, vmapped
 over a batch of --batch sample images resized to width x height: hesaff points
 (jax ones without pyhesaff), N_max = 4000 salient points by the alpha of a
 random-weight VGG19, padded, L = 3 global fast k-means clusters) with the dense
@@ -97,7 +97,11 @@ def _mask_iou(first, second):
 
 def measure_agreement(samples, num_clusters=3):
   """Prints the point and region agreement of the two detector backends."""
-  from regagg_jax import images, keypoints, regions, vgg19, weighting  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from regagg_jax.features import images  # pylint: disable=g-import-not-at-top
+  from regagg_jax.regions import keypoints  # pylint: disable=g-import-not-at-top
+  from regagg_jax.regions import proposal  # pylint: disable=g-import-not-at-top
+  from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
+  from regagg_jax.features import weighting  # pylint: disable=g-import-not-at-top
   variables = vgg19.load_params()
   shares, ious = [], []
   for path in samples:
@@ -109,7 +113,7 @@ def measure_agreement(samples, num_clusters=3):
       points, shapes, valid = (np.asarray(a) for a in keypoints.detect_shapes(
           image, backend=backend))
       sigma = np.sqrt(np.abs(np.linalg.det(shapes[valid])))
-      masks, _ = regions.propose(image, alpha, backend=backend,
+      masks, _ = proposal.propose(image, alpha, backend=backend,
                                  num_clusters=num_clusters)
       found[backend] = points[valid], sigma, np.asarray(masks)
     (ours, our_sigma, our_masks), (theirs, their_sigma, their_masks) = (
@@ -255,7 +259,13 @@ def measure_masks(paths):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from benchmarks import timing  # pylint: disable=g-import-not-at-top
-  from regagg_jax import clustering, hulls, images, keypoints, regions, vgg19, weighting  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from regagg_jax.regions import clustering  # pylint: disable=g-import-not-at-top
+  from regagg_jax.regions import hulls  # pylint: disable=g-import-not-at-top
+  from regagg_jax.features import images  # pylint: disable=g-import-not-at-top
+  from regagg_jax.regions import keypoints  # pylint: disable=g-import-not-at-top
+  from regagg_jax.regions import proposal  # pylint: disable=g-import-not-at-top
+  from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
+  from regagg_jax.features import weighting  # pylint: disable=g-import-not-at-top
   variables = vgg19.init_params(jax.random.PRNGKey(0))
   forward = jax.jit(vgg19.features)
   image_shape = (FLAGS.height, FLAGS.width)
@@ -277,20 +287,20 @@ def measure_masks(paths):
   points, labels = jnp.stack(all_points), jnp.stack(all_labels)
   cells = jnp.ones((len(paths),) + alpha.shape, bool)
   sizes = jnp.asarray([image_shape] * len(paths))
-  new = jax.jit(jax.vmap(regions.compute_region_masks))
-  scan = jax.jit(jax.vmap(regions.compute_region_masks))
+  new = jax.jit(jax.vmap(proposal.compute_region_masks))
+  scan = jax.jit(jax.vmap(proposal.compute_region_masks))
   with mock.patch.object(hulls, "rasterise_hulls", _scan_rasterise_hulls):
     scan_masks, scan_valid = scan(points, labels, cells, sizes)  # traces
     scan_jaxpr = jax.make_jaxpr(  # a fresh function: no trace cache hit
-        lambda *arrays: regions.compute_region_masks(*arrays))(
+        lambda *arrays: proposal.compute_region_masks(*arrays))(
             points[0], labels[0], cells[0], sizes[0]).jaxpr
   new_masks, new_valid = new(points, labels, cells, sizes)
-  fallback = jax.jit(jax.vmap(regions.compute_region_masks))
+  fallback = jax.jit(jax.vmap(proposal.compute_region_masks))
   with mock.patch.object(hulls, "_compact_candidates", functools.partial(
       hulls._compact_candidates, max_candidates=1)):  # pylint: disable=protected-access
     fallback_masks, _ = fallback(points, labels, cells, sizes)  # traces
   new_jaxpr = jax.make_jaxpr(
-      lambda *arrays: regions.compute_region_masks(*arrays))(
+      lambda *arrays: proposal.compute_region_masks(*arrays))(
           points[0], labels[0], cells[0], sizes[0]).jaxpr
   stages = {
       "vgg19": lambda: [forward(variables, image) for image in batch],
@@ -314,7 +324,7 @@ def measure_masks(paths):
     steps, whiles = _loop_steps(jaxpr)
     print(f"  {name:6s} sequential loop steps per image: {steps} "
           f"(+ {whiles} data-dependent while loops inside)")
-  members = jax.vmap(regions.subset_members)(labels)
+  members = jax.vmap(proposal.subset_members)(labels)
   polygons = jax.vmap(hulls._support_polygon)(points, members)  # pylint: disable=protected-access
   _, packed, fits = jax.vmap(hulls._compact_candidates)(  # pylint: disable=protected-access
       points, members, polygons)
@@ -342,7 +352,12 @@ def main(argv):
                   [:FLAGS.batch])
     return
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from regagg_jax import clustering, hessian_affine, keypoints, regions, vgg19, weighting  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from regagg_jax.regions import clustering  # pylint: disable=g-import-not-at-top
+  from regagg_jax.regions import hessian_affine  # pylint: disable=g-import-not-at-top
+  from regagg_jax.regions import keypoints  # pylint: disable=g-import-not-at-top
+  from regagg_jax.regions import proposal  # pylint: disable=g-import-not-at-top
+  from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
+  from regagg_jax.features import weighting  # pylint: disable=g-import-not-at-top
 
   logging.info("devices: %s", jax.devices())
   image = cv2.cvtColor(cv2.imread(FLAGS.image), cv2.COLOR_BGR2RGB)
@@ -366,7 +381,7 @@ def main(argv):
   nearest = jnp.sum((salient - jnp.mean(salient, axis=0)) ** 2, axis=1)
   labels, _ = clustering.global_fast_kmeans(salient, salient_valid)
   bound = jax.jit(clustering.compute_bounds)
-  masks = jax.jit(regions.compute_region_masks)
+  masks = jax.jit(proposal.compute_region_masks)
   detect_salient = jax.jit(functools.partial(
       keypoints.detect_salient, padded_shape=image_shape, n_max=FLAGS.n_max))
   cells = jnp.ones(alpha.shape, bool)
@@ -380,7 +395,7 @@ def main(argv):
       "bound": lambda: bound(salient, salient_valid, nearest),
       "kmeans": lambda: clustering.global_fast_kmeans(salient, salient_valid),
       "masks": lambda: masks(salient, labels, cells, size),
-      "proposal": lambda: regions.propose_batch(
+      "proposal": lambda: proposal.propose_batch(
           device_image[None], alpha[None], cells[None], size[None],
           backend="jax", n_max=FLAGS.n_max),
   }

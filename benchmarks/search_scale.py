@@ -10,7 +10,7 @@
       # images (7.86M vectors, nlist 2048), brute force 870 ms/query:
       # recall@100 0.970 at 43.6x, 0.961 at 57.7x, 0.953 at 63.3x, 0.927 at
       # 76.1x: the goal (>= 0.95 at >= 20x) is met with exact re-scoring
-      # (region_search.search rescore=True). Without it, 8-bit IVF-PQ
+      # (index_search.search rescore=True). Without it, 8-bit IVF-PQ
       # reached 0.894 at 12.4x (m=128) and 0.516 at 20.2x (m=64).
 
 A simulated collection of N DISTINCT images x M regions x D is generated on
@@ -68,13 +68,13 @@ import faiss
 import jax
 import numpy as np
 
-from regagg_jax import images
-from regagg_jax import pca
-from regagg_jax import region_index
-from regagg_jax import region_search
-from regagg_jax import similarity
-from regagg_jax import vgg19
-from regagg_jax import weighting
+from regagg_jax.features import images
+from regagg_jax.aggregation import pca
+from regagg_jax.search import region_index
+from regagg_jax.search import index_search
+from regagg_jax.search import similarity
+from regagg_jax.features import vgg19
+from regagg_jax.features import weighting
 
 SAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / 'data' / 'samples'
 """The 56 bundled sample images (384 px)."""
@@ -132,7 +132,7 @@ _SETTINGS = flags.DEFINE_list(
     'Search settings nprobe|ef_search:k_regions:shortlist tried per index.')
 _RESCORE = flags.DEFINE_boolean(
     'rescore', True, 'Shortlist by the exact scores of the retrieved regions '
-    '(region_search.search(rescore=...)).')
+    '(index_search.search(rescore=...)).')
 _LATENCY_QUERIES = flags.DEFINE_integer('latency_queries', 10,
                                         'Single queries timed (median).')
 _MAPS_CACHE = flags.DEFINE_string(
@@ -446,7 +446,7 @@ def measure_kind(kind, store, store_valid, query, query_valid, exact_scores,
   for setting in settings:
     probe, k_regions, shortlist = (int(v) for v in setting.split(':'))
     # pylint: disable-next=cell-var-from-loop
-    search = lambda q, v: region_search.search(
+    search = lambda q, v: index_search.search(
         built, store, store_valid, q, v, k_regions=k_regions,
         shortlist=shortlist, nprobe=probe or None, ef_search=probe or None,
         rescore=_RESCORE.value)

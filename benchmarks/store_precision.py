@@ -2,7 +2,7 @@
 
 Encodes the demo set once (configs/demo.py: the 56 bundled UKBench images,
 real VGG19, 384 px, hesaff regions; one VGG19 pass for every method), writes
-each method's store with sharded_store.save_store as float32 and as float16,
+each method's store with store_io.save_store as float32 and as float16,
 loads both back (float16 is cast up to float32) and, for every demo row (O2_R,
 O2_W, O1_R, O1_W and the global baselines), fits PCA-whitening on the loaded
 store as the demo does (pipeline.fit, D = 16), ranks every image against all
@@ -22,16 +22,16 @@ from absl import app
 import numpy as np
 
 from configs import demo
-from regagg_jax import datasets
-from regagg_jax import encoder
-from regagg_jax import evaluation
-from regagg_jax import modes
-from regagg_jax import pca
-from regagg_jax import pipeline
-from regagg_jax import sharded_store
-from regagg_jax import similarity
-from regagg_jax import store_format
-from regagg_jax import workspace
+from regagg_jax.evaluation import datasets
+from regagg_jax.encoding import batch_encoder
+from regagg_jax.evaluation import metrics
+from regagg_jax.experiment import modes
+from regagg_jax.aggregation import pca
+from regagg_jax.experiment import pipeline
+from regagg_jax.storage import store_io
+from regagg_jax.search import similarity
+from regagg_jax.storage import store_format
+from regagg_jax.experiment import workspace
 
 
 def _shard_bytes(path):
@@ -50,13 +50,13 @@ def _scores(config, dataset, store):
   scores, _ = similarity.image_similarity(whitened, valid, whitened, valid)
   scores = np.asarray(scores)  # eq. (7)
   rows = np.asarray(store.metadata['rows'])
-  return evaluation.evaluate(
-      dataset, rows[evaluation.ranks_from_scores(scores)]), scores
+  return metrics.evaluate(
+      dataset, rows[metrics.ranks_from_scores(scores)]), scores
 
 
 def main(argv):
   del argv
-  encoder.limit_lapack_threads()
+  batch_encoder.limit_lapack_threads()
   config = demo.get_config()
   dataset = workspace.load_dataset(config)
   if not np.array_equal(dataset.query_indices, np.arange(len(dataset.images))):
@@ -71,8 +71,8 @@ def main(argv):
     for method, store in stores.items():
       for dtype in store_format.DTYPES:
         path = os.path.join(directory, f'{method}-{dtype}')
-        sharded_store.save_store(path, store, dtype=dtype)
-        loaded[method, dtype] = sharded_store.load_store(path)
+        store_io.save_store(path, store, dtype=dtype)
+        loaded[method, dtype] = store_io.load_store(path)
         sizes[method, dtype] = _shard_bytes(path)
       difference = np.abs(loaded[method, 'float16'].descriptors -
                           store.descriptors)[store.valid]

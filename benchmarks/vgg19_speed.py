@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
-from regagg_jax import vgg19
+from regagg_jax.features import vgg19
 
 _DEVICE = flags.DEFINE_bool("device", False, "Measure images/s on the default "
                             "JAX accelerator instead of the CPU comparison.")

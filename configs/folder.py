@@ -1,7 +1,7 @@
 """Any folder of images with a simple ground-truth file (users' collections).
 
 The folder holds the images and the ground-truth file read by
-regagg_jax.datasets (see its docstring for the format); the argument is the
+regagg_jax.evaluation.datasets (see its docstring for the format); the argument is the
 folder.
 
   python run.py --config=configs/folder.py:/path/to/photos --mode=eval

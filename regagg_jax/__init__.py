@@ -1,38 +1,27 @@
 """regagg_jax: Regional Deep Feature Aggregation for Image Retrieval in JAX.
 
 Jeong, Choo, Seo, Cho, "Regional deep feature aggregation for image retrieval",
-ICASSP 2017. One module per pipeline stage:
+ICASSP 2017. One folder per stage of the pipeline, each with a face
+(`__init__.py`) naming its public functions:
 
-  images      load / resize / pad images on the host (numpy, OpenCV)
-  weights     fetch, verify and convert the Caffe/Keras VGG19 weights; orbax I/O
-  vgg19       Flax VGG19 up to conv5_4 + ReLU, Caffe preprocessing
-  weighting   spatial weights alpha (eq. 1), channel weights beta (eq. 2)
-  keypoints   Hessian-affine detection (hesaff | jax), salient point selection
-  hessian_affine  JAX Hessian-affine detector (keypoints' jax backend)
-  affine_adaptation  affine shape adaptation of its candidates (hesaff rule)
-  clustering  global fast k-means
-  hulls       convex hulls of point subsets rasterised on the conv grid
-  regions     power set of clusters -> 2^L convex-hull masks on the conv grid
-  pooling     first-order (eq. 3, 9), second-order (eq. 4-5), baselines
-  pca         PCA (eq. 4, U1) and PCA-whitening (eq. 6, U2)
-  similarity  region-to-region image similarity (eq. 7), query expansion (eq. 8)
-  index       Store and Fit in memory, their hashes, fits and results on disk
-  store_format  the files of a store directory: header, shards (versioned)
-  sharded_store  stores on disk: built shard by shard, resumable; load, save
-  region_index  FAISS index over region vectors: build, save, load
-  region_search  index search: exact re-scoring, eq. 7 / eq. 8 re-rank
-  datasets    benchmarks: image lists, ground truth, query boxes
-  evaluation  AP / mAP protocols (numpy, host)
-  reading     host side: read / crop / shrink images, bucket, pad, prefetch
-  pooling_methods  the pooling.method table: per-image pooling, U^1 needs
-  encoder     a padded batch -> region descriptors: one jit (all stages)
-  file_encoder  image files -> stores: reading, batches, the encoder, U^1
-  parallel    device mesh (jax.sharding) and hosts (jax.distributed)
-  figures     the paper's Fig. 2: queries beside their best-matched results
-  pipeline    encode / fit as a config says
-  retrieval   search as a config says: exact eq. 7 or region index + re-rank
-  workspace   a dataset's stores, fits and indexes kept in the workdir
-  modes       what run.py --mode runs: demo / encode / fit / search / eval
+  features/     images, host reading, VGG19 conv5_4, weights, alpha and
+                beta (eq. 1-2)
+  regions/      Sec. 2: Hessian-affine points, N_max / N_min, global fast
+                k-means, 2^L convex-hull masks
+  aggregation/  Sec. 3: pooling (eq. 3-5, 9), baselines, the method table,
+                PCA and PCA-whitening (eq. 4, 6)
+  search/       Sec. 4: similarity (eq. 7), query expansion (eq. 8), the
+                FAISS region index and its search
+  encoding/     a padded batch in one jit; image files -> descriptors;
+                device mesh and hosts
+  storage/      stores, fits and results on disk
+  evaluation/   datasets and ground truth, AP / mAP protocols, Fig. 2
+  experiment/   the only reader of a config: encode / fit, retrieval,
+                workspace, run.py's modes
+
+Research code imports a stage, e.g.
+`from regagg_jax.aggregation import second_order` or
+`from regagg_jax import aggregation`.
 
 Shape glossary used in every docstring:
   B   images in a batch

@@ -36,5 +36,5 @@ def sample_paths() -> list[Path]:
 @pytest.fixture(scope="session")
 def real_params() -> dict:
   """The real VGG19 variables (fetched and converted once, then cached)."""
-  from regagg_jax import vgg19  # pylint: disable=g-import-not-at-top
+  from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
   return vgg19.load_params()

@@ -13,8 +13,8 @@ from ml_collections import config_flags
 import pytest
 
 from configs import paper
-from regagg_jax import pipeline
-from regagg_jax import pooling_methods
+from regagg_jax.experiment import pipeline
+from regagg_jax.aggregation import method_table
 
 # ml_collections' config_flags loads config files with the deprecated
 # SourceFileLoader.load_module(); not ours to change.
@@ -51,7 +51,7 @@ def _check_valid(config):
   assert set(config) >= {'features', 'regions', 'pooling', 'pca', 'search',
                          'eval', 'name', 'workdir'}
   assert config.features.weights in pipeline.WEIGHTS
-  assert config.pooling.method in pooling_methods.POOLING
+  assert config.pooling.method in method_table.POOLING
   assert config.search.query_regions in pipeline.QUERY_REGIONS
   assert config.regions.backend in ('hesaff', 'jax')
   assert config.features.dtype in ('float32', 'bfloat16')

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 
 from configs import quick
-from regagg_jax import datasets
-from regagg_jax import evaluation
-from regagg_jax import images
-from regagg_jax import index
-from regagg_jax import modes
-from regagg_jax import pca
-from regagg_jax import pipeline
-from regagg_jax import retrieval
-from regagg_jax import sharded_store
-from regagg_jax import workspace
+from regagg_jax.evaluation import datasets
+from regagg_jax.evaluation import metrics
+from regagg_jax.features import images
+from regagg_jax.storage import records
+from regagg_jax.experiment import modes
+from regagg_jax.aggregation import pca
+from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import retrieval
+from regagg_jax.storage import store_io
+from regagg_jax.experiment import workspace
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,7 +140,7 @@ def test_cropped_queries_and_whitening_fitted_on_another_set(tmp_path, folder,
   np.testing.assert_array_equal(full.descriptors, database.descriptors[[0, 4]])
   assert cropped.metadata['reduction_hash'] == database.metadata['reduction_hash']
   fits = os.listdir(tmp_path / 'work' / 'fits')
-  fitted = index.load_fit(tmp_path / 'work' / 'fits' / fits[0])
+  fitted = records.load_fit(tmp_path / 'work' / 'fits' / fits[0])
   assert fitted.metadata['fitted_on'] == 'other'
   assert fitted.metadata['num_images'] == 6
 
@@ -149,10 +149,10 @@ def test_store_round_trip_gives_identical_results(tmp_path, folder):
   config = _config(tmp_path, folder)
   dataset = workspace.load_dataset(config)
   database, fitted = workspace.prepare(config, dataset)
-  sharded_store.save_store(tmp_path / 'copy', database)
-  index.save_fit(tmp_path / 'fit', fitted)
-  loaded = sharded_store.load_store(tmp_path / 'copy')
-  loaded_fit = index.load_fit(tmp_path / 'fit')
+  store_io.save_store(tmp_path / 'copy', database)
+  records.save_fit(tmp_path / 'fit', fitted)
+  loaded = store_io.load_store(tmp_path / 'copy')
+  loaded_fit = records.load_fit(tmp_path / 'fit')
   before = retrieval.search(config, database, database, fitted)
   after = retrieval.search(config, loaded, loaded, loaded_fit)
   np.testing.assert_array_equal(after.scores, before.scores)
@@ -224,7 +224,7 @@ def test_killed_store_resumes_only_its_missing_shards(tmp_path, folder,
   (store_dir / 'shard_00001.npz').unlink()
   (store_dir / 'metadata.json').unlink()
   with pytest.raises(ValueError, match='unfinished store'):
-    sharded_store.load_store(store_dir)
+    store_io.load_store(store_dir)
   encoded = []
   original = pipeline.encode_rows
 
@@ -263,7 +263,7 @@ def test_whitened_store_equals_whitening_at_search_time(tmp_path, folder,
   dataset = workspace.load_dataset(config)
   database, fitted = workspace.prepare(config, dataset)
   assert database.descriptors.shape[-1] == 6
-  assert database.metadata['whitening_hash'] == index.hash_params(
+  assert database.metadata['whitening_hash'] == records.hash_params(
       fitted.whitening)
   plain = pipeline.encode(config, datasets.database_paths(dataset),
                           reduction=fitted.reduction)
@@ -341,7 +341,7 @@ def test_two_processes_encode_one_store(tmp_path, folder):
   assert alone.returncode == 0, alone.stderr[-3000:]
   (two,) = (tmp_path / 'two' / 'stores').iterdir()
   (one,) = (tmp_path / 'one' / 'stores').iterdir()
-  two, one = sharded_store.load_store(two), sharded_store.load_store(one)
+  two, one = store_io.load_store(two), store_io.load_store(one)
   np.testing.assert_allclose(two.descriptors, one.descriptors, atol=1e-6)
   np.testing.assert_array_equal(two.valid, one.valid)
   assert two.metadata['rows'] == one.metadata['rows']
@@ -374,10 +374,10 @@ def test_distractors_join_the_database_as_irrelevant(tmp_path, folder,
       retrieval.search(config, queries, database, fitted), database,
       positions)
   assert ranks.shape == (9, 14) and ranks.max() == 14  # 8 + 6 readable
-  assert evaluation.evaluate(dataset, ranks)['mAP'] == pytest.approx(
+  assert metrics.evaluate(dataset, ranks)['mAP'] == pytest.approx(
       noisy['mAP'])
   kept = np.array([row[row < 9] for row in ranks])  # distractors removed
-  assert evaluation.evaluate(dataset, kept)['mAP'] >= noisy['mAP']
+  assert metrics.evaluate(dataset, kept)['mAP'] >= noisy['mAP']
   config.eval.distractors = str(tmp_path / 'missing')
   with pytest.raises(FileNotFoundError, match='missing'):
     workspace.prepare(config, dataset)

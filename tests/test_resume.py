@@ -3,7 +3,7 @@
 The test runs this file as a child process (see `_encode`): a real encode
 (file_encoder.encode_rows, 'o2' with a fixed U^1, tiny random VGG19, jax
 region backend) of 24 sample images at 96 px into a
-sharded_store.build_store store of shards of 4 images.
+store_io.build_store store of shards of 4 images.
 """
 
 import json
@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from regagg_jax import index
-from regagg_jax import sharded_store
+from regagg_jax.storage import records
+from regagg_jax.storage import store_io
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES, SHARD_SIZE = 24, 4
@@ -29,9 +29,9 @@ def _encode(pause, targets):
   encode_part call appends its rows to that log (one JSON line) and then
   waits `pause` seconds (time for the test to kill it between shards)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from regagg_jax import file_encoder  # pylint: disable=g-import-not-at-top
-  from regagg_jax import pca  # pylint: disable=g-import-not-at-top
-  from regagg_jax import vgg19  # pylint: disable=g-import-not-at-top
+  from regagg_jax.encoding import file_encoder  # pylint: disable=g-import-not-at-top
+  from regagg_jax.aggregation import pca  # pylint: disable=g-import-not-at-top
+  from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
 
   samples = os.path.join(REPO_ROOT, 'data', 'samples')
   paths = [os.path.join(samples, n) for n in sorted(os.listdir(samples))
@@ -46,9 +46,9 @@ def _encode(pause, targets):
                                 'num_clusters': 3, 'min_cells': 1},
              'pooling_options': {'gem_power': 3.0, 'offdiag_scale': 1.0,
                                  'log_method': 'qr', 'rmac_levels': 3}}
-  header = {'config_hash': index.hash_config(options), 'apply_exif': True,
+  header = {'config_hash': records.hash_config(options), 'apply_exif': True,
             'whitening_hash': 'none',
-            'inputs_hash': index.hash_config([str(p) for p in paths])}
+            'inputs_hash': records.hash_config([str(p) for p in paths])}
   for store, log in targets:
     def encode_part(rows, log=log):
       with open(log, 'a') as stream:
@@ -59,7 +59,7 @@ def _encode(pause, targets):
                                       prefetch=1, **options)
       time.sleep(pause)
       return part
-    sharded_store.build_store(store, encode_part, image_paths=paths,
+    store_io.build_store(store, encode_part, image_paths=paths,
                               header=header, shard_size=SHARD_SIZE,
                               reduction=reduction)
 
@@ -112,7 +112,7 @@ def test_killed_encode_resumes_without_recomputing(tmp_path):
   with pytest.raises(ValueError, match=f'unfinished store: '
                      f'{NUM_SHARDS - len(finished)} of {NUM_SHARDS} shards '
                      'missing'):
-    sharded_store.load_store(store)
+    store_io.load_store(store)
 
   child, output = _start(tmp_path, 0, (store, logs[1]), (reference, logs[2]))
   with open(output) as stream:
@@ -125,8 +125,8 @@ def test_killed_encode_resumes_without_recomputing(tmp_path):
   assert _logged_shards(logs[2]) == list(range(NUM_SHARDS))
   assert not [f for f in os.listdir(store) if '.tmp-' in f]
   # (b) the resumed store is the uninterrupted one, exactly.
-  resumed = sharded_store.load_store(store)
-  expected = sharded_store.load_store(reference)
+  resumed = store_io.load_store(store)
+  expected = store_io.load_store(reference)
   for name in ('descriptors', 'valid', 'masks', 'grid'):
     np.testing.assert_array_equal(getattr(resumed, name),
                                   getattr(expected, name), err_msg=name)

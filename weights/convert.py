@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from regagg_jax import weights
+from regagg_jax.features import weights
 
 _H5 = flags.DEFINE_string("h5", None, "Local Keras VGG19 notop .h5 to convert "
                           "(verified by SHA-256); default: fetch it.")

@@ -1,0 +1,311 @@
+"""A padded batch -> region descriptors: VGG19, alpha / beta, regions, pooling.
+
+  encode_batch    one padded batch -> descriptors, validity, masks (one jit)
+  run_batch       encode_batch unchecked, staged / fused / on a device mesh
+  staged_forward  the staged path's jitted VGG19 conv5_4, alpha, beta
+  propose_regions the staged path's region proposal (host loop or batch)
+  staged_pool     the staged path's jitted pooling of one Method
+  freeze_options  an options dict as the hashable tuple the jits take
+  compilations    how often this module's jitted functions were compiled
+  limit_lapack_threads  caps the OpenBLAS threads behind jaxlib's QR / SVD
+
+Batches come from `reading` (images of one shape bucket, images.bucket_shape,
+padded to the batch size with a validity mask), so each bucket compiles
+once. With the 'jax' detector backend `encode_batch` runs the whole chain of
+a batch in ONE jit: VGG19 conv5_4, alpha (eq. 1), beta (eq. 2), the JAX
+Hessian-affine detector, N_max / N_min selection, global fast k-means, hull
+masks (proposal.propose_batch), pooling (eq. 3-5, 9 or a baseline) and
+optional whitening (eq. 6). The 'hesaff' backend runs the staged path:
+jitted forward, host detection per image, jitted pooling. The pooling
+methods are `method_table.POOLING`; `file_encoder` runs this module over
+image files into stores. Nothing here reads a config.
+"""
+
+import collections
+import ctypes
+import functools
+import glob
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy
+
+from regagg_jax.features import images
+from regagg_jax.encoding import parallel
+from regagg_jax.aggregation import pca
+from regagg_jax.aggregation import method_table
+from regagg_jax.regions import proposal
+from regagg_jax.features import vgg19
+from regagg_jax.features import weighting
+
+
+def limit_lapack_threads(num_threads=1):
+  """Caps the threads of the OpenBLAS behind scipy.linalg.cython_lapack.
+
+  jaxlib's CPU QR / SVD (eq. 5) call LAPACK through scipy's OpenBLAS, whose
+  worker threads compete with XLA's thread pool (5-10x slower second-order
+  pooling on 2 cores). Only that library is capped, through its
+  scipy_openblas_set_num_threads entry point; numpy's and FAISS's OpenBLAS
+  are left alone. Logs a warning if scipy bundles no OpenBLAS.
+
+  Args:
+    num_threads: threads that library may use, >= 1.
+
+  Raises:
+    ValueError: num_threads < 1.
+  """
+  if num_threads < 1:
+    raise ValueError(f'num_threads must be >= 1, got {num_threads}')
+  pattern = os.path.join(os.path.dirname(scipy.__file__), os.pardir,
+                         'scipy.libs', 'libscipy_openblas*.so')
+  libraries = glob.glob(pattern)
+  if not libraries:
+    logging.warning('no scipy OpenBLAS at %s; LAPACK threads unchanged',
+                    pattern)
+  for library in libraries:
+    ctypes.CDLL(library).scipy_openblas_set_num_threads(num_threads)
+
+
+_TRACES = collections.Counter()  # jitted function name -> traces
+
+
+def _jit(function, static_argnames):
+  """jax.jit that counts its traces: one per compilation (cache miss)."""
+  @functools.wraps(function)
+  def traced(*args, **kwargs):
+    _TRACES[function.__name__] += 1
+    return function(*args, **kwargs)
+  return jax.jit(traced, static_argnames=static_argnames)
+
+
+def compilations():
+  """How many times encode_batch and the staged jits were compiled.
+
+  Counts the traces of this module's own jitted functions (the fused
+  encode_batch, the staged forward and pooling): jax.jit traces exactly once
+  per compilation-cache miss (new shapes, dtypes, static options, input
+  shardings). Functions they call are traced inside them and not counted.
+
+  Returns:
+    int, cumulative over this process.
+  """
+  return sum(_TRACES.values())
+
+
+def _compute_maps(variables, rgb, sizes, cells, *, dtype):
+  """uint8 (B, H_I, W_I, 3), int32 (B, 2) image sizes, bool (B, H, W) valid
+  cells -> features (exact inside each padded image), alpha, beta."""
+  features = vgg19.features(variables, vgg19.preprocess(rgb), sizes,
+                            dtype=dtype)
+  alpha = jax.vmap(weighting.spatial_weights)(features, cells)  # eq. (1)
+  beta = jax.vmap(weighting.channel_weights)(features, cells)  # eq. (2)
+  return features, alpha, beta
+
+
+def _pool_batch(features, alpha, beta, cells, masks, region_valid, reduction,
+                *, method, options):
+  pool = functools.partial(method.pool, reduction=reduction,
+                           options=dict(options))
+  return jax.vmap(pool)(features, alpha, beta, cells, masks, region_valid)
+
+
+staged_forward = _jit(_compute_maps, static_argnames=('dtype',))
+"""Jitted (variables, rgb, sizes, cells, *, dtype) -> float32 (B, H, W, K)
+conv5_4 features, alpha (B, H, W) of eq. (1), beta (B, K) of eq. (2): the
+staged path's forward (one compilation per batch shape and dtype)."""
+
+staged_pool = _jit(_pool_batch, static_argnames=('method', 'options'))
+"""Jitted (features, alpha, beta, cells, masks bool (B, M, H, W), region_valid
+bool (B, M), reduction, *, method: a method_table.Method, options: a
+`freeze_options` tuple) -> float32 (B, M, D_store): the staged path's
+pooling of one Method."""
+
+
+def propose_regions(rgb, sizes, cells, alpha, region_options):
+  """Region masks and validity of a padded batch, for the staged path.
+
+  Args:
+    rgb: uint8 (B, H_I, W_I, 3) padded RGB images.
+    sizes: int32 (B, 2) (H_I, W_I) of each image; 0 for padding images.
+    cells: bool (B, H, W) valid conv5_4 cells of each image.
+    alpha: float32 (B, H, W) spatial weights of eq. (1).
+    region_options: keywords of proposal.propose (backend, n_max, n_min,
+      num_clusters, min_cells), or None for the whole image (M = 1).
+
+  Returns:
+    masks bool (B, M, H, W) and validity bool (B, M), numpy: 'hesaff' runs
+    proposal.propose per image on its own area, 'jax' propose_batch on the
+    batch.
+  """
+  if region_options is None:
+    return cells[:, None], cells.any(axis=(1, 2))[:, None]
+  if region_options['backend'] == 'jax':
+    masks, valid = proposal.propose_batch(rgb, alpha, cells, sizes,
+                                         **region_options)
+    return np.asarray(masks), np.asarray(valid)
+  rgb, sizes = np.asarray(rgb), np.asarray(sizes)
+  count = 2 ** region_options['num_clusters']
+  masks = np.zeros((len(cells), count) + cells.shape[1:], bool)
+  valid = np.zeros((len(cells), count), bool)
+  for slot, (height_i, width_i) in enumerate(sizes):
+    if height_i:
+      height, width = images.feature_shape(height_i, width_i)
+      masks[slot, :, :height, :width], valid[slot] = proposal.propose(
+          rgb[slot, :height_i, :width_i],
+          np.asarray(alpha[slot, :height, :width]), **region_options)
+  return masks, valid
+
+
+def _encode_chain(variables, rgb, sizes, cells, reduction, whitening, *,
+                  method, dtype, region_options, pooling_options, staged):
+  """The per-batch chain; staged: separate jits and host region proposal."""
+  forward, pool = (staged_forward, staged_pool) if staged else (
+      _compute_maps, _pool_batch)
+  features, alpha, beta = forward(variables, rgb, sizes, cells, dtype=dtype)
+  if not method.regional:  # the whole image
+    masks, valid = cells[:, None], jnp.any(cells, axis=(1, 2))[:, None]
+  elif staged:
+    masks, valid = propose_regions(rgb, sizes, cells, alpha,
+                                   dict(region_options))
+  else:
+    masks, valid = proposal.propose_batch(rgb, alpha, cells, sizes,
+                                         **dict(region_options))
+  descriptors = pool(features, alpha, beta, cells, masks, valid, reduction,
+                     method=method, options=pooling_options)
+  if whitening is not None:
+    descriptors = pca.apply(whitening, descriptors, valid)  # eq. (6)
+  return descriptors, valid, masks
+
+
+_encode_fused = _jit(_encode_chain, static_argnames=(
+    'method', 'dtype', 'region_options', 'pooling_options', 'staged'))
+
+
+def freeze_options(options):
+  """An options dict as a hashable, sorted tuple of items (None stays).
+
+  The jits' static region_options / pooling_options take this form.
+
+  Args:
+    options: a dict (or items), or None.
+
+  Returns:
+    tuple of (name, value) pairs sorted by name, or None.
+  """
+  return None if options is None else tuple(sorted(dict(options).items()))
+
+
+def _check_batch(rgb, sizes, cells):
+  if rgb.ndim != 4 or rgb.shape[-1] != 3:
+    raise ValueError(f'rgb must be (B, H_I, W_I, 3), got {rgb.shape}')
+  if rgb.dtype != np.uint8:
+    raise TypeError(f'rgb must be uint8, got {rgb.dtype}')
+  if sizes.shape != (rgb.shape[0], 2):
+    raise ValueError(f'sizes must be (B, 2) = ({rgb.shape[0]}, 2), got '
+                     f'{sizes.shape}')
+  if not jnp.issubdtype(sizes.dtype, jnp.integer):
+    raise TypeError(f'sizes must be integer, got {sizes.dtype}')
+  grid = (rgb.shape[0],) + images.feature_shape(*rgb.shape[1:3])
+  if cells.shape != grid or cells.dtype != np.bool_:
+    raise ValueError(f'cells must be bool {grid}, got {cells.dtype} '
+                     f'{cells.shape}')
+
+
+def encode_batch(variables, rgb, sizes, cells, reduction, whitening, *,
+                 method, dtype='float32', region_options=None,
+                 pooling_options, staged=False):
+  """Region descriptors of a padded batch (images.pad_batch layout).
+
+  With region_options backend 'jax' (or a global method) this is ONE jit
+  over VGG19 conv5_4, alpha (eq. 1), beta (eq. 2), the detector, N_max /
+  N_min selection, global fast k-means, hull masks, pooling (eq. 3-5, 9 or a
+  baseline) and whitening (eq. 6), compiled once per batch shape, method and
+  options. Backend 'hesaff' (or staged=True) runs the same chain as a
+  jitted forward, host region proposal and jitted pooling.
+
+  Args:
+    variables: VGG19 variables {'params': ...}.
+    rgb: uint8 (B, H_I, W_I, 3) padded RGB images.
+    sizes: int32 (B, 2) (H_I, W_I) of each image; 0 for padding images.
+    cells: bool (B, H, W) valid conv5_4 cells of each image.
+    reduction: U^1 PCAParams (K, K') of eq. (4) for 'o2', else None.
+    whitening: PCAParams of eq. (6) applied to the descriptors, or None to
+      return them unwhitened.
+    method: method_table.POOLING key.
+    dtype: VGG19 compute dtype, 'float32' | 'bfloat16'.
+    region_options: keywords of proposal.propose_batch (backend, n_max,
+      n_min, num_clusters, min_cells), a dict or tuple of items; needed by
+      regional methods.
+    pooling_options: {'gem_power', 'offdiag_scale', 'log_method',
+      'rmac_levels'}, a dict or tuple of items.
+    staged: run the staged path even with the 'jax' backend.
+
+  Returns:
+    descriptors float32 (B, M, D) (zero rows where invalid), valid bool
+    (B, M) and masks bool (B, M, H, W); M = 2^L for regional methods, else
+    1 (the whole image). Padding images have no valid region.
+
+  Raises:
+    ValueError, TypeError: unknown method, missing options or U^1, or
+      arrays of the wrong shape or dtype.
+  """
+  chosen = method_table.check_method(method, region_options, reduction)
+  _check_batch(rgb, sizes, cells)
+  return run_batch(variables, rgb, sizes, cells, reduction, whitening,
+                   method=chosen, dtype=dtype,
+                   region_options=freeze_options(region_options),
+                   pooling_options=freeze_options(pooling_options),
+                   staged=staged)
+
+
+def _map_chain(variables, rgb, sizes, cells, reduction, whitening, *, mesh,
+               method, dtype, region_options, pooling_options):
+  """The fused chain on each device's slice of a mesh-sharded batch
+  (parallel.map_batch): every image is independent, so no collectives."""
+  chain = functools.partial(
+      _encode_chain, method=method, dtype=dtype,
+      region_options=region_options, pooling_options=pooling_options,
+      staged=False)
+  return parallel.map_batch(
+      mesh, chain, batched=(False, True, True, True, False, False))(
+          variables, rgb, sizes, cells, reduction, whitening)
+
+
+_encode_sharded = _jit(_map_chain, static_argnames=(
+    'mesh', 'method', 'dtype', 'region_options', 'pooling_options'))
+
+
+def run_batch(variables, rgb, sizes, cells, reduction, whitening, *, method,
+              dtype, region_options, pooling_options, staged, mesh=None):
+  """`encode_batch` with a Method and option tuples, unchecked.
+
+  Runs the staged path (staged=True or a non-'jax' region backend), else the
+  fused jit; with a mesh the fused chain runs per device (`_map_chain`) on
+  a batch sharded along it (parallel.shard_batch).
+
+  Args:
+    variables, rgb, sizes, cells, reduction, whitening, dtype, staged: as in
+      `encode_batch` (arrays already checked).
+    method: method_table.Method.
+    region_options, pooling_options: `freeze_options` tuples (or None).
+    mesh: a 1-D jax.sharding.Mesh, or None for the default device.
+
+  Returns:
+    descriptors float32 (B, M, D), valid bool (B, M), masks bool
+    (B, M, H, W), as in `encode_batch`.
+  """
+  staged = staged or (method.regional
+                      and dict(region_options)['backend'] != 'jax')
+  options = dict(method=method, dtype=dtype, region_options=region_options,
+                 pooling_options=pooling_options)
+  if staged:
+    return _encode_chain(variables, rgb, sizes, cells, reduction, whitening,
+                         staged=True, **options)
+  if mesh is not None:
+    return _encode_sharded(variables, rgb, sizes, cells, reduction,
+                           whitening, mesh=mesh, **options)
+  return _encode_fused(variables, rgb, sizes, cells, reduction, whitening,
+                       staged=False, **options)

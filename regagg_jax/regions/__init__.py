@@ -1,0 +1,25 @@
+"""Candidate regions (Sec. 2): salient points, clusters, 2^L convex hulls.
+
+  proposal           points -> clusters -> 2^L region masks on the conv grid
+  keypoints          Hessian-affine detection (hesaff | jax), N_max / N_min
+  hessian_affine     the JAX Hessian-affine detector (keypoints' jax backend)
+  affine_adaptation  affine shape adaptation of its candidates
+  clustering         global fast k-means
+  hulls              convex hulls of point subsets rasterised on the grid
+"""
+
+from regagg_jax.regions import affine_adaptation
+from regagg_jax.regions import clustering
+from regagg_jax.regions import hessian_affine
+from regagg_jax.regions import hulls
+from regagg_jax.regions import keypoints
+from regagg_jax.regions import proposal
+from regagg_jax.regions.clustering import global_fast_kmeans
+from regagg_jax.regions.hulls import rasterise_hulls
+from regagg_jax.regions.keypoints import detect
+from regagg_jax.regions.keypoints import select_salient
+from regagg_jax.regions.proposal import compute_region_masks
+from regagg_jax.regions.proposal import draw_regions
+from regagg_jax.regions.proposal import propose
+from regagg_jax.regions.proposal import propose_batch
+from regagg_jax.regions.proposal import subset_members

@@ -1,0 +1,15 @@
+"""Storage: stores of region descriptors, fits and results on disk.
+
+  records       Store and Fit in memory, their hashes, fits and results
+  store_format  the files of a store directory: header, shards (versioned)
+  store_io      stores on disk: built shard by shard, resumable; load, save
+"""
+
+from regagg_jax.storage import records
+from regagg_jax.storage import store_format
+from regagg_jax.storage import store_io
+from regagg_jax.storage.records import Fit
+from regagg_jax.storage.records import Store
+from regagg_jax.storage.store_io import build_store
+from regagg_jax.storage.store_io import load_store
+from regagg_jax.storage.store_io import save_store

@@ -1,0 +1,277 @@
+"""Descriptor stores and fits in memory, their hashes, and small files.
+
+  Store          region descriptors of N images (numpy, host)
+  Fit            fitted PCA-whitening of a store's descriptors (eq. 6)
+  hash_config    short sha256 of JSON-serialisable settings
+  hash_params    short sha256 of a PCAParams (U^1, U^2)
+  atomic_write   a file written to a temporary name, fsynced and renamed
+  write_json     a JSON file, atomically
+  read_json      a versioned JSON file of a store / fit directory
+  replace_directory  a directory written aside, then swapped in
+  save_fit / load_fit  fitted whitening on disk
+  write_results  ranked lists as <name>.json and <name>.csv
+
+A store on disk is a sharded, resumable directory: see `store_format` (its
+files) and `sharded_store` (build, finalize, load, save). Fitted whitening
+(`save_fit` / `load_fit`) is a directory with an orbax checkpoint of
+{'reduction': U^1 or absent, 'whitening': U^2, s} and fit.json (format
+version, config hash, what it was fitted on).
+"""
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, NamedTuple
+import uuid
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from regagg_jax.aggregation import pca
+
+
+FIT_FORMAT_VERSION = 1
+"""Version of the fit layout (unchanged since version 1)."""
+
+
+class Store(NamedTuple):
+  """Region descriptors of N images, in memory (numpy, host).
+
+  Attributes:
+    descriptors: float32 (N, M, D) region descriptors (last region: whole
+      image), l2-normalised, zeros where invalid.
+    valid: bool (N, M) which regions exist.
+    masks: bool (N, M, H, W) region masks on the feature grid, padded to the
+      largest grid with False.
+    grid: int32 (N, 2) each image's own feature-grid (H, W).
+    image_paths: the N image paths, in row order.
+    reduction: U^1 of eq. (4) the descriptors were computed with, or None.
+    metadata: JSON-serialisable dict: 'config_hash', 'config', 'rows' and
+      'sizes' (one per image), 'skipped' ([path, reason] pairs), ...
+  """
+  descriptors: np.ndarray
+  valid: np.ndarray
+  masks: np.ndarray
+  grid: np.ndarray
+  image_paths: tuple
+  reduction: Any
+  metadata: dict
+
+
+class Fit(NamedTuple):
+  """Fitted projection of a store's descriptors (eq. 6).
+
+  Attributes:
+    reduction: U^1 of eq. (4) the fitting descriptors were computed with, or
+      None (first-order methods).
+    whitening: PCAParams U^2 and 1/s of eq. (6).
+    metadata: JSON-serialisable dict: 'config_hash', 'fitted_on', ...
+  """
+  reduction: Any
+  whitening: pca.PCAParams
+  metadata: dict
+
+
+def hash_config(sections):
+  """16 hex digits of the sha256 of JSON-serialisable values (canonical)."""
+  text = json.dumps(sections, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def hash_params(params):
+  """Short sha256 of a PCAParams (or 'none') to tie stores to U^1 / U^2."""
+  if params is None:
+    return 'none'
+  digest = hashlib.sha256()
+  for array in params:
+    digest.update(np.ascontiguousarray(np.asarray(array)).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def atomic_write(file, write):
+  """write(binary stream) to a temporary file, fsync, rename it to `file`.
+
+  A reader never sees a partial file: a run killed at any point leaves the
+  old file (or none) and at most a `<file>.tmp-*` leftover.
+
+  Args:
+    file: destination path (its directory exists).
+    write: callable writing the contents to a binary stream.
+  """
+  tmp = f'{file}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+  try:
+    with open(tmp, 'xb') as stream:  # mode 0666 less the umask
+      write(stream)
+      stream.flush()
+      os.fsync(stream.fileno())
+    os.replace(tmp, file)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  handle = os.open(os.path.dirname(file), os.O_RDONLY)  # persist the rename
+  os.fsync(handle)
+  os.close(handle)
+
+
+def write_json(file, value):
+  """Writes a JSON-serialisable value to `file` with `atomic_write`.
+
+  Raises:
+    TypeError: value is not JSON-serialisable (nothing is written).
+  """
+  text = json.dumps(value, indent=1).encode()  # TypeError before any write
+  atomic_write(file, lambda stream: stream.write(text))
+
+
+def read_json(path, name, version):
+  """A JSON file of a store / fit directory, refusing other versions.
+
+  Args:
+    path: the directory.
+    name: the file name in it.
+    version: the format_version the file must have.
+
+  Returns:
+    the parsed JSON value (a dict).
+
+  Raises:
+    FileNotFoundError: no such file (not a regagg_jax directory).
+    ValueError: another format version.
+  """
+  file = os.path.join(path, name)
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f'{path} is not a regagg_jax directory: '
+                            f'{name} is missing')
+  with open(file) as stream:
+    value = json.load(stream)
+  if value.get('format_version') != version:
+    raise ValueError(f'{file} has format version '
+                     f'{value.get("format_version")}, this code reads '
+                     f'version {version}; re-create it')
+  return value
+
+
+def replace_directory(write, path):
+  """Calls write(tmp_dir) then renames tmp_dir to path (replacing it).
+
+  If write raises, the temporary directory is removed and a previous
+  directory at path is kept.
+
+  Args:
+    write: callable filling the (new, empty) directory it is given.
+    path: directory to create or replace.
+  """
+  path = os.path.abspath(path)
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + '.tmp-', dir=parent)
+  try:
+    write(tmp)
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(prefix=os.path.basename(path) + '.old-',
+                             dir=parent)
+      os.replace(path, os.path.join(old, 'store'))
+      os.replace(tmp, path)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def save_fit(path, fit):
+  """Writes fitted whitening (orbax) and its metadata, atomically.
+
+  Args:
+    path: directory to create or replace.
+    fit: Fit.
+  """
+  tree = {'whitening': {k: np.asarray(v)
+                        for k, v in fit.whitening._asdict().items()}}
+  if fit.reduction is not None:
+    tree['reduction'] = {k: np.asarray(v)
+                         for k, v in fit.reduction._asdict().items()}
+
+  def write(directory):
+    ocp.PyTreeCheckpointer().save(os.path.join(directory, 'params'), tree)
+    with open(os.path.join(directory, 'fit.json'), 'w') as stream:
+      json.dump(dict(fit.metadata, format_version=FIT_FORMAT_VERSION), stream,
+                indent=1)
+
+  replace_directory(write, path)
+
+
+def load_fit(path):
+  """Reads fitted whitening written by `save_fit`.
+
+  Args:
+    path: the directory.
+
+  Returns:
+    Fit with numpy float32 PCAParams.
+
+  Raises:
+    FileNotFoundError: not a fit directory.
+    ValueError: another format version.
+  """
+  metadata = read_json(path, "fit.json", FIT_FORMAT_VERSION)
+  metadata.pop('format_version')
+  tree = ocp.PyTreeCheckpointer().restore(
+      os.path.join(os.path.abspath(path), 'params'))
+  reduction = (pca.PCAParams(**tree['reduction'])
+               if 'reduction' in tree else None)
+  return Fit(reduction=reduction, whitening=pca.PCAParams(**tree['whitening']),
+             metadata=metadata)
+
+
+def _region_box(mask, size, *, stride=16):
+  """[x1, y1, x2, y2] pixels covered by the cells of a bool (H, W) mask."""
+  rows, cols = np.nonzero(mask)
+  if not rows.size:
+    return None
+  return [int(cols.min() * stride), int(rows.min() * stride),
+          int(min((cols.max() + 1) * stride, size[1])),
+          int(min((rows.max() + 1) * stride, size[0]))]
+
+
+def write_results(path, scores, ranks, best, queries, database, *, top_k):
+  """Writes ranked lists as <path>.json and <path>.csv.
+
+  Each result has its score and the database region best matched to the
+  query (eq. 7): its index m' and its box in pixels of the encoded image
+  (longer side capped at features.max_size; conv5_4 cells are 16 px).
+
+  Args:
+    path: output path without extension.
+    scores: float32 (Q, N) similarities.
+    ranks: int (Q, N) database rows, best first.
+    best: int32 (Q, N) best-matched database region.
+    queries: Store of the Q queries.
+    database: Store of the N database images.
+    top_k: results written per query.
+  """
+  entries = []
+  with open(path + '.csv', 'w', newline='') as stream:
+    writer = csv.writer(stream)
+    writer.writerow(['query', 'rank', 'image', 'score', 'region', 'x1', 'y1',
+                     'x2', 'y2'])
+    for q, query in enumerate(queries.image_paths):
+      results = []
+      for rank, row in enumerate(ranks[q, :top_k]):
+        region = int(best[q, row])
+        height, width = database.grid[row]
+        box = _region_box(database.masks[row, region, :height, :width],
+                          database.metadata['sizes'][row])
+        results.append({'rank': rank, 'image': database.image_paths[row],
+                        'score': float(scores[q, row]), 'region': region,
+                        'region_box': box})
+        writer.writerow([query, rank, database.image_paths[row],
+                         f'{scores[q, row]:.6f}', region] + (box or [''] * 4))
+      entries.append({'query': query, 'results': results})
+  with open(path + '.json', 'w') as stream:
+    json.dump(entries, stream, indent=1)

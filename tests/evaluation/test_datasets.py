@@ -1,0 +1,309 @@
+"""Tests for regagg_jax.evaluation.datasets (ground truth, image lookup, query crops, user folders)."""
+
+import json
+import logging
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from regagg_jax.evaluation import datasets
+
+from regagg_jax.evaluation import metrics
+
+GND = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'gnd'
+needs_gnd = pytest.mark.skipif(not GND.is_dir(), reason='ground truth not beside the clone')
+
+COUNTS = {  # name: (queries, database images), as the ground-truth files say
+    'oxford5k': (55, 5063), 'paris6k': (55, 6392), 'roxford5k': (70, 4993),
+    'rparis6k': (70, 6322), 'holidays': (500, 1491)}
+
+
+def _perfect_ranks(dataset):
+  rows = []
+  for positives, junk in zip(dataset.positives, dataset.junk):
+    rest = np.setdiff1d(np.arange(len(dataset.images)), np.union1d(positives, junk))
+    rows.append(np.concatenate([positives, junk, rest]))
+  return np.stack(rows)
+
+
+@needs_gnd
+@pytest.mark.parametrize('name', sorted(COUNTS))
+def test_benchmark_counts_and_indices(name):
+  dataset = datasets.load(name, ground_truth_root=GND)
+  num_queries, num_images = COUNTS[name]
+  assert len(dataset.queries) == num_queries and len(dataset.images) == num_images
+  assert len(dataset.positives) == len(dataset.junk) == num_queries
+  assert dataset.query_indices.shape == (num_queries,) and dataset.query_indices.dtype == np.int64
+  assert all(n.endswith('.jpg') for n in dataset.images + dataset.queries)
+  for positives, junk in zip(dataset.positives, dataset.junk):
+    assert positives.dtype == np.int64 and junk.dtype == np.int64
+    both = np.concatenate([positives, junk])
+    assert both.min() >= 0 and both.max() < num_images
+    assert np.intersect1d(positives, junk).size == 0
+  if dataset.protocol == 'revisited':  # queries are not in the database
+    assert np.all(dataset.query_indices == -1)
+    assert not set(dataset.queries) & set(dataset.images)
+  else:
+    assert [dataset.images[i] for i in dataset.query_indices] == list(dataset.queries)
+  if name == 'holidays':
+    assert dataset.boxes is None and dataset.max_size == datasets.HOLIDAYS_MAX_SIZE == 1024
+    assert dataset.apply_exif
+  else:
+    assert dataset.boxes.shape == (num_queries, 4) and dataset.max_size is None
+    assert not dataset.apply_exif  # boxes refer to the stored pixels
+    assert np.all(dataset.boxes[:, 2] > dataset.boxes[:, 0])
+    assert np.all(dataset.boxes[:, 3] > dataset.boxes[:, 1])
+  scores = metrics.evaluate(dataset, _perfect_ranks(dataset))
+  assert scores and all(v == pytest.approx(1.0, abs=1e-12) for v in scores.values()), scores
+
+
+@needs_gnd
+def test_oxford_queries_are_their_own_positives_and_paris_corrupt_images_unlisted():
+  oxford = datasets.load('oxford5k', ground_truth_root=GND)
+  assert all(q in p for q, p in zip(oxford.query_indices, oxford.positives))
+  paris = datasets.load('paris6k', ground_truth_root=GND)
+  assert len(datasets.PARIS6K_CORRUPT) == 20
+  assert len(paris.images) + len(datasets.PARIS6K_CORRUPT) == 6412  # the paper's Paris size
+  assert not {Path(n).stem for n in paris.images} & set(datasets.PARIS6K_CORRUPT)
+
+
+@needs_gnd
+@pytest.mark.parametrize('name, original', [('roxford5k', 'oxford5k'), ('rparis6k', 'paris6k')])
+def test_revisited_labels(name, original):
+  revisited = datasets.load(name, ground_truth_root=GND)
+  assert revisited.protocol == 'revisited'
+  for easy, hard, junk, positives in zip(revisited.easy, revisited.hard, revisited.junk,
+                                         revisited.positives):
+    np.testing.assert_array_equal(np.sort(positives), np.sort(np.concatenate([easy, hard])))
+    assert np.intersect1d(easy, hard).size == np.intersect1d(easy, junk).size == 0
+    assert np.intersect1d(hard, junk).size == 0
+  # The 55 original queries keep their boxes in the revisited annotation.
+  old = datasets.load(original, ground_truth_root=GND)
+  old_boxes = dict(zip(old.queries, old.boxes))
+  shared = [q for q in revisited.queries if q in old_boxes]
+  assert len(shared) == 55
+  for query, box in zip(revisited.queries, revisited.boxes):
+    if query in old_boxes:
+      np.testing.assert_allclose(box, old_boxes[query])
+
+
+@needs_gnd
+def test_holidays_ground_truth_matches_file_name_groups():
+  holidays = datasets.load('holidays', ground_truth_root=GND)
+  groups = np.array([int(Path(n).stem) // 100 for n in holidays.images])
+  assert all(int(Path(q).stem) % 100 == 0 for q in holidays.queries)
+  for q, positives, junk in zip(holidays.query_indices, holidays.positives, holidays.junk):
+    np.testing.assert_array_equal(junk, [q])  # the query is dropped from its own ranking
+    expected = np.flatnonzero(groups == groups[q])
+    np.testing.assert_array_equal(positives, expected[expected != q])
+
+
+def test_bundled_ukbench_samples():
+  samples = datasets.load('samples')
+  assert len(samples.images) == 56 and samples.protocol == 'ukbench'
+  ids = np.array([int(Path(n).stem[len('ukbench'):]) for n in samples.images])
+  np.testing.assert_array_equal(samples.groups, ids // 4)
+  assert np.all(np.bincount(samples.groups) == 4) and samples.groups.max() == 13
+  assert all(q in p and len(p) == 4 for q, p in zip(samples.query_indices, samples.positives))
+  assert len(datasets.database_paths(samples)) == 56
+  scores = metrics.evaluate(samples, _perfect_ranks(samples))
+  assert scores == {'N-S': 4.0, 'mAP': pytest.approx(1.0, abs=1e-12)}
+  assert samples.apply_exif
+
+
+def test_crop_query_rounds_half_to_even_and_clips():
+  image = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
+  # round(1.5)=2, round(2.5)=2, round(6.5)=6, round(8.7)=9, as PIL's crop in revisitop.
+  np.testing.assert_array_equal(datasets.crop_query(image, [1.5, 2.5, 6.5, 8.7]), image[2:9, 2:6])
+  np.testing.assert_array_equal(datasets.crop_query(image, [-3, 4, 40, 30]), image[4:10, 0:12])
+  big = np.zeros((1024, 768, 3), np.uint8)
+  assert datasets.crop_query(big, [136.5, 34.1, 648.5, 955.7]).shape == (922, 512, 3)
+  with pytest.raises(ValueError, match='empty'):
+    datasets.crop_query(image, [5, 5, 5.2, 8])
+  with pytest.raises(ValueError, match='x1, y1, x2, y2'):
+    datasets.crop_query(image, [1, 2, 3])
+
+
+def test_rotations(tmp_path):
+  path = tmp_path / 'rotations.txt'
+  path.write_text('# name degrees clockwise\n100000.jpg 90\n\n100001.jpg -90\n')
+  assert datasets.load_rotations(path) == {'100000.jpg': 90, '100001.jpg': 270}
+  image = np.array([[1, 2], [3, 4]], np.uint8)[..., None].repeat(3, axis=2)
+  np.testing.assert_array_equal(datasets.rotate_image(image, 90)[..., 0], [[3, 1], [4, 2]])
+  np.testing.assert_array_equal(datasets.rotate_image(image, 270)[..., 0], [[2, 4], [1, 3]])
+  np.testing.assert_array_equal(datasets.rotate_image(image, 0), image)
+  with pytest.raises(ValueError, match='multiple of 90'):
+    datasets.rotate_image(image, 45)
+  path.write_text('100000.jpg 45\n')
+  with pytest.raises(ValueError, match='multiple of 90'):
+    datasets.load_rotations(path)
+  if GND.is_dir():
+    path.write_text('100000.jpg 90\n')
+    holidays = datasets.load('holidays', ground_truth_root=GND, rotation_file=path)
+    assert holidays.rotations == {'100000.jpg': 90}
+    with pytest.raises(ValueError, match='holidays only'):
+      datasets.load('oxford5k', ground_truth_root=GND, rotation_file=path)
+
+
+def _touch(root, names):
+  for name in names:
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_bytes(b'')
+
+
+def test_user_folder_round_trip(tmp_path):
+  names = ['a.jpg', 'b.png', 'sub/c.jpg', 'sub/d.JPG']
+  _touch(tmp_path, names + ['notes.txt'])
+  spec = {'queries': [
+      {'image': 'a.jpg', 'positives': ['sub/c.jpg'], 'junk': ['b.png'], 'box': [1, 2, 3, 4]},
+      {'image': 'elsewhere/q.jpg', 'positives': ['b.png', 'sub/d.JPG'], 'box': [0, 0, 5, 5]}]}
+  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps(spec))
+  dataset = datasets.load(str(tmp_path))
+  assert dataset.images == tuple(sorted(names)) and dataset.protocol == 'custom'
+  assert dataset.queries == ('a.jpg', 'elsewhere/q.jpg')
+  np.testing.assert_array_equal(dataset.query_indices, [0, -1])
+  np.testing.assert_array_equal(dataset.positives[0], [2])
+  np.testing.assert_array_equal(dataset.positives[1], [1, 3])
+  np.testing.assert_array_equal(dataset.junk[0], [1])
+  assert dataset.junk[1].size == 0
+  np.testing.assert_array_equal(dataset.boxes, [[1, 2, 3, 4], [0, 0, 5, 5]])
+  assert datasets.database_paths(dataset) == [tmp_path / n for n in dataset.images]
+  # Written back and read again: identical ground truth.
+  copy = tmp_path / 'copy'
+  copy.mkdir()
+  datasets.save_folder_ground_truth(dataset, copy / datasets.FOLDER_GROUND_TRUTH)
+  again = datasets.load_folder(copy)
+  assert again.images == dataset.images and again.queries == dataset.queries
+  for field in ('positives', 'junk'):
+    for a, b in zip(getattr(again, field), getattr(dataset, field)):
+      np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(again.boxes, dataset.boxes)
+  np.testing.assert_array_equal(again.query_indices, dataset.query_indices)
+  spec['queries'][0]['positives'] = ['missing.jpg']
+  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps(spec))
+  with pytest.raises(ValueError, match='missing.jpg'):
+    datasets.load_folder(tmp_path)
+  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps({'queries': [{'image': 'a.jpg'}]}))
+  with pytest.raises(ValueError, match='"positives"'):
+    datasets.load_folder(tmp_path)
+
+
+def test_user_folder_groups(tmp_path):
+  groups = {'x1.jpg': 'tower', 'x2.jpg': 'tower', 'y.jpg': 'bridge', 'x3.jpg': 'tower'}
+  _touch(tmp_path, groups)
+  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps({'groups': groups}))
+  dataset = datasets.load_folder(tmp_path)
+  assert dataset.images == ('x1.jpg', 'x2.jpg', 'x3.jpg', 'y.jpg')
+  np.testing.assert_array_equal(dataset.positives[0], [1, 2])
+  np.testing.assert_array_equal(dataset.junk[0], [0])  # the query itself is dropped
+  assert dataset.positives[3].size == 0  # a singleton group has nothing to find
+  ranks = np.array([[0, 1, 2, 3], [1, 0, 2, 3], [2, 0, 1, 3], [3, 0, 1, 2]])
+  scores = metrics.evaluate(dataset, ranks)
+  assert scores['mAP'] == pytest.approx(1.0, abs=1e-12)  # the singleton query is skipped
+
+
+def test_missing_image_root_names_the_folder(tmp_path):
+  samples = datasets.load('samples')
+  missing = tmp_path / 'no_such_folder'
+  with pytest.raises(datasets.DatasetNotFoundError, match='no_such_folder'):
+    datasets.database_paths(samples, missing)
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    datasets.load_ukbench(missing)
+  with pytest.raises(datasets.DatasetNotFoundError, match='no ukbenchNNNNN.jpg'):
+    datasets.load_ukbench(tmp_path)
+  with pytest.raises(datasets.DatasetNotFoundError, match='no ground truth file'):
+    datasets.load_folder(tmp_path)
+  if GND.is_dir():
+    oxford = datasets.load('oxford5k', ground_truth_root=GND)
+    with pytest.raises(datasets.DatasetNotFoundError) as error:
+      datasets.query_paths(oxford, missing)
+    message = str(error.value)
+    assert str(missing) in message
+    assert 'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/' in message
+    with pytest.raises(datasets.DatasetNotFoundError, match='pass image_root'):
+      datasets.database_paths(oxford)
+    _touch(missing, oxford.queries[:3])
+    with pytest.raises(datasets.DatasetNotFoundError, match=r'52 of 55 images.*ashmolean_000'):
+      datasets.query_paths(oxford, missing)
+  with pytest.raises(datasets.DatasetNotFoundError, match='no ground truth file'):
+    datasets.load('oxford5k', ground_truth_root=tmp_path)
+  with pytest.raises(ValueError, match='unknown benchmark'):
+    datasets.load_benchmark('oxford105k')
+  with pytest.raises(ValueError, match='neither a benchmark'):
+    datasets.load('oxford105k')
+
+
+def test_nested_layout_found_and_corrupt_paris_files_reported(tmp_path, caplog):
+  names = ('paris_louvre_000001.jpg', 'paris_eiffel_000002.jpg')
+  _touch(tmp_path, ['paris/louvre/' + names[0], 'paris/eiffel/' + names[1],
+                    'paris/louvre/paris_louvre_000136.jpg'])
+  dataset = datasets.Dataset('paris6k', 'oxford', names, names[:1], np.array([0]), None,
+                             (np.array([1]),), (np.zeros(0, np.int64),))
+  with caplog.at_level(logging.WARNING):
+    paths = datasets.database_paths(dataset, tmp_path)
+  assert paths == [tmp_path / 'paris/louvre' / names[0], tmp_path / 'paris/eiffel' / names[1]]
+  assert 'paris_louvre_000136.jpg' in caplog.text and 'corrupt' in caplog.text
+  assert 'paris_louvre_000136.jpg' not in ' '.join(datasets.list_images(tmp_path))
+  # The flat layout (revisitop's jpg/ folder) is found directly and reported the same way.
+  flat = tmp_path / 'flat'
+  _touch(flat, list(names) + ['paris_triomphe_000867.jpg'])
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert datasets.database_paths(dataset, flat) == [flat / n for n in names]
+  assert 'skipping 1 known-corrupt' in caplog.text and 'paris_triomphe_000867' in caplog.text
+
+
+def test_official_sources():
+  pages = {name: source.page for name, source in datasets.SOURCES.items()}
+  assert pages == {
+      'oxford5k': 'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/',
+      'paris6k': 'https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/',
+      'roxford5k': 'http://cmp.felk.cvut.cz/revisitop/',
+      'rparis6k': 'http://cmp.felk.cvut.cz/revisitop/',
+      'holidays': 'https://lear.inrialpes.fr/people/jegou/data.php',
+      'ukbench': 'https://archive.org/details/ukbench'}
+  assert datasets.SOURCES['oxford5k'].archives == (
+      'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz',)
+  assert datasets.SOURCES['rparis6k'].archives[-1] == (
+      'http://cmp.felk.cvut.cz/revisitop/data/datasets/rparis6k/gnd_rparis6k.pkl')
+  for name, source in datasets.SOURCES.items():
+    text = datasets.download_instructions(name)
+    assert source.page in text and all(url in text for url in source.archives)
+  with pytest.raises(ValueError, match='unknown benchmark'):
+    datasets.download_instructions('flickr1m')
+
+
+def test_download_refuses_unknown_names_before_touching_disk(tmp_path):
+  with pytest.raises(ValueError, match='unknown benchmark'):
+    datasets.download('flickr1m', tmp_path)
+  assert not (tmp_path / 'flickr1m').exists()
+
+
+def test_download_fetches_extracts_once_and_is_found(tmp_path, monkeypatch):
+  source_dir = tmp_path / 'server'
+  _touch(source_dir, ['jpg/100000.jpg', 'jpg/100001.jpg'])
+  archive = tmp_path / 'jpg1.tar.gz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(source_dir / 'jpg', arcname='jpg')
+  monkeypatch.setitem(datasets.SOURCES, 'holidays',
+                      datasets.Source('https://example.invalid/', (archive.as_uri(),)))
+  target = datasets.download('holidays', tmp_path / 'data')
+  assert target == tmp_path / 'data' / 'holidays'
+  assert (target / 'jpg1.tar.gz').is_file() and (target / 'jpg1.tar.gz.extracted').is_file()
+  archive.unlink()  # a second call neither fetches nor extracts again
+  assert datasets.download('holidays', tmp_path / 'data') == target
+  dataset = datasets.Dataset('holidays', 'holidays', ('100000.jpg', '100001.jpg'), ('100000.jpg',),
+                             np.array([0]), None, (np.array([1]),), (np.array([0]),))
+  assert datasets.database_paths(dataset, target) == [target / 'jpg/jpg/100000.jpg',
+                                                      target / 'jpg/jpg/100001.jpg']
+
+
+def test_r1m_distractors_point_at_the_official_archives():
+  source = datasets.DISTRACTORS['revisitop1m']
+  assert len(source.archives) == 100
+  assert source.archives[0] == ('http://ptak.felk.cvut.cz/revisitop/'
+                                'revisitop1m/jpg/revisitop1m.1.tar.gz')
+  assert 'revisitop1m.100.tar.gz' in datasets.download_instructions(
+      'revisitop1m')
