@@ -68,6 +68,7 @@ from regagg_jax.aggregation import pca
 from regagg_jax.aggregation import method_table
 from regagg_jax.regions import proposal
 from regagg_jax.features import vgg19
+from regagg_jax.features import weights
 from regagg_jax.features import weighting
 
 _DEVICE = flags.DEFINE_bool('device', False, 'Measure on the default JAX '
@@ -85,7 +86,7 @@ _HEIGHT = flags.DEFINE_integer('height', 768, 'Image height H_I.')
 _WIDTH = flags.DEFINE_integer('width', 1024, 'Image width W_I.')
 _WEIGHTS = flags.DEFINE_string('weights', None, 'VGG19 weights: a float16 '
                                '.npz from --export_weights, or a path for '
-                               'vgg19.load_params; default: the cached ones.')
+                               'weights.load_params; default: the cached ones.')
 _EXPORT = flags.DEFINE_string('export_weights', None, 'Write the cached '
                               'weights as a float16 .npz here and exit.')
 _MIX_IMAGES = flags.DEFINE_integer('mix_images', 100, 'Images in the mix.')
@@ -118,12 +119,12 @@ def _load_weights():
         layer, name = key.split('/')
         params.setdefault(layer, {})[name] = jnp.asarray(value, jnp.float32)
     return {'params': params}
-  return vgg19.load_params(_WEIGHTS.value)
+  return weights.load_params(_WEIGHTS.value)
 
 
 def _export_weights(path):
   arrays = {f'{layer}/{name}': np.asarray(value, np.float16)
-            for layer, values in vgg19.load_params()['params'].items()
+            for layer, values in weights.load_params()['params'].items()
             for name, value in values.items()}
   np.savez(path, **arrays)
   print(f'wrote {len(arrays)} float16 arrays to {path}')

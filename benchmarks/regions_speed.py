@@ -101,8 +101,9 @@ def measure_agreement(samples, num_clusters=3):
   from regagg_jax.regions import keypoints  # pylint: disable=g-import-not-at-top
   from regagg_jax.regions import proposal  # pylint: disable=g-import-not-at-top
   from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
+  from regagg_jax.features import weights  # pylint: disable=g-import-not-at-top
   from regagg_jax.features import weighting  # pylint: disable=g-import-not-at-top
-  variables = vgg19.load_params()
+  variables = weights.load_params()
   shares, ious = [], []
   for path in samples:
     image = images.load_image(path)

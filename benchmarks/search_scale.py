@@ -74,6 +74,7 @@ from regagg_jax.search import region_index
 from regagg_jax.search import index_search
 from regagg_jax.search import similarity
 from regagg_jax.features import vgg19
+from regagg_jax.features import weights
 from regagg_jax.features import weighting
 
 SAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / 'data' / 'samples'
@@ -153,7 +154,7 @@ def sample_maps():
       count = len(arrays.files) // 2
       return [(arrays[f'g{i}'], arrays[f'a{i}'], arrays[f'a{i}'].shape)
               for i in range(count)]
-  variables = vgg19.load_params()
+  variables = weights.load_params()
   maps = []
   for path in sorted(SAMPLES_DIR.glob('ukbench*.jpg')):
     rgb = images.load_image(path, max_size=384)

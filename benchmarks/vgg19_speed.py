@@ -25,6 +25,7 @@ import numpy as np
 
 from benchmarks import timing
 from regagg_jax.features import vgg19
+from regagg_jax.features import weights
 
 _DEVICE = flags.DEFINE_bool("device", False, "Measure images/s on the default "
                             "JAX accelerator instead of the CPU comparison.")
@@ -34,7 +35,7 @@ _WIDTH = flags.DEFINE_integer("width", 1024, "Image width W_I.")
 _BATCHES = flags.DEFINE_list("batches", ["1", "8", "32"], "Batch sizes for "
                              "--device.")
 _RANDOM = flags.DEFINE_bool("random", False, "Random weights instead of "
-                            "vgg19.load_params() (same speed).")
+                            "weights.load_params() (same speed).")
 
 
 def _torch_stack(params, torch):
@@ -121,7 +122,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   variables = (vgg19.init_params(jax.random.PRNGKey(0)) if _RANDOM.value
-               else vgg19.load_params())
+               else weights.load_params())
   if _DEVICE.value:
     measure_device(variables)
   else:

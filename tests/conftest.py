@@ -37,4 +37,5 @@ def sample_paths() -> list[Path]:
 def real_params() -> dict:
   """The real VGG19 variables (fetched and converted once, then cached)."""
   from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
-  return vgg19.load_params()
+  from regagg_jax.features import weights  # pylint: disable=g-import-not-at-top
+  return weights.load_params()

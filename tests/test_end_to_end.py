@@ -171,7 +171,7 @@ def test_mismatched_store_and_fit_are_refused(tmp_path, folder):
     retrieval.search(other, database, database, other_fit)
   with pytest.raises(ValueError, match='PCA-whitening .* fitted on descriptors'):
     retrieval.search(config, database, database, other_fit)
-  with pytest.raises(ValueError, match=r'k_prime: 4 -> 6.*encode it again'):
+  with pytest.raises(ValueError, match=r'k_prime: stored 4, given 6.*encode it again'):
     retrieval.search(config, other_database, other_database, other_fit)
 
 

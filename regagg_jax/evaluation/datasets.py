@@ -19,9 +19,9 @@ database indices of the positive and junk images. The images are not bundled
 For the pipeline: load images with `database_paths` / `query_paths`, resize to
 `dataset.max_size` when it is set (never for Oxford/Paris, whose images keep
 their original size), read them with `apply_exif=dataset.apply_exif` (False
-for Oxford/Paris: boxes refer to the stored pixels), cut queries with `crop_query(image, dataset.boxes[q])`
+for Oxford/Paris: boxes refer to the stored pixels), cut queries with `images.crop_query(image, dataset.boxes[q])`
 at full resolution before any resizing (skip the crop for the paper's "OF"
-full-query rows), rotate with `rotate_image(image, dataset.rotations[name])`
+full-query rows), rotate with `images.rotate_image(image, dataset.rotations[name])`
 when a Holidays rotation file was given, and score `ranks` (Q, N) with
 `metrics.evaluate(dataset, ranks)`.
 """
@@ -360,33 +360,8 @@ def database_paths(dataset: Dataset, image_root=None) -> list[Path]:
 
 
 def query_paths(dataset: Dataset, image_root=None) -> list[Path]:
-  """Paths of the Q query images (full images: crop them with `crop_query`)."""
+  """Paths of the Q query images (full images: crop them with `images.crop_query`)."""
   return _locate(dataset.queries, dataset, image_root)
-
-
-def crop_query(image: np.ndarray, box) -> np.ndarray:
-  """Cuts a query box out of a full-resolution image.
-
-  The box is rounded half-to-even as the Revisited Oxford/Paris Python code
-  does (PIL's crop) and clipped to the image.
-
-  Args:
-    image: uint8 (H_I, W_I, 3) the query image at its original size.
-    box: (4,) x1 y1 x2 y2 in pixels (x2, y2 exclusive after rounding).
-
-  Returns:
-    uint8 (y2 - y1, x2 - x1, 3) crop.
-  """
-  box = np.asarray(box, np.float64)
-  if box.shape != (4,):
-    raise ValueError(f'box must be (x1, y1, x2, y2), got shape {box.shape}')
-  height, width = image.shape[:2]
-  x1, y1, x2, y2 = np.round(box).astype(np.int64)
-  x1, x2 = np.clip([x1, x2], 0, width)
-  y1, y2 = np.clip([y1, y2], 0, height)
-  if x2 <= x1 or y2 <= y1:
-    raise ValueError(f'box {box.tolist()} is empty inside an image of {width}x{height}')
-  return image[y1:y2, x1:x2]
 
 
 def load_rotations(path) -> dict[str, int]:
@@ -400,13 +375,6 @@ def load_rotations(path) -> dict[str, int]:
       raise ValueError(f'{path}:{number}: rotation must be a multiple of 90, got {degrees}')
     rotations[name] = int(degrees) % 360
   return rotations
-
-
-def rotate_image(image: np.ndarray, degrees: int) -> np.ndarray:
-  """Rotates uint8 (H_I, W_I, 3) clockwise by a multiple of 90 degrees."""
-  if degrees % 90:
-    raise ValueError(f'degrees must be a multiple of 90, got {degrees}')
-  return np.ascontiguousarray(np.rot90(image, k=-(degrees // 90) % 4))
 
 
 def _source(name: str) -> Source:

@@ -44,14 +44,16 @@ import jax
 import numpy as np
 
 from regagg_jax.encoding import file_encoder
+from regagg_jax.storage import provenance
 from regagg_jax.storage import records
 from regagg_jax.encoding import parallel
 from regagg_jax.aggregation import pca
 from regagg_jax.aggregation import method_table
 from regagg_jax.features import vgg19
+from regagg_jax.features import weights
 
 WEIGHTS = {
-    'imagenet': lambda widths, seed: vgg19.load_params(),
+    'imagenet': lambda widths, seed: weights.load_params(),
     'random': lambda widths, seed: vgg19.init_params(
         jax.random.PRNGKey(seed), widths=widths),
 }
@@ -257,17 +259,6 @@ def use_regions(valid, *, whole):
   return valid & (np.arange(valid.shape[1]) == valid.shape[1] - 1)
 
 
-def _differences(stored, current, prefix=''):
-  """'section.key: stored -> current' for every differing config value."""
-  keys = sorted(set(stored) | set(current))
-  lines = []
-  for key in keys:
-    old, new = stored.get(key), current.get(key)
-    if isinstance(old, dict) and isinstance(new, dict):
-      lines += _differences(old, new, f'{prefix}{key}.')
-    elif old != new:
-      lines.append(f'{prefix}{key}: {old!r} -> {new!r}')
-  return lines
 
 
 def check_store(config, store, role='database'):
@@ -283,7 +274,8 @@ def check_store(config, store, role='database'):
   """
   expected = store_hash(config)
   if store.metadata['config_hash'] != expected:
-    changes = _differences(store.metadata['config'], store_sections(config))
+    changes = provenance.differences(store.metadata['config'],
+                                     store_sections(config))
     raise ValueError(
         f'the {role} store was encoded with config '
         f'{store.metadata["config_hash"]}'
@@ -334,7 +326,7 @@ def fit(config, store, *, fitted_on=''):
     records.Fit with the store's U^1 and U^2, 1/s.
   """
   check_store(config, store, 'fitting')
-  if store.metadata.get('whitening_hash', 'none') != 'none':
+  if provenance.is_whitened(store.metadata):
     raise ValueError('cannot fit PCA-whitening on a store of whitened '
                      'descriptors; fit it on an unwhitened store')
   mask = use_regions(store.valid, whole=not config.pooling.regional)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from regagg_jax.evaluation import metrics
+from regagg_jax.storage import provenance
 from regagg_jax.storage import records
 from regagg_jax.aggregation import pca
 from regagg_jax.experiment import pipeline
@@ -43,15 +44,21 @@ def _whitened(fitted, store, valid):
   """float32 (N, M, D) eq. (6) descriptors of a store (zeros where invalid);
   a store encoded with whitening is checked against `fitted` and used as is.
   """
-  stored = store.metadata.get('whitening_hash', 'none')
-  if stored == 'none':
+  if not provenance.is_whitened(store.metadata):
     return np.asarray(pca.apply(fitted.whitening, jnp.asarray(
         store.descriptors), jnp.asarray(valid)))  # eq. (6)
+  stored = store.metadata['whitening_hash']
   if stored != records.hash_params(fitted.whitening):
     raise ValueError(f'the store was whitened with {stored}, not with this '
                      f'fit ({records.hash_params(fitted.whitening)}); encode '
                      'it again')
   return np.where(valid[..., None], store.descriptors, np.float32(0))
+
+
+def index_expectation(database, fitted):
+  """What a region index of this store and fit records in its metadata."""
+  return {'whitening_hash': records.hash_params(fitted.whitening),
+          'store_hash': database.metadata['config_hash']}
 
 
 def build_index(config, database, fitted):
@@ -66,8 +73,7 @@ def build_index(config, database, fitted):
   return region_index.build(
       _whitened(fitted, database, database_valid), database_valid, kind=kind,
       options=config.search[kind].to_dict() if kind in config.search else None,
-      metadata={'whitening_hash': records.hash_params(fitted.whitening),
-                'store_hash': database.metadata['config_hash']})
+      metadata=index_expectation(database, fitted))
 
 
 def search(config, queries, database, fitted, regions=None):
@@ -110,13 +116,9 @@ def search(config, queries, database, fitted, regions=None):
     if regions is None:
       raise ValueError(f'search.index={search_config.index!r} needs the '
                        "database's region index (build_index)")
-    expected = {'whitening_hash': records.hash_params(fitted.whitening),
-                'store_hash': database.metadata['config_hash']}
-    stale = {k: regions.metadata.get(k) for k in expected
-             if regions.metadata.get(k) != expected[k]}
-    if stale:
-      raise ValueError(f'the region index was built with {stale}, not this '
-                       f'store and fit {expected}; build it again')
+    provenance.check_stale('the region index', regions.metadata,
+                           index_expectation(database, fitted),
+                           'build it again')
     return _complete(*index_search.search(
         regions, target, database_valid, query, query_valid,
         k_regions=search_config.k_regions, shortlist=search_config.shortlist,

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from regagg_jax.evaluation import datasets
+from regagg_jax.storage import provenance
 from regagg_jax.storage import records
 from regagg_jax.encoding import parallel
 from regagg_jax.experiment import pipeline
@@ -269,7 +270,7 @@ def prepare(config, dataset, *, fit=True):
 
 def _stored_whitening(database, fitted):
   """The whitening a store was encoded with (None: unwhitened)."""
-  if database.metadata.get('whitening_hash', 'none') == 'none':
+  if not provenance.is_whitened(database.metadata):
     return None
   return fitted.whitening
 
@@ -317,9 +318,8 @@ def search_index(config, dataset, database, fitted):
   name = (f'{dataset.name}-{pipeline.store_hash(config)}-'
           f'{pipeline.fit_hash(config)}-{kind}-'
           f'{records.hash_config(options)}')
-  expected = {'whitening_hash': records.hash_params(fitted.whitening),
-              'store_hash': database.metadata['config_hash'],
-              'num_images': len(database.image_paths)}
+  expected = dict(retrieval.index_expectation(database, fitted),
+                  num_images=len(database.image_paths))
   return _cached(os.path.join(config.workdir, 'indexes', name),
                  lambda: retrieval.build_index(config, database, fitted),
                  expected, load=region_index.load, save=region_index.save)

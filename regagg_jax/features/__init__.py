@@ -16,7 +16,7 @@ from regagg_jax.features.images import ImageError
 from regagg_jax.features.images import load_image
 from regagg_jax.features.images import pad_batch
 from regagg_jax.features.vgg19 import init_params
-from regagg_jax.features.vgg19 import load_params
+from regagg_jax.features.weights import load_params
 from regagg_jax.features.vgg19 import preprocess
 from regagg_jax.features.weighting import channel_weights
 from regagg_jax.features.weighting import spatial_weights

@@ -232,3 +232,35 @@ def pad_batch(images: Sequence[np.ndarray], *, height: int, width: int
     valid_height, valid_width = feature_shape(image_height, image_width)
     valid[index, :valid_height, :valid_width] = True
   return batch, valid
+
+
+def crop_query(image: np.ndarray, box) -> np.ndarray:
+  """Cuts a query box out of a full-resolution image.
+
+  The box is rounded half-to-even as the Revisited Oxford/Paris Python code
+  does (PIL's crop) and clipped to the image.
+
+  Args:
+    image: uint8 (H_I, W_I, 3) the query image at its original size.
+    box: (4,) x1 y1 x2 y2 in pixels (x2, y2 exclusive after rounding).
+
+  Returns:
+    uint8 (y2 - y1, x2 - x1, 3) crop.
+  """
+  box = np.asarray(box, np.float64)
+  if box.shape != (4,):
+    raise ValueError(f'box must be (x1, y1, x2, y2), got shape {box.shape}')
+  height, width = image.shape[:2]
+  x1, y1, x2, y2 = np.round(box).astype(np.int64)
+  x1, x2 = np.clip([x1, x2], 0, width)
+  y1, y2 = np.clip([y1, y2], 0, height)
+  if x2 <= x1 or y2 <= y1:
+    raise ValueError(f'box {box.tolist()} is empty inside an image of {width}x{height}')
+  return image[y1:y2, x1:x2]
+
+
+def rotate_image(image: np.ndarray, degrees: int) -> np.ndarray:
+  """Rotates uint8 (H_I, W_I, 3) clockwise by a multiple of 90 degrees."""
+  if degrees % 90:
+    raise ValueError(f'degrees must be a multiple of 90, got {degrees}')
+  return np.ascontiguousarray(np.rot90(image, k=-(degrees // 90) % 4))

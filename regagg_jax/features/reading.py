@@ -20,7 +20,6 @@ from absl import logging
 import numpy as np
 import tqdm
 
-from regagg_jax.evaluation import datasets
 from regagg_jax.features import images
 
 
@@ -43,10 +42,10 @@ def load(path, *, box=None, rotation=0, max_size=0, apply_exif=True):
   """
   image = images.load_image(path, apply_exif=apply_exif)
   if rotation:
-    image = datasets.rotate_image(image, rotation)
+    image = images.rotate_image(image, rotation)
   if box is not None:
     try:
-      image = datasets.crop_query(image, box)
+      image = images.crop_query(image, box)
     except ValueError as error:
       raise images.ImageError(f'{path}: {error}') from error
     if min(image.shape[:2]) < images.MIN_SIDE:

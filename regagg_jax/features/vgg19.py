@@ -8,7 +8,8 @@ and no pooling after block 5, so an (H_I, W_I) image gives a
 (ceil(H_I/16), ceil(W_I/16)) grid.
 
     from regagg_jax.features import vgg19
-    variables = vgg19.load_params()      # fetch / verify / convert on first use
+    from regagg_jax.features import weights
+    variables = weights.load_params()    # fetch / verify / convert on first use
     x = vgg19.preprocess(rgb)            # uint8 (B, H_I, W_I, 3) RGB -> Caffe input
     f = vgg19.features(variables, x)     # float32 (B, H, W, 512), jitted
 """
@@ -219,7 +220,7 @@ def features(variables: dict, x: jax.Array, sizes: jax.Array | None = None,
   """
   if not isinstance(variables, dict) or "params" not in variables:
     raise TypeError("variables must be a dict {'params': ...} as returned by "
-                    "vgg19.load_params() or vgg19.init_params()")
+                    "weights.load_params() or vgg19.init_params()")
   if x.ndim != 4 or x.shape[-1] != 3:
     raise ValueError(f"x must be (B, H_I, W_I, 3), got shape {x.shape}")
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -236,17 +237,3 @@ def features(variables: dict, x: jax.Array, sizes: jax.Array | None = None,
     transpose = jax.default_backend() == "cpu" and x.shape[2] > x.shape[1]
   return _apply(variables["params"], x, sizes, dtype=jnp.dtype(dtype),
                 transpose=bool(transpose))
-
-
-def load_params(path: str | None = None) -> dict:
-  """The real Caffe/Keras VGG19 weights as {'params': ...} (see weights.py).
-
-  Args:
-    path: optional local Keras .h5, torchvision .pth or converted checkpoint
-      directory; by default the cached conversion, made on first use.
-
-  Returns:
-    Variables dict with float32 kernels (3, 3, C_in, C) and biases (C,).
-  """
-  from regagg_jax.features import weights  # pylint: disable=g-import-not-at-top
-  return weights.load_params(path)

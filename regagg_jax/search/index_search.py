@@ -14,7 +14,6 @@ Public: search.
 
 import functools
 
-import faiss
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,13 +27,13 @@ def _search_parameters(region_index, nprobe, ef_search):
   kind = region_index.metadata['kind']
   options = region_index.metadata['options']
   if kind == 'hnsw':
-    return faiss.SearchParametersHNSW(
+    return region_index_lib.load_faiss().SearchParametersHNSW(
         efSearch=ef_search or options['ef_search'])
   if kind == 'ivfpq':
-    quantizer = (faiss.SearchParametersHNSW(
+    quantizer = (region_index_lib.load_faiss().SearchParametersHNSW(
         efSearch=options['quantizer_ef_search'])
                  if options['coarse'] == 'hnsw' else None)
-    return faiss.SearchParametersIVF(nprobe=nprobe or options['nprobe'],
+    return region_index_lib.load_faiss().SearchParametersIVF(nprobe=nprobe or options['nprobe'],
                                      quantizer_params=quantizer)
   return None
 

@@ -29,8 +29,9 @@ import shutil
 import tempfile
 from typing import Any, NamedTuple
 
-import faiss
 import numpy as np
+
+from regagg_jax.storage import provenance
 
 
 FORMAT_VERSION = 1
@@ -44,6 +45,21 @@ DEFAULT_OPTIONS = {
     'hnsw': {'hnsw_m': 32, 'ef_construction': 80, 'ef_search': 128},
 }
 """kind -> its options and their defaults."""
+
+
+def load_faiss():
+  """The faiss module, imported on first use (the optional extra 'faiss').
+
+  Raises:
+    ImportError: faiss is not installed, with the command that installs it.
+  """
+  try:
+    import faiss  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    raise ImportError(
+        'search.index other than "exact" needs FAISS: pip install '
+        '"regagg_jax[faiss]" (or faiss-cpu)') from error
+  return faiss
 
 
 class RegionIndex(NamedTuple):
@@ -90,17 +106,17 @@ def _resolve_options(kind, options):
 
 
 def _make_index(kind, dim, options):
-  metric = faiss.METRIC_INNER_PRODUCT
+  metric = load_faiss().METRIC_INNER_PRODUCT
   if kind == 'flat':
-    return faiss.IndexFlatIP(dim)
+    return load_faiss().IndexFlatIP(dim)
   if kind == 'hnsw':
-    index = faiss.IndexHNSWFlat(dim, options['hnsw_m'], metric)
+    index = load_faiss().IndexHNSWFlat(dim, options['hnsw_m'], metric)
     index.hnsw.efConstruction = options['ef_construction']
     return index
   if options['coarse'] == 'hnsw':
-    quantizer = faiss.IndexHNSWFlat(dim, options['hnsw_m'], metric)
+    quantizer = load_faiss().IndexHNSWFlat(dim, options['hnsw_m'], metric)
   elif options['coarse'] == 'flat':
-    quantizer = faiss.IndexFlatIP(dim)
+    quantizer = load_faiss().IndexFlatIP(dim)
   else:
     raise ValueError(f"ivfpq coarse must be 'hnsw' or 'flat', got "
                      f"{options['coarse']!r}")
@@ -108,7 +124,7 @@ def _make_index(kind, dim, options):
     raise ValueError(f"ivfpq m={options['m']} must divide D={dim}")
   if options['fast_scan'] and options['nbits'] != 4:
     raise ValueError(f"ivfpq fast_scan needs nbits=4, got {options['nbits']}")
-  kind = faiss.IndexIVFPQFastScan if options['fast_scan'] else faiss.IndexIVFPQ
+  kind = load_faiss().IndexIVFPQFastScan if options['fast_scan'] else load_faiss().IndexIVFPQ
   index = kind(quantizer, dim, options['nlist'], options['m'], options['nbits'],
                metric)
   index.own_fields = True
@@ -161,13 +177,13 @@ def build(descriptors, valid, *, kind='flat', options=None, metadata=None,
     size = min(options['train_size'], image_ids.size)
     sample = np.sort(rng.choice(image_ids.size, size, replace=False))
     # k-means of the coarse centroids on a flat index, not on the HNSW graph.
-    clustering = faiss.IndexFlatIP(dim)
+    clustering = load_faiss().IndexFlatIP(dim)
     index.clustering_index = clustering
     index.train(np.ascontiguousarray(
         descriptors[image_ids[sample], region_ids[sample]], dtype=np.float32))
     index.clustering_index = None
     if options['coarse'] == 'hnsw':
-      faiss.downcast_index(index.quantizer).hnsw.efSearch = options[
+      load_faiss().downcast_index(index.quantizer).hnsw.efSearch = options[
           'quantizer_ef_search']
   step = max(1, add_batch // num_regions)
   for start in range(0, num_images, step):
@@ -190,7 +206,7 @@ def save(path, region_index):
   tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + '.tmp-',
                          dir=os.path.dirname(path))
   try:
-    faiss.write_index(region_index.index, os.path.join(tmp, 'index.faiss'))
+    load_faiss().write_index(region_index.index, os.path.join(tmp, 'index.faiss'))
     np.savez(os.path.join(tmp, 'ids.npz'), image_ids=region_index.image_ids,
              region_ids=region_index.region_ids)
     with open(os.path.join(tmp, 'metadata.json'), 'w') as stream:
@@ -227,14 +243,9 @@ def load(path, *, expected=None):
     metadata = json.load(stream)
   if metadata.pop('format_version', None) != FORMAT_VERSION:
     raise ValueError(f'{file} is not format version {FORMAT_VERSION}')
-  differing = {key: (metadata.get(key), value)
-               for key, value in (expected or {}).items()
-               if metadata.get(key) != value}
-  if differing:
-    details = ', '.join(f'{key}={stored!r} (expected {wanted!r})'
-                        for key, (stored, wanted) in differing.items())
-    raise ValueError(f'region index {file} does not match: {details}')
-  index = faiss.read_index(os.path.join(path, 'index.faiss'))
+  provenance.check_stale(f'region index {file}', metadata, expected or {},
+                         'build it again')
+  index = load_faiss().read_index(os.path.join(path, 'index.faiss'))
   with np.load(os.path.join(path, 'ids.npz')) as ids:
     image_ids, region_ids = ids['image_ids'], ids['region_ids']
   if not index.ntotal == image_ids.size == metadata['num_vectors'] or (

@@ -22,6 +22,7 @@ import os
 from absl import logging
 import numpy as np
 
+from regagg_jax.storage import provenance
 from regagg_jax.storage import records
 from regagg_jax.aggregation import pca
 from regagg_jax.storage import store_format
@@ -34,21 +35,6 @@ def _normalised(value):
   return json.loads(json.dumps(value))
 
 
-def _differences(stored, given, prefix=''):
-  """'field: stored X, given Y' for every differing (nested) field."""
-  lines = []
-  for key in sorted(set(stored) | set(given)):
-    old, new = stored.get(key), given.get(key)
-    if isinstance(old, dict) and isinstance(new, dict):
-      lines += _differences(old, new, f'{prefix}{key}.')
-    elif key == 'image_paths' and old != new:
-      first = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b),
-                   min(len(old), len(new)))
-      lines.append(f'image_paths: {len(old)} stored, {len(new)} given, '
-                   f'first difference at row {first}')
-    elif old != new:
-      lines.append(f'{prefix}{key}: stored {old!r:.80}, given {new!r:.80}')
-  return lines
 
 
 def _record(image_paths, header, shard_size, dtype, reduction):
@@ -67,7 +53,7 @@ def _open_store(path, record, reduction):
   os.makedirs(path, exist_ok=True)
   if os.path.isfile(os.path.join(path, 'header.json')) or os.path.isfile(
       os.path.join(path, 'metadata.json')):
-    lines = _differences(store_format.read_header(path), record)
+    lines = provenance.differences(store_format.read_header(path), record)
     if lines:
       raise ValueError(f'{path} holds a store made with other settings ('
                        f'{"; ".join(lines)}); it is not extended: use '
@@ -97,7 +83,7 @@ def _check_part(part, rows, record, number):
     if metadata[key] != header[key]:
       raise ValueError(f'{where} returned {key} {metadata[key]!r:.80}, '
                        f'the store header has {header[key]!r:.80}')
-  if metadata.get('whitening_hash', 'none') != 'none' and (
+  if provenance.is_whitened(metadata) and (
       'whitening_hash' not in header):
     raise ValueError(f'{where} returned whitened descriptors: record their '
                      'whitening_hash in the store header')
@@ -231,7 +217,7 @@ def load_reduction(path):
   if not os.path.isfile(os.path.join(path, 'header.json')):
     return None
   record = store_format.read_header(path)
-  if record['reduction_hash'] == 'none':
+  if record['reduction_hash'] == provenance.NO_HASH:
     return None
   with np.load(os.path.join(path, 'reduction.npz')) as arrays:
     reduction = pca.PCAParams(**{k: arrays[k] for k in pca.PCAParams._fields})

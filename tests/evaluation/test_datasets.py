@@ -113,29 +113,10 @@ def test_bundled_ukbench_samples():
   assert samples.apply_exif
 
 
-def test_crop_query_rounds_half_to_even_and_clips():
-  image = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
-  # round(1.5)=2, round(2.5)=2, round(6.5)=6, round(8.7)=9, as PIL's crop in revisitop.
-  np.testing.assert_array_equal(datasets.crop_query(image, [1.5, 2.5, 6.5, 8.7]), image[2:9, 2:6])
-  np.testing.assert_array_equal(datasets.crop_query(image, [-3, 4, 40, 30]), image[4:10, 0:12])
-  big = np.zeros((1024, 768, 3), np.uint8)
-  assert datasets.crop_query(big, [136.5, 34.1, 648.5, 955.7]).shape == (922, 512, 3)
-  with pytest.raises(ValueError, match='empty'):
-    datasets.crop_query(image, [5, 5, 5.2, 8])
-  with pytest.raises(ValueError, match='x1, y1, x2, y2'):
-    datasets.crop_query(image, [1, 2, 3])
-
-
 def test_rotations(tmp_path):
   path = tmp_path / 'rotations.txt'
   path.write_text('# name degrees clockwise\n100000.jpg 90\n\n100001.jpg -90\n')
   assert datasets.load_rotations(path) == {'100000.jpg': 90, '100001.jpg': 270}
-  image = np.array([[1, 2], [3, 4]], np.uint8)[..., None].repeat(3, axis=2)
-  np.testing.assert_array_equal(datasets.rotate_image(image, 90)[..., 0], [[3, 1], [4, 2]])
-  np.testing.assert_array_equal(datasets.rotate_image(image, 270)[..., 0], [[2, 4], [1, 3]])
-  np.testing.assert_array_equal(datasets.rotate_image(image, 0), image)
-  with pytest.raises(ValueError, match='multiple of 90'):
-    datasets.rotate_image(image, 45)
   path.write_text('100000.jpg 45\n')
   with pytest.raises(ValueError, match='multiple of 90'):
     datasets.load_rotations(path)

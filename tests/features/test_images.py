@@ -192,3 +192,25 @@ def test_pad_batch(photo_bgr):
     images.pad_batch([first], height=32, width=80)
   with pytest.raises(ValueError, match="uint8"):
     images.pad_batch([first.astype(np.float32)], height=64, width=80)
+
+
+def test_crop_query_rounds_half_to_even_and_clips():
+  image = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
+  # round(1.5)=2, round(2.5)=2, round(6.5)=6, round(8.7)=9, as PIL's crop in revisitop.
+  np.testing.assert_array_equal(images.crop_query(image, [1.5, 2.5, 6.5, 8.7]), image[2:9, 2:6])
+  np.testing.assert_array_equal(images.crop_query(image, [-3, 4, 40, 30]), image[4:10, 0:12])
+  big = np.zeros((1024, 768, 3), np.uint8)
+  assert images.crop_query(big, [136.5, 34.1, 648.5, 955.7]).shape == (922, 512, 3)
+  with pytest.raises(ValueError, match='empty'):
+    images.crop_query(image, [5, 5, 5.2, 8])
+  with pytest.raises(ValueError, match='x1, y1, x2, y2'):
+    images.crop_query(image, [1, 2, 3])
+
+
+def test_rotate_image_clockwise_by_multiples_of_90():
+  image = np.array([[1, 2], [3, 4]], np.uint8)[..., None].repeat(3, axis=2)
+  np.testing.assert_array_equal(images.rotate_image(image, 90)[..., 0], [[3, 1], [4, 2]])
+  np.testing.assert_array_equal(images.rotate_image(image, 270)[..., 0], [[2, 4], [1, 3]])
+  np.testing.assert_array_equal(images.rotate_image(image, 0), image)
+  with pytest.raises(ValueError, match='multiple of 90'):
+    images.rotate_image(image, 45)
