@@ -31,29 +31,38 @@ from regagg_jax.experiment import modes
 from regagg_jax.encoding import parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                           'configs', 'demo.py'),
-    'Config file (configs/*.py[:argument]); override fields with '
-    '--config.<section>.<field>=value.')
-_MODE = flags.DEFINE_enum('mode', 'demo', sorted(modes.MODES),
-                          'What to run.')
+  'config',
+  os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), 'configs', 'demo.py'
+  ),
+  'Config file (configs/*.py[:argument]); override fields with '
+  '--config.<section>.<field>=value.',
+)
+_MODE = flags.DEFINE_enum('mode', 'demo', sorted(modes.MODES), 'What to run.')
 _COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None,
-    'host:port of process 0 for multi-host encoding (jax.distributed).')
+  'coordinator_address',
+  None,
+  'host:port of process 0 for multi-host encoding (jax.distributed).',
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', 1, 'Processes (hosts) encoding one store together.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', 0,
-                                   'This process, 0 <= id < num_processes.')
+  'num_processes', 1, 'Processes (hosts) encoding one store together.'
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  'process_id', 0, 'This process, 0 <= id < num_processes.'
+)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _NUM_PROCESSES.value > 1 and _MODE.value != 'encode':
-    raise app.UsageError(f'--num_processes={_NUM_PROCESSES.value} is for '
-                         f'--mode=encode only, got --mode={_MODE.value}')
-  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                      _PROCESS_ID.value)
+    raise app.UsageError(
+      f'--num_processes={_NUM_PROCESSES.value} is for '
+      f'--mode=encode only, got --mode={_MODE.value}'
+    )
+  parallel.initialize(
+    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+  )
   if jax.default_backend() == 'cpu':
     batch_encoder.limit_lapack_threads()
   modes.MODES[_MODE.value](_CONFIG.value)

@@ -71,44 +71,72 @@ from regagg_jax.features import vgg19
 from regagg_jax.features import weights
 from regagg_jax.features import weighting
 
-_DEVICE = flags.DEFINE_bool('device', False, 'Measure on the default JAX '
-                            'accelerator (float32 and bfloat16).')
-_MIX = flags.DEFINE_bool('mix', False, 'Count compilations for an '
-                         'Oxford-like mix of shapes.')
-_STAGES = flags.DEFINE_bool('stages', False, 'Also time each stage of the '
-                            'encoder as its own jit.')
-_HOST_PIPELINE = flags.DEFINE_bool('host_pipeline', False, 'Time encode_rows '
-                                   'end to end against encode_batch alone.')
+_DEVICE = flags.DEFINE_bool(
+  'device',
+  False,
+  'Measure on the default JAX accelerator (float32 and bfloat16).',
+)
+_MIX = flags.DEFINE_bool(
+  'mix', False, 'Count compilations for an Oxford-like mix of shapes.'
+)
+_STAGES = flags.DEFINE_bool(
+  'stages', False, 'Also time each stage of the encoder as its own jit.'
+)
+_HOST_PIPELINE = flags.DEFINE_bool(
+  'host_pipeline',
+  False,
+  'Time encode_rows end to end against encode_batch alone.',
+)
 _BATCH = flags.DEFINE_integer('batch', 2, 'Images per batch (CPU).')
 _BATCHES = flags.DEFINE_list('batches', ['8', '16'], 'Batch sizes (--device).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per variant.')
 _HEIGHT = flags.DEFINE_integer('height', 768, 'Image height H_I.')
 _WIDTH = flags.DEFINE_integer('width', 1024, 'Image width W_I.')
-_WEIGHTS = flags.DEFINE_string('weights', None, 'VGG19 weights: a float16 '
-                               '.npz from --export_weights, or a path for '
-                               'weights.load_params; default: the cached ones.')
-_EXPORT = flags.DEFINE_string('export_weights', None, 'Write the cached '
-                              'weights as a float16 .npz here and exit.')
+_WEIGHTS = flags.DEFINE_string(
+  'weights',
+  None,
+  'VGG19 weights: a float16 '
+  '.npz from --export_weights, or a path for '
+  'weights.load_params; default: the cached ones.',
+)
+_EXPORT = flags.DEFINE_string(
+  'export_weights',
+  None,
+  'Write the cached weights as a float16 .npz here and exit.',
+)
 _MIX_IMAGES = flags.DEFINE_integer('mix_images', 100, 'Images in the mix.')
 _MIX_SCALE = flags.DEFINE_float('mix_scale', 0.25, 'Scale of the mix images.')
-_PIPELINE_IMAGES = flags.DEFINE_integer('pipeline_images', 64, 'Files for '
-                                        '--host_pipeline.')
+_PIPELINE_IMAGES = flags.DEFINE_integer(
+  'pipeline_images', 64, 'Files for --host_pipeline.'
+)
 _THREADS = flags.DEFINE_integer('threads', 4, 'Decoding threads.')
 _PREFETCH = flags.DEFINE_integer('prefetch', 2, 'Batches decoded ahead.')
-_LOG_METHOD = flags.DEFINE_enum('log_method', 'qr', ['qr', 'eigh'], 'eq. (5) '
-                                'eigen-solver (pooling.LOG_METHODS).')
+_LOG_METHOD = flags.DEFINE_enum(
+  'log_method',
+  'qr',
+  ['qr', 'eigh'],
+  'eq. (5) eigen-solver (pooling.LOG_METHODS).',
+)
 
-_SAMPLES = (pathlib.Path(__file__).resolve().parents[1]
-            / 'data' / 'samples')
-_REGIONS = {'backend': 'jax', 'n_max': 4000, 'n_min': 300, 'num_clusters': 3,
-            'min_cells': 1}  # Sec. 5
+_SAMPLES = pathlib.Path(__file__).resolve().parents[1] / 'data' / 'samples'
+_REGIONS = {
+  'backend': 'jax',
+  'n_max': 4000,
+  'n_min': 300,
+  'num_clusters': 3,
+  'min_cells': 1,
+}  # Sec. 5
 _K_PRIME, _DIM = 128, 512  # K' of eq. (4), D of eq. (6)
 _TINY_WIDTHS = (4, 8, 8, 16, 16)
 
 
 def _pooling():
-  return {'gem_power': 3.0, 'offdiag_scale': 1.0, 'rmac_levels': 3,
-          'log_method': _LOG_METHOD.value}
+  return {
+    'gem_power': 3.0,
+    'offdiag_scale': 1.0,
+    'rmac_levels': 3,
+    'log_method': _LOG_METHOD.value,
+  }
 
 
 def _load_weights():
@@ -123,37 +151,50 @@ def _load_weights():
 
 
 def _export_weights(path):
-  arrays = {f'{layer}/{name}': np.asarray(value, np.float16)
-            for layer, values in weights.load_params()['params'].items()
-            for name, value in values.items()}
+  arrays = {
+    f'{layer}/{name}': np.asarray(value, np.float16)
+    for layer, values in weights.load_params()['params'].items()
+    for name, value in values.items()
+  }
   np.savez(path, **arrays)
   print(f'wrote {len(arrays)} float16 arrays to {path}')
 
 
 def _orthonormal(rng, rows, columns):
   return np.linalg.qr(rng.standard_normal((rows, columns)))[0].astype(
-      np.float32)
+    np.float32
+  )
 
 
 def _projections(channels, k_prime=_K_PRIME, dim=_DIM):
   """Random U^1 (K, K') of eq. (4) and whitening (K'(K'+1)/2, D) of eq. (6):
   the speed does not depend on their values."""
   rng = np.random.default_rng(0)
-  reduction = pca.PCAParams(np.zeros(channels, np.float32),
-                            _orthonormal(rng, channels, k_prime),
-                            np.ones(k_prime, np.float32))
+  reduction = pca.PCAParams(
+    np.zeros(channels, np.float32),
+    _orthonormal(rng, channels, k_prime),
+    np.ones(k_prime, np.float32),
+  )
   pooled = k_prime * (k_prime + 1) // 2
-  whitening = pca.PCAParams(np.zeros(pooled, np.float32),
-                            _orthonormal(rng, pooled, dim),
-                            rng.uniform(1.0, 10.0, dim).astype(np.float32))
+  whitening = pca.PCAParams(
+    np.zeros(pooled, np.float32),
+    _orthonormal(rng, pooled, dim),
+    rng.uniform(1.0, 10.0, dim).astype(np.float32),
+  )
   return reduction, whitening
 
 
 def _pictures(count, height, width):
   """count bundled samples resized to (height, width), cycling."""
   paths = sorted(_SAMPLES.glob('ukbench*.jpg'))
-  return [cv2.resize(images.load_image(paths[i % len(paths)]), (width, height),
-                     interpolation=cv2.INTER_CUBIC) for i in range(count)]
+  return [
+    cv2.resize(
+      images.load_image(paths[i % len(paths)]),
+      (width, height),
+      interpolation=cv2.INTER_CUBIC,
+    )
+    for i in range(count)
+  ]
 
 
 def _padded(pictures):
@@ -171,39 +212,55 @@ def _runners(variables, projections, batch, dtype):
 
   @jax.jit
   def bare(variables, rgb, sizes):  # the VGG19 forward of encode_batch
-    return vgg19.features(variables, vgg19.preprocess(rgb), sizes,
-                          dtype=dtype)
+    return vgg19.features(variables, vgg19.preprocess(rgb), sizes, dtype=dtype)
 
   return {
-      'bare': lambda: bare(variables, rgb, sizes).block_until_ready(),
-      'full': lambda: jax.block_until_ready(batch_encoder.encode_batch(
-          variables, rgb, sizes, cells, reduction, whitening, method='o2',
-          dtype=dtype, region_options=_REGIONS, pooling_options=_pooling())),
+    'bare': lambda: bare(variables, rgb, sizes).block_until_ready(),
+    'full': lambda: jax.block_until_ready(
+      batch_encoder.encode_batch(
+        variables,
+        rgb,
+        sizes,
+        cells,
+        reduction,
+        whitening,
+        method='o2',
+        dtype=dtype,
+        region_options=_REGIONS,
+        pooling_options=_pooling(),
+      )
+    ),
   }
 
 
 def _median_times(runners):
   """Compiles each runner, then the median of --repeats interleaved runs."""
   _, compile_s, times = timing.interleaved(runners, _REPEATS.value)
-  return {name: statistics.median(values) for name, values in times.items()
-          }, compile_s
+  return {
+    name: statistics.median(values) for name, values in times.items()
+  }, compile_s
 
 
 def _print_pair(label, batch_size, medians, compile_s):
   for name in ('bare', 'full'):
-    print(f'  {label} batch {batch_size:3d} {name}: '
-          f'{batch_size / medians[name]:8.2f} images/s '
-          f'({medians[name] * 1e3:9.1f} ms/batch; first call incl. compile '
-          f'{compile_s[name]:.1f} s)')
-  print(f'  {label} batch {batch_size:3d} ratio full/bare = '
-        f'{medians["full"] / medians["bare"]:.3f} (target <= 1.15)')
+    print(
+      f'  {label} batch {batch_size:3d} {name}: '
+      f'{batch_size / medians[name]:8.2f} images/s '
+      f'({medians[name] * 1e3:9.1f} ms/batch; first call incl. compile '
+      f'{compile_s[name]:.1f} s)'
+    )
+  print(
+    f'  {label} batch {batch_size:3d} ratio full/bare = '
+    f'{medians["full"] / medians["bare"]:.3f} (target <= 1.15)'
+  )
 
 
 def measure_pair(variables, projections, batch_size, dtype):
   """Prints images/s of the bare forward and the full encoder."""
   batch = _padded(_pictures(batch_size, _HEIGHT.value, _WIDTH.value))
   medians, compile_s = _median_times(
-      _runners(variables, projections, batch, dtype))
+    _runners(variables, projections, batch, dtype)
+  )
   _print_pair(dtype, batch_size, medians, compile_s)
 
 
@@ -219,74 +276,149 @@ def measure_host_pipeline(variables, projections, batch_size, dtype):
 
     def end_to_end(rows):
       return file_encoder.encode_rows(
-          variables, paths, rows, 'o2', region_options=_REGIONS,
-          pooling_options=_pooling(), reduction=reduction, whitening=whitening,
-          batch_size=batch_size, dtype=dtype, num_threads=_THREADS.value,
-          prefetch=_PREFETCH.value)
+        variables,
+        paths,
+        rows,
+        'o2',
+        region_options=_REGIONS,
+        pooling_options=_pooling(),
+        reduction=reduction,
+        whitening=whitening,
+        batch_size=batch_size,
+        dtype=dtype,
+        num_threads=_THREADS.value,
+        prefetch=_PREFETCH.value,
+      )
 
     end_to_end(list(range(batch_size)))  # compiles
     start = time.perf_counter()
     end_to_end(list(range(count)))
     pipeline_s = time.perf_counter() - start
-  batches = [_padded(pictures[i:i + batch_size])
-             for i in range(0, count - batch_size + 1, batch_size)]
+  batches = [
+    _padded(pictures[i : i + batch_size])
+    for i in range(0, count - batch_size + 1, batch_size)
+  ]
   start = time.perf_counter()
   for rgb, sizes, cells in batches:  # dispatched back to back, as encode_rows
     outputs = batch_encoder.encode_batch(
-        variables, rgb, sizes, cells, reduction, whitening, method='o2',
-        dtype=dtype, region_options=_REGIONS, pooling_options=_pooling())
+      variables,
+      rgb,
+      sizes,
+      cells,
+      reduction,
+      whitening,
+      method='o2',
+      dtype=dtype,
+      region_options=_REGIONS,
+      pooling_options=_pooling(),
+    )
   jax.block_until_ready(outputs)
   device_s = time.perf_counter() - start
   encoded = len(batches) * batch_size
-  print(f'  host pipeline {dtype} batch {batch_size}: encode_rows '
-        f'{count / pipeline_s:.2f} images/s ({count} JPEGs, {_THREADS.value} '
-        f'threads, prefetch {_PREFETCH.value}); encode_batch alone '
-        f'{encoded / device_s:.2f} images/s; ratio end-to-end/device = '
-        f'{(pipeline_s / count) / (device_s / encoded):.3f}')
+  print(
+    f'  host pipeline {dtype} batch {batch_size}: encode_rows '
+    f'{count / pipeline_s:.2f} images/s ({count} JPEGs, {_THREADS.value} '
+    f'threads, prefetch {_PREFETCH.value}); encode_batch alone '
+    f'{encoded / device_s:.2f} images/s; ratio end-to-end/device = '
+    f'{(pipeline_s / count) / (device_s / encoded):.3f}'
+  )
 
 
 def _median_call(function, *args):
   """(median seconds of function(*args) as _median_times, its output)."""
   medians, _ = _median_times(
-      {'call': lambda: jax.block_until_ready(function(*args))})
+    {'call': lambda: jax.block_until_ready(function(*args))}
+  )
   return medians['call'], function(*args)
 
 
 def measure_stages(variables, projections, batch_size, dtype):
   """Prints each stage of the encoder as its own jit: where the time goes."""
-  rgb, sizes, cells = _padded(_pictures(batch_size, _HEIGHT.value,
-                                        _WIDTH.value))
+  rgb, sizes, cells = _padded(
+    _pictures(batch_size, _HEIGHT.value, _WIDTH.value)
+  )
   reduction, whitening = projections
   grid = np.array([images.feature_shape(*size) for size in sizes], np.int32)
   clusters = _REGIONS['num_clusters']
   seconds = {}
-  seconds['vgg19'], features = _median_call(jax.jit(
-      lambda v, x, s: vgg19.features(v, vgg19.preprocess(x), s, dtype=dtype)),
-                                            variables, rgb, sizes)
-  seconds['alpha, beta'], (alpha, beta) = _median_call(jax.jit(
-      lambda f, c: (jax.vmap(weighting.spatial_weights)(f, c),  # eq. (1)
-                    jax.vmap(weighting.channel_weights)(f, c))),  # eq. (2)
-                                                       features, cells)
+  seconds['vgg19'], features = _median_call(
+    jax.jit(
+      lambda v, x, s: vgg19.features(v, vgg19.preprocess(x), s, dtype=dtype)
+    ),
+    variables,
+    rgb,
+    sizes,
+  )
+  seconds['alpha, beta'], (alpha, beta) = _median_call(
+    jax.jit(
+      lambda f, c: (
+        jax.vmap(weighting.spatial_weights)(f, c),  # eq. (1)
+        jax.vmap(weighting.channel_weights)(f, c),
+      )
+    ),  # eq. (2)
+    features,
+    cells,
+  )
   seconds['detect+select'], (points, valid) = _median_call(
-      jax.jit(jax.vmap(functools.partial(
-          keypoints.detect_salient, padded_shape=rgb.shape[1:3],
-          n_max=_REGIONS['n_max'], n_min=_REGIONS['n_min']))),
-      rgb, alpha, grid, sizes)
-  seconds['kmeans'], (labels, _) = _median_call(jax.jit(jax.vmap(
-      functools.partial(clustering.global_fast_kmeans,
-                        num_clusters=clusters))), points, valid)
-  seconds['masks'], (masks, region_valid) = _median_call(jax.jit(jax.vmap(
-      functools.partial(proposal.compute_region_masks, num_clusters=clusters,
-                        min_cells=_REGIONS['min_cells']))),
-                                                         points, labels,
-                                                         cells, sizes)
-  seconds['pool o2'], pooled = _median_call(jax.jit(jax.vmap(
-      functools.partial(method_table.POOLING['o2'].pool, reduction=reduction,
-                        options=_pooling()))),  # eq. (4-5)
-                                            features, alpha, beta, cells,
-                                            masks, region_valid)
-  seconds['whitening'], _ = _median_call(jax.jit(pca.apply), whitening,
-                                         pooled, region_valid)  # eq. (6)
+    jax.jit(
+      jax.vmap(
+        functools.partial(
+          keypoints.detect_salient,
+          padded_shape=rgb.shape[1:3],
+          n_max=_REGIONS['n_max'],
+          n_min=_REGIONS['n_min'],
+        )
+      )
+    ),
+    rgb,
+    alpha,
+    grid,
+    sizes,
+  )
+  seconds['kmeans'], (labels, _) = _median_call(
+    jax.jit(
+      jax.vmap(
+        functools.partial(clustering.global_fast_kmeans, num_clusters=clusters)
+      )
+    ),
+    points,
+    valid,
+  )
+  seconds['masks'], (masks, region_valid) = _median_call(
+    jax.jit(
+      jax.vmap(
+        functools.partial(
+          proposal.compute_region_masks,
+          num_clusters=clusters,
+          min_cells=_REGIONS['min_cells'],
+        )
+      )
+    ),
+    points,
+    labels,
+    cells,
+    sizes,
+  )
+  seconds['pool o2'], pooled = _median_call(
+    jax.jit(
+      jax.vmap(
+        functools.partial(
+          method_table.POOLING['o2'].pool,
+          reduction=reduction,
+          options=_pooling(),
+        )
+      )
+    ),  # eq. (4-5)
+    features,
+    alpha,
+    beta,
+    cells,
+    masks,
+    region_valid,
+  )
+  seconds['whitening'], _ = _median_call(
+    jax.jit(pca.apply), whitening, pooled, region_valid
+  )  # eq. (6)
   total = sum(seconds.values())
   print(f'  stages, {dtype} batch {batch_size}, each its own jit:')
   for stage, value in seconds.items():
@@ -304,8 +436,9 @@ def _mix_shapes(count, rng):
     else:
       longer = 1024 if rng.uniform() < 0.7 else int(rng.integers(500, 1025))
       shorter = int(longer * rng.uniform(0.5, 1.0))
-      shapes.append((longer, shorter) if rng.uniform() < 0.5
-                    else (shorter, longer))
+      shapes.append(
+        (longer, shorter) if rng.uniform() < 0.5 else (shorter, longer)
+      )
   return shapes
 
 
@@ -314,8 +447,13 @@ def measure_mix(batch_size):
   rng = np.random.default_rng(0)
   shapes = _mix_shapes(_MIX_IMAGES.value, rng)
   scale = _MIX_SCALE.value
-  scaled = [(max(images.MIN_SIDE, round(h * scale)),
-             max(images.MIN_SIDE, round(w * scale))) for h, w in shapes]
+  scaled = [
+    (
+      max(images.MIN_SIDE, round(h * scale)),
+      max(images.MIN_SIDE, round(w * scale)),
+    )
+    for h, w in shapes
+  ]
   sample = _pictures(1, 256, 256)[0]
   variables = vgg19.init_params(jax.random.PRNGKey(0), widths=_TINY_WIDTHS)
   reduction, whitening = _projections(_TINY_WIDTHS[-1], k_prime=8, dim=16)
@@ -326,23 +464,35 @@ def measure_mix(batch_size):
     before = batch_encoder.compilations()
     start = time.perf_counter()
     store = file_encoder.encode_rows(
-        variables, paths, list(range(len(paths))), 'o2',
-        region_options=_REGIONS, pooling_options=_pooling(),
-        reduction=reduction, whitening=whitening, batch_size=batch_size,
-        num_threads=_THREADS.value, prefetch=_PREFETCH.value)
+      variables,
+      paths,
+      list(range(len(paths))),
+      'o2',
+      region_options=_REGIONS,
+      pooling_options=_pooling(),
+      reduction=reduction,
+      whitening=whitening,
+      batch_size=batch_size,
+      num_threads=_THREADS.value,
+      prefetch=_PREFETCH.value,
+    )
     seconds = time.perf_counter() - start
   compilations = batch_encoder.compilations() - before
   buckets = {images.bucket_shape(*s) for s in scaled}
   full_buckets = {images.bucket_shape(*s) for s in shapes}
   batches = len(images.group_by_bucket(scaled, batch_size=batch_size))
-  print(f'mix of {len(shapes)} images (60 % 1024x768, 30 % 768x1024, 10 % '
-        f'tail; {len(set(shapes))} distinct shapes) at scale {scale}, batch '
-        f'{batch_size}, tiny VGG19 {_TINY_WIDTHS}: {len(store.descriptors)} '
-        f'encoded in {seconds:.1f} s')
-  print(f'  compilations {compilations}, shape buckets {len(buckets)} at '
-        f'this scale ({batches} batches), {len(full_buckets)} at full scale '
-        f'(multiple {images.BUCKET_MULTIPLE} px): '
-        f'{sorted(full_buckets)}')
+  print(
+    f'mix of {len(shapes)} images (60 % 1024x768, 30 % 768x1024, 10 % '
+    f'tail; {len(set(shapes))} distinct shapes) at scale {scale}, batch '
+    f'{batch_size}, tiny VGG19 {_TINY_WIDTHS}: {len(store.descriptors)} '
+    f'encoded in {seconds:.1f} s'
+  )
+  print(
+    f'  compilations {compilations}, shape buckets {len(buckets)} at '
+    f'this scale ({batches} batches), {len(full_buckets)} at full scale '
+    f'(multiple {images.BUCKET_MULTIPLE} px): '
+    f'{sorted(full_buckets)}'
+  )
 
 
 def main(argv):
@@ -355,16 +505,20 @@ def main(argv):
     jax.config.update('jax_platforms', 'cpu')
     batch_encoder.limit_lapack_threads(1)
   elif jax.default_backend() == 'cpu':
-    raise app.UsageError(f'--device needs a GPU or TPU, but JAX '
-                         f'{jax.__version__} sees only {jax.devices()}')
+    raise app.UsageError(
+      f'--device needs a GPU or TPU, but JAX '
+      f'{jax.__version__} sees only {jax.devices()}'
+    )
   if _MIX.value:
     measure_mix(_BATCH.value)
     return
   variables = jax.device_put(_load_weights())
   projections = _projections(variables['params']['conv5_4']['kernel'].shape[-1])
-  print(f'jax {jax.__version__}, {jax.devices()[0].device_kind}, '
-        f'{_WIDTH.value}x{_HEIGHT.value} (W x H), o2 K\'={_K_PRIME} '
-        f'D={_DIM}, jax detector, median of {_REPEATS.value}')
+  print(
+    f'jax {jax.__version__}, {jax.devices()[0].device_kind}, '
+    f"{_WIDTH.value}x{_HEIGHT.value} (W x H), o2 K'={_K_PRIME} "
+    f'D={_DIM}, jax detector, median of {_REPEATS.value}'
+  )
   if not _DEVICE.value:
     if _HOST_PIPELINE.value:
       measure_host_pipeline(variables, projections, _BATCH.value, 'float32')

@@ -35,8 +35,11 @@ from regagg_jax.experiment import workspace
 
 
 def _shard_bytes(path):
-  return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
-             if f.startswith('shard_'))
+  return sum(
+    os.path.getsize(os.path.join(path, f))
+    for f in os.listdir(path)
+    if f.startswith('shard_')
+  )
 
 
 def _scores(config, dataset, store):
@@ -51,7 +54,8 @@ def _scores(config, dataset, store):
   scores = np.asarray(scores)  # eq. (7)
   rows = np.asarray(store.metadata['rows'])
   return metrics.evaluate(
-      dataset, rows[metrics.ranks_from_scores(scores)]), scores
+    dataset, rows[metrics.ranks_from_scores(scores)]
+  ), scores
 
 
 def main(argv):
@@ -63,9 +67,12 @@ def main(argv):
     raise ValueError(f'{dataset.name}: every image must be a query')
   methods = sorted({method for method, _ in modes.DEMO_ROWS.values()})
   stores = pipeline.encode_methods(
-      config, datasets.database_paths(dataset), methods,
-      rotations=workspace.rotations(dataset, dataset.images),
-      apply_exif=dataset.apply_exif)
+    config,
+    datasets.database_paths(dataset),
+    methods,
+    rotations=workspace.rotations(dataset, dataset.images),
+    apply_exif=dataset.apply_exif,
+  )
   loaded, errors, sizes = {}, {}, {}
   with tempfile.TemporaryDirectory() as directory:
     for method, store in stores.items():
@@ -74,28 +81,53 @@ def main(argv):
         store_io.save_store(path, store, dtype=dtype)
         loaded[method, dtype] = store_io.load_store(path)
         sizes[method, dtype] = _shard_bytes(path)
-      difference = np.abs(loaded[method, 'float16'].descriptors -
-                          store.descriptors)[store.valid]
+      difference = np.abs(
+        loaded[method, 'float16'].descriptors - store.descriptors
+      )[store.valid]
       errors[method] = (difference.max(), difference.mean())
-      np.testing.assert_array_equal(loaded[method, 'float32'].descriptors,
-                                    store.descriptors)
-  print(f'{dataset.name}: {len(dataset.images)} images, every image a query;'
-        ' PCA-whitening D = 16 fitted on each loaded store')
-  columns = ('row', 'D_store', 'N-S f32', 'N-S f16', 'mAP f32', 'mAP f16',
-             'dmAP', 'max|dscore|', 'max|err|', 'mean|err|', 'bytes f16/f32')
+      np.testing.assert_array_equal(
+        loaded[method, 'float32'].descriptors, store.descriptors
+      )
+  print(
+    f'{dataset.name}: {len(dataset.images)} images, every image a query;'
+    ' PCA-whitening D = 16 fitted on each loaded store'
+  )
+  columns = (
+    'row',
+    'D_store',
+    'N-S f32',
+    'N-S f16',
+    'mAP f32',
+    'mAP f16',
+    'dmAP',
+    'max|dscore|',
+    'max|err|',
+    'mean|err|',
+    'bytes f16/f32',
+  )
   print(' | '.join(columns))
   for label, (method, regional) in modes.DEMO_ROWS.items():
     variant = config.copy_and_resolve_references()
     variant.pooling.method, variant.pooling.regional = method, regional
     full, full_scores = _scores(variant, dataset, loaded[method, 'float32'])
     half, half_scores = _scores(variant, dataset, loaded[method, 'float16'])
-    print(' | '.join([
-        label, str(stores[method].descriptors.shape[-1]),
-        f'{full["N-S"]:.4f}', f'{half["N-S"]:.4f}', f'{full["mAP"]:.4f}',
-        f'{half["mAP"]:.4f}', f'{half["mAP"] - full["mAP"]:+.4f}',
-        f'{np.abs(half_scores - full_scores).max():.2e}',
-        f'{errors[method][0]:.2e}', f'{errors[method][1]:.2e}',
-        f'{sizes[method, "float16"] / sizes[method, "float32"]:.3f}']))
+    print(
+      ' | '.join(
+        [
+          label,
+          str(stores[method].descriptors.shape[-1]),
+          f'{full["N-S"]:.4f}',
+          f'{half["N-S"]:.4f}',
+          f'{full["mAP"]:.4f}',
+          f'{half["mAP"]:.4f}',
+          f'{half["mAP"] - full["mAP"]:+.4f}',
+          f'{np.abs(half_scores - full_scores).max():.2e}',
+          f'{errors[method][0]:.2e}',
+          f'{errors[method][1]:.2e}',
+          f'{sizes[method, "float16"] / sizes[method, "float32"]:.3f}',
+        ]
+      )
+    )
 
 
 if __name__ == '__main__':

@@ -86,12 +86,23 @@ def get_config():
   # four-bit sub-codes for D = 512), 64 lists probed, 1500 regions per query
   # region, 300 images re-ranked: recall@100 0.970 at 44x brute force on 1M
   # simulated images (benchmarks/search_scale.py, README "Search at scale").
-  config.search.ivfpq = ml_collections.ConfigDict({
-      'nlist': 0, 'm': 256, 'nbits': 4, 'fast_scan': True, 'nprobe': 64,
-      'train_size': 100000, 'coarse': 'hnsw', 'hnsw_m': 32,
-      'quantizer_ef_search': 64, 'seed': 0})
-  config.search.hnsw = ml_collections.ConfigDict({
-      'hnsw_m': 32, 'ef_construction': 80, 'ef_search': 128})
+  config.search.ivfpq = ml_collections.ConfigDict(
+    {
+      'nlist': 0,
+      'm': 256,
+      'nbits': 4,
+      'fast_scan': True,
+      'nprobe': 64,
+      'train_size': 100000,
+      'coarse': 'hnsw',
+      'hnsw_m': 32,
+      'quantizer_ef_search': 64,
+      'seed': 0,
+    }
+  )
+  config.search.hnsw = ml_collections.ConfigDict(
+    {'hnsw_m': 32, 'ef_construction': 80, 'ef_search': 128}
+  )
   config.search.top_k = 100  # results written per query by --mode=search
   config.search.query_regions = 'all'  # 'all' regions | 'whole' (R_M only)
   config.search.queries = ''  # --mode=search: image file, folder or list

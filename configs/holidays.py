@@ -21,7 +21,9 @@ VARIANTS = {'rotated': 'data/holidays_rotated', 'original': 'data/holidays'}
 def get_config(variant='rotated'):
   """Returns the Holidays config; variant is a VARIANTS key."""
   if variant not in VARIANTS:
-    raise ValueError(f'variant must be one of {sorted(VARIANTS)}, got {variant!r}')
+    raise ValueError(
+      f'variant must be one of {sorted(VARIANTS)}, got {variant!r}'
+    )
   config = default.get_config()
   config.name = f'holidays_{variant}'
   config.workdir = f'outputs/holidays_{variant}'

@@ -19,7 +19,9 @@ VARIANTS = {'cropped': True, 'full': False}
 def get_config(variant='cropped'):
   """Returns the Oxford5k config; variant is a VARIANTS key."""
   if variant not in VARIANTS:
-    raise ValueError(f'variant must be one of {sorted(VARIANTS)}, got {variant!r}')
+    raise ValueError(
+      f'variant must be one of {sorted(VARIANTS)}, got {variant!r}'
+    )
   config = default.get_config()
   config.name = 'oxford5k' if variant == 'cropped' else 'oxford5k_full'
   config.workdir = 'outputs/oxford5k'

@@ -17,10 +17,10 @@ from configs import oxford5k
 from configs import paris6k
 
 DATASETS = {
-    'oxford5k': lambda: oxford5k.get_config('cropped'),  # 'Oxford'
-    'oxford5k_full': lambda: oxford5k.get_config('full'),  # 'OF'
-    'paris6k': paris6k.get_config,  # 'Paris'
-    'holidays': holidays.get_config,  # 'Holidays' (rotated)
+  'oxford5k': lambda: oxford5k.get_config('cropped'),  # 'Oxford'
+  'oxford5k_full': lambda: oxford5k.get_config('full'),  # 'OF'
+  'paris6k': paris6k.get_config,  # 'Paris'
+  'holidays': holidays.get_config,  # 'Holidays' (rotated)
 }
 """Table 1 column -> dataset config."""
 
@@ -28,15 +28,15 @@ DIMS = (128, 256, 512)
 """Descriptor dimensions D of Table 1."""
 
 VARIANTS = {
-    'O2_R': {'method': 'o2', 'regional': True},  # proposed
-    'O2_W': {'method': 'o2', 'regional': False},
-    'O1_R': {'method': 'o1', 'regional': True},
-    'O1_W': {'method': 'o1', 'regional': False},
-    'spoc': {'method': 'spoc', 'regional': False},
-    'mac': {'method': 'mac', 'regional': False},
-    'crow': {'method': 'crow', 'regional': False},
-    'rmac': {'method': 'rmac', 'regional': False},
-    'gem': {'method': 'gem', 'regional': False},
+  'O2_R': {'method': 'o2', 'regional': True},  # proposed
+  'O2_W': {'method': 'o2', 'regional': False},
+  'O1_R': {'method': 'o1', 'regional': True},
+  'O1_W': {'method': 'o1', 'regional': False},
+  'spoc': {'method': 'spoc', 'regional': False},
+  'mac': {'method': 'mac', 'regional': False},
+  'crow': {'method': 'crow', 'regional': False},
+  'rmac': {'method': 'rmac', 'regional': False},
+  'gem': {'method': 'gem', 'regional': False},
 }
 """Method variant -> pooling section (Fig. 1: O1/O2 pooling, R/W regions)."""
 
@@ -61,11 +61,15 @@ def make_config(arg, *, variant, qe):
     raise ValueError(f"the third field of {arg!r} can only be 'qe'")
   qe = qe or option == 'qe'
   if dataset not in DATASETS:
-    raise ValueError(f'dataset must be one of {sorted(DATASETS)}, got {dataset!r}')
+    raise ValueError(
+      f'dataset must be one of {sorted(DATASETS)}, got {dataset!r}'
+    )
   if dim not in {str(d) for d in DIMS}:
     raise ValueError(f'D must be one of {DIMS}, got {dim!r} (arg {arg!r})')
   if variant not in VARIANTS:
-    raise ValueError(f'variant must be one of {sorted(VARIANTS)}, got {variant!r}')
+    raise ValueError(
+      f'variant must be one of {sorted(VARIANTS)}, got {variant!r}'
+    )
   if qe and dataset == 'holidays':
     raise ValueError('the paper does not apply QE to Holidays (Sec. 5)')
   config = DATASETS[dataset]()

@@ -36,4 +36,4 @@ Shape glossary used in every docstring:
   D   descriptor dimension after whitening (eq. 6)
 """
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'

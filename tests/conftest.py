@@ -7,35 +7,36 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """The checkout's root directory."""
 
-SHARED_DIR = REPO_ROOT.parent / "shared"
+SHARED_DIR = REPO_ROOT.parent / 'shared'
 """shared/ beside the clone (ground truth, UKBench mini set); may be absent."""
 
-SAMPLES_DIR = REPO_ROOT / "data" / "samples"
+SAMPLES_DIR = REPO_ROOT / 'data' / 'samples'
 """56 bundled UKBench photos, 384 px longer side, groups of 4 (id // 4)."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def repo_root() -> Path:
   return REPO_ROOT
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def shared_dir() -> Path:
   if not SHARED_DIR.is_dir():
-    pytest.skip(f"{SHARED_DIR} not present")
+    pytest.skip(f'{SHARED_DIR} not present')
   return SHARED_DIR
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def sample_paths() -> list[Path]:
-  paths = sorted(SAMPLES_DIR.glob("ukbench*.jpg"))
-  assert paths, f"no sample images in {SAMPLES_DIR}"
+  paths = sorted(SAMPLES_DIR.glob('ukbench*.jpg'))
+  assert paths, f'no sample images in {SAMPLES_DIR}'
   return paths
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def real_params() -> dict:
   """The real VGG19 variables (fetched and converted once, then cached)."""
   from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
   from regagg_jax.features import weights  # pylint: disable=g-import-not-at-top
+
   return weights.load_params()

@@ -19,7 +19,8 @@ from regagg_jax.aggregation import method_table
 # ml_collections' config_flags loads config files with the deprecated
 # SourceFileLoader.load_module(); not ours to change.
 pytestmark = pytest.mark.filterwarnings(
-    r'ignore:the load_module\(\) method is deprecated:DeprecationWarning')
+  r'ignore:the load_module\(\) method is deprecated:DeprecationWarning'
+)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '*.py')))
@@ -30,8 +31,9 @@ def _parse(*argv):
   """Parses run.py-style flags with config_flags; returns the config."""
   argv = ['run.py', *argv]
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, flag_values=flag_values,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    'config', None, flag_values=flag_values, sys_argv=argv
+  )
   flag_values(argv)
   return flag_values.config
 
@@ -48,8 +50,16 @@ DOCUMENTED = sorted(set(_documented_commands()), key=str)
 
 
 def _check_valid(config):
-  assert set(config) >= {'features', 'regions', 'pooling', 'pca', 'search',
-                         'eval', 'name', 'workdir'}
+  assert set(config) >= {
+    'features',
+    'regions',
+    'pooling',
+    'pca',
+    'search',
+    'eval',
+    'name',
+    'workdir',
+  }
   assert config.features.weights in pipeline.WEIGHTS
   assert config.pooling.method in method_table.POOLING
   assert config.search.query_regions in pipeline.QUERY_REGIONS
@@ -58,8 +68,16 @@ def _check_valid(config):
   assert config.regions.min_cells >= 1
   assert 1 <= config.pca.dim and config.pca.min_vectors_per_dim >= 1
   assert config.pooling.k_prime <= config.features.widths[-1]
-  assert config.eval.dataset in ('samples', 'ukbench', 'oxford5k', 'paris6k',
-                                 'roxford5k', 'rparis6k', 'holidays', 'folder')
+  assert config.eval.dataset in (
+    'samples',
+    'ukbench',
+    'oxford5k',
+    'paris6k',
+    'roxford5k',
+    'rparis6k',
+    'holidays',
+    'folder',
+  )
   pipeline.store_hash(config)  # every section serialises
   pipeline.fit_hash(config)
 
@@ -81,9 +99,16 @@ def test_documented_command_resolves(file, arg):
 
 def test_every_table1_and_fig1_cell_has_a_command():
   commands = {(f, a) for f, a in DOCUMENTED}
-  rows = {'table1_proposed': 'O2_R', 'table1_spoc': 'spoc',
-          'table1_crow': 'crow', 'table1_rmac': 'rmac', 'fig1_o1_w': 'O1_W',
-          'fig1_o1_r': 'O1_R', 'fig1_o2_w': 'O2_W', 'fig1_o2_r': 'O2_R'}
+  rows = {
+    'table1_proposed': 'O2_R',
+    'table1_spoc': 'spoc',
+    'table1_crow': 'crow',
+    'table1_rmac': 'rmac',
+    'fig1_o1_w': 'O1_W',
+    'fig1_o1_r': 'O1_R',
+    'fig1_o2_w': 'O2_W',
+    'fig1_o2_r': 'O2_R',
+  }
   for row, variant in rows.items():
     for dataset in paper.DATASETS:
       for dim in paper.DIMS:
@@ -115,19 +140,27 @@ def test_paper_columns_and_variants():
 
 
 def test_overrides_from_the_command_line():
-  config = _parse('--config=configs/default.py', '--config.pca.dim=256',
-                  '--config.search.qe=True', '--config.pooling.method=gem')
+  config = _parse(
+    '--config=configs/default.py',
+    '--config.pca.dim=256',
+    '--config.search.qe=True',
+    '--config.pooling.method=gem',
+  )
   assert config.pca.dim == 256 and config.search.qe
   assert config.pooling.method == 'gem'
   with pytest.raises(flags.IllegalFlagValueError):
     _parse('--config=configs/default.py', '--config.pca.dim=many')
 
 
-@pytest.mark.parametrize('arg,message', [
+@pytest.mark.parametrize(
+  'arg,message',
+  [
     ('oxford105k,512', 'dataset must be one of'),
     ('oxford5k,100', 'D must be one of'),
     ('oxford5k,512,fast', "can only be 'qe'"),
-    ('holidays,512,qe', 'does not apply QE to Holidays')])
+    ('holidays,512,qe', 'does not apply QE to Holidays'),
+  ],
+)
 def test_bad_paper_arguments_are_refused(arg, message):
   with pytest.raises(ValueError, match=message):
     paper.make_config(arg, variant='O2_R', qe=False)
@@ -143,8 +176,13 @@ def test_defaults_follow_the_paper():
 
 
 def test_run_help():
-  done = subprocess.run([sys.executable, 'run.py', '--help'], cwd=REPO_ROOT,
-                        capture_output=True, text=True, timeout=120)
+  done = subprocess.run(
+    [sys.executable, 'run.py', '--help'],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert done.returncode in (0, 1), done.stderr  # absl's --help exits with 1
   assert 'python run.py' in done.stdout  # the module docstring (usage)
   assert '--mode' in done.stdout and 'demo' in done.stdout

@@ -32,6 +32,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _write_photos(folder, paths, size):
   """Writes the photos shrunk to `size` px into folder (made if needed)."""
   import cv2  # pylint: disable=g-import-not-at-top
+
   folder.mkdir(parents=True, exist_ok=True)
   for path in paths:
     image = images.resize_longer_side(images.load_image(path), size)
@@ -41,9 +42,11 @@ def _write_photos(folder, paths, size):
 
 def _make_folder(folder, sample_paths, *, groups, size):
   """Sample photos of `groups` UKBench groups + groundtruth.json + a bad file."""
-  _write_photos(folder, sample_paths[:4 * groups], size)
-  names = {path.name: f'object{int(path.stem[7:]) // 4}'
-           for path in sample_paths[:4 * groups]}
+  _write_photos(folder, sample_paths[: 4 * groups], size)
+  names = {
+    path.name: f'object{int(path.stem[7:]) // 4}'
+    for path in sample_paths[: 4 * groups]
+  }
   (folder / 'zz_unreadable.jpg').write_bytes(b'\xff\xd8 truncated')
   names['zz_unreadable.jpg'] = 'object0'
   (folder / 'groundtruth.json').write_text(json.dumps({'groups': names}))
@@ -60,8 +63,12 @@ def _config(tmp_path, folder):
 
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory, sample_paths):
-  return _make_folder(tmp_path_factory.mktemp('photos') / 'photos',
-                      sample_paths, groups=2, size=96)
+  return _make_folder(
+    tmp_path_factory.mktemp('photos') / 'photos',
+    sample_paths,
+    groups=2,
+    size=96,
+  )
 
 
 def test_encode_fit_search_eval(tmp_path, folder):
@@ -70,9 +77,13 @@ def test_encode_fit_search_eval(tmp_path, folder):
   modes.run_fit(config)
   result = modes.evaluate(config)
   assert result['num_database'] == 8 and result['num_queries'] == 8
-  assert [s[0] for s in result['skipped']] == [str(folder / 'zz_unreadable.jpg')]
+  assert [s[0] for s in result['skipped']] == [
+    str(folder / 'zz_unreadable.jpg')
+  ]
   assert 0 <= result['mAP'] <= 1 and np.isfinite(result['mP@1'])
-  written = json.loads((tmp_path / 'work' / 'results' / 'quick.json').read_text())
+  written = json.loads(
+    (tmp_path / 'work' / 'results' / 'quick.json').read_text()
+  )
   assert written['mAP'] == result['mAP']
   stores = os.listdir(tmp_path / 'work' / 'stores')
   fits = os.listdir(tmp_path / 'work' / 'fits')
@@ -81,8 +92,9 @@ def test_encode_fit_search_eval(tmp_path, folder):
   config.search.queries = str(folder / 'ukbench00001.jpg')
   config.search.box = '10,5,80,60'
   modes.run_search(config)
-  results = json.loads((tmp_path / 'work' / 'results' /
-                        'search-quick.json').read_text())
+  results = json.loads(
+    (tmp_path / 'work' / 'results' / 'search-quick.json').read_text()
+  )
   assert len(results) == 1 and len(results[0]['results']) == config.search.top_k
   scores = [r['score'] for r in results[0]['results']]
   assert np.all(np.isfinite(scores)) and scores == sorted(scores, reverse=True)
@@ -97,26 +109,31 @@ def test_search_a_folder_without_ground_truth(tmp_path, sample_paths):
   config.search.queries = str(photos / sample_paths[0].name)
   config.search.top_k = 5
   modes.run_search(config)
-  results = json.loads((tmp_path / 'work' / 'results' /
-                        'search-quick.json').read_text())
+  results = json.loads(
+    (tmp_path / 'work' / 'results' / 'search-quick.json').read_text()
+  )
   ranked = [os.path.basename(r['image']) for r in results[0]['results']]
   assert sorted(ranked) == sorted(p.name for p in sample_paths[:5])
   assert ranked[0] == sample_paths[0].name  # the query itself comes first
   assert results[0]['results'][0]['score'] == pytest.approx(1, abs=1e-5)
 
 
-def test_cropped_queries_and_whitening_fitted_on_another_set(tmp_path, folder,
-                                                            sample_paths):
+def test_cropped_queries_and_whitening_fitted_on_another_set(
+  tmp_path, folder, sample_paths
+):
   """The Oxford protocol path: queries cropped to a box at full resolution
   and described by R_M only; whitening learnt on another folder with the
   database's U^1 (as CroW / R-MAC fit on Paris for Oxford)."""
   names = sorted(p.name for p in folder.glob('ukbench*.jpg'))
-  queries = [{'image': names[0], 'positives': names[1:4], 'box': [8, 4, 90, 70]},
-             {'image': names[4], 'positives': names[5:8], 'box': [0, 0, 60, 50]}]
+  queries = [
+    {'image': names[0], 'positives': names[1:4], 'box': [8, 4, 90, 70]},
+    {'image': names[4], 'positives': names[5:8], 'box': [0, 0, 60, 50]},
+  ]
   (folder / 'groundtruth.json').rename(folder / 'groups.json')
   try:
-    (folder / 'groundtruth.json').write_text(json.dumps(
-        {'images': names, 'queries': queries}))
+    (folder / 'groundtruth.json').write_text(
+      json.dumps({'images': names, 'queries': queries})
+    )
     other = _write_photos(tmp_path / 'other', sample_paths[20:26], 96)
     config = _config(tmp_path, folder)
     config.search.query_regions = 'whole'
@@ -125,8 +142,9 @@ def test_cropped_queries_and_whitening_fitted_on_another_set(tmp_path, folder,
     result = modes.evaluate(config)
     dataset = workspace.load_dataset(config)
     database, fitted = workspace.prepare(config, dataset)
-    cropped, positions = workspace.query_store(config, dataset, database,
-                                               fitted)
+    cropped, positions = workspace.query_store(
+      config, dataset, database, fitted
+    )
     config.eval.crop_queries = False
     full, _ = workspace.query_store(config, dataset, database, fitted)
   finally:
@@ -135,10 +153,14 @@ def test_cropped_queries_and_whitening_fitted_on_another_set(tmp_path, folder,
   assert np.isfinite(result['mAP'])
   np.testing.assert_array_equal(positions, [0, 1])
   assert cropped.metadata['sizes'] == [[66, 82], [50, 60]]  # the boxes
-  assert full.metadata['sizes'] == [database.metadata['sizes'][0],
-                                    database.metadata['sizes'][4]]
+  assert full.metadata['sizes'] == [
+    database.metadata['sizes'][0],
+    database.metadata['sizes'][4],
+  ]
   np.testing.assert_array_equal(full.descriptors, database.descriptors[[0, 4]])
-  assert cropped.metadata['reduction_hash'] == database.metadata['reduction_hash']
+  assert (
+    cropped.metadata['reduction_hash'] == database.metadata['reduction_hash']
+  )
   fits = os.listdir(tmp_path / 'work' / 'fits')
   fitted = records.load_fit(tmp_path / 'work' / 'fits' / fits[0])
   assert fitted.metadata['fitted_on'] == 'other'
@@ -167,28 +189,46 @@ def test_mismatched_store_and_fit_are_refused(tmp_path, folder):
   other = _config(tmp_path, folder)
   other.pooling.k_prime = 4
   other_database, other_fit = workspace.prepare(other, dataset)
-  with pytest.raises(ValueError, match='PCA-whitening .* fitted on descriptors'):
+  with pytest.raises(
+    ValueError, match='PCA-whitening .* fitted on descriptors'
+  ):
     retrieval.search(other, database, database, other_fit)
-  with pytest.raises(ValueError, match='PCA-whitening .* fitted on descriptors'):
+  with pytest.raises(
+    ValueError, match='PCA-whitening .* fitted on descriptors'
+  ):
     retrieval.search(config, database, database, other_fit)
-  with pytest.raises(ValueError, match=r'k_prime: stored 4, given 6.*encode it again'):
+  with pytest.raises(
+    ValueError, match=r'k_prime: stored 4, given 6.*encode it again'
+  ):
     retrieval.search(config, other_database, other_database, other_fit)
 
 
 def test_command_line_modes(tmp_path, folder):
   workdir = tmp_path / 'cli'
-  base = [sys.executable, 'run.py', '--config=configs/quick.py',
-          '--config.eval.dataset=folder', f'--config.eval.root={folder}',
-          f'--config.workdir={workdir}']
+  base = [
+    sys.executable,
+    'run.py',
+    '--config=configs/quick.py',
+    '--config.eval.dataset=folder',
+    f'--config.eval.root={folder}',
+    f'--config.workdir={workdir}',
+  ]
   outputs = {}
   for mode in ('encode', 'eval'):
-    outputs[mode] = subprocess.run(base + [f'--mode={mode}'], cwd=REPO_ROOT,
-                                   capture_output=True, text=True, timeout=300)
+    outputs[mode] = subprocess.run(
+      base + [f'--mode={mode}'],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert outputs[mode].returncode == 0, outputs[mode].stderr[-3000:]
   assert 'skipping unreadable image' in outputs['encode'].stderr
   assert 'reusing' in outputs['eval'].stderr  # eval reuses the encoded store
   assert 'mAP' in outputs['eval'].stdout
-  assert 'skipped ' + str(folder / 'zz_unreadable.jpg') in outputs['eval'].stdout
+  assert (
+    'skipped ' + str(folder / 'zz_unreadable.jpg') in outputs['eval'].stdout
+  )
   result = json.loads((workdir / 'results' / 'quick.json').read_text())
   assert np.isfinite(result['mAP'])
 
@@ -212,8 +252,9 @@ def test_demo_with_real_weights_retrieves_objects(tmp_path, sample_paths):
   assert os.path.getsize(tmp_path / 'work' / 'fig2.png') > 10_000
 
 
-def test_killed_store_resumes_only_its_missing_shards(tmp_path, folder,
-                                                      monkeypatch):
+def test_killed_store_resumes_only_its_missing_shards(
+  tmp_path, folder, monkeypatch
+):
   """A store loses a shard (as if killed before writing it): the next run
   encodes only that shard's rows and the store equals the first one."""
   config = _config(tmp_path, folder)
@@ -251,8 +292,9 @@ def test_float16_store_is_close_to_float32(tmp_path, folder):
   assert len(os.listdir(tmp_path / 'work' / 'stores')) == 2
 
 
-def test_whitened_store_equals_whitening_at_search_time(tmp_path, folder,
-                                                        sample_paths):
+def test_whitened_store_equals_whitening_at_search_time(
+  tmp_path, folder, sample_paths
+):
   """pca.store_whitened: U^1 and eq. (6) learnt on fit_on, the database
   stored whitened; equal to whitening the unwhitened store at search."""
   other = _write_photos(tmp_path / 'other', sample_paths[20:28], 96)
@@ -264,11 +306,14 @@ def test_whitened_store_equals_whitening_at_search_time(tmp_path, folder,
   database, fitted = workspace.prepare(config, dataset)
   assert database.descriptors.shape[-1] == 6
   assert database.metadata['whitening_hash'] == records.hash_params(
-      fitted.whitening)
-  plain = pipeline.encode(config, datasets.database_paths(dataset),
-                          reduction=fitted.reduction)
-  whitened = np.asarray(pca.apply(fitted.whitening, plain.descriptors,
-                                  plain.valid))
+    fitted.whitening
+  )
+  plain = pipeline.encode(
+    config, datasets.database_paths(dataset), reduction=fitted.reduction
+  )
+  whitened = np.asarray(
+    pca.apply(fitted.whitening, plain.descriptors, plain.valid)
+  )
   np.testing.assert_allclose(database.descriptors, whitened, atol=2e-5)
   result = modes.evaluate(config)
   unwhitened = retrieval.search(config, plain, plain, fitted)
@@ -300,15 +345,18 @@ def test_region_index_search_matches_exact_search(tmp_path, folder, kind):
   config.search.index = kind
   ranking = retrieval.search(config, database, database, fitted, regions)
   np.testing.assert_allclose(ranking.scores, reference.scores, atol=1e-5)
-  whitened = np.asarray(pca.apply(fitted.whitening, database.descriptors,
-                                  database.valid))
+  whitened = np.asarray(
+    pca.apply(fitted.whitening, database.descriptors, database.valid)
+  )
   rows = np.arange(len(database.valid))
   for q in rows:  # the best region attains the score (ties may differ)
     chosen = whitened[rows, ranking.best[q]]  # (N, D)
-    attained = np.where(database.valid[q][:, None], whitened[q] @ chosen.T,
-                        -np.inf)
-    np.testing.assert_allclose(attained.max(axis=0), reference.scores[q],
-                               atol=1e-5)
+    attained = np.where(
+      database.valid[q][:, None], whitened[q] @ chosen.T, -np.inf
+    )
+    np.testing.assert_allclose(
+      attained.max(axis=0), reference.scores[q], atol=1e-5
+    )
   with pytest.raises(ValueError, match='needs the database.s region index'):
     retrieval.search(config, database, database, fitted)
 
@@ -317,17 +365,35 @@ def test_two_processes_encode_one_store(tmp_path, folder):
   """run.py --mode=encode with two jax.distributed processes on localhost:
   each encodes its shards, process 0 finalises; equal to one process."""
   import socket  # pylint: disable=g-import-not-at-top
+
   with socket.socket() as probe:
     probe.bind(('localhost', 0))
     port = probe.getsockname()[1]
-  base = [sys.executable, 'run.py', '--config=configs/quick.py', '--mode=encode',
-          '--config.eval.dataset=folder', f'--config.eval.root={folder}',
-          '--config.features.shard_size=2']
-  together = [subprocess.Popen(
-      base + [f'--config.workdir={tmp_path / "two"}',
-              f'--coordinator_address=localhost:{port}', '--num_processes=2',
-              f'--process_id={i}'], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  base = [
+    sys.executable,
+    'run.py',
+    '--config=configs/quick.py',
+    '--mode=encode',
+    '--config.eval.dataset=folder',
+    f'--config.eval.root={folder}',
+    '--config.features.shard_size=2',
+  ]
+  together = [
+    subprocess.Popen(
+      base
+      + [
+        f'--config.workdir={tmp_path / "two"}',
+        f'--coordinator_address=localhost:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ],
+      cwd=REPO_ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = [p.communicate(timeout=300) for p in together]
   for process, (_, stderr) in zip(together, outputs):
     assert process.returncode == 0, stderr[-3000:]
@@ -335,9 +401,13 @@ def test_two_processes_encode_one_store(tmp_path, folder):
   assert 'images encoded' not in outputs[1][0]
   logs = [stderr for _, stderr in outputs]
   assert all('encoding shard' in log for log in logs)  # both did work
-  alone = subprocess.run(base + [f'--config.workdir={tmp_path / "one"}'],
-                         cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=300)
+  alone = subprocess.run(
+    base + [f'--config.workdir={tmp_path / "one"}'],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert alone.returncode == 0, alone.stderr[-3000:]
   (two,) = (tmp_path / 'two' / 'stores').iterdir()
   (one,) = (tmp_path / 'one' / 'stores').iterdir()
@@ -349,33 +419,43 @@ def test_two_processes_encode_one_store(tmp_path, folder):
 
 def test_multiple_processes_only_encode(tmp_path, folder):
   result = subprocess.run(
-      [sys.executable, 'run.py', '--config=configs/quick.py', '--mode=eval',
-       '--num_processes=2', '--coordinator_address=localhost:1'],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      'run.py',
+      '--config=configs/quick.py',
+      '--mode=eval',
+      '--num_processes=2',
+      '--coordinator_address=localhost:1',
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode != 0
   assert 'is for --mode=encode only' in result.stderr
 
 
-def test_distractors_join_the_database_as_irrelevant(tmp_path, folder,
-                                                     sample_paths):
+def test_distractors_join_the_database_as_irrelevant(
+  tmp_path, folder, sample_paths
+):
   """eval.distractors: extra database rows after the dataset's images,
   ranked like any image and never relevant."""
   config = _config(tmp_path, folder)
   clean = modes.evaluate(config)
-  config.eval.distractors = str(_write_photos(
-      tmp_path / 'r1m', sample_paths[32:38], 96))
+  config.eval.distractors = str(
+    _write_photos(tmp_path / 'r1m', sample_paths[32:38], 96)
+  )
   noisy = modes.evaluate(config)
   assert noisy['num_database'] == clean['num_database'] + 6
   dataset = workspace.load_dataset(config)
   database, fitted = workspace.prepare(config, dataset)
-  queries, positions = workspace.query_store(config, dataset, database,
-                                             fitted)
+  queries, positions = workspace.query_store(config, dataset, database, fitted)
   ranks = workspace.dataset_ranks(
-      retrieval.search(config, queries, database, fitted), database,
-      positions)
+    retrieval.search(config, queries, database, fitted), database, positions
+  )
   assert ranks.shape == (9, 14) and ranks.max() == 14  # 8 + 6 readable
-  assert metrics.evaluate(dataset, ranks)['mAP'] == pytest.approx(
-      noisy['mAP'])
+  assert metrics.evaluate(dataset, ranks)['mAP'] == pytest.approx(noisy['mAP'])
   kept = np.array([row[row < 9] for row in ranks])  # distractors removed
   assert metrics.evaluate(dataset, kept)['mAP'] >= noisy['mAP']
   config.eval.distractors = str(tmp_path / 'missing')

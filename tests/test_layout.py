@@ -27,8 +27,11 @@ def _imports(tree, modules):
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):
       found.update(a.name for a in node.names if a.name in modules)
-    elif isinstance(node, ast.ImportFrom) and node.module and (
-        node.module.startswith('regagg_jax')):
+    elif (
+      isinstance(node, ast.ImportFrom)
+      and node.module
+      and (node.module.startswith('regagg_jax'))
+    ):
       for alias in node.names:
         name = f'{node.module}.{alias.name}'
         found.add(name if name in modules else node.module)
@@ -38,17 +41,19 @@ def _imports(tree, modules):
 def _cycle(graph):
   """A list of modules forming an import cycle, or None."""
   state = {}
+
   def visit(node, path):
     state[node] = 'open'
     for target in sorted(graph.get(node, ())):
       if state.get(target) == 'open':
-        return path[path.index(target):] + [target]
+        return path[path.index(target) :] + [target]
       if target not in state:
         found = visit(target, path + [target])
         if found:
           return found
     state[node] = 'done'
     return None
+
   for node in sorted(graph):
     if node not in state:
       found = visit(node, [node])
@@ -64,23 +69,31 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_import_graph_of_the_modules_has_no_cycle():
   modules = _modules()
-  faces = {name for name in modules
-           if (PACKAGE.parent / name.replace('.', '/') / '__init__.py').is_file()}
-  graph = {name: _imports(tree, modules) - faces
-           for name, tree in modules.items() if name not in faces}
+  faces = {
+    name
+    for name in modules
+    if (PACKAGE.parent / name.replace('.', '/') / '__init__.py').is_file()
+  }
+  graph = {
+    name: _imports(tree, modules) - faces
+    for name, tree in modules.items()
+    if name not in faces
+  }
   assert len(graph) > 30
   assert _cycle(graph) is None, ' -> '.join(_cycle(graph))
 
 
-@pytest.mark.parametrize('name', sorted(
-    n for n in _modules() if not n.startswith(CONFIG_READER)))
+@pytest.mark.parametrize(
+  'name', sorted(n for n in _modules() if not n.startswith(CONFIG_READER))
+)
 def test_only_the_experiment_folder_reads_a_config(name):
   tree = _modules()[name]
   for node in ast.walk(tree):
     if isinstance(node, (ast.Import, ast.ImportFrom)):
       imported = [a.name for a in node.names] + [getattr(node, 'module', '')]
-      assert not any((n or '').startswith('ml_collections') for n in imported), (
-          f'{name} imports ml_collections')
+      assert not any(
+        (n or '').startswith('ml_collections') for n in imported
+      ), f'{name} imports ml_collections'
     if isinstance(node, ast.Name):
       assert node.id != 'ConfigDict', f'{name} uses ConfigDict'
     if isinstance(node, ast.arg):

@@ -1,8 +1,8 @@
 """Aggregation (Sec. 3): region descriptors from conv5_4 features.
 
-  pooling       first-order (eq. 3, 9), second-order (eq. 4-5), baselines
-  pca           PCA (eq. 4, U^1) and PCA-whitening (eq. 6, U^2)
-  method_table  the pooling.method table: per-image pooling, U^1 needs
+pooling       first-order (eq. 3, 9), second-order (eq. 4-5), baselines
+pca           PCA (eq. 4, U^1) and PCA-whitening (eq. 6, U^2)
+method_table  the pooling.method table: per-image pooling, U^1 needs
 """
 
 from regagg_jax.aggregation import method_table

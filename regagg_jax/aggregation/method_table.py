@@ -23,53 +23,80 @@ class Method(NamedTuple):
     regional: pools the 2^L proposed regions (else the whole image, M = 1).
     reduced: needs U^1 of eq. (4).
   """
+
   pool: Callable
   regional: bool
   reduced: bool
 
 
-def _pool_sum(features, alpha, beta, cells, masks, region_valid, reduction,
-              options):
+def _pool_sum(
+  features, alpha, beta, cells, masks, region_valid, reduction, options
+):
   del alpha, reduction, options
-  return pooling.first_order(features, masks, beta, valid=cells,  # eq. (3)
-                             region_valid=region_valid)
+  return pooling.first_order(
+    features,
+    masks,
+    beta,
+    valid=cells,  # eq. (3)
+    region_valid=region_valid,
+  )
 
 
-def _pool_first_order(features, alpha, beta, cells, masks, region_valid,
-                      reduction, options):
+def _pool_first_order(
+  features, alpha, beta, cells, masks, region_valid, reduction, options
+):
   del reduction, options
-  return pooling.first_order(features, masks, beta, alpha,  # eq. (9)
-                             valid=cells, region_valid=region_valid)
+  return pooling.first_order(
+    features,
+    masks,
+    beta,
+    alpha,  # eq. (9)
+    valid=cells,
+    region_valid=region_valid,
+  )
 
 
-def _pool_second_order(features, alpha, beta, cells, masks, region_valid,
-                       reduction, options):
+def _pool_second_order(
+  features, alpha, beta, cells, masks, region_valid, reduction, options
+):
   return pooling.second_order(  # eq. (4-5)
-      features, masks, alpha, beta, reduction, valid=cells,
-      region_valid=region_valid, offdiag_scale=options['offdiag_scale'],
-      log_method=options['log_method'])
+    features,
+    masks,
+    alpha,
+    beta,
+    reduction,
+    valid=cells,
+    region_valid=region_valid,
+    offdiag_scale=options['offdiag_scale'],
+    log_method=options['log_method'],
+  )
 
 
 def _baseline(function, **option_names):
   """Wraps a global baseline (features, valid) -> (K,) as a 1-region Method."""
-  def pool(features, alpha, beta, cells, masks, region_valid, reduction,
-           options):
+
+  def pool(
+    features, alpha, beta, cells, masks, region_valid, reduction, options
+  ):
     del alpha, beta, masks, region_valid, reduction
     kwargs = {arg: options[name] for arg, name in option_names.items()}
     return function(features, cells, **kwargs)[None]
+
   return pool
 
 
 POOLING = {
-    'o2': Method(_pool_second_order, regional=True, reduced=True),
-    'o1': Method(_pool_first_order, regional=True, reduced=False),
-    'spoc': Method(_baseline(pooling.spoc), regional=False, reduced=False),
-    'mac': Method(_baseline(pooling.mac), regional=False, reduced=False),
-    'crow': Method(_baseline(pooling.crow), regional=False, reduced=False),
-    'rmac': Method(_baseline(pooling.rmac, levels='rmac_levels'),
-                   regional=False, reduced=False),
-    'gem': Method(_baseline(pooling.gem, power='gem_power'), regional=False,
-                  reduced=False),
+  'o2': Method(_pool_second_order, regional=True, reduced=True),
+  'o1': Method(_pool_first_order, regional=True, reduced=False),
+  'spoc': Method(_baseline(pooling.spoc), regional=False, reduced=False),
+  'mac': Method(_baseline(pooling.mac), regional=False, reduced=False),
+  'crow': Method(_baseline(pooling.crow), regional=False, reduced=False),
+  'rmac': Method(
+    _baseline(pooling.rmac, levels='rmac_levels'), regional=False, reduced=False
+  ),
+  'gem': Method(
+    _baseline(pooling.gem, power='gem_power'), regional=False, reduced=False
+  ),
 }
 """pooling.method -> Method."""
 
@@ -95,11 +122,13 @@ def check_method(method, region_options, reduction, *, fitted_here=False):
       a reduced one without U^1 (unless fitted_here).
   """
   if method not in POOLING:
-    raise ValueError(f'pooling method must be one of {sorted(POOLING)}, '
-                     f'got {method!r}')
+    raise ValueError(
+      f'pooling method must be one of {sorted(POOLING)}, got {method!r}'
+    )
   if POOLING[method].regional and region_options is None:
     raise ValueError(f'regional method {method!r} needs region_options')
   if POOLING[method].reduced and reduction is None and not fitted_here:
-    raise ValueError(f'method {method!r} needs reduction (U^1 of eq. 4, '
-                     'see fit_reduction)')
+    raise ValueError(
+      f'method {method!r} needs reduction (U^1 of eq. 4, see fit_reduction)'
+    )
   return POOLING[method]

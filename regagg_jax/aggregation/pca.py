@@ -30,6 +30,7 @@ class PCAParams(NamedTuple):
     scale: float32 (D,) multiplier after projection: 1 / s_d for whitening
       (eq. 6), ones otherwise.
   """
+
   mean: jnp.ndarray
   components: jnp.ndarray
   scale: jnp.ndarray
@@ -52,8 +53,9 @@ def l2_normalize(x, *, axis=-1):
 def _top_eigenpairs(matrix, count):
   """The `count` largest eigenpairs of a symmetric float64 matrix, descending."""
   size = matrix.shape[0]
-  values, vectors = scipy.linalg.eigh(matrix,
-                                      subset_by_index=[size - count, size - 1])
+  values, vectors = scipy.linalg.eigh(
+    matrix, subset_by_index=[size - count, size - 1]
+  )
   return values[::-1], vectors[:, ::-1]
 
 
@@ -104,9 +106,12 @@ def fit(x, dim, *, whiten=False, mask=None, center=True, min_variance=1e-10):
   if x.shape[0] == 0:
     raise ValueError('no valid row to fit PCA on')
   if dim > x.shape[0] - int(center):
-    logging.warning('PCA dim %d exceeds the rank %d of the fitting set; the '
-                    'extra components are arbitrary', dim,
-                    x.shape[0] - int(center))
+    logging.warning(
+      'PCA dim %d exceeds the rank %d of the fitting set; the '
+      'extra components are arbitrary',
+      dim,
+      x.shape[0] - int(center),
+    )
   centred = x.astype(np.float64)  # a copy, centred in place
   mean = centred.mean(axis=0) if center else np.zeros(x.shape[1])
   centred -= mean
@@ -114,13 +119,15 @@ def fit(x, dim, *, whiten=False, mask=None, center=True, min_variance=1e-10):
   if num_rows < centred.shape[1]:
     rank = min(dim, num_rows)
     gram_values, gram_vectors = _top_eigenpairs(
-        centred @ centred.T / num_rows, rank)
+      centred @ centred.T / num_rows, rank
+    )
     values = np.zeros(dim)
     values[:rank] = np.maximum(gram_values, 0.0)
     components = np.zeros((x.shape[1], dim))
     directions = centred.T @ gram_vectors
     components[:, :rank] = directions / np.maximum(
-        np.linalg.norm(directions, axis=0), np.finfo(np.float64).tiny)
+      np.linalg.norm(directions, axis=0), np.finfo(np.float64).tiny
+    )
   else:
     values, components = _top_eigenpairs(centred.T @ centred / num_rows, dim)
     values = np.maximum(values, 0.0)
@@ -132,9 +139,11 @@ def fit(x, dim, *, whiten=False, mask=None, center=True, min_variance=1e-10):
     scale = 1.0 / np.sqrt(np.maximum(values, floor))  # eq. (6) 1 / s_d
   else:
     scale = np.ones(dim)
-  return PCAParams(mean=jnp.asarray(mean, jnp.float32),
-                   components=jnp.asarray(components, jnp.float32),
-                   scale=jnp.asarray(scale, jnp.float32))
+  return PCAParams(
+    mean=jnp.asarray(mean, jnp.float32),
+    components=jnp.asarray(components, jnp.float32),
+    scale=jnp.asarray(scale, jnp.float32),
+  )
 
 
 @jax.jit

@@ -35,15 +35,19 @@ def compute_region_weights(features, masks, valid=None, region_valid=None):
   """
   valid = weighting.check_feature_map(features, valid)
   if masks.ndim != 3 or masks.shape[1:] != features.shape[:2]:
-    raise ValueError(f'masks must be (M, H, W) with (H, W) = '
-                     f'{features.shape[:2]}, got {masks.shape}')
+    raise ValueError(
+      f'masks must be (M, H, W) with (H, W) = '
+      f'{features.shape[:2]}, got {masks.shape}'
+    )
   if masks.dtype != jnp.bool_:
     raise TypeError(f'masks must be bool, got {masks.dtype}')
   inside = jnp.logical_and(masks, valid)
   if region_valid is not None:
     if region_valid.shape != masks.shape[:1] or region_valid.dtype != jnp.bool_:
-      raise ValueError(f'region_valid must be bool (M,) = {masks.shape[:1]}, '
-                       f'got {region_valid.dtype} {region_valid.shape}')
+      raise ValueError(
+        f'region_valid must be bool (M,) = {masks.shape[:1]}, '
+        f'got {region_valid.dtype} {region_valid.shape}'
+      )
     inside = jnp.logical_and(inside, region_valid[:, None, None])
   return inside.astype(features.dtype)
 
@@ -59,8 +63,9 @@ def _check_weights(features, beta, alpha):
 
 
 @jax.jit
-def first_order(features, masks, beta, alpha=None, *, valid=None,
-                region_valid=None):
+def first_order(
+  features, masks, beta, alpha=None, *, valid=None, region_valid=None
+):
   """First-order region descriptors: eq. (3), or eq. (9) with `alpha`.
 
   f^1_Rm = l2(beta o sum_{p in R'_m} [alpha_p] f_p).
@@ -88,8 +93,9 @@ LOG_METHODS = ('qr', 'eigh')
 """How `compute_log_covariances` gets the eigenpairs of G_m (eq. 5)."""
 
 
-def compute_log_covariances(local_descriptors, weights, *, eps_rel=1e-3,
-                            method='qr'):
+def compute_log_covariances(
+  local_descriptors, weights, *, eps_rel=1e-3, method='qr'
+):
   """Matrix log of the weighted average second moment of eq. (5).
 
   G_m = sum_p w_mp f~_p f~_p^T / sum_p w_mp (uncentred, as in O2P [12]),
@@ -131,24 +137,27 @@ def compute_log_covariances(local_descriptors, weights, *, eps_rel=1e-3,
   mass = jnp.sum(weights, axis=(1, 2))
   row_scale = jnp.sqrt(weights / jnp.where(mass > 0, mass, 1.0)[:, None, None])
   rows = (row_scale[..., None] * local_descriptors).reshape(
-      -1, height * width, reduced_dim)  # X_m, G_m = X_m^T X_m (eq. 5)
+    -1, height * width, reduced_dim
+  )  # X_m, G_m = X_m^T X_m (eq. 5)
   floor = eps_rel / reduced_dim
   identity = jnp.eye(reduced_dim, dtype=rows.dtype)
   if method == 'qr':
     triangle = jnp.linalg.qr(rows, mode='r')
     _, singular, vectors = jnp.linalg.svd(triangle, full_matrices=True)
     eigenvalues = jnp.zeros(rows.shape[:1] + (reduced_dim,), rows.dtype)
-    eigenvalues = eigenvalues.at[:, :singular.shape[-1]].set(singular ** 2)
+    eigenvalues = eigenvalues.at[:, : singular.shape[-1]].set(singular**2)
     trace = jnp.sum(eigenvalues, axis=-1)
     safe_trace = jnp.where(trace > 0, trace, 1.0)
     normalised = eigenvalues / safe_trace[:, None] + floor
   else:
-    moments = jnp.einsum('mpk,mpl->mkl', rows, rows,
-                         precision=jax.lax.Precision.HIGHEST)  # G_m (eq. 5)
+    moments = jnp.einsum(
+      'mpk,mpl->mkl', rows, rows, precision=jax.lax.Precision.HIGHEST
+    )  # G_m (eq. 5)
     trace = jnp.trace(moments, axis1=1, axis2=2)
     safe_trace = jnp.where(trace > 0, trace, 1.0)
     normalised, vectors = jnp.linalg.eigh(
-        moments / safe_trace[:, None, None] + floor * identity)
+      moments / safe_trace[:, None, None] + floor * identity
+    )
     vectors = jnp.swapaxes(vectors, 1, 2)  # rows are eigenvectors, as svd's
   log_values = jnp.log(jnp.maximum(normalised, floor))
   log_moments = jnp.einsum('mtr,mt,mts->mrs', vectors, log_values, vectors)
@@ -157,9 +166,19 @@ def compute_log_covariances(local_descriptors, weights, *, eps_rel=1e-3,
 
 
 @functools.partial(jax.jit, static_argnames=('offdiag_scale', 'log_method'))
-def second_order(features, masks, alpha, beta, pca1, *, valid=None,
-                 region_valid=None, eps_rel=1e-3, offdiag_scale=1.0,
-                 log_method='qr'):
+def second_order(
+  features,
+  masks,
+  alpha,
+  beta,
+  pca1,
+  *,
+  valid=None,
+  region_valid=None,
+  eps_rel=1e-3,
+  offdiag_scale=1.0,
+  log_method='qr',
+):
   """Second-order region descriptors of eq. (4)-(5).
 
   f~_p = U1^T (beta o f_p) exactly as eq. (4): only `pca1.components` is used
@@ -189,11 +208,13 @@ def second_order(features, masks, alpha, beta, pca1, *, valid=None,
   weights = compute_region_weights(features, masks, valid, region_valid)
   _check_weights(features, beta, alpha)
   if pca1.components.ndim != 2 or pca1.components.shape[0] != beta.shape[0]:
-    raise ValueError(f'pca1.components must be (K, K\'), got '
-                     f'{pca1.components.shape}')
+    raise ValueError(
+      f"pca1.components must be (K, K'), got {pca1.components.shape}"
+    )
   local = (features * beta) @ pca1.components  # eq. (4)
-  log_moments = compute_log_covariances(local, weights * alpha,
-                                        eps_rel=eps_rel, method=log_method)
+  log_moments = compute_log_covariances(
+    local, weights * alpha, eps_rel=eps_rel, method=log_method
+  )
   rows, cols = np.triu_indices(local.shape[-1])
   entry_scale = np.where(rows == cols, 1.0, offdiag_scale).astype(np.float32)
   return pca.l2_normalize(log_moments[:, rows, cols] * entry_scale)
@@ -201,9 +222,11 @@ def second_order(features, masks, alpha, beta, pca1, *, valid=None,
 
 def _masked_max(features, masks):
   """Max over the cells of each mask: float32 (R, K), zeros for empty masks."""
+
   def region_max(mask):
     pooled = jnp.max(jnp.where(mask[..., None], features, -jnp.inf), (0, 1))
     return jnp.where(jnp.any(mask), pooled, 0.0)
+
   return jax.lax.map(region_max, masks)
 
 
@@ -247,8 +270,9 @@ def spoc(features, valid=None, *, center_prior=False):
     cols = jnp.arange(valid.shape[1]) - (left + (width - 1) / 2)
     sigma = jnp.minimum(height, width) / 2 / 3
     sigma = jnp.where(sigma > 0, sigma, 1.0)
-    weights = weights * jnp.exp(-(rows[:, None] ** 2 + cols[None, :] ** 2)
-                                / (2 * sigma ** 2))
+    weights = weights * jnp.exp(
+      -(rows[:, None] ** 2 + cols[None, :] ** 2) / (2 * sigma**2)
+    )
   return pca.l2_normalize(jnp.einsum('hw,hwk->k', weights, features))
 
 
@@ -269,8 +293,9 @@ def crow(features, valid=None, *, norm_order=2.0, root=2.0, eps=1e-6):
   Returns:
     float32 (K,) l2-normalised descriptor.
   """
-  alpha = weighting.spatial_weights(features, valid, norm_order=norm_order,
-                                    root=root)
+  alpha = weighting.spatial_weights(
+    features, valid, norm_order=norm_order, root=root
+  )
   beta = weighting.channel_weights(features, valid, eps=eps)
   return pca.l2_normalize(beta * jnp.einsum('hw,hwk->k', alpha, features))
 
@@ -297,10 +322,12 @@ def gem(features, valid=None, *, power=3.0, eps=1e-6):
 
 def _valid_box(valid):
   """Top-left corner and size (int32 scalars) of the bounding box of valid."""
+
   def span(occupied):
     first = jnp.argmax(occupied)
     last = occupied.shape[0] - 1 - jnp.argmax(occupied[::-1])
     return first, jnp.where(jnp.any(occupied), last - first + 1, 0)
+
   top, height = span(jnp.any(valid, axis=1))
   left, width = span(jnp.any(valid, axis=0))
   return (top, left), (height, width)
@@ -336,8 +363,9 @@ def rmac_regions(features, valid=None, *, levels=3, overlap=0.4, max_steps=7):
   short, long = jnp.minimum(height, width), jnp.maximum(height, width)
   steps = jnp.arange(2, max_steps + 1)
   stride = (long - short) / (steps - 1)
-  best = steps[jnp.argmin(jnp.abs((short - stride) / jnp.maximum(short, 1)
-                                  - overlap))]
+  best = steps[
+    jnp.argmin(jnp.abs((short - stride) / jnp.maximum(short, 1) - overlap))
+  ]
   num_long = jnp.where(long > short, best, 1)
   rows_are_long = height >= width
   boxes, slot_valid = [], []
@@ -347,20 +375,30 @@ def rmac_regions(features, valid=None, *, levels=3, overlap=0.4, max_steps=7):
     for i in range(level):
       for j in range(level + max_steps - 1):
         short_start = jnp.floor(i * (short - side) / max(level - 1, 1))
-        long_start = jnp.floor(j * (long - side)
-                               / jnp.maximum(count_long - 1, 1))
+        long_start = jnp.floor(
+          j * (long - side) / jnp.maximum(count_long - 1, 1)
+        )
         row = jnp.where(rows_are_long, long_start, short_start)
         col = jnp.where(rows_are_long, short_start, long_start)
-        boxes.append(jnp.stack([top + row.astype(jnp.int32),
-                                left + col.astype(jnp.int32), side]))
+        boxes.append(
+          jnp.stack(
+            [top + row.astype(jnp.int32), left + col.astype(jnp.int32), side]
+          )
+        )
         slot_valid.append(jnp.logical_and(j < count_long, side >= 1))
   boxes = jnp.stack(boxes)
   slot_valid = jnp.stack(slot_valid)
   rows = jnp.arange(valid.shape[0])[None, :, None]
   cols = jnp.arange(valid.shape[1])[None, None, :]
   row0, col0, side = (boxes[:, c, None, None] for c in range(3))
-  masks = ((rows >= row0) & (rows < row0 + side) & (cols >= col0)
-           & (cols < col0 + side) & valid & slot_valid[:, None, None])
+  masks = (
+    (rows >= row0)
+    & (rows < row0 + side)
+    & (cols >= col0)
+    & (cols < col0 + side)
+    & valid
+    & slot_valid[:, None, None]
+  )
   return pca.l2_normalize(_masked_max(features, masks)), jnp.any(masks, (1, 2))
 
 
@@ -381,6 +419,7 @@ def rmac(features, valid=None, *, levels=3, overlap=0.4, max_steps=7):
   Returns:
     float32 (K,) l2-normalised descriptor.
   """
-  regions, _ = rmac_regions(features, valid, levels=levels, overlap=overlap,
-                            max_steps=max_steps)
+  regions, _ = rmac_regions(
+    features, valid, levels=levels, overlap=overlap, max_steps=max_steps
+  )
   return pca.l2_normalize(jnp.sum(regions, axis=0))

@@ -1,8 +1,8 @@
 """Encoding: padded image batches -> region descriptors, in one jit.
 
-  batch_encoder  one padded batch -> descriptors: the jitted chain
-  file_encoder   image files -> stores: reading, batches, U^1
-  parallel       device mesh (jax.sharding) and hosts (jax.distributed)
+batch_encoder  one padded batch -> descriptors: the jitted chain
+file_encoder   image files -> stores: reading, batches, U^1
+parallel       device mesh (jax.sharding) and hosts (jax.distributed)
 """
 
 from regagg_jax.encoding import batch_encoder

@@ -59,12 +59,17 @@ def limit_lapack_threads(num_threads=1):
   """
   if num_threads < 1:
     raise ValueError(f'num_threads must be >= 1, got {num_threads}')
-  pattern = os.path.join(os.path.dirname(scipy.__file__), os.pardir,
-                         'scipy.libs', 'libscipy_openblas*.so')
+  pattern = os.path.join(
+    os.path.dirname(scipy.__file__),
+    os.pardir,
+    'scipy.libs',
+    'libscipy_openblas*.so',
+  )
   libraries = glob.glob(pattern)
   if not libraries:
-    logging.warning('no scipy OpenBLAS at %s; LAPACK threads unchanged',
-                    pattern)
+    logging.warning(
+      'no scipy OpenBLAS at %s; LAPACK threads unchanged', pattern
+    )
   for library in libraries:
     ctypes.CDLL(library).scipy_openblas_set_num_threads(num_threads)
 
@@ -74,10 +79,12 @@ _TRACES = collections.Counter()  # jitted function name -> traces
 
 def _jit(function, static_argnames):
   """jax.jit that counts its traces: one per compilation (cache miss)."""
+
   @functools.wraps(function)
   def traced(*args, **kwargs):
     _TRACES[function.__name__] += 1
     return function(*args, **kwargs)
+
   return jax.jit(traced, static_argnames=static_argnames)
 
 
@@ -98,17 +105,29 @@ def compilations():
 def _compute_maps(variables, rgb, sizes, cells, *, dtype):
   """uint8 (B, H_I, W_I, 3), int32 (B, 2) image sizes, bool (B, H, W) valid
   cells -> features (exact inside each padded image), alpha, beta."""
-  features = vgg19.features(variables, vgg19.preprocess(rgb), sizes,
-                            dtype=dtype)
+  features = vgg19.features(
+    variables, vgg19.preprocess(rgb), sizes, dtype=dtype
+  )
   alpha = jax.vmap(weighting.spatial_weights)(features, cells)  # eq. (1)
   beta = jax.vmap(weighting.channel_weights)(features, cells)  # eq. (2)
   return features, alpha, beta
 
 
-def _pool_batch(features, alpha, beta, cells, masks, region_valid, reduction,
-                *, method, options):
-  pool = functools.partial(method.pool, reduction=reduction,
-                           options=dict(options))
+def _pool_batch(
+  features,
+  alpha,
+  beta,
+  cells,
+  masks,
+  region_valid,
+  reduction,
+  *,
+  method,
+  options,
+):
+  pool = functools.partial(
+    method.pool, reduction=reduction, options=dict(options)
+  )
   return jax.vmap(pool)(features, alpha, beta, cells, masks, region_valid)
 
 
@@ -143,8 +162,9 @@ def propose_regions(rgb, sizes, cells, alpha, region_options):
   if region_options is None:
     return cells[:, None], cells.any(axis=(1, 2))[:, None]
   if region_options['backend'] == 'jax':
-    masks, valid = proposal.propose_batch(rgb, alpha, cells, sizes,
-                                         **region_options)
+    masks, valid = proposal.propose_batch(
+      rgb, alpha, cells, sizes, **region_options
+    )
     return np.asarray(masks), np.asarray(valid)
   rgb, sizes = np.asarray(rgb), np.asarray(sizes)
   count = 2 ** region_options['num_clusters']
@@ -154,34 +174,68 @@ def propose_regions(rgb, sizes, cells, alpha, region_options):
     if height_i:
       height, width = images.feature_shape(height_i, width_i)
       masks[slot, :, :height, :width], valid[slot] = proposal.propose(
-          rgb[slot, :height_i, :width_i],
-          np.asarray(alpha[slot, :height, :width]), **region_options)
+        rgb[slot, :height_i, :width_i],
+        np.asarray(alpha[slot, :height, :width]),
+        **region_options,
+      )
   return masks, valid
 
 
-def _encode_chain(variables, rgb, sizes, cells, reduction, whitening, *,
-                  method, dtype, region_options, pooling_options, staged):
+def _encode_chain(
+  variables,
+  rgb,
+  sizes,
+  cells,
+  reduction,
+  whitening,
+  *,
+  method,
+  dtype,
+  region_options,
+  pooling_options,
+  staged,
+):
   """The per-batch chain; staged: separate jits and host region proposal."""
-  forward, pool = (staged_forward, staged_pool) if staged else (
-      _compute_maps, _pool_batch)
+  forward, pool = (
+    (staged_forward, staged_pool) if staged else (_compute_maps, _pool_batch)
+  )
   features, alpha, beta = forward(variables, rgb, sizes, cells, dtype=dtype)
   if not method.regional:  # the whole image
     masks, valid = cells[:, None], jnp.any(cells, axis=(1, 2))[:, None]
   elif staged:
-    masks, valid = propose_regions(rgb, sizes, cells, alpha,
-                                   dict(region_options))
+    masks, valid = propose_regions(
+      rgb, sizes, cells, alpha, dict(region_options)
+    )
   else:
-    masks, valid = proposal.propose_batch(rgb, alpha, cells, sizes,
-                                         **dict(region_options))
-  descriptors = pool(features, alpha, beta, cells, masks, valid, reduction,
-                     method=method, options=pooling_options)
+    masks, valid = proposal.propose_batch(
+      rgb, alpha, cells, sizes, **dict(region_options)
+    )
+  descriptors = pool(
+    features,
+    alpha,
+    beta,
+    cells,
+    masks,
+    valid,
+    reduction,
+    method=method,
+    options=pooling_options,
+  )
   if whitening is not None:
     descriptors = pca.apply(whitening, descriptors, valid)  # eq. (6)
   return descriptors, valid, masks
 
 
-_encode_fused = _jit(_encode_chain, static_argnames=(
-    'method', 'dtype', 'region_options', 'pooling_options', 'staged'))
+_encode_fused = _jit(
+  _encode_chain,
+  static_argnames=(
+    'method',
+    'dtype',
+    'region_options',
+    'pooling_options',
+    'staged',
+  ),
+)
 
 
 def freeze_options(options):
@@ -204,19 +258,32 @@ def _check_batch(rgb, sizes, cells):
   if rgb.dtype != np.uint8:
     raise TypeError(f'rgb must be uint8, got {rgb.dtype}')
   if sizes.shape != (rgb.shape[0], 2):
-    raise ValueError(f'sizes must be (B, 2) = ({rgb.shape[0]}, 2), got '
-                     f'{sizes.shape}')
+    raise ValueError(
+      f'sizes must be (B, 2) = ({rgb.shape[0]}, 2), got {sizes.shape}'
+    )
   if not jnp.issubdtype(sizes.dtype, jnp.integer):
     raise TypeError(f'sizes must be integer, got {sizes.dtype}')
   grid = (rgb.shape[0],) + images.feature_shape(*rgb.shape[1:3])
   if cells.shape != grid or cells.dtype != np.bool_:
-    raise ValueError(f'cells must be bool {grid}, got {cells.dtype} '
-                     f'{cells.shape}')
+    raise ValueError(
+      f'cells must be bool {grid}, got {cells.dtype} {cells.shape}'
+    )
 
 
-def encode_batch(variables, rgb, sizes, cells, reduction, whitening, *,
-                 method, dtype='float32', region_options=None,
-                 pooling_options, staged=False):
+def encode_batch(
+  variables,
+  rgb,
+  sizes,
+  cells,
+  reduction,
+  whitening,
+  *,
+  method,
+  dtype='float32',
+  region_options=None,
+  pooling_options,
+  staged=False,
+):
   """Region descriptors of a padded batch (images.pad_batch layout).
 
   With region_options backend 'jax' (or a global method) this is ONE jit
@@ -254,32 +321,77 @@ def encode_batch(variables, rgb, sizes, cells, reduction, whitening, *,
   """
   chosen = method_table.check_method(method, region_options, reduction)
   _check_batch(rgb, sizes, cells)
-  return run_batch(variables, rgb, sizes, cells, reduction, whitening,
-                   method=chosen, dtype=dtype,
-                   region_options=freeze_options(region_options),
-                   pooling_options=freeze_options(pooling_options),
-                   staged=staged)
+  return run_batch(
+    variables,
+    rgb,
+    sizes,
+    cells,
+    reduction,
+    whitening,
+    method=chosen,
+    dtype=dtype,
+    region_options=freeze_options(region_options),
+    pooling_options=freeze_options(pooling_options),
+    staged=staged,
+  )
 
 
-def _map_chain(variables, rgb, sizes, cells, reduction, whitening, *, mesh,
-               method, dtype, region_options, pooling_options):
+def _map_chain(
+  variables,
+  rgb,
+  sizes,
+  cells,
+  reduction,
+  whitening,
+  *,
+  mesh,
+  method,
+  dtype,
+  region_options,
+  pooling_options,
+):
   """The fused chain on each device's slice of a mesh-sharded batch
   (parallel.map_batch): every image is independent, so no collectives."""
   chain = functools.partial(
-      _encode_chain, method=method, dtype=dtype,
-      region_options=region_options, pooling_options=pooling_options,
-      staged=False)
+    _encode_chain,
+    method=method,
+    dtype=dtype,
+    region_options=region_options,
+    pooling_options=pooling_options,
+    staged=False,
+  )
   return parallel.map_batch(
-      mesh, chain, batched=(False, True, True, True, False, False))(
-          variables, rgb, sizes, cells, reduction, whitening)
+    mesh, chain, batched=(False, True, True, True, False, False)
+  )(variables, rgb, sizes, cells, reduction, whitening)
 
 
-_encode_sharded = _jit(_map_chain, static_argnames=(
-    'mesh', 'method', 'dtype', 'region_options', 'pooling_options'))
+_encode_sharded = _jit(
+  _map_chain,
+  static_argnames=(
+    'mesh',
+    'method',
+    'dtype',
+    'region_options',
+    'pooling_options',
+  ),
+)
 
 
-def run_batch(variables, rgb, sizes, cells, reduction, whitening, *, method,
-              dtype, region_options, pooling_options, staged, mesh=None):
+def run_batch(
+  variables,
+  rgb,
+  sizes,
+  cells,
+  reduction,
+  whitening,
+  *,
+  method,
+  dtype,
+  region_options,
+  pooling_options,
+  staged,
+  mesh=None,
+):
   """`encode_batch` with a Method and option tuples, unchecked.
 
   Runs the staged path (staged=True or a non-'jax' region backend), else the
@@ -297,15 +409,23 @@ def run_batch(variables, rgb, sizes, cells, reduction, whitening, *, method,
     descriptors float32 (B, M, D), valid bool (B, M), masks bool
     (B, M, H, W), as in `encode_batch`.
   """
-  staged = staged or (method.regional
-                      and dict(region_options)['backend'] != 'jax')
-  options = dict(method=method, dtype=dtype, region_options=region_options,
-                 pooling_options=pooling_options)
+  staged = staged or (
+    method.regional and dict(region_options)['backend'] != 'jax'
+  )
+  options = dict(
+    method=method,
+    dtype=dtype,
+    region_options=region_options,
+    pooling_options=pooling_options,
+  )
   if staged:
-    return _encode_chain(variables, rgb, sizes, cells, reduction, whitening,
-                         staged=True, **options)
+    return _encode_chain(
+      variables, rgb, sizes, cells, reduction, whitening, staged=True, **options
+    )
   if mesh is not None:
-    return _encode_sharded(variables, rgb, sizes, cells, reduction,
-                           whitening, mesh=mesh, **options)
-  return _encode_fused(variables, rgb, sizes, cells, reduction, whitening,
-                       staged=False, **options)
+    return _encode_sharded(
+      variables, rgb, sizes, cells, reduction, whitening, mesh=mesh, **options
+    )
+  return _encode_fused(
+    variables, rgb, sizes, cells, reduction, whitening, staged=False, **options
+  )

@@ -72,8 +72,9 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
   return int(value)
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None, *,
-              axis: str = 'batch') -> jax.sharding.Mesh:
+def make_mesh(
+  devices: Sequence[jax.Device] | None = None, *, axis: str = 'batch'
+) -> jax.sharding.Mesh:
   """A 1-D device mesh for data parallelism over images.
 
   Args:
@@ -104,11 +105,14 @@ def make_mesh(devices: Sequence[jax.Device] | None = None, *,
 def _check_mesh(mesh: Any) -> str:
   """The single axis name of a 1-D mesh."""
   if not isinstance(mesh, jax.sharding.Mesh):
-    raise TypeError(f'mesh must be a jax.sharding.Mesh (make_mesh), got '
-                    f'{type(mesh).__name__}')
+    raise TypeError(
+      f'mesh must be a jax.sharding.Mesh (make_mesh), got {type(mesh).__name__}'
+    )
   if len(mesh.axis_names) != 1:
-    raise ValueError(f'mesh must be 1-D (make_mesh), got axes '
-                     f'{mesh.axis_names} of shape {mesh.devices.shape}')
+    raise ValueError(
+      f'mesh must be 1-D (make_mesh), got axes '
+      f'{mesh.axis_names} of shape {mesh.devices.shape}'
+    )
   return mesh.axis_names[0]
 
 
@@ -137,13 +141,16 @@ def shard_batch(mesh: jax.sharding.Mesh, tree: Any) -> Any:
     shape = np.shape(leaf)
     name = jax.tree_util.keystr(path) or 'the array'
     if not shape:
-      raise ValueError(f'{name}: shard_batch needs arrays with a leading '
-                       f'batch axis, got a scalar')
+      raise ValueError(
+        f'{name}: shard_batch needs arrays with a leading '
+        f'batch axis, got a scalar'
+      )
     if shape[0] % mesh.size:
       raise ValueError(
-          f'{name}: leading dimension {shape[0]} (shape {shape}) is not a '
-          f'multiple of the {mesh.size} devices of the mesh; pad the batch '
-          f'(batch_size a multiple of {mesh.size})')
+        f'{name}: leading dimension {shape[0]} (shape {shape}) is not a '
+        f'multiple of the {mesh.size} devices of the mesh; pad the batch '
+        f'(batch_size a multiple of {mesh.size})'
+      )
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
   return jax.device_put(tree, sharding)
 
@@ -166,8 +173,9 @@ def replicate(mesh: jax.sharding.Mesh, tree: Any) -> Any:
   return jax.device_put(tree, sharding)
 
 
-def map_batch(mesh: jax.sharding.Mesh, function: Callable, *,
-              batched: Sequence[bool]) -> Callable:
+def map_batch(
+  mesh: jax.sharding.Mesh, function: Callable, *, batched: Sequence[bool]
+) -> Callable:
   """Runs a per-image batch function on each device's slice, no collectives.
 
   Args:
@@ -196,13 +204,20 @@ def map_batch(mesh: jax.sharding.Mesh, function: Callable, *,
   split, whole = jax.sharding.PartitionSpec(axis), jax.sharding.PartitionSpec()
   # check_vma=False: the per-image loops (while_loop carries that start
   # replicated and become per-device) need no cross-device typing.
-  return jax.shard_map(function, mesh=mesh, out_specs=split,
-                       in_specs=tuple(split if flag else whole
-                                      for flag in batched), check_vma=False)
+  return jax.shard_map(
+    function,
+    mesh=mesh,
+    out_specs=split,
+    in_specs=tuple(split if flag else whole for flag in batched),
+    check_vma=False,
+  )
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int = 1,
-               process_id: int = 0) -> None:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int = 1,
+  process_id: int = 0,
+) -> None:
   """Joins a multi-process (multi-host) run; a no-op for one process.
 
   Must run before any other JAX call of the process (see the module
@@ -222,27 +237,43 @@ def initialize(coordinator_address: str | None = None, num_processes: int = 1,
   num_processes = _check_count('num_processes', num_processes, 1)
   process_id = _check_count('process_id', process_id, 0)
   if process_id >= num_processes:
-    raise ValueError(f'process_id must be in [0, {num_processes}), got '
-                     f'{process_id}')
+    raise ValueError(
+      f'process_id must be in [0, {num_processes}), got {process_id}'
+    )
   if num_processes == 1:
     return
   host, _, port = str(coordinator_address or '').rpartition(':')
-  if not isinstance(coordinator_address, str) or not host or not (
-      port.isdigit() and 0 < int(port) < 65536):
-    raise ValueError(f'coordinator_address must be "host:port" of process 0 '
-                     f'for {num_processes} processes, got '
-                     f'{coordinator_address!r}')
-  if getattr(jax.config, 'jax_cpu_collectives_implementation',
-             CPU_COLLECTIVES) in (None, 'none'):  # older JAX: no default
+  if (
+    not isinstance(coordinator_address, str)
+    or not host
+    or not (port.isdigit() and 0 < int(port) < 65536)
+  ):
+    raise ValueError(
+      f'coordinator_address must be "host:port" of process 0 '
+      f'for {num_processes} processes, got '
+      f'{coordinator_address!r}'
+    )
+  if getattr(
+    jax.config, 'jax_cpu_collectives_implementation', CPU_COLLECTIVES
+  ) in (None, 'none'):  # older JAX: no default
     jax.config.update('jax_cpu_collectives_implementation', CPU_COLLECTIVES)
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  logging.info('process %d of %d joined %s; %d local of %d devices',
-               process_id, num_processes, coordinator_address,
-               jax.local_device_count(), jax.device_count())
+  logging.info(
+    'process %d of %d joined %s; %d local of %d devices',
+    process_id,
+    num_processes,
+    coordinator_address,
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
-def process_shards(num_shards: int, *, process_index: int | None = None,
-                   process_count: int | None = None) -> list[int]:
+def process_shards(
+  num_shards: int,
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> list[int]:
   """The shard numbers one process encodes: n with n % count == index.
 
   Strided, so the processes' shards are disjoint, cover range(num_shards)
@@ -263,10 +294,16 @@ def process_shards(num_shards: int, *, process_index: int | None = None,
       [0, process_count).
   """
   num_shards = _check_count('num_shards', num_shards, 0)
-  count = _check_count('process_count', jax.process_count()
-                       if process_count is None else process_count, 1)
-  index = _check_count('process_index', jax.process_index()
-                       if process_index is None else process_index, 0)
+  count = _check_count(
+    'process_count',
+    jax.process_count() if process_count is None else process_count,
+    1,
+  )
+  index = _check_count(
+    'process_index',
+    jax.process_index() if process_index is None else process_index,
+    0,
+  )
   if index >= count:
     raise ValueError(f'process_index must be in [0, {count}), got {index}')
   return list(range(index, num_shards, count))

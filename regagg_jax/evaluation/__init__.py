@@ -1,8 +1,8 @@
 """Evaluation: benchmarks and their ground truth, mAP protocols, figures.
 
-  datasets  image lists, ground truth, query boxes, download instructions
-  metrics   AP / mAP protocols (host numpy)
-  figures   the paper's Fig. 2: queries beside their best-matched results
+datasets  image lists, ground truth, query boxes, download instructions
+metrics   AP / mAP protocols (host numpy)
+figures   the paper's Fig. 2: queries beside their best-matched results
 """
 
 from regagg_jax.evaluation import datasets

@@ -41,23 +41,53 @@ import numpy as np
 import scipy.io
 from absl import logging
 
-HOLIDAYS_MAX_SIZE = 1024  # paper Sec. 5: Holidays images resized so the longer side is 1024.
-UKBENCH_GROUP_SIZE = 4  # UKBench: groups of 4 consecutive ids (group = id // 4).
+HOLIDAYS_MAX_SIZE = (
+  1024  # paper Sec. 5: Holidays images resized so the longer side is 1024.
+)
+UKBENCH_GROUP_SIZE = (
+  4  # UKBench: groups of 4 consecutive ids (group = id // 4).
+)
 FOLDER_GROUND_TRUTH = 'groundtruth.json'
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
+IMAGE_EXTENSIONS = (
+  '.jpg',
+  '.jpeg',
+  '.png',
+  '.bmp',
+  '.ppm',
+  '.pgm',
+  '.tif',
+  '.tiff',
+  '.webp',
+)
 SAMPLES_ROOT = Path(__file__).resolve().parents[2] / 'data' / 'samples'
 # Ground truth shipped beside the clone (../shared/data/gnd); override with ground_truth_root.
-DEFAULT_GROUND_TRUTH_ROOT = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'gnd'
+DEFAULT_GROUND_TRUTH_ROOT = (
+  Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'gnd'
+)
 
 # https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/corrupt.txt: not images, never listed.
 PARIS6K_CORRUPT = (
-    'paris_louvre_000136', 'paris_louvre_000146', 'paris_moulinrouge_000422',
-    'paris_museedorsay_001059', 'paris_notredame_000188', 'paris_pantheon_000284',
-    'paris_pantheon_000960', 'paris_pantheon_000974', 'paris_pompidou_000195',
-    'paris_pompidou_000196', 'paris_pompidou_000201', 'paris_pompidou_000467',
-    'paris_pompidou_000640', 'paris_sacrecoeur_000299', 'paris_sacrecoeur_000330',
-    'paris_sacrecoeur_000353', 'paris_triomphe_000662', 'paris_triomphe_000833',
-    'paris_triomphe_000863', 'paris_triomphe_000867')
+  'paris_louvre_000136',
+  'paris_louvre_000146',
+  'paris_moulinrouge_000422',
+  'paris_museedorsay_001059',
+  'paris_notredame_000188',
+  'paris_pantheon_000284',
+  'paris_pantheon_000960',
+  'paris_pantheon_000974',
+  'paris_pompidou_000195',
+  'paris_pompidou_000196',
+  'paris_pompidou_000201',
+  'paris_pompidou_000467',
+  'paris_pompidou_000640',
+  'paris_sacrecoeur_000299',
+  'paris_sacrecoeur_000330',
+  'paris_sacrecoeur_000353',
+  'paris_triomphe_000662',
+  'paris_triomphe_000833',
+  'paris_triomphe_000863',
+  'paris_triomphe_000867',
+)
 
 
 _NO_ROTATIONS = MappingProxyType({})
@@ -65,6 +95,7 @@ _NO_ROTATIONS = MappingProxyType({})
 
 class Source(NamedTuple):
   """Official home page and download links of a benchmark."""
+
   page: str
   archives: tuple[str, ...]
   note: str = ''
@@ -74,29 +105,51 @@ _OXFORD = 'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/'
 _PARIS = 'https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/'
 _REVISITOP = 'http://cmp.felk.cvut.cz/revisitop/'
 SOURCES = {
-    'oxford5k': Source(_OXFORD, (_OXFORD + 'oxbuild_images-v1.tgz',)),
-    'paris6k': Source(_PARIS, (_PARIS + 'paris_1-v1.tgz', _PARIS + 'paris_2-v1.tgz'),
-                      'the 20 corrupt files of the archives are skipped (PARIS6K_CORRUPT)'),
-    'roxford5k': Source(_REVISITOP, (_OXFORD + 'oxbuild_images-v1.tgz',
-                                     _REVISITOP + 'data/datasets/roxford5k/gnd_roxford5k.pkl')),
-    'rparis6k': Source(_REVISITOP, (_PARIS + 'paris_1-v1.tgz', _PARIS + 'paris_2-v1.tgz',
-                                    _REVISITOP + 'data/datasets/rparis6k/gnd_rparis6k.pkl')),
-    'holidays': Source('https://lear.inrialpes.fr/people/jegou/data.php',
-                       ('ftp://ftp.inrialpes.fr/pub/lear/douze/data/jpg1.tar.gz',
-                        'ftp://ftp.inrialpes.fr/pub/lear/douze/data/jpg2.tar.gz'),
-                       'the manually rotated set is not official: give a rotation file '
-                       '(load_rotations) or point image_root at your rotated copy'),
-    'ukbench': Source('https://archive.org/details/ukbench',
-                      ('https://archive.org/download/ukbench/ukbench.zip',),
-                      'mirror of the original http://vis.uky.edu/~stewe/ukbench/'),
+  'oxford5k': Source(_OXFORD, (_OXFORD + 'oxbuild_images-v1.tgz',)),
+  'paris6k': Source(
+    _PARIS,
+    (_PARIS + 'paris_1-v1.tgz', _PARIS + 'paris_2-v1.tgz'),
+    'the 20 corrupt files of the archives are skipped (PARIS6K_CORRUPT)',
+  ),
+  'roxford5k': Source(
+    _REVISITOP,
+    (
+      _OXFORD + 'oxbuild_images-v1.tgz',
+      _REVISITOP + 'data/datasets/roxford5k/gnd_roxford5k.pkl',
+    ),
+  ),
+  'rparis6k': Source(
+    _REVISITOP,
+    (
+      _PARIS + 'paris_1-v1.tgz',
+      _PARIS + 'paris_2-v1.tgz',
+      _REVISITOP + 'data/datasets/rparis6k/gnd_rparis6k.pkl',
+    ),
+  ),
+  'holidays': Source(
+    'https://lear.inrialpes.fr/people/jegou/data.php',
+    (
+      'ftp://ftp.inrialpes.fr/pub/lear/douze/data/jpg1.tar.gz',
+      'ftp://ftp.inrialpes.fr/pub/lear/douze/data/jpg2.tar.gz',
+    ),
+    'the manually rotated set is not official: give a rotation file '
+    '(load_rotations) or point image_root at your rotated copy',
+  ),
+  'ukbench': Source(
+    'https://archive.org/details/ukbench',
+    ('https://archive.org/download/ukbench/ukbench.zip',),
+    'mirror of the original http://vis.uky.edu/~stewe/ukbench/',
+  ),
 }
 
 _R1M = 'http://ptak.felk.cvut.cz/revisitop/revisitop1m/'
 DISTRACTORS = {
-    'revisitop1m': Source(_R1M, tuple(f'{_R1M}jpg/revisitop1m.{i}.tar.gz'
-                                      for i in range(1, 101)),
-                          'R1M, the 1M distractors of ROxford / RParis: pass '
-                          'the folder as eval.distractors'),
+  'revisitop1m': Source(
+    _R1M,
+    tuple(f'{_R1M}jpg/revisitop1m.{i}.tar.gz' for i in range(1, 101)),
+    'R1M, the 1M distractors of ROxford / RParis: pass '
+    'the folder as eval.distractors',
+  ),
 }
 """Distractor sets added to a benchmark's database (never relevant)."""
 
@@ -128,6 +181,7 @@ class Dataset(NamedTuple):
       their query boxes and official protocols (PIL, no EXIF transposition)
       refer to the stored pixel orientation.
   """
+
   name: str
   protocol: str
   images: tuple[str, ...]
@@ -148,9 +202,13 @@ class Dataset(NamedTuple):
 def download_instructions(name: str) -> str:
   """Where and how to get a benchmark's images (official sources)."""
   source = _source(name)
-  lines = [f'{name}: download the images from {source.page}'] + [f'  {u}' for u in source.archives]
-  lines.append(f'and extract them under one folder (any layout), or run '
-               f'regagg_jax.evaluation.datasets.download({name!r}, root).')
+  lines = [f'{name}: download the images from {source.page}'] + [
+    f'  {u}' for u in source.archives
+  ]
+  lines.append(
+    f'and extract them under one folder (any layout), or run '
+    f'regagg_jax.evaluation.datasets.download({name!r}, root).'
+  )
   if source.note:
     lines.append(f'Note: {source.note}.')
   return '\n'.join(lines)
@@ -180,7 +238,9 @@ def download(name: str, root) -> Path:
     if done.exists():
       continue
     if tarfile.is_tarfile(archive):
-      safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # no unsafe members
+      safe = (
+        {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}
+      )  # no unsafe members
       with tarfile.open(archive) as tar:
         tar.extractall(target / 'jpg', **safe)
     elif zipfile.is_zipfile(archive):
@@ -190,7 +250,9 @@ def download(name: str, root) -> Path:
   return target
 
 
-def load(name: str, *, ground_truth_root=None, image_root=None, rotation_file=None) -> Dataset:
+def load(
+  name: str, *, ground_truth_root=None, image_root=None, rotation_file=None
+) -> Dataset:
   """Loads a benchmark by name, 'samples' (the bundled UKBench images) or a folder path.
 
   Args:
@@ -201,21 +263,31 @@ def load(name: str, *, ground_truth_root=None, image_root=None, rotation_file=No
     rotation_file: Holidays only, see `load_rotations`.
   """
   if name in ('oxford5k', 'paris6k', 'roxford5k', 'rparis6k', 'holidays'):
-    dataset = load_benchmark(name, ground_truth_root=ground_truth_root, rotation_file=rotation_file)
-    return dataset._replace(image_root=None if image_root is None else Path(image_root))
+    dataset = load_benchmark(
+      name, ground_truth_root=ground_truth_root, rotation_file=rotation_file
+    )
+    return dataset._replace(
+      image_root=None if image_root is None else Path(image_root)
+    )
   if name == 'ukbench':
     if image_root is None:
-      raise DatasetNotFoundError('ukbench needs image_root.\n' + download_instructions(name))
+      raise DatasetNotFoundError(
+        'ukbench needs image_root.\n' + download_instructions(name)
+      )
     return load_ukbench(image_root)
   if name == 'samples':
     return load_ukbench(SAMPLES_ROOT)._replace(name='samples')
   if not Path(name).is_dir():
-    raise ValueError(f'{name!r} is neither a benchmark ({", ".join(SOURCES)}, samples) '
-                     'nor a folder')
+    raise ValueError(
+      f'{name!r} is neither a benchmark ({", ".join(SOURCES)}, samples) '
+      'nor a folder'
+    )
   return load_folder(name)
 
 
-def load_benchmark(name: str, *, ground_truth_root=None, rotation_file=None) -> Dataset:
+def load_benchmark(
+  name: str, *, ground_truth_root=None, rotation_file=None
+) -> Dataset:
   """Reads the ground truth of Oxford5k, Paris6k, ROxford5k, RParis6k or Holidays.
 
   Args:
@@ -228,38 +300,74 @@ def load_benchmark(name: str, *, ground_truth_root=None, rotation_file=None) -> 
     raise ValueError(f'unknown benchmark {name!r}')
   if rotation_file is not None and name != 'holidays':
     raise ValueError('rotation_file is for holidays only')
-  root = Path(DEFAULT_GROUND_TRUTH_ROOT if ground_truth_root is None else ground_truth_root)
+  root = Path(
+    DEFAULT_GROUND_TRUTH_ROOT
+    if ground_truth_root is None
+    else ground_truth_root
+  )
   extension = '.pkl' if name in ('roxford5k', 'rparis6k') else '.mat'
-  candidates = [root / name / f'gnd_{name}{extension}', root / f'gnd_{name}{extension}']
+  candidates = [
+    root / name / f'gnd_{name}{extension}',
+    root / f'gnd_{name}{extension}',
+  ]
   path = next((p for p in candidates if p.is_file()), None)
   if path is None:
-    raise DatasetNotFoundError(f'{name}: no ground truth file, looked for {candidates[0]}'
-                               f' and {candidates[1]}')
+    raise DatasetNotFoundError(
+      f'{name}: no ground truth file, looked for {candidates[0]}'
+      f' and {candidates[1]}'
+    )
   if extension == '.pkl':
     with open(path, 'rb') as f:
       data = pickle.load(f)
     images = tuple(f'{n}.jpg' for n in data['imlist'])
-    labels = {k: tuple(np.asarray(g[k], np.int64) for g in data['gnd'])
-              for k in ('easy', 'hard', 'junk')}
+    labels = {
+      k: tuple(np.asarray(g[k], np.int64) for g in data['gnd'])
+      for k in ('easy', 'hard', 'junk')
+    }
     return Dataset(
-        name, 'revisited', images, tuple(f'{n}.jpg' for n in data['qimlist']),
-        np.full(len(data['qimlist']), -1, np.int64),
-        np.array([g['bbx'] for g in data['gnd']], np.float64),
-        tuple(np.concatenate([e, h]) for e, h in zip(labels['easy'], labels['hard'])),
-        labels['junk'], labels['easy'], labels['hard'], apply_exif=False)
+      name,
+      'revisited',
+      images,
+      tuple(f'{n}.jpg' for n in data['qimlist']),
+      np.full(len(data['qimlist']), -1, np.int64),
+      np.array([g['bbx'] for g in data['gnd']], np.float64),
+      tuple(
+        np.concatenate([e, h]) for e, h in zip(labels['easy'], labels['hard'])
+      ),
+      labels['junk'],
+      labels['easy'],
+      labels['hard'],
+      apply_exif=False,
+    )
   mat = scipy.io.loadmat(path)
   images = tuple(f'{str(n[0][0])}.jpg' for n in mat['imlist'])
   query_indices = mat['qidx'].ravel().astype(np.int64) - 1  # MATLAB is 1-based.
   gnd = mat['gnd'].ravel()
   field = lambda key: tuple(g[key].ravel().astype(np.int64) - 1 for g in gnd)
-  boxes = (np.array([g['bbx'].ravel() for g in gnd], np.float64)
-           if 'bbx' in gnd.dtype.names else None)
+  boxes = (
+    np.array([g['bbx'].ravel() for g in gnd], np.float64)
+    if 'bbx' in gnd.dtype.names
+    else None
+  )
   holidays = name == 'holidays'
-  rotations = load_rotations(rotation_file) if rotation_file is not None else _NO_ROTATIONS
-  return Dataset(name, 'holidays' if holidays else 'oxford', images,
-                 tuple(images[i] for i in query_indices), query_indices, boxes,
-                 field('ok'), field('junk'), max_size=HOLIDAYS_MAX_SIZE if holidays else None,
-                 rotations=rotations, apply_exif=holidays)
+  rotations = (
+    load_rotations(rotation_file)
+    if rotation_file is not None
+    else _NO_ROTATIONS
+  )
+  return Dataset(
+    name,
+    'holidays' if holidays else 'oxford',
+    images,
+    tuple(images[i] for i in query_indices),
+    query_indices,
+    boxes,
+    field('ok'),
+    field('junk'),
+    max_size=HOLIDAYS_MAX_SIZE if holidays else None,
+    rotations=rotations,
+    apply_exif=holidays,
+  )
 
 
 def load_ukbench(image_root) -> Dataset:
@@ -269,21 +377,39 @@ def load_ukbench(image_root) -> Dataset:
   included (N-S counts it). Works on the full set and on the bundled samples.
   """
   root = check_folder(Path(image_root), 'ukbench')
-  found = sorted((int(m.group(1)), str(f.relative_to(root))) for f in root.rglob('*')
-                 if (m := re.fullmatch(r'ukbench(\d+)\.jpe?g', f.name, re.IGNORECASE)))
+  found = sorted(
+    (int(m.group(1)), str(f.relative_to(root)))
+    for f in root.rglob('*')
+    if (m := re.fullmatch(r'ukbench(\d+)\.jpe?g', f.name, re.IGNORECASE))
+  )
   if not found:
-    raise DatasetNotFoundError(f'ukbench: no ukbenchNNNNN.jpg files in {root}.\n'
-                               + download_instructions('ukbench'))
+    raise DatasetNotFoundError(
+      f'ukbench: no ukbenchNNNNN.jpg files in {root}.\n'
+      + download_instructions('ukbench')
+    )
   groups = np.array([i for i, _ in found], np.int64) // UKBENCH_GROUP_SIZE
   sizes = np.unique(groups, return_counts=True)[1]
   if np.any(sizes != UKBENCH_GROUP_SIZE):
-    logging.warning('ukbench: %d groups in %s do not have %d images',
-                    np.sum(sizes != UKBENCH_GROUP_SIZE), root, UKBENCH_GROUP_SIZE)
+    logging.warning(
+      'ukbench: %d groups in %s do not have %d images',
+      np.sum(sizes != UKBENCH_GROUP_SIZE),
+      root,
+      UKBENCH_GROUP_SIZE,
+    )
   images = tuple(name for _, name in found)
   rows = np.arange(len(images), dtype=np.int64)
-  return Dataset('ukbench', 'ukbench', images, images, rows, None,
-                 tuple(np.flatnonzero(groups == g) for g in groups),
-                 tuple(np.zeros(0, np.int64) for _ in images), groups=groups, image_root=root)
+  return Dataset(
+    'ukbench',
+    'ukbench',
+    images,
+    images,
+    rows,
+    None,
+    tuple(np.flatnonzero(groups == g) for g in groups),
+    tuple(np.zeros(0, np.int64) for _ in images),
+    groups=groups,
+    image_root=root,
+  )
 
 
 def load_folder(root, *, ground_truth: str = FOLDER_GROUND_TRUTH) -> Dataset:
@@ -305,8 +431,10 @@ def load_folder(root, *, ground_truth: str = FOLDER_GROUND_TRUTH) -> Dataset:
   root = check_folder(Path(root), Path(root).name)
   path = root / ground_truth
   if not path.is_file():
-    raise DatasetNotFoundError(f'{root.name}: no ground truth file {path} '
-                               '(format: see datasets.load_folder)')
+    raise DatasetNotFoundError(
+      f'{root.name}: no ground truth file {path} '
+      '(format: see datasets.load_folder)'
+    )
   spec = json.loads(path.read_text())
   if 'groups' in spec:
     images = tuple(sorted(spec['groups']))
@@ -314,43 +442,79 @@ def load_folder(root, *, ground_truth: str = FOLDER_GROUND_TRUTH) -> Dataset:
     index = {label: g for g, label in enumerate(dict.fromkeys(labels))}
     groups = np.array([index[label] for label in labels], np.int64)
     rows = np.arange(len(images), dtype=np.int64)
-    return Dataset(root.name, 'custom', images, images, rows, None,
-                   tuple(np.flatnonzero((groups == groups[i]) & (rows != i)) for i in rows),
-                   tuple(np.array([i]) for i in rows), groups=groups, image_root=root)
+    return Dataset(
+      root.name,
+      'custom',
+      images,
+      images,
+      rows,
+      None,
+      tuple(np.flatnonzero((groups == groups[i]) & (rows != i)) for i in rows),
+      tuple(np.array([i]) for i in rows),
+      groups=groups,
+      image_root=root,
+    )
   images = tuple(spec.get('images') or list_images(root))
   where = {n: i for i, n in enumerate(images)}
   lookup = lambda names: np.array([where[n] for n in names], np.int64)
   queries = spec.get('queries')
-  if not isinstance(queries, list) or not all('image' in q and 'positives' in q for q in queries):
-    raise ValueError(f'{path}: needs "groups" or "queries" entries with "image" and "positives"')
-  unknown = sorted({n for q in queries for n in q['positives'] + q.get('junk', [])} - set(where))
+  if not isinstance(queries, list) or not all(
+    'image' in q and 'positives' in q for q in queries
+  ):
+    raise ValueError(
+      f'{path}: needs "groups" or "queries" entries with "image" and "positives"'
+    )
+  unknown = sorted(
+    {n for q in queries for n in q['positives'] + q.get('junk', [])}
+    - set(where)
+  )
   if unknown:
-    raise ValueError(f'{path}: positives/junk not among the images: {unknown[:5]}')
-  boxes = (np.array([q['box'] for q in queries], np.float64)
-           if queries and all('box' in q for q in queries) else None)
-  return Dataset(root.name, 'custom', images, tuple(q['image'] for q in queries),
-                 np.array([where.get(q['image'], -1) for q in queries], np.int64), boxes,
-                 tuple(lookup(q['positives']) for q in queries),
-                 tuple(lookup(q.get('junk', [])) for q in queries), image_root=root)
+    raise ValueError(
+      f'{path}: positives/junk not among the images: {unknown[:5]}'
+    )
+  boxes = (
+    np.array([q['box'] for q in queries], np.float64)
+    if queries and all('box' in q for q in queries)
+    else None
+  )
+  return Dataset(
+    root.name,
+    'custom',
+    images,
+    tuple(q['image'] for q in queries),
+    np.array([where.get(q['image'], -1) for q in queries], np.int64),
+    boxes,
+    tuple(lookup(q['positives']) for q in queries),
+    tuple(lookup(q.get('junk', [])) for q in queries),
+    image_root=root,
+  )
 
 
 def save_folder_ground_truth(dataset: Dataset, path) -> None:
   """Writes a dataset's ground truth in the explicit `load_folder` format."""
   queries = []
   for q, name in enumerate(dataset.queries):
-    entry = {'image': name, 'positives': [dataset.images[i] for i in dataset.positives[q]],
-             'junk': [dataset.images[i] for i in dataset.junk[q]]}
+    entry = {
+      'image': name,
+      'positives': [dataset.images[i] for i in dataset.positives[q]],
+      'junk': [dataset.images[i] for i in dataset.junk[q]],
+    }
     if dataset.boxes is not None:
       entry['box'] = [float(v) for v in dataset.boxes[q]]
     queries.append(entry)
-  Path(path).write_text(json.dumps({'images': list(dataset.images), 'queries': queries}, indent=1))
+  Path(path).write_text(
+    json.dumps({'images': list(dataset.images), 'queries': queries}, indent=1)
+  )
 
 
 def list_images(folder) -> list[str]:
   """Image files under a folder (recursive) as sorted relative paths, minus corrupt Paris files."""
   folder = Path(folder)
-  names = sorted(str(p.relative_to(folder)) for p in folder.rglob('*')
-                 if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+  names = sorted(
+    str(p.relative_to(folder))
+    for p in folder.rglob('*')
+    if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+  )
   return [n for n in names if not _is_corrupt(n)]
 
 
@@ -372,7 +536,9 @@ def load_rotations(path) -> dict[str, int]:
       continue
     name, degrees = line.split()
     if int(degrees) % 90:
-      raise ValueError(f'{path}:{number}: rotation must be a multiple of 90, got {degrees}')
+      raise ValueError(
+        f'{path}:{number}: rotation must be a multiple of 90, got {degrees}'
+      )
     rotations[name] = int(degrees) % 360
   return rotations
 
@@ -392,7 +558,9 @@ def check_folder(folder, name: str) -> Path:
   """folder as a Path; DatasetNotFoundError naming it (and its sources) if absent."""
   folder = Path(folder)
   if not folder.is_dir():
-    raise DatasetNotFoundError(f'{name}: image folder {folder} does not exist.{_hint(name)}')
+    raise DatasetNotFoundError(
+      f'{name}: image folder {folder} does not exist.{_hint(name)}'
+    )
   return folder
 
 
@@ -407,8 +575,10 @@ def _locate(names, dataset: Dataset, image_root) -> list[Path]:
   """
   root = image_root if image_root is not None else dataset.image_root
   if root is None:
-    raise DatasetNotFoundError(f'{dataset.name}: pass image_root, the folder of its images.'
-                               + _hint(dataset.name))
+    raise DatasetNotFoundError(
+      f'{dataset.name}: pass image_root, the folder of its images.'
+      + _hint(dataset.name)
+    )
   root = check_folder(Path(root), dataset.name)
   found = {}
   for folder, _, files in os.walk(root):
@@ -416,11 +586,19 @@ def _locate(names, dataset: Dataset, image_root) -> list[Path]:
       found.setdefault(file, Path(folder) / file)
   skipped = sorted(f for f in found if _is_corrupt(f))
   if skipped:
-    logging.warning('%s: skipping %d known-corrupt Paris images: %s', dataset.name,
-                    len(skipped), ', '.join(skipped))
-  paths = [root / n if (root / n).is_file() else found.get(Path(n).name) for n in names]
+    logging.warning(
+      '%s: skipping %d known-corrupt Paris images: %s',
+      dataset.name,
+      len(skipped),
+      ', '.join(skipped),
+    )
+  paths = [
+    root / n if (root / n).is_file() else found.get(Path(n).name) for n in names
+  ]
   missing = [n for n, p in zip(names, paths) if p is None]
   if missing:
-    raise DatasetNotFoundError(f'{dataset.name}: {len(missing)} of {len(names)} images are not '
-                               f'under {root}, e.g. {", ".join(missing[:5])}')
+    raise DatasetNotFoundError(
+      f'{dataset.name}: {len(missing)} of {len(names)} images are not '
+      f'under {root}, e.g. {", ".join(missing[:5])}'
+    )
   return paths

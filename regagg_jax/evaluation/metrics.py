@@ -45,6 +45,7 @@ class Scores(NamedTuple):
     precisions: float64 (Q, len(kappas)) revisitop precision at each k (NaN likewise).
     kappas: the cut-offs k of `precisions`.
   """
+
   mean_ap: float
   mean_precision: np.ndarray
   aps: np.ndarray
@@ -97,8 +98,13 @@ def ranks_from_scores(scores: np.ndarray) -> np.ndarray:
   return np.argsort(-scores, axis=1, kind='stable')
 
 
-def compute_map(ranks, positives: Sequence, junk: Sequence | None = None, *,
-                kappas: Sequence[int] = KAPPAS) -> Scores:
+def compute_map(
+  ranks,
+  positives: Sequence,
+  junk: Sequence | None = None,
+  *,
+  kappas: Sequence[int] = KAPPAS,
+) -> Scores:
   """mAP and mP@k of a batch of rankings (revisitop `compute_map`).
 
   Precision at k follows revisitop: with the 1-based junk-free ranks of the
@@ -136,8 +142,9 @@ def compute_map(ranks, positives: Sequence, junk: Sequence | None = None, *,
   return Scores(mean_ap, mean_precision, aps, precisions, tuple(kappas))
 
 
-def mean_average_precision(ranks, positives: Sequence,
-                           junk: Sequence | None = None) -> float:
+def mean_average_precision(
+  ranks, positives: Sequence, junk: Sequence | None = None
+) -> float:
   """mAP of a batch of rankings (Oxford5k / Paris6k protocol).
 
   Args:
@@ -151,8 +158,9 @@ def mean_average_precision(ranks, positives: Sequence,
   return compute_map(ranks, positives, junk, kappas=()).mean_ap
 
 
-def revisited_ground_truth(easy: Sequence, hard: Sequence, junk: Sequence, *,
-                           setting: str) -> tuple[list, list]:
+def revisited_ground_truth(
+  easy: Sequence, hard: Sequence, junk: Sequence, *, setting: str
+) -> tuple[list, list]:
   """Positives and junk of one Revisited Oxford/Paris setting.
 
   Easy: positives = easy, junk = junk + hard. Medium: positives = easy + hard,
@@ -166,7 +174,9 @@ def revisited_ground_truth(easy: Sequence, hard: Sequence, junk: Sequence, *,
     (positives, junk): two lists of Q int64 arrays.
   """
   if setting not in REVISITED_SETTINGS:
-    raise ValueError(f'setting must be one of {REVISITED_SETTINGS}, got {setting!r}')
+    raise ValueError(
+      f'setting must be one of {REVISITED_SETTINGS}, got {setting!r}'
+    )
   cat = lambda *parts: np.concatenate([np.asarray(p, np.int64) for p in parts])
   if setting == 'easy':
     return [cat(e) for e in easy], [cat(j, h) for j, h in zip(junk, hard)]
@@ -175,8 +185,14 @@ def revisited_ground_truth(easy: Sequence, hard: Sequence, junk: Sequence, *,
   return [cat(h) for h in hard], [cat(j, e) for j, e in zip(junk, easy)]
 
 
-def compute_revisited_map(ranks, easy: Sequence, hard: Sequence, junk: Sequence,
-                          *, kappas: Sequence[int] = KAPPAS) -> dict[str, Scores]:
+def compute_revisited_map(
+  ranks,
+  easy: Sequence,
+  hard: Sequence,
+  junk: Sequence,
+  *,
+  kappas: Sequence[int] = KAPPAS,
+) -> dict[str, Scores]:
   """Revisited Oxford/Paris evaluation in the Easy, Medium and Hard settings.
 
   Args:
@@ -190,7 +206,9 @@ def compute_revisited_map(ranks, easy: Sequence, hard: Sequence, junk: Sequence,
   """
   results = {}
   for setting in REVISITED_SETTINGS:
-    positives, ignored = revisited_ground_truth(easy, hard, junk, setting=setting)
+    positives, ignored = revisited_ground_truth(
+      easy, hard, junk, setting=setting
+    )
     results[setting] = compute_map(ranks, positives, ignored, kappas=kappas)
   return results
 
@@ -210,12 +228,13 @@ def holidays_map(ranks, positives: Sequence, query_indices) -> float:
     The mAP over the queries.
   """
   query_indices = np.asarray(query_indices, np.int64)
-  junk = [query_indices[i:i + 1] for i in range(query_indices.size)]
+  junk = [query_indices[i : i + 1] for i in range(query_indices.size)]
   return mean_average_precision(ranks, positives, junk)
 
 
-def ukbench_score(ranks, query_groups, database_groups, *,
-                  top_k: int = UKBENCH_TOP_K) -> float:
+def ukbench_score(
+  ranks, query_groups, database_groups, *, top_k: int = UKBENCH_TOP_K
+) -> float:
   """UKBench N-S score: mean number of same-group images in the top 4.
 
   The query itself is in the database and counts, so the maximum is 4.0.
@@ -231,10 +250,14 @@ def ukbench_score(ranks, query_groups, database_groups, *,
   """
   ranks = _check_ranks(ranks)
   if ranks.shape[1] < top_k:
-    raise ValueError(f'ranks must hold at least top_k={top_k} results, got {ranks.shape[1]}')
+    raise ValueError(
+      f'ranks must hold at least top_k={top_k} results, got {ranks.shape[1]}'
+    )
   query_groups = np.asarray(query_groups)
   if query_groups.shape != (ranks.shape[0],):
-    raise ValueError(f'query_groups must be ({ranks.shape[0]},), got {query_groups.shape}')
+    raise ValueError(
+      f'query_groups must be ({ranks.shape[0]},), got {query_groups.shape}'
+    )
   top_groups = np.asarray(database_groups)[ranks[:, :top_k]]
   return float(np.mean(np.sum(top_groups == query_groups[:, None], axis=1)))
 
@@ -244,11 +267,15 @@ def ukbench_map(ranks, query_groups, database_groups) -> float:
 
   Args: as `ukbench_score`.
   """
-  same = np.asarray(query_groups)[:, None] == np.asarray(database_groups)[None, :]
+  same = (
+    np.asarray(query_groups)[:, None] == np.asarray(database_groups)[None, :]
+  )
   return mean_average_precision(ranks, [np.flatnonzero(row) for row in same])
 
 
-def evaluate(dataset, ranks, *, kappas: Sequence[int] = KAPPAS) -> dict[str, float]:
+def evaluate(
+  dataset, ranks, *, kappas: Sequence[int] = KAPPAS
+) -> dict[str, float]:
   """Scores rankings with the protocol of a `datasets.Dataset`.
 
   Args:
@@ -262,24 +289,38 @@ def evaluate(dataset, ranks, *, kappas: Sequence[int] = KAPPAS) -> dict[str, flo
     {'mAP', 'mP@1', ...} for user folders.
   """
   if dataset.protocol == 'revisited':
-    results = compute_revisited_map(ranks, dataset.easy, dataset.hard, dataset.junk,
-                                    kappas=kappas)
-    return {f'{setting}/{key}': value for setting, scores in results.items()
-            for key, value in _flatten(scores).items()}
+    results = compute_revisited_map(
+      ranks, dataset.easy, dataset.hard, dataset.junk, kappas=kappas
+    )
+    return {
+      f'{setting}/{key}': value
+      for setting, scores in results.items()
+      for key, value in _flatten(scores).items()
+    }
   if dataset.protocol == 'ukbench':
     query_groups = dataset.groups[dataset.query_indices]
-    return {'N-S': ukbench_score(ranks, query_groups, dataset.groups),
-            'mAP': ukbench_map(ranks, query_groups, dataset.groups)}
+    return {
+      'N-S': ukbench_score(ranks, query_groups, dataset.groups),
+      'mAP': ukbench_map(ranks, query_groups, dataset.groups),
+    }
   if dataset.protocol == 'holidays':
-    return {'mAP': holidays_map(ranks, dataset.positives, dataset.query_indices)}
+    return {
+      'mAP': holidays_map(ranks, dataset.positives, dataset.query_indices)
+    }
   if dataset.protocol == 'oxford':
-    return {'mAP': mean_average_precision(ranks, dataset.positives, dataset.junk)}
-  return _flatten(compute_map(ranks, dataset.positives, dataset.junk, kappas=kappas))
+    return {
+      'mAP': mean_average_precision(ranks, dataset.positives, dataset.junk)
+    }
+  return _flatten(
+    compute_map(ranks, dataset.positives, dataset.junk, kappas=kappas)
+  )
 
 
 def _flatten(scores: Scores) -> dict[str, float]:
   flat = {'mAP': scores.mean_ap}
-  flat.update({f'mP@{k}': float(p) for k, p in zip(scores.kappas, scores.mean_precision)})
+  flat.update(
+    {f'mP@{k}': float(p) for k, p in zip(scores.kappas, scores.mean_precision)}
+  )
   return flat
 
 
@@ -288,7 +329,9 @@ def _check_ranks(ranks) -> np.ndarray:
   if ranks.ndim != 2:
     raise ValueError(f'ranks must be (Q, R), got shape {ranks.shape}')
   if not np.issubdtype(ranks.dtype, np.integer):
-    raise TypeError(f'ranks must hold integer database indices, got {ranks.dtype}')
+    raise TypeError(
+      f'ranks must hold integer database indices, got {ranks.dtype}'
+    )
   if ranks.size and ranks.min() < 0:
     raise ValueError('ranks holds negative database indices')
   ordered = np.sort(ranks, axis=1)
@@ -306,20 +349,28 @@ def _label_ranks(ranks: np.ndarray, positives: Sequence, junk: Sequence | None):
   num_queries = ranks.shape[0]
   junk = [()] * num_queries if junk is None else junk
   if len(positives) != num_queries or len(junk) != num_queries:
-    raise ValueError(f'need {num_queries} positive and junk lists, got '
-                     f'{len(positives)} and {len(junk)}')
+    raise ValueError(
+      f'need {num_queries} positive and junk lists, got '
+      f'{len(positives)} and {len(junk)}'
+    )
   positives = [np.asarray(p, np.int64).ravel() for p in positives]
   junk = [np.asarray(j, np.int64).ravel() for j in junk]
-  size = 1 + max([ranks.max(initial=-1)] + [a.max(initial=-1) for a in positives + junk])
+  size = 1 + max(
+    [ranks.max(initial=-1)] + [a.max(initial=-1) for a in positives + junk]
+  )
   table = np.zeros((num_queries, size), np.int8)
-  rows = lambda lists: np.repeat(np.arange(num_queries), [a.size for a in lists])
+  rows = lambda lists: np.repeat(
+    np.arange(num_queries), [a.size for a in lists]
+  )
   table[rows(positives), np.concatenate(positives)] = 1
   num_positives = np.sum(table == 1, axis=1).astype(np.int64)
   table[rows(junk), np.concatenate(junk)] = -1
   return np.take_along_axis(table, ranks, axis=1), num_positives
 
 
-def _trapezoid_ap(relevant: np.ndarray, num_positives: np.ndarray) -> np.ndarray:
+def _trapezoid_ap(
+  relevant: np.ndarray, num_positives: np.ndarray
+) -> np.ndarray:
   """Trapezoidal AP of junk-free rankings.
 
   Args:
@@ -338,7 +389,9 @@ def _trapezoid_ap(relevant: np.ndarray, num_positives: np.ndarray) -> np.ndarray
     return np.where(num_positives > 0, total / (2.0 * num_positives), np.nan)
 
 
-def _revisited_precision(relevant: np.ndarray, kappas: tuple[int, ...]) -> np.ndarray:
+def _revisited_precision(
+  relevant: np.ndarray, kappas: tuple[int, ...]
+) -> np.ndarray:
   """revisitop precision at each kappa: k lowered to the last positive's rank."""
   rank = np.arange(1, relevant.shape[1] + 1)[None, :]
   last = np.max(np.where(relevant, rank, 0), axis=1)  # 1-based, 0 if none
@@ -346,5 +399,7 @@ def _revisited_precision(relevant: np.ndarray, kappas: tuple[int, ...]) -> np.nd
   for column, kappa in enumerate(kappas):
     cutoff = np.minimum(last, kappa)
     hits = np.sum(relevant & (rank <= cutoff[:, None]), axis=1)
-    precisions[:, column] = np.where(cutoff > 0, hits / np.maximum(cutoff, 1), 0.0)
+    precisions[:, column] = np.where(
+      cutoff > 0, hits / np.maximum(cutoff, 1), 0.0
+    )
   return precisions

@@ -1,9 +1,9 @@
 """Experiment: the only code that reads a config (ml_collections.ConfigDict).
 
-  pipeline   encode / fit as a config says
-  retrieval  search as a config says: exact eq. 7 or region index + re-rank
-  workspace  a dataset's stores, fits and indexes kept in the workdir
-  modes      what run.py --mode runs: demo / encode / fit / search / eval
+pipeline   encode / fit as a config says
+retrieval  search as a config says: exact eq. 7 or region index + re-rank
+workspace  a dataset's stores, fits and indexes kept in the workdir
+modes      what run.py --mode runs: demo / encode / fit / search / eval
 """
 
 from regagg_jax.experiment import modes

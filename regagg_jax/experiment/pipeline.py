@@ -53,9 +53,10 @@ from regagg_jax.features import vgg19
 from regagg_jax.features import weights
 
 WEIGHTS = {
-    'imagenet': lambda widths, seed: weights.load_params(),
-    'random': lambda widths, seed: vgg19.init_params(
-        jax.random.PRNGKey(seed), widths=widths),
+  'imagenet': lambda widths, seed: weights.load_params(),
+  'random': lambda widths, seed: vgg19.init_params(
+    jax.random.PRNGKey(seed), widths=widths
+  ),
 }
 """features.weights -> VGG19 variables."""
 
@@ -72,8 +73,9 @@ def store_sections(config, method=None):
     method: pooling method to use instead of config.pooling.method.
   """
   method = method or config.pooling.method
-  features = {k: v for k, v in config.features.to_dict().items()
-              if k not in _SPEED_ONLY}
+  features = {
+    k: v for k, v in config.features.to_dict().items() if k not in _SPEED_ONLY
+  }
   pooled = dict(config.pooling.to_dict(), method=method)
   pooled.pop('regional')
   sections = {'features': features, 'pooling': pooled}
@@ -87,15 +89,21 @@ def store_hash(config, method=None):
   return records.hash_config(store_sections(config, method))
 
 
-_SPEED_ONLY = ('batch_size', 'cache_mib', 'num_threads', 'prefetch',
-               'shard_size')
+_SPEED_ONLY = (
+  'batch_size',
+  'cache_mib',
+  'num_threads',
+  'prefetch',
+  'shard_size',
+)
 """features fields that change how fast a store is made, not its contents."""
 
 
 def fit_hash(config):
   """Hash of what a fit depends on besides its store: pca, R/W."""
-  return records.hash_config({'pca': config.pca.to_dict(),
-                            'regional': config.pooling.regional})
+  return records.hash_config(
+    {'pca': config.pca.to_dict(), 'regional': config.pooling.regional}
+  )
 
 
 @functools.lru_cache(maxsize=2)
@@ -110,28 +118,42 @@ def _encoder_options(config):
   if jax.local_device_count() > 1:  # data parallelism over local devices
     mesh = parallel.make_mesh()
     if features.batch_size % jax.local_device_count():
-      raise ValueError(f'features.batch_size={features.batch_size} must be a '
-                       f'multiple of the {jax.local_device_count()} devices')
+      raise ValueError(
+        f'features.batch_size={features.batch_size} must be a '
+        f'multiple of the {jax.local_device_count()} devices'
+      )
   return dict(
-      region_options={k: config.regions[k] for k in (
-          'backend', 'n_max', 'n_min', 'num_clusters', 'min_cells')},
-      max_size=features.max_size, batch_size=features.batch_size,
-      dtype=features.dtype, mesh=mesh, num_threads=features.num_threads,
-      prefetch=features.prefetch)
+    region_options={
+      k: config.regions[k]
+      for k in ('backend', 'n_max', 'n_min', 'num_clusters', 'min_cells')
+    },
+    max_size=features.max_size,
+    batch_size=features.batch_size,
+    dtype=features.dtype,
+    mesh=mesh,
+    num_threads=features.num_threads,
+    prefetch=features.prefetch,
+  )
 
 
 def _pooling_options(config):
-  return {'gem_power': float(config.pooling.gem_power),
-          'offdiag_scale': float(config.pooling.offdiag_scale),
-          'log_method': str(config.pooling.log_method),
-          'rmac_levels': int(config.pooling.rmac_levels)}
+  return {
+    'gem_power': float(config.pooling.gem_power),
+    'offdiag_scale': float(config.pooling.offdiag_scale),
+    'log_method': str(config.pooling.log_method),
+    'rmac_levels': int(config.pooling.rmac_levels),
+  }
 
 
 def _stamp(config, store, method):
   """Records store_sections and store_hash in a store's metadata."""
-  return store._replace(metadata=dict(
-      store.metadata, config_hash=store_hash(config, method),
-      config=store_sections(config, method)))
+  return store._replace(
+    metadata=dict(
+      store.metadata,
+      config_hash=store_hash(config, method),
+      config=store_sections(config, method),
+    )
+  )
 
 
 def variables(config):
@@ -140,8 +162,16 @@ def variables(config):
   return _variables(features.weights, tuple(features.widths), features.seed)
 
 
-def encode_methods(config, image_paths, methods, *, boxes=None,
-                   rotations=None, reduction=None, apply_exif=True):
+def encode_methods(
+  config,
+  image_paths,
+  methods,
+  *,
+  boxes=None,
+  rotations=None,
+  reduction=None,
+  apply_exif=True,
+):
   """Encodes images once for several pooling methods (one VGG19 pass).
 
   `file_encoder.encode_methods` with the features, regions and pooling sections,
@@ -167,13 +197,21 @@ def encode_methods(config, image_paths, methods, *, boxes=None,
   options = _encoder_options(config)
   del options['mesh']  # encode_methods runs on the default device
   stores = file_encoder.encode_methods(
-      variables(config), image_paths, methods,
-      pooling_options=_pooling_options(config),
-      k_prime=config.pooling.k_prime, cache_mib=config.features.cache_mib,
-      boxes=boxes, rotations=rotations, reduction=reduction,
-      apply_exif=apply_exif, **options)
-  return {method: _stamp(config, store, method)
-          for method, store in stores.items()}
+    variables(config),
+    image_paths,
+    methods,
+    pooling_options=_pooling_options(config),
+    k_prime=config.pooling.k_prime,
+    cache_mib=config.features.cache_mib,
+    boxes=boxes,
+    rotations=rotations,
+    reduction=reduction,
+    apply_exif=apply_exif,
+    **options,
+  )
+  return {
+    method: _stamp(config, store, method) for method, store in stores.items()
+  }
 
 
 def sample_rows(num_images, count):
@@ -183,22 +221,37 @@ def sample_rows(num_images, count):
   return sorted(set(np.linspace(0, num_images - 1, count).astype(int)))
 
 
-def fit_reduction(config, image_paths, *, boxes=None, rotations=None,
-                  apply_exif=True):
+def fit_reduction(
+  config, image_paths, *, boxes=None, rotations=None, apply_exif=True
+):
   """U^1 of eq. (4) on pooling.reduction_images images spread over the set.
 
   Returns:
     pca.PCAParams, components float32 (K, K').
   """
   return file_encoder.fit_reduction(
-      variables(config), image_paths,
-      sample_rows(len(image_paths), config.pooling.reduction_images),
-      k_prime=config.pooling.k_prime, boxes=boxes, rotations=rotations,
-      apply_exif=apply_exif, **_encoder_options(config))
+    variables(config),
+    image_paths,
+    sample_rows(len(image_paths), config.pooling.reduction_images),
+    k_prime=config.pooling.k_prime,
+    boxes=boxes,
+    rotations=rotations,
+    apply_exif=apply_exif,
+    **_encoder_options(config),
+  )
 
 
-def encode_rows(config, image_paths, rows, *, reduction=None, whitening=None,
-                boxes=None, rotations=None, apply_exif=True):
+def encode_rows(
+  config,
+  image_paths,
+  rows,
+  *,
+  reduction=None,
+  whitening=None,
+  boxes=None,
+  rotations=None,
+  apply_exif=True,
+):
   """Encodes image_paths[r], r in rows, in one pass (file_encoder.encode_rows).
 
   Args:
@@ -213,15 +266,35 @@ def encode_rows(config, image_paths, rows, *, reduction=None, whitening=None,
     records.Store of the readable rows with the config and its hash recorded.
   """
   method = config.pooling.method
-  return _stamp(config, file_encoder.encode_rows(
-      variables(config), image_paths, rows, method,
-      pooling_options=_pooling_options(config), reduction=reduction,
-      whitening=whitening, boxes=boxes, rotations=rotations,
-      apply_exif=apply_exif, **_encoder_options(config)), method)
+  return _stamp(
+    config,
+    file_encoder.encode_rows(
+      variables(config),
+      image_paths,
+      rows,
+      method,
+      pooling_options=_pooling_options(config),
+      reduction=reduction,
+      whitening=whitening,
+      boxes=boxes,
+      rotations=rotations,
+      apply_exif=apply_exif,
+      **_encoder_options(config),
+    ),
+    method,
+  )
 
 
-def encode(config, image_paths, *, boxes=None, rotations=None,
-           reduction=None, whitening=None, apply_exif=True):
+def encode(
+  config,
+  image_paths,
+  *,
+  boxes=None,
+  rotations=None,
+  reduction=None,
+  whitening=None,
+  apply_exif=True,
+):
   """Encodes images with config.pooling.method, in memory.
 
   For 'o2' without `reduction`, U^1 is first fitted on them
@@ -233,23 +306,36 @@ def encode(config, image_paths, *, boxes=None, rotations=None,
     `whitening` is given), bool (N', M) validity, masks, U^1 and metadata
     (config, hashes, rows, sizes, skipped).
   """
-  if reduction is None and method_table.POOLING[
-      config.pooling.method].reduced:
-    reduction = fit_reduction(config, image_paths, boxes=boxes,
-                              rotations=rotations, apply_exif=apply_exif)
-  return encode_rows(config, image_paths, range(len(image_paths)),
-                     reduction=reduction, whitening=whitening, boxes=boxes,
-                     rotations=rotations, apply_exif=apply_exif)
+  if reduction is None and method_table.POOLING[config.pooling.method].reduced:
+    reduction = fit_reduction(
+      config,
+      image_paths,
+      boxes=boxes,
+      rotations=rotations,
+      apply_exif=apply_exif,
+    )
+  return encode_rows(
+    config,
+    image_paths,
+    range(len(image_paths)),
+    reduction=reduction,
+    whitening=whitening,
+    boxes=boxes,
+    rotations=rotations,
+    apply_exif=apply_exif,
+  )
 
 
 def store_header(config, image_paths, *, reduction, whitening, apply_exif):
   """What a store on disk must match (store_io.build_store's header)."""
-  return {'config_hash': store_hash(config),
-          'config': store_sections(config),
-          'inputs_hash': records.hash_config([str(p) for p in image_paths]),
-          'apply_exif': apply_exif,
-          'reduction_hash': records.hash_params(reduction),
-          'whitening_hash': records.hash_params(whitening)}
+  return {
+    'config_hash': store_hash(config),
+    'config': store_sections(config),
+    'inputs_hash': records.hash_config([str(p) for p in image_paths]),
+    'apply_exif': apply_exif,
+    'reduction_hash': records.hash_params(reduction),
+    'whitening_hash': records.hash_params(whitening),
+  }
 
 
 def use_regions(valid, *, whole):
@@ -257,8 +343,6 @@ def use_regions(valid, *, whole):
   if not whole:
     return valid
   return valid & (np.arange(valid.shape[1]) == valid.shape[1] - 1)
-
-
 
 
 def check_store(config, store, role='database'):
@@ -274,13 +358,15 @@ def check_store(config, store, role='database'):
   """
   expected = store_hash(config)
   if store.metadata['config_hash'] != expected:
-    changes = provenance.differences(store.metadata['config'],
-                                     store_sections(config))
+    changes = provenance.differences(
+      store.metadata['config'], store_sections(config)
+    )
     raise ValueError(
-        f'the {role} store was encoded with config '
-        f'{store.metadata["config_hash"]}'
-        f', this config is {expected} ({"; ".join(changes[:8]) or "?"}); '
-        'encode it again with this config')
+      f'the {role} store was encoded with config '
+      f'{store.metadata["config_hash"]}'
+      f', this config is {expected} ({"; ".join(changes[:8]) or "?"}); '
+      'encode it again with this config'
+    )
 
 
 def check_fit(config, store, fit):
@@ -298,17 +384,22 @@ def check_fit(config, store, fit):
   where = f'(fitted on {fit.metadata.get("fitted_on", "?")})'
   if fit.metadata['config_hash'] != store.metadata['config_hash']:
     raise ValueError(
-        f'the PCA-whitening {where} was fitted on descriptors of config '
-        f'{fit.metadata["config_hash"]} but the store holds config '
-        f'{store.metadata["config_hash"]}; run --mode=fit with this config')
+      f'the PCA-whitening {where} was fitted on descriptors of config '
+      f'{fit.metadata["config_hash"]} but the store holds config '
+      f'{store.metadata["config_hash"]}; run --mode=fit with this config'
+    )
   if fit.metadata['reduction_hash'] != store.metadata['reduction_hash']:
-    raise ValueError(f'the PCA-whitening {where} was fitted with another U^1 '
-                     '(eq. 4) than the store was encoded with; fit it again')
+    raise ValueError(
+      f'the PCA-whitening {where} was fitted with another U^1 '
+      '(eq. 4) than the store was encoded with; fit it again'
+    )
   check_store(config, store)
   if fit.metadata['fit_hash'] != fit_hash(config):
-    raise ValueError(f'the PCA-whitening {where} was fitted with other pca '
-                     'settings (dim, whiten, fit_on) or R/W variant than this '
-                     'config; fit it again')
+    raise ValueError(
+      f'the PCA-whitening {where} was fitted with other pca '
+      'settings (dim, whiten, fit_on) or R/W variant than this '
+      'config; fit it again'
+    )
 
 
 def fit(config, store, *, fitted_on=''):
@@ -327,22 +418,42 @@ def fit(config, store, *, fitted_on=''):
   """
   check_store(config, store, 'fitting')
   if provenance.is_whitened(store.metadata):
-    raise ValueError('cannot fit PCA-whitening on a store of whitened '
-                     'descriptors; fit it on an unwhitened store')
+    raise ValueError(
+      'cannot fit PCA-whitening on a store of whitened '
+      'descriptors; fit it on an unwhitened store'
+    )
   mask = use_regions(store.valid, whole=not config.pooling.regional)
   num_vectors = int(mask.sum())
-  dim = min(config.pca.dim, store.descriptors.shape[-1],
-            max(1, num_vectors // config.pca.min_vectors_per_dim))
+  dim = min(
+    config.pca.dim,
+    store.descriptors.shape[-1],
+    max(1, num_vectors // config.pca.min_vectors_per_dim),
+  )
   if dim < config.pca.dim:
-    logging.warning('PCA-whitening D capped from %d to %d: %d fitting vectors '
-                    'of dimension %d', config.pca.dim, dim, num_vectors,
-                    store.descriptors.shape[-1])
+    logging.warning(
+      'PCA-whitening D capped from %d to %d: %d fitting vectors '
+      'of dimension %d',
+      config.pca.dim,
+      dim,
+      num_vectors,
+      store.descriptors.shape[-1],
+    )
   whitening = pca.fit(
-      store.descriptors.reshape(-1, store.descriptors.shape[-1]),
-                      dim, whiten=config.pca.whiten, mask=mask.reshape(-1))
-  return records.Fit(store.reduction, whitening, {
+    store.descriptors.reshape(-1, store.descriptors.shape[-1]),
+    dim,
+    whiten=config.pca.whiten,
+    mask=mask.reshape(-1),
+  )
+  return records.Fit(
+    store.reduction,
+    whitening,
+    {
       'config_hash': store.metadata['config_hash'],
       'reduction_hash': store.metadata['reduction_hash'],
-      'fit_hash': fit_hash(config), 'fitted_on': fitted_on,
-      'num_images': len(store.image_paths), 'num_vectors': num_vectors,
-      'dim': dim})
+      'fit_hash': fit_hash(config),
+      'fitted_on': fitted_on,
+      'num_images': len(store.image_paths),
+      'num_vectors': num_vectors,
+      'dim': dim,
+    },
+  )

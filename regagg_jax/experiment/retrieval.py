@@ -35,6 +35,7 @@ class Ranking(NamedTuple):
     ranks: int64 (Q, N) database rows, best first.
     best: int32 (Q, N) best-matched database region of eq. (7).
   """
+
   scores: np.ndarray
   ranks: np.ndarray
   best: np.ndarray
@@ -45,20 +46,27 @@ def _whitened(fitted, store, valid):
   a store encoded with whitening is checked against `fitted` and used as is.
   """
   if not provenance.is_whitened(store.metadata):
-    return np.asarray(pca.apply(fitted.whitening, jnp.asarray(
-        store.descriptors), jnp.asarray(valid)))  # eq. (6)
+    return np.asarray(
+      pca.apply(
+        fitted.whitening, jnp.asarray(store.descriptors), jnp.asarray(valid)
+      )
+    )  # eq. (6)
   stored = store.metadata['whitening_hash']
   if stored != records.hash_params(fitted.whitening):
-    raise ValueError(f'the store was whitened with {stored}, not with this '
-                     f'fit ({records.hash_params(fitted.whitening)}); encode '
-                     'it again')
+    raise ValueError(
+      f'the store was whitened with {stored}, not with this '
+      f'fit ({records.hash_params(fitted.whitening)}); encode '
+      'it again'
+    )
   return np.where(valid[..., None], store.descriptors, np.float32(0))
 
 
 def index_expectation(database, fitted):
   """What a region index of this store and fit records in its metadata."""
-  return {'whitening_hash': records.hash_params(fitted.whitening),
-          'store_hash': database.metadata['config_hash']}
+  return {
+    'whitening_hash': records.hash_params(fitted.whitening),
+    'store_hash': database.metadata['config_hash'],
+  }
 
 
 def build_index(config, database, fitted):
@@ -67,13 +75,17 @@ def build_index(config, database, fitted):
   Returns:
     region_index.RegionIndex, its metadata tied to the store and fit.
   """
-  database_valid = pipeline.use_regions(database.valid,
-                                whole=not config.pooling.regional)
+  database_valid = pipeline.use_regions(
+    database.valid, whole=not config.pooling.regional
+  )
   kind = config.search.index
   return region_index.build(
-      _whitened(fitted, database, database_valid), database_valid, kind=kind,
-      options=config.search[kind].to_dict() if kind in config.search else None,
-      metadata=index_expectation(database, fitted))
+    _whitened(fitted, database, database_valid),
+    database_valid,
+    kind=kind,
+    options=config.search[kind].to_dict() if kind in config.search else None,
+    metadata=index_expectation(database, fitted),
+  )
 
 
 def search(config, queries, database, fitted, regions=None):
@@ -101,12 +113,16 @@ def search(config, queries, database, fitted, regions=None):
   pipeline.check_fit(config, database, fitted)
   pipeline.check_store(config, queries, 'query')
   if queries.metadata['reduction_hash'] != database.metadata['reduction_hash']:
-    raise ValueError('the queries were encoded with another U^1 (eq. 4) than '
-                     'the database; encode them with '
-                     'reduction=database.reduction')
+    raise ValueError(
+      'the queries were encoded with another U^1 (eq. 4) than '
+      'the database; encode them with '
+      'reduction=database.reduction'
+    )
   whole = not config.pooling.regional
-  query_valid = pipeline.use_regions(queries.valid, whole=whole or pipeline.QUERY_REGIONS[
-      config.search.query_regions])
+  query_valid = pipeline.use_regions(
+    queries.valid,
+    whole=whole or pipeline.QUERY_REGIONS[config.search.query_regions],
+  )
   database_valid = pipeline.use_regions(database.valid, whole=whole)
   query = _whitened(fitted, queries, query_valid)
   target = _whitened(fitted, database, database_valid)
@@ -114,26 +130,51 @@ def search(config, queries, database, fitted, regions=None):
   n_qe = min(search_config.n_qe, len(database.image_paths))
   if search_config.index != 'exact':
     if regions is None:
-      raise ValueError(f'search.index={search_config.index!r} needs the '
-                       "database's region index (build_index)")
-    provenance.check_stale('the region index', regions.metadata,
-                           index_expectation(database, fitted),
-                           'build it again')
-    return _complete(*index_search.search(
-        regions, target, database_valid, query, query_valid,
-        k_regions=search_config.k_regions, shortlist=search_config.shortlist,
-        qe=search_config.qe, n_qe=n_qe,
+      raise ValueError(
+        f'search.index={search_config.index!r} needs the '
+        "database's region index (build_index)"
+      )
+    provenance.check_stale(
+      'the region index',
+      regions.metadata,
+      index_expectation(database, fitted),
+      'build it again',
+    )
+    return _complete(
+      *index_search.search(
+        regions,
+        target,
+        database_valid,
+        query,
+        query_valid,
+        k_regions=search_config.k_regions,
+        shortlist=search_config.shortlist,
+        qe=search_config.qe,
+        n_qe=n_qe,
         include_query=search_config.qe_include_query,
-        rescore=search_config.rescore), len(target))
+        rescore=search_config.rescore,
+      ),
+      len(target),
+    )
   scores, best = similarity.image_similarity(  # eq. (7)
-      query, query_valid, target, database_valid,
-      chunk_size=search_config.chunk_size)
+    query,
+    query_valid,
+    target,
+    database_valid,
+    chunk_size=search_config.chunk_size,
+  )
   if search_config.qe:
     scores = similarity.query_expansion(  # eq. (8)
-        query, target, database_valid, scores, best, n_qe=n_qe,
-        include_query=search_config.qe_include_query,
-        query_valid=jnp.asarray(query_valid),
-        chunk_size=search_config.chunk_size)
+      query,
+      target,
+      database_valid,
+      scores,
+      best,
+      n_qe=n_qe,
+      include_query=search_config.qe_include_query,
+      query_valid=jnp.asarray(query_valid),
+      chunk_size=search_config.chunk_size,
+    )
   scores = np.asarray(scores)
   return Ranking(scores, metrics.ranks_from_scores(scores), np.asarray(best))
 
@@ -146,8 +187,8 @@ def _complete(scores, ranks, best, num_images):
   full_ranks = np.empty((len(ranks), num_images), np.int64)
   for q, row in enumerate(ranks):
     found = row[row >= 0]
-    full_scores[q, found] = scores[q, :len(found)]
-    full_best[q, found] = best[q, :len(found)]
+    full_scores[q, found] = scores[q, : len(found)]
+    full_best[q, found] = best[q, : len(found)]
     rest = np.setdiff1d(np.arange(num_images), found, assume_unique=True)
     full_ranks[q] = np.concatenate([found, rest])
   return Ranking(full_scores, full_ranks, full_best)

@@ -33,14 +33,19 @@ from regagg_jax.storage import store_io
 
 def _take(store, positions):
   """The rows `positions` of a store, as a store."""
-  metadata = dict(store.metadata,
-                  rows=[store.metadata['rows'][p] for p in positions],
-                  sizes=[store.metadata['sizes'][p] for p in positions])
+  metadata = dict(
+    store.metadata,
+    rows=[store.metadata['rows'][p] for p in positions],
+    sizes=[store.metadata['sizes'][p] for p in positions],
+  )
   return store._replace(
-      descriptors=store.descriptors[positions], valid=store.valid[positions],
-      masks=store.masks[positions], grid=store.grid[positions],
-      image_paths=tuple(store.image_paths[p] for p in positions),
-      metadata=metadata)
+    descriptors=store.descriptors[positions],
+    valid=store.valid[positions],
+    masks=store.masks[positions],
+    grid=store.grid[positions],
+    image_paths=tuple(store.image_paths[p] for p in positions),
+    metadata=metadata,
+  )
 
 
 def open_dataset(config, name, root, *, ground_truth=True):
@@ -54,19 +59,29 @@ def open_dataset(config, name, root, *, ground_truth=True):
     if ground_truth or os.path.isfile(gnd):
       return datasets.load_folder(root)
     return datasets.Dataset(
-        name=os.path.basename(os.path.normpath(root)), protocol='custom',
-        images=tuple(datasets.list_images(root)), queries=(),
-        query_indices=np.zeros(0, np.int64), boxes=None, positives=(),
-        junk=(), image_root=root)
-  return datasets.load(name, ground_truth_root=config.eval.gnd_dir or None,
-                       image_root=root or None,
-                       rotation_file=config.eval.rotation_file or None)
+      name=os.path.basename(os.path.normpath(root)),
+      protocol='custom',
+      images=tuple(datasets.list_images(root)),
+      queries=(),
+      query_indices=np.zeros(0, np.int64),
+      boxes=None,
+      positives=(),
+      junk=(),
+      image_root=root,
+    )
+  return datasets.load(
+    name,
+    ground_truth_root=config.eval.gnd_dir or None,
+    image_root=root or None,
+    rotation_file=config.eval.rotation_file or None,
+  )
 
 
 def load_dataset(config, *, ground_truth=True):
   """The dataset of config.eval (see `open_dataset`)."""
-  return open_dataset(config, config.eval.dataset, config.eval.root,
-                      ground_truth=ground_truth)
+  return open_dataset(
+    config, config.eval.dataset, config.eval.root, ground_truth=ground_truth
+  )
 
 
 def rotations(dataset, names):
@@ -94,22 +109,39 @@ def _cached(path, make, expected, *, load, save):
   """The fit (or index) at `path` if its metadata has `expected`, else
   make() saved there (by one process only: orbax checkpoints of several
   processes are collective)."""
+
   def matching(path):
     if not os.path.isdir(path):
       return None
     value = load(path)
-    return value if all(value.metadata.get(k) == v
-                        for k, v in expected.items()) else None
+    return (
+      value
+      if all(value.metadata.get(k) == v for k, v in expected.items())
+      else None
+    )
+
   def single(*args):
     if jax.process_count() > 1:
-      raise ValueError(f'{path} is missing or stale: make it with one process '
-                       '(--mode=fit) before encoding with several')
+      raise ValueError(
+        f'{path} is missing or stale: make it with one process '
+        '(--mode=fit) before encoding with several'
+      )
     return make(*args)
+
   return _made_once(path, matching, single, save, f'made {path}')
 
 
-def _dataset_store(config, dataset, role, paths, names, *, reduction=None,
-                   whitening=None, boxes=None):
+def _dataset_store(
+  config,
+  dataset,
+  role,
+  paths,
+  names,
+  *,
+  reduction=None,
+  whitening=None,
+  boxes=None,
+):
   """Encodes images of a dataset into workdir/stores, resumably.
 
   The store is written in shards of features.shard_size images
@@ -140,23 +172,41 @@ def _dataset_store(config, dataset, role, paths, names, *, reduction=None,
   if whitening is not None:
     key += f'-w{records.hash_params(whitening)}'
   path = os.path.join(config.workdir, 'stores', key)
-  reading = dict(boxes=boxes, rotations=rotations(dataset, names),
-                 apply_exif=dataset.apply_exif)
-  if reduction is None and method_table.POOLING[
-      config.pooling.method].reduced:
+  reading = dict(
+    boxes=boxes,
+    rotations=rotations(dataset, names),
+    apply_exif=dataset.apply_exif,
+  )
+  if reduction is None and method_table.POOLING[config.pooling.method].reduced:
     reduction = _made_once(  # U^1 of eq. (4), fitted once, kept in the store
-        path, store_io.load_reduction,
-        lambda: pipeline.fit_reduction(config, paths, **reading),
-        lambda p, r: store_io.build_store(
-            p, None, image_paths=paths, header=pipeline.store_header(
-                config, paths, reduction=r, whitening=whitening,
-                apply_exif=dataset.apply_exif),
-            shard_size=config.features.shard_size,
-            dtype=config.features.store_dtype, shards=[], reduction=r),
-        f'U1 {key}')
-  header = pipeline.store_header(config, paths, reduction=reduction,
-                                 whitening=whitening,
-                                 apply_exif=dataset.apply_exif)
+      path,
+      store_io.load_reduction,
+      lambda: pipeline.fit_reduction(config, paths, **reading),
+      lambda p, r: store_io.build_store(
+        p,
+        None,
+        image_paths=paths,
+        header=pipeline.store_header(
+          config,
+          paths,
+          reduction=r,
+          whitening=whitening,
+          apply_exif=dataset.apply_exif,
+        ),
+        shard_size=config.features.shard_size,
+        dtype=config.features.store_dtype,
+        shards=[],
+        reduction=r,
+      ),
+      f'U1 {key}',
+    )
+  header = pipeline.store_header(
+    config,
+    paths,
+    reduction=reduction,
+    whitening=whitening,
+    apply_exif=dataset.apply_exif,
+  )
   if os.path.isfile(os.path.join(path, 'metadata.json')):  # finished
     store = store_io.load_store(path)
     if all(store.metadata.get(k) == v for k, v in header.items()):
@@ -164,13 +214,17 @@ def _dataset_store(config, dataset, role, paths, names, *, reduction=None,
       return store
   num_shards = -(-len(paths) // config.features.shard_size)
   finished = store_io.build_store(
-      path, lambda rows: pipeline.encode_rows(
-          config, paths, rows, reduction=reduction, whitening=whitening,
-          **reading),
-      image_paths=paths, header=header,
-      shard_size=config.features.shard_size,
-      dtype=config.features.store_dtype,
-      shards=parallel.process_shards(num_shards), reduction=reduction)
+    path,
+    lambda rows: pipeline.encode_rows(
+      config, paths, rows, reduction=reduction, whitening=whitening, **reading
+    ),
+    image_paths=paths,
+    header=header,
+    shard_size=config.features.shard_size,
+    dtype=config.features.store_dtype,
+    shards=parallel.process_shards(num_shards),
+    reduction=reduction,
+  )
   parallel.barrier(f'encoded {key}')
   if jax.process_index() == 0 and not finished:
     store_io.finalize_store(path)
@@ -183,23 +237,35 @@ def _fitting_store(config, database=None):
   database's U^1 when given) or None for the database itself."""
   if not config.pca.fit_on:
     return None, None
-  other = open_dataset(config, config.pca.fit_on, config.pca.fit_root,
-                       ground_truth=False)
+  other = open_dataset(
+    config, config.pca.fit_on, config.pca.fit_root, ground_truth=False
+  )
   return other.name, _dataset_store(
-      config, other, 'fitting', datasets.database_paths(other), other.images,
-      reduction=None if database is None else database.reduction)
+    config,
+    other,
+    'fitting',
+    datasets.database_paths(other),
+    other.images,
+    reduction=None if database is None else database.reduction,
+  )
 
 
 def _fit(config, name, store, fitted_on):
   return _cached(
-      os.path.join(config.workdir, 'fits', f'{name}-'
-                   f'{pipeline.store_hash(config)}-'
-                   f'{pipeline.fit_hash(config)}'),
-      lambda: pipeline.fit(config, store, fitted_on=fitted_on),
-      {'config_hash': pipeline.store_hash(config),
-       'fit_hash': pipeline.fit_hash(config),
-       'reduction_hash': store.metadata['reduction_hash']},
-      load=records.load_fit, save=records.save_fit)
+    os.path.join(
+      config.workdir,
+      'fits',
+      f'{name}-{pipeline.store_hash(config)}-{pipeline.fit_hash(config)}',
+    ),
+    lambda: pipeline.fit(config, store, fitted_on=fitted_on),
+    {
+      'config_hash': pipeline.store_hash(config),
+      'fit_hash': pipeline.fit_hash(config),
+      'reduction_hash': store.metadata['reduction_hash'],
+    },
+    load=records.load_fit,
+    save=records.save_fit,
+  )
 
 
 def database_images(config, dataset):
@@ -220,12 +286,17 @@ def database_images(config, dataset):
   if not folder:
     return 'database', paths, names
   if dataset.protocol == 'ukbench':
-    raise ValueError('eval.distractors cannot be used with UKBench, whose '
-                     'N-S score counts groups of the top 4')
+    raise ValueError(
+      'eval.distractors cannot be used with UKBench, whose '
+      'N-S score counts groups of the top 4'
+    )
   extra = datasets.list_images(datasets.check_folder(folder, 'distractors'))
   logging.info('%d distractors from %s', len(extra), folder)
-  return (f'database+{os.path.basename(os.path.normpath(folder))}',
-          paths + [os.path.join(folder, n) for n in extra], names + extra)
+  return (
+    f'database+{os.path.basename(os.path.normpath(folder))}',
+    paths + [os.path.join(folder, n) for n in extra],
+    names + extra,
+  )
 
 
 def prepare(config, dataset, *, fit=True):
@@ -252,20 +323,29 @@ def prepare(config, dataset, *, fit=True):
   role, paths, names = database_images(config, dataset)
   if config.pca.store_whitened:
     if not config.pca.fit_on:
-      raise ValueError('pca.store_whitened needs pca.fit_on: the whitening '
-                       'is learnt on another image set before the database '
-                       'is encoded')
+      raise ValueError(
+        'pca.store_whitened needs pca.fit_on: the whitening '
+        'is learnt on another image set before the database '
+        'is encoded'
+      )
     fitted_on, store = _fitting_store(config)
     fitted = _fit(config, fitted_on, store, fitted_on)
-    return _dataset_store(config, dataset, role, paths, names,
-                          reduction=fitted.reduction,
-                          whitening=fitted.whitening), fitted
+    return _dataset_store(
+      config,
+      dataset,
+      role,
+      paths,
+      names,
+      reduction=fitted.reduction,
+      whitening=fitted.whitening,
+    ), fitted
   database = _dataset_store(config, dataset, role, paths, names)
   if not fit:
     return database, None
   fitted_on, store = _fitting_store(config, database)
-  return database, _fit(config, dataset.name, store or database,
-                        fitted_on or dataset.name)
+  return database, _fit(
+    config, dataset.name, store or database, fitted_on or dataset.name
+  )
 
 
 def _stored_whitening(database, fitted):
@@ -289,23 +369,34 @@ def query_store(config, dataset, database, fitted):
     where = {row: p for p, row in enumerate(database.metadata['rows'])}
     positions = np.array([where.get(q, -1) for q in dataset.query_indices])
     present = positions >= 0
-    return (_take(database, positions[present]),
-            np.where(present, np.cumsum(present) - 1, -1))
+    return (
+      _take(database, positions[present]),
+      np.where(present, np.cumsum(present) - 1, -1),
+    )
   paths = datasets.query_paths(dataset)
-  store = _dataset_store(config, dataset,
-                         f'queries-{"cropped" if crop else "full"}', paths,
-                         dataset.queries, reduction=database.reduction,
-                         whitening=_stored_whitening(database, fitted),
-                         boxes=dataset.boxes if crop else None)
+  store = _dataset_store(
+    config,
+    dataset,
+    f'queries-{"cropped" if crop else "full"}',
+    paths,
+    dataset.queries,
+    reduction=database.reduction,
+    whitening=_stored_whitening(database, fitted),
+    boxes=dataset.boxes if crop else None,
+  )
   where = {row: p for p, row in enumerate(store.metadata['rows'])}
   return store, np.array([where.get(q, -1) for q in range(len(paths))])
 
 
 def encode_queries(config, paths, database, fitted, *, boxes=None):
   """Images encoded like the database, in memory (--mode=search)."""
-  return pipeline.encode(config, paths, boxes=boxes,
-                         reduction=database.reduction,
-                         whitening=_stored_whitening(database, fitted))
+  return pipeline.encode(
+    config,
+    paths,
+    boxes=boxes,
+    reduction=database.reduction,
+    whitening=_stored_whitening(database, fitted),
+  )
 
 
 def search_index(config, dataset, database, fitted):
@@ -315,14 +406,22 @@ def search_index(config, dataset, database, fitted):
     return None
   kind = config.search.index
   options = config.search[kind].to_dict() if kind in config.search else {}
-  name = (f'{dataset.name}-{pipeline.store_hash(config)}-'
-          f'{pipeline.fit_hash(config)}-{kind}-'
-          f'{records.hash_config(options)}')
-  expected = dict(retrieval.index_expectation(database, fitted),
-                  num_images=len(database.image_paths))
-  return _cached(os.path.join(config.workdir, 'indexes', name),
-                 lambda: retrieval.build_index(config, database, fitted),
-                 expected, load=region_index.load, save=region_index.save)
+  name = (
+    f'{dataset.name}-{pipeline.store_hash(config)}-'
+    f'{pipeline.fit_hash(config)}-{kind}-'
+    f'{records.hash_config(options)}'
+  )
+  expected = dict(
+    retrieval.index_expectation(database, fitted),
+    num_images=len(database.image_paths),
+  )
+  return _cached(
+    os.path.join(config.workdir, 'indexes', name),
+    lambda: retrieval.build_index(config, database, fitted),
+    expected,
+    load=region_index.load,
+    save=region_index.save,
+  )
 
 
 def dataset_ranks(ranking, database, positions):

@@ -1,10 +1,10 @@
 """Features: images on the host, VGG19 conv5_4, spatial and channel weights.
 
-  images     load / resize / bucket / pad images on the host (numpy, OpenCV)
-  reading    host threads: read, crop, shrink, bucket and prefetch batches
-  weights    fetch, verify and convert the Caffe/Keras VGG19 weights (orbax)
-  vgg19      Flax VGG19 up to conv5_4 + ReLU, Caffe preprocessing
-  weighting  spatial weights alpha (eq. 1), channel weights beta (eq. 2)
+images     load / resize / bucket / pad images on the host (numpy, OpenCV)
+reading    host threads: read, crop, shrink, bucket and prefetch batches
+weights    fetch, verify and convert the Caffe/Keras VGG19 weights (orbax)
+vgg19      Flax VGG19 up to conv5_4 + ReLU, Caffe preprocessing
+weighting  spatial weights alpha (eq. 1), channel weights beta (eq. 2)
 """
 
 from regagg_jax.features import images

@@ -41,14 +41,14 @@ class ImageError(ValueError):
 def _decode_bytes(data: bytes, path: str, apply_exif: bool) -> np.ndarray:
   """Decodes image bytes to uint8 (H_I, W_I, 3) RGB."""
   buffer = np.frombuffer(data, np.uint8)
-  if data[:2] == b"\xff\xd8":
+  if data[:2] == b'\xff\xd8':
     # JPEG: 8-bit gray / colour only. IMREAD_COLOR applies the EXIF
     # orientation unless IMREAD_IGNORE_ORIENTATION is added. libjpeg returns
     # a grey-filled image for a truncated file with a mere warning, so
     # require an EOI marker after the last scan (0xFF is byte-stuffed inside
     # scans, so neither marker occurs there by chance).
-    if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-      raise ImageError(f"{path}: truncated JPEG (no end-of-image marker)")
+    if data.rfind(b'\xff\xd9') < data.rfind(b'\xff\xda'):
+      raise ImageError(f'{path}: truncated JPEG (no end-of-image marker)')
     flags = cv2.IMREAD_COLOR
     if not apply_exif:
       flags |= cv2.IMREAD_IGNORE_ORIENTATION
@@ -58,11 +58,12 @@ def _decode_bytes(data: bytes, path: str, apply_exif: bool) -> np.ndarray:
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
   if image is None or image.size == 0:
     raise ImageError(
-        f"{path}: not a readable image (corrupt or unknown format)")
+      f'{path}: not a readable image (corrupt or unknown format)'
+    )
   if image.dtype == np.uint16:
     image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
   elif image.dtype != np.uint8:
-    raise ImageError(f"{path}: unsupported pixel type {image.dtype}")
+    raise ImageError(f'{path}: unsupported pixel type {image.dtype}')
   if image.ndim == 2:
     image = image[:, :, None]
   channels = image.shape[2]
@@ -76,12 +77,17 @@ def _decode_bytes(data: bytes, path: str, apply_exif: bool) -> np.ndarray:
     blended = image[:, :, :3] * alpha + mean_bgr * (1.0 - alpha)
     image = np.round(blended).astype(np.uint8)
   elif channels != 3:
-    raise ImageError(f"{path}: unsupported number of channels {channels}")
+    raise ImageError(f'{path}: unsupported number of channels {channels}')
   return np.ascontiguousarray(image[:, :, ::-1])
 
 
-def load_image(path: str | os.PathLike, *, max_size: int | None = None,
-               min_side: int = MIN_SIDE, apply_exif: bool = True) -> np.ndarray:
+def load_image(
+  path: str | os.PathLike,
+  *,
+  max_size: int | None = None,
+  min_side: int = MIN_SIDE,
+  apply_exif: bool = True,
+) -> np.ndarray:
   """Reads an image file as RGB uint8.
 
   Handles grayscale, alpha (composited over the mean pixel), 16-bit (rounded
@@ -105,19 +111,20 @@ def load_image(path: str | os.PathLike, *, max_size: int | None = None,
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise ImageError(f"{path}: no such image file")
-  with open(path, "rb") as file:
+    raise ImageError(f'{path}: no such image file')
+  with open(path, 'rb') as file:
     data = file.read()
   if not data:
-    raise ImageError(f"{path}: empty file (0 bytes)")
+    raise ImageError(f'{path}: empty file (0 bytes)')
   image = _decode_bytes(data, path, apply_exif)
   if max_size is not None and max(image.shape[:2]) > max_size:
     image = resize_longer_side(image, max_size)
   if min(image.shape[:2]) < min_side:
     raise ImageError(
-        f"{path}: image of {image.shape[1]}x{image.shape[0]} px is smaller "
-        f"than {min_side} px on a side (conv5_4 map would have fewer than "
-        f"{math.ceil(min_side / STRIDE)} cells per side)")
+      f'{path}: image of {image.shape[1]}x{image.shape[0]} px is smaller '
+      f'than {min_side} px on a side (conv5_4 map would have fewer than '
+      f'{math.ceil(min_side / STRIDE)} cells per side)'
+    )
   return image
 
 
@@ -134,9 +141,9 @@ def resize_longer_side(image: np.ndarray, size: int) -> np.ndarray:
     uint8 (H_I', W_I', 3) with max(H_I', W_I') == size.
   """
   if image.ndim != 3 or image.shape[2] != 3:
-    raise ValueError(f"image must be (H_I, W_I, 3), got {image.shape}")
+    raise ValueError(f'image must be (H_I, W_I, 3), got {image.shape}')
   if size < 1:
-    raise ValueError(f"size must be positive, got {size}")
+    raise ValueError(f'size must be positive, got {size}')
   height, width = image.shape[:2]
   scale = size / max(height, width)
   new_height = max(1, round(height * scale))
@@ -158,8 +165,9 @@ def feature_shape(height: int, width: int) -> tuple[int, int]:
   return -(-height // STRIDE), -(-width // STRIDE)
 
 
-def bucket_shape(height: int, width: int, *,
-                 multiple: int = BUCKET_MULTIPLE) -> tuple[int, int]:
+def bucket_shape(
+  height: int, width: int, *, multiple: int = BUCKET_MULTIPLE
+) -> tuple[int, int]:
   """The padded shape bucket an image goes into: sides rounded up.
 
   Args:
@@ -172,14 +180,18 @@ def bucket_shape(height: int, width: int, *,
     (height', width'), each the next multiple of `multiple`.
   """
   if multiple < 1 or multiple % STRIDE:
-    raise ValueError(f"multiple must be a positive multiple of {STRIDE}, "
-                     f"got {multiple}")
+    raise ValueError(
+      f'multiple must be a positive multiple of {STRIDE}, got {multiple}'
+    )
   return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
 
 
-def group_by_bucket(shapes: Sequence[tuple[int, int]], *, batch_size: int,
-                    multiple: int = BUCKET_MULTIPLE
-                    ) -> list[tuple[tuple[int, int], list[int]]]:
+def group_by_bucket(
+  shapes: Sequence[tuple[int, int]],
+  *,
+  batch_size: int,
+  multiple: int = BUCKET_MULTIPLE,
+) -> list[tuple[tuple[int, int], list[int]]]:
   """Groups images into batches of one shape bucket each.
 
   Args:
@@ -192,18 +204,22 @@ def group_by_bucket(shapes: Sequence[tuple[int, int]], *, batch_size: int,
     appearance; every image appears once.
   """
   if batch_size < 1:
-    raise ValueError(f"batch_size must be positive, got {batch_size}")
+    raise ValueError(f'batch_size must be positive, got {batch_size}')
   buckets: dict[tuple[int, int], list[int]] = {}
   for index, (height, width) in enumerate(shapes):
-    buckets.setdefault(bucket_shape(height, width, multiple=multiple),
-                       []).append(index)
-  return [(shape, indices[start:start + batch_size])
-          for shape, indices in buckets.items()
-          for start in range(0, len(indices), batch_size)]
+    buckets.setdefault(
+      bucket_shape(height, width, multiple=multiple), []
+    ).append(index)
+  return [
+    (shape, indices[start : start + batch_size])
+    for shape, indices in buckets.items()
+    for start in range(0, len(indices), batch_size)
+  ]
 
 
-def pad_batch(images: Sequence[np.ndarray], *, height: int, width: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(
+  images: Sequence[np.ndarray], *, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Pads images to one shape (bottom / right) with the mean pixel.
 
   Args:
@@ -222,12 +238,16 @@ def pad_batch(images: Sequence[np.ndarray], *, height: int, width: int
   valid = np.zeros((len(images), grid_height, grid_width), bool)
   for index, image in enumerate(images):
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-      raise ValueError(f"image {index} must be uint8 (H_I, W_I, 3), got "
-                       f"{image.dtype} {image.shape}")
+      raise ValueError(
+        f'image {index} must be uint8 (H_I, W_I, 3), got '
+        f'{image.dtype} {image.shape}'
+      )
     image_height, image_width = image.shape[:2]
     if image_height > height or image_width > width:
-      raise ValueError(f"image {index} of shape {image.shape[:2]} does not fit "
-                       f"in ({height}, {width})")
+      raise ValueError(
+        f'image {index} of shape {image.shape[:2]} does not fit '
+        f'in ({height}, {width})'
+      )
     batch[index, :image_height, :image_width] = image
     valid_height, valid_width = feature_shape(image_height, image_width)
     valid[index, :valid_height, :valid_width] = True
@@ -255,7 +275,9 @@ def crop_query(image: np.ndarray, box) -> np.ndarray:
   x1, x2 = np.clip([x1, x2], 0, width)
   y1, y2 = np.clip([y1, y2], 0, height)
   if x2 <= x1 or y2 <= y1:
-    raise ValueError(f'box {box.tolist()} is empty inside an image of {width}x{height}')
+    raise ValueError(
+      f'box {box.tolist()} is empty inside an image of {width}x{height}'
+    )
   return image[y1:y2, x1:x2]
 
 

@@ -49,8 +49,9 @@ def load(path, *, box=None, rotation=0, max_size=0, apply_exif=True):
     except ValueError as error:
       raise images.ImageError(f'{path}: {error}') from error
     if min(image.shape[:2]) < images.MIN_SIDE:
-      raise images.ImageError(f'{path}: crop {list(box)} is smaller than '
-                              f'{images.MIN_SIDE} px')
+      raise images.ImageError(
+        f'{path}: crop {list(box)} is smaller than {images.MIN_SIDE} px'
+      )
   if max_size and max(image.shape[:2]) > max_size:
     image = images.resize_longer_side(image, max_size)
   return image
@@ -58,6 +59,7 @@ def load(path, *, box=None, rotation=0, max_size=0, apply_exif=True):
 
 class Batch(NamedTuple):
   """A padded batch of images of one shape bucket (images.pad_batch)."""
+
   rows: list  # rows of the input list, one per real image
   rgb: np.ndarray  # uint8 (B, H_b, W_b, 3), padded to the batch size
   sizes: np.ndarray  # int32 (B, 2) image (H_I, W_I), zeros for padding
@@ -72,12 +74,13 @@ def make_batch(rows, pictures, batch_size):
   rgb = np.concatenate([rgb, np.zeros((extra,) + rgb.shape[1:], np.uint8)])
   cells = np.concatenate([cells, np.zeros((extra,) + cells.shape[1:], bool)])
   sizes = np.zeros((batch_size, 2), np.int32)
-  sizes[:len(pictures)] = [p.shape[:2] for p in pictures]
+  sizes[: len(pictures)] = [p.shape[:2] for p in pictures]
   return Batch(list(rows), rgb, sizes, cells)
 
 
-def read_batches(read, rows, image_paths, skipped, *, batch_size,
-                  num_threads=4, prefetch=2):
+def read_batches(
+  read, rows, image_paths, skipped, *, batch_size, num_threads=4, prefetch=2
+):
   """Yields Batch of one shape bucket each, skipping unreadable images.
 
   read(row) runs on num_threads threads, at most (prefetch + 1) *
@@ -120,16 +123,21 @@ def read_batches(read, rows, image_paths, skipped, *, batch_size,
 def reader(image_paths, *, boxes, rotations, max_size, apply_exif):
   """row -> uint8 (H_I, W_I, 3) image as `load` reads image_paths[row]."""
   return lambda row: load(
-      image_paths[row], box=None if boxes is None else boxes[row],
-      rotation=0 if rotations is None else rotations[row],
-      max_size=max_size, apply_exif=apply_exif)
+    image_paths[row],
+    box=None if boxes is None else boxes[row],
+    rotation=0 if rotations is None else rotations[row],
+    max_size=max_size,
+    apply_exif=apply_exif,
+  )
 
 
 def check_reading(image_paths, rows, batch_size, num_threads, prefetch):
   """Refuses bad batch / thread counts and rows outside or repeated."""
   if batch_size < 1 or num_threads < 1 or prefetch < 0:
-    raise ValueError(f'need batch_size >= 1, num_threads >= 1 and prefetch '
-                     f'>= 0, got {batch_size}, {num_threads}, {prefetch}')
+    raise ValueError(
+      f'need batch_size >= 1, num_threads >= 1 and prefetch '
+      f'>= 0, got {batch_size}, {num_threads}, {prefetch}'
+    )
   for row in rows:
     if not 0 <= row < len(image_paths):
       raise ValueError(f'row {row} is outside the {len(image_paths)} images')

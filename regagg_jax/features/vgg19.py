@@ -29,13 +29,15 @@ CONVS_PER_BLOCK = (2, 2, 4, 4, 4)
 """Number of 3x3 convolutions in each block of VGG19."""
 
 LAYER_NAMES = tuple(
-    f"conv{block}_{index}"
-    for block, count in enumerate(CONVS_PER_BLOCK, start=1)
-    for index in range(1, count + 1))
+  f'conv{block}_{index}'
+  for block, count in enumerate(CONVS_PER_BLOCK, start=1)
+  for index in range(1, count + 1)
+)
 """Parameter names, conv1_1 .. conv5_4, in network order."""
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 """ImageNet mean pixel that Caffe (and Keras' 'caffe' mode) subtracts, BGR."""
+
 
 def pool_ceil(x: jax.Array) -> jax.Array:
   """2x2 max-pooling with stride 2 and Caffe's ceil rounding.
@@ -53,11 +55,13 @@ def pool_ceil(x: jax.Array) -> jax.Array:
   height, width = x.shape[1:3]
   padding = ((0, 0), (0, height % 2), (0, width % 2), (0, 0))
   return jax.lax.reduce_window(
-      x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), padding)
+    x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), padding
+  )
 
 
-def mask_outside(x: jax.Array, sizes: jax.Array | None, *,
-                 level: int) -> jax.Array:
+def mask_outside(
+  x: jax.Array, sizes: jax.Array | None, *, level: int
+) -> jax.Array:
   """Zeroes activations outside each image's valid area at a pooling level.
 
   Args:
@@ -87,12 +91,12 @@ class VGG19(nn.Module):
     dtype: computation dtype (float32, or bfloat16 on accelerators); the
       parameters stay float32 and the output is float32.
   """
+
   widths: Sequence[int] = WIDTHS
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, sizes: jax.Array | None = None
-               ) -> jax.Array:
+  def __call__(self, x: jax.Array, sizes: jax.Array | None = None) -> jax.Array:
     """Applies the network.
 
     Args:
@@ -109,15 +113,23 @@ class VGG19(nn.Module):
     """
     if len(self.widths) != len(CONVS_PER_BLOCK):
       raise ValueError(
-          f"widths must have {len(CONVS_PER_BLOCK)} entries, got {self.widths}")
+        f'widths must have {len(CONVS_PER_BLOCK)} entries, got {self.widths}'
+      )
     x = mask_outside(x.astype(self.dtype), sizes, level=0)
     for block, (width, count) in enumerate(
-        zip(self.widths, CONVS_PER_BLOCK), start=1):
+      zip(self.widths, CONVS_PER_BLOCK), start=1
+    ):
       if block > 1:
         x = pool_ceil(x)
       for index in range(1, count + 1):
-        x = nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype,
-                    param_dtype=jnp.float32, name=f"conv{block}_{index}")(x)
+        x = nn.Conv(
+          width,
+          (3, 3),
+          padding='SAME',
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
+          name=f'conv{block}_{index}',
+        )(x)
         x = mask_outside(nn.relu(x), sizes, level=block - 1)
     return x.astype(jnp.float32)
 
@@ -138,7 +150,8 @@ def init_params(rng: jax.Array, *, widths: Sequence[int] = WIDTHS) -> dict:
   """
   if len(widths) != len(CONVS_PER_BLOCK):
     raise ValueError(
-        f"widths must have {len(CONVS_PER_BLOCK)} entries, got {widths}")
+      f'widths must have {len(CONVS_PER_BLOCK)} entries, got {widths}'
+    )
   shapes, channels = [], 3
   for width, count in zip(widths, CONVS_PER_BLOCK):
     for _ in range(count):
@@ -149,11 +162,13 @@ def init_params(rng: jax.Array, *, widths: Sequence[int] = WIDTHS) -> dict:
   params, offset = {}, 0
   for name, shape, size in zip(LAYER_NAMES, shapes, sizes):
     scale = np.sqrt(2.0 / (9 * shape[2]), dtype=np.float32)
-    kernel = noise[offset:offset + size].reshape(shape) * scale
-    params[name] = {"kernel": jnp.asarray(kernel),
-                    "bias": jnp.zeros((shape[-1],), jnp.float32)}
+    kernel = noise[offset : offset + size].reshape(shape) * scale
+    params[name] = {
+      'kernel': jnp.asarray(kernel),
+      'bias': jnp.zeros((shape[-1],), jnp.float32),
+    }
     offset += size
-  return {"params": params}
+  return {'params': params}
 
 
 def preprocess(rgb: jax.Array | np.ndarray) -> jax.Array:
@@ -166,35 +181,49 @@ def preprocess(rgb: jax.Array | np.ndarray) -> jax.Array:
     float32 (B, H_I, W_I, 3) BGR input with CAFFE_MEAN_BGR subtracted.
   """
   if rgb.ndim != 4 or rgb.shape[-1] != 3:
-    raise ValueError(f"rgb must be (B, H_I, W_I, 3), got shape {rgb.shape}")
+    raise ValueError(f'rgb must be (B, H_I, W_I, 3), got shape {rgb.shape}')
   if rgb.dtype != np.uint8:
-    raise TypeError(f"rgb must be uint8, got {rgb.dtype}")
+    raise TypeError(f'rgb must be uint8, got {rgb.dtype}')
   bgr = jnp.asarray(rgb)[..., ::-1].astype(jnp.float32)
   return bgr - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
 
 
 def _widths_of(params: dict) -> tuple[int, ...]:
   """Block widths read from the conv{b}_1 kernel shapes (static under jit)."""
-  return tuple(params[f"conv{block}_1"]["kernel"].shape[-1]
-               for block in range(1, len(CONVS_PER_BLOCK) + 1))
+  return tuple(
+    params[f'conv{block}_1']['kernel'].shape[-1]
+    for block in range(1, len(CONVS_PER_BLOCK) + 1)
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("dtype", "transpose"))
-def _apply(params: dict, x: jax.Array, sizes: jax.Array | None, *,
-           dtype: Any, transpose: bool) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=('dtype', 'transpose'))
+def _apply(
+  params: dict,
+  x: jax.Array,
+  sizes: jax.Array | None,
+  *,
+  dtype: Any,
+  transpose: bool,
+) -> jax.Array:
   if transpose:  # the transposed image through transposed kernels
     params = jax.tree_util.tree_map(
-        lambda p: jnp.swapaxes(p, 0, 1) if p.ndim == 4 else p, params)
+      lambda p: jnp.swapaxes(p, 0, 1) if p.ndim == 4 else p, params
+    )
     x = jnp.swapaxes(x, 1, 2)
     sizes = None if sizes is None else sizes[:, ::-1]
   module = VGG19(widths=_widths_of(params), dtype=dtype)
-  out = module.apply({"params": params}, x, sizes)
+  out = module.apply({'params': params}, x, sizes)
   return jnp.swapaxes(out, 1, 2) if transpose else out
 
 
-def features(variables: dict, x: jax.Array, sizes: jax.Array | None = None,
-             *, dtype: Any = jnp.float32,
-             transpose: bool | None = None) -> jax.Array:
+def features(
+  variables: dict,
+  x: jax.Array,
+  sizes: jax.Array | None = None,
+  *,
+  dtype: Any = jnp.float32,
+  transpose: bool | None = None,
+) -> jax.Array:
   """conv5_4 activations after ReLU: the dense local descriptors F (Sec. 2).
 
   Jitted; the block widths come from the parameter shapes, so tiny variants
@@ -218,22 +247,30 @@ def features(variables: dict, x: jax.Array, sizes: jax.Array | None = None,
   Returns:
     float32 (B, ceil(H_I/16), ceil(W_I/16), K) conv5_4 after ReLU.
   """
-  if not isinstance(variables, dict) or "params" not in variables:
-    raise TypeError("variables must be a dict {'params': ...} as returned by "
-                    "weights.load_params() or vgg19.init_params()")
+  if not isinstance(variables, dict) or 'params' not in variables:
+    raise TypeError(
+      "variables must be a dict {'params': ...} as returned by "
+      'weights.load_params() or vgg19.init_params()'
+    )
   if x.ndim != 4 or x.shape[-1] != 3:
-    raise ValueError(f"x must be (B, H_I, W_I, 3), got shape {x.shape}")
+    raise ValueError(f'x must be (B, H_I, W_I, 3), got shape {x.shape}')
   if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(f"x must be floating (Caffe input), got {x.dtype}")
+    raise TypeError(f'x must be floating (Caffe input), got {x.dtype}')
   if sizes is not None:
     sizes = jnp.asarray(sizes)
     if sizes.shape != (x.shape[0], 2):
-      raise ValueError(f"sizes must be (B, 2) = ({x.shape[0]}, 2), got "
-                       f"{sizes.shape}")
+      raise ValueError(
+        f'sizes must be (B, 2) = ({x.shape[0]}, 2), got {sizes.shape}'
+      )
     if not jnp.issubdtype(sizes.dtype, jnp.integer):
-      raise TypeError(f"sizes must be integer, got {sizes.dtype}")
+      raise TypeError(f'sizes must be integer, got {sizes.dtype}')
     sizes = sizes.astype(jnp.int32)
   if transpose is None:
-    transpose = jax.default_backend() == "cpu" and x.shape[2] > x.shape[1]
-  return _apply(variables["params"], x, sizes, dtype=jnp.dtype(dtype),
-                transpose=bool(transpose))
+    transpose = jax.default_backend() == 'cpu' and x.shape[2] > x.shape[1]
+  return _apply(
+    variables['params'],
+    x,
+    sizes,
+    dtype=jnp.dtype(dtype),
+    transpose=bool(transpose),
+  )

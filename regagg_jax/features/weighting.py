@@ -30,15 +30,17 @@ def check_feature_map(features, valid=None):
   """
   if features.ndim != 3:
     raise ValueError(
-        f'features must be (H, W, K), got shape {features.shape}; '
-        'use jax.vmap for a batch')
+      f'features must be (H, W, K), got shape {features.shape}; '
+      'use jax.vmap for a batch'
+    )
   if not jnp.issubdtype(features.dtype, jnp.floating):
     raise TypeError(f'features must be floating, got {features.dtype}')
   if valid is None:
     return jnp.ones(features.shape[:2], dtype=bool)
   if valid.shape != features.shape[:2]:
     raise ValueError(
-        f'valid must be (H, W) = {features.shape[:2]}, got {valid.shape}')
+      f'valid must be (H, W) = {features.shape[:2]}, got {valid.shape}'
+    )
   if valid.dtype != jnp.bool_:
     raise TypeError(f'valid must be bool, got {valid.dtype}')
   return valid
@@ -64,7 +66,7 @@ def spatial_weights(features, valid=None, *, norm_order=2.0, root=1.0):
   """
   valid = check_feature_map(features, valid)
   summed = jnp.where(valid, jnp.sum(features, axis=-1), 0.0)  # eq. (1) f_bar
-  norm = jnp.sum(summed ** norm_order) ** (1.0 / norm_order)
+  norm = jnp.sum(summed**norm_order) ** (1.0 / norm_order)
   alpha = summed / jnp.where(norm > 0, norm, 1.0)
   if root != 1.0:
     alpha = alpha ** (1.0 / root)

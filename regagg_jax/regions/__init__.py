@@ -1,11 +1,11 @@
 """Candidate regions (Sec. 2): salient points, clusters, 2^L convex hulls.
 
-  proposal           points -> clusters -> 2^L region masks on the conv grid
-  keypoints          Hessian-affine detection (hesaff | jax), N_max / N_min
-  hessian_affine     the JAX Hessian-affine detector (keypoints' jax backend)
-  affine_adaptation  affine shape adaptation of its candidates
-  clustering         global fast k-means
-  hulls              convex hulls of point subsets rasterised on the grid
+proposal           points -> clusters -> 2^L region masks on the conv grid
+keypoints          Hessian-affine detection (hesaff | jax), N_max / N_min
+hessian_affine     the JAX Hessian-affine detector (keypoints' jax backend)
+affine_adaptation  affine shape adaptation of its candidates
+clustering         global fast k-means
+hulls              convex hulls of point subsets rasterised on the grid
 """
 
 from regagg_jax.regions import affine_adaptation

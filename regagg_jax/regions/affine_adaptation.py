@@ -29,10 +29,15 @@ def _read_pairs(pixels, start):
   first pixel, a finite value.
   """
   dimensions = jax.lax.GatherDimensionNumbers(
-      offset_dims=(start.ndim,), collapsed_slice_dims=(),
-      start_index_map=(0,))
-  return jax.lax.gather(pixels, start[..., None], dimensions, (2,),
-                        mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    offset_dims=(start.ndim,), collapsed_slice_dims=(), start_index_map=(0,)
+  )
+  return jax.lax.gather(
+    pixels,
+    start[..., None],
+    dimensions,
+    (2,),
+    mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+  )
 
 
 def _adaptation_round(pyramid, candidates, point, shape, *, window):
@@ -54,46 +59,77 @@ def _adaptation_round(pyramid, candidates, point, shape, *, window):
   grid = jnp.arange(-half, half + 1, dtype=jnp.float32)
   u, v = grid[None, :], grid[:, None]
   axes = step * shape  # (C, 2, 2)
-  xs = (x[:, None, None] + axes[:, 0, 0, None, None] * u
-        + axes[:, 0, 1, None, None] * v)
-  ys = (y[:, None, None] + axes[:, 1, 0, None, None] * u
-        + axes[:, 1, 1, None, None] * v)
+  xs = (
+    x[:, None, None]
+    + axes[:, 0, 0, None, None] * u
+    + axes[:, 0, 1, None, None] * v
+  )
+  ys = (
+    y[:, None, None]
+    + axes[:, 1, 0, None, None] * u
+    + axes[:, 1, 1, None, None] * v
+  )
   xs = jnp.clip(xs, 0.0, width[:, None, None] - 1.0)
   ys = jnp.clip(ys, 0.0, height[:, None, None] - 1.0)
   x0, y0 = jnp.floor(xs), jnp.floor(ys)
   fx, fy = xs - x0, ys - y0
-  start = (pyramid.offsets[level][:, None, None]
-           + (y0 * width[:, None, None] + x0).astype(jnp.int32))
+  start = pyramid.offsets[level][:, None, None] + (
+    y0 * width[:, None, None] + x0
+  ).astype(jnp.int32)
   top = _read_pairs(pyramid.pixels, start)  # (x0, y0), (x0 + 1, y0)
-  bottom = _read_pairs(pyramid.pixels, start + width.astype(jnp.int32)[
-      :, None, None])
-  patch = ((top[..., 0] * (1 - fx) + top[..., 1] * fx) * (1 - fy)
-           + (bottom[..., 0] * (1 - fx) + bottom[..., 1] * fx) * fy)
+  bottom = _read_pairs(
+    pyramid.pixels, start + width.astype(jnp.int32)[:, None, None]
+  )
+  patch = (top[..., 0] * (1 - fx) + top[..., 1] * fx) * (1 - fy) + (
+    bottom[..., 0] * (1 - fx) + bottom[..., 1] * fx
+  ) * fy
   gx, gy = jnp.gradient(patch, axis=2), jnp.gradient(patch, axis=1)
-  weight = jnp.exp(-0.5 * (u ** 2 + v ** 2) / (half / 3.0) ** 2)
-  a, b, c = (jnp.sum(weight * g, axis=(1, 2))
-             for g in (gx * gx, gx * gy, gy * gy))
+  weight = jnp.exp(-0.5 * (u**2 + v**2) / (half / 3.0) ** 2)
+  a, b, c = (
+    jnp.sum(weight * g, axis=(1, 2)) for g in (gx * gx, gx * gy, gy * gy)
+  )
   # mu = [[a, b], [b, c]]; mu^(-1/2) is proportional to adj(mu + sqrt(det) I).
   spread = jnp.sqrt(0.25 * (a - c) ** 2 + b * b)
   largest, smallest = 0.5 * (a + c) + spread, 0.5 * (a + c) - spread
   singular = ~(smallest > 0)
   root = jnp.sqrt(jnp.maximum(a * c - b * b, 0.0))
-  inverse_root = jnp.stack([jnp.stack([c + root, -b], -1),
-                            jnp.stack([-b, a + root], -1)], -2)
+  inverse_root = jnp.stack(
+    [jnp.stack([c + root, -b], -1), jnp.stack([-b, a + root], -1)], -2
+  )
   new_shape = inverse_root @ shape
-  determinant = (new_shape[:, 0, 0] * new_shape[:, 1, 1]
-                 - new_shape[:, 0, 1] * new_shape[:, 1, 0])
+  determinant = (
+    new_shape[:, 0, 0] * new_shape[:, 1, 1]
+    - new_shape[:, 0, 1] * new_shape[:, 1, 0]
+  )
   new_shape /= jnp.sqrt(jnp.abs(determinant))[:, None, None]
   change = 1.0 - jnp.sqrt(jnp.maximum(smallest, 0.0) / largest)
   return new_shape, change, singular
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "needed", "capacity", "window", "iterations", "max_anisotropy",
-    "convergence"))
-def adapt_shapes(pyramid, candidates, priority, image_size, *, needed,
-                 capacity=64, window=19, iterations=16, max_anisotropy=6.0,
-                 convergence=0.05):
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    'needed',
+    'capacity',
+    'window',
+    'iterations',
+    'max_anisotropy',
+    'convergence',
+  ),
+)
+def adapt_shapes(
+  pyramid,
+  candidates,
+  priority,
+  image_size,
+  *,
+  needed,
+  capacity=64,
+  window=19,
+  iterations=16,
+  max_anisotropy=6.0,
+  convergence=0.05,
+):
   """Affine shape adaptation [16] of candidates taken in priority order.
 
   Hesaff's rule per point: U <- mu^(-1/2) U (det U = 1), mu the
@@ -141,20 +177,24 @@ def adapt_shapes(pyramid, candidates, priority, image_size, *, needed,
     entry, shape, previous, rounds, next_entry, status, shapes = state
     point = jnp.where(entry >= 0, order[jnp.maximum(entry, 0)], -1)
     new_shape, change, singular = _adaptation_round(
-        pyramid, candidates, point, shape, window=window)
-    spread = jnp.sum(new_shape ** 2, axis=(1, 2))  # = s1^2 + s2^2, s1 s2 = 1
-    axis_ratio = 0.5 * (spread + jnp.sqrt(jnp.maximum(spread ** 2 - 4.0, 0.0)))
+      pyramid, candidates, point, shape, window=window
+    )
+    spread = jnp.sum(new_shape**2, axis=(1, 2))  # = s1^2 + s2^2, s1 s2 = 1
+    axis_ratio = 0.5 * (spread + jnp.sqrt(jnp.maximum(spread**2 - 4.0, 0.0)))
     failed = singular | ~(axis_ratio <= max_anisotropy)
     success = ~failed & (change < convergence) & (previous < convergence)
     ended = (entry >= 0) & (success | failed | (rounds + 1 >= iterations))
     index = jnp.maximum(point, 0)
     measured = scale[index][:, None, None] * new_shape
-    good = success & measured_inside(candidates.points[index], measured,
-                                     image_size)
+    good = success & measured_inside(
+      candidates.points[index], measured, image_size
+    )
     status = status.at[jnp.where(ended, entry, count)].set(  # count: dropped
-        jnp.where(good, _VALID, _INVALID), mode="drop")
-    shapes = shapes.at[jnp.where(ended, point, count)].set(measured,
-                                                           mode="drop")
+      jnp.where(good, _VALID, _INVALID), mode='drop'
+    )
+    shapes = shapes.at[jnp.where(ended, point, count)].set(
+      measured, mode='drop'
+    )
     free = ended | (entry < 0)
     refill = next_entry + jnp.cumsum(free) - 1
     entry = jnp.where(free, jnp.where(refill < queued, refill, -1), entry)
@@ -165,11 +205,15 @@ def adapt_shapes(pyramid, candidates, priority, image_size, *, needed,
     return entry, shape, previous, rounds, next_entry, status, shapes
 
   slots = jnp.arange(capacity)
-  state = (jnp.where(slots < queued, slots, -1),
-           jnp.broadcast_to(jnp.eye(2), (capacity, 2, 2)),
-           jnp.zeros(capacity), jnp.zeros(capacity, jnp.int32),
-           jnp.minimum(capacity, queued), jnp.zeros(count, jnp.int32),
-           scale[:, None, None] * jnp.eye(2))
+  state = (
+    jnp.where(slots < queued, slots, -1),
+    jnp.broadcast_to(jnp.eye(2), (capacity, 2, 2)),
+    jnp.zeros(capacity),
+    jnp.zeros(capacity, jnp.int32),
+    jnp.minimum(capacity, queued),
+    jnp.zeros(count, jnp.int32),
+    scale[:, None, None] * jnp.eye(2),
+  )
   *_, status, shapes = jax.lax.while_loop(keep_going, step, state)
   status = jnp.zeros(count, jnp.int32).at[order].set(status)
   return shapes, status == _VALID
@@ -186,8 +230,13 @@ def measured_inside(points, shapes, image_size):
   Returns:
     bool (P,).
   """
-  corners = jnp.einsum("pij,cj->pci", shapes,
-                       jnp.asarray([[1, 1], [1, -1], [-1, 1], [-1, -1]],
-                                   jnp.float32)) + points[:, None, :]
+  corners = (
+    jnp.einsum(
+      'pij,cj->pci',
+      shapes,
+      jnp.asarray([[1, 1], [1, -1], [-1, 1], [-1, -1]], jnp.float32),
+    )
+    + points[:, None, :]
+  )
   limit = jnp.asarray(image_size, jnp.float32)[::-1] - 1.0
   return jnp.all((corners >= 0) & (corners <= limit), axis=(1, 2))

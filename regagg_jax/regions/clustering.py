@@ -29,14 +29,15 @@ import jax.numpy as jnp
 def _check_points(points, valid):
   """Raises if points is not float (P, 2) or valid is not bool (P,)."""
   if points.ndim != 2 or points.shape[-1] != 2:
-    raise ValueError(f"points must be (P, 2), got shape {points.shape}")
+    raise ValueError(f'points must be (P, 2), got shape {points.shape}')
   if not jnp.issubdtype(points.dtype, jnp.floating):
-    raise TypeError(f"points must be floating point, got {points.dtype}")
+    raise TypeError(f'points must be floating point, got {points.dtype}')
   if valid.shape != points.shape[:1]:
     raise ValueError(
-        f"valid must be ({points.shape[0]},), got shape {valid.shape}")
+      f'valid must be ({points.shape[0]},), got shape {valid.shape}'
+    )
   if valid.dtype != jnp.bool_:
-    raise TypeError(f"valid must be bool, got {valid.dtype}")
+    raise TypeError(f'valid must be bool, got {valid.dtype}')
 
 
 def _squared_distances(points, centres):
@@ -45,8 +46,9 @@ def _squared_distances(points, centres):
   Coordinate by coordinate: (P, k) operands vectorise on a CPU where a
   trailing axis of 2 does not.
   """
-  return ((points[:, 0, None] - centres[None, :, 0]) ** 2
-          + (points[:, 1, None] - centres[None, :, 1]) ** 2)
+  return (points[:, 0, None] - centres[None, :, 0]) ** 2 + (
+    points[:, 1, None] - centres[None, :, 1]
+  ) ** 2
 
 
 def compute_bounds(points, valid, nearest, *, chunk_size=512):
@@ -86,10 +88,10 @@ def _assign(points, valid, centres):
 
 def _update_centres(points, labels, centres):
   """Means of the assigned points; an empty cluster keeps its old centre."""
-  one_hot = (labels[:, None] == jnp.arange(centres.shape[0])[None, :])
+  one_hot = labels[:, None] == jnp.arange(centres.shape[0])[None, :]
   one_hot = one_hot.astype(points.dtype)  # (P, k)
   counts = jnp.sum(one_hot, axis=0)
-  sums = jnp.einsum("pk,pc->kc", one_hot, points)
+  sums = jnp.einsum('pk,pc->kc', one_hot, points)
   means = sums / jnp.maximum(counts, 1.0)[:, None]
   return jnp.where(counts[:, None] > 0, means, centres)
 
@@ -124,10 +126,23 @@ def run_lloyd(points, valid, centres, *, max_iterations=100):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("num_clusters", "num_candidates",
-                              "max_iterations", "chunk_size"))
-def global_fast_kmeans(points, valid, *, num_clusters=3, num_candidates=1,
-                       max_iterations=100, chunk_size=512):
+  jax.jit,
+  static_argnames=(
+    'num_clusters',
+    'num_candidates',
+    'max_iterations',
+    'chunk_size',
+  ),
+)
+def global_fast_kmeans(
+  points,
+  valid,
+  *,
+  num_clusters=3,
+  num_candidates=1,
+  max_iterations=100,
+  chunk_size=512,
+):
   """Fast global k-means [17] of a masked point set into L clusters (Sec. 2).
 
   Args:
@@ -150,11 +165,12 @@ def global_fast_kmeans(points, valid, *, num_clusters=3, num_candidates=1,
   """
   _check_points(points, valid)
   if num_clusters < 1:
-    raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+    raise ValueError(f'num_clusters must be >= 1, got {num_clusters}')
   points = points.astype(jnp.float32)
   weights = valid.astype(jnp.float32)
-  mean = (jnp.einsum("p,pc->c", weights, points)
-          / jnp.maximum(jnp.sum(weights), 1.0))
+  mean = jnp.einsum('p,pc->c', weights, points) / jnp.maximum(
+    jnp.sum(weights), 1.0
+  )
   centres = mean[None, :]
   labels = _assign(points, valid, centres)
   num_candidates = min(num_candidates, points.shape[0])
@@ -166,10 +182,16 @@ def global_fast_kmeans(points, valid, *, num_clusters=3, num_candidates=1,
 
     def run_from(candidate, centres=centres):
       start = jnp.concatenate([centres, candidate[None, :]], axis=0)
-      labels, finish = run_lloyd(points, valid, start,
-                                 max_iterations=max_iterations)
-      error = jnp.sum(jnp.where(valid, jnp.sum(
-          (points - finish[jnp.maximum(labels, 0)]) ** 2, axis=1), 0.0))
+      labels, finish = run_lloyd(
+        points, valid, start, max_iterations=max_iterations
+      )
+      error = jnp.sum(
+        jnp.where(
+          valid,
+          jnp.sum((points - finish[jnp.maximum(labels, 0)]) ** 2, axis=1),
+          0.0,
+        )
+      )
       return labels, finish, error
 
     all_labels, all_centres, errors = jax.vmap(run_from)(candidates)

@@ -47,6 +47,7 @@ class Candidates(NamedTuple):
   patch in octave pixels (sigma / initial_sigma); levels int32 (P,) pyramid
   image the adaptation samples; scores float32 (P,) |DoH|.
   """
+
   points: jax.Array
   sigmas: jax.Array
   ratios: jax.Array
@@ -62,6 +63,7 @@ class Pyramid(NamedTuple):
   offsets int32 (S,) where each level starts, widths and heights float32
   (S,) and distances float32 (S,) (image pixels per level pixel).
   """
+
   pixels: jax.Array
   offsets: jax.Array
   widths: jax.Array
@@ -72,9 +74,9 @@ class Pyramid(NamedTuple):
 def check_image(image):
   """Raises unless image is uint8 (H_I, W_I, 3) (numpy, jax or a tracer)."""
   if image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f"image must be (H_I, W_I, 3) RGB, got {image.shape}")
+    raise ValueError(f'image must be (H_I, W_I, 3) RGB, got {image.shape}')
   if image.dtype != np.uint8:
-    raise TypeError(f"image must be uint8, got {image.dtype}")
+    raise TypeError(f'image must be uint8, got {image.dtype}')
 
 
 def _blur(image, sigma):
@@ -88,11 +90,13 @@ def _blur(image, sigma):
   taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
   taps /= taps.sum()
   height, width = image.shape
-  padded = jnp.pad(image, radius, mode="edge")
+  padded = jnp.pad(image, radius, mode='edge')
   rows = jax.lax.optimization_barrier(
-      sum(float(tap) * padded[i:i + height] for i, tap in enumerate(taps)))
+    sum(float(tap) * padded[i : i + height] for i, tap in enumerate(taps))
+  )
   return jax.lax.optimization_barrier(
-      sum(float(tap) * rows[:, i:i + width] for i, tap in enumerate(taps)))
+    sum(float(tap) * rows[:, i : i + width] for i, tap in enumerate(taps))
+  )
 
 
 def _extreme3(array, pick):
@@ -103,9 +107,11 @@ def _extreme3(array, pick):
   """
   scales = pick(pick(array[:-2], array[1:-1]), array[2:])
   padded = jax.lax.optimization_barrier(
-      jnp.pad(scales, ((0, 0), (1, 1), (1, 1)), mode="edge"))
+    jnp.pad(scales, ((0, 0), (1, 1), (1, 1)), mode='edge')
+  )
   rows = jax.lax.optimization_barrier(
-      pick(pick(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:]))
+    pick(pick(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+  )
   return pick(pick(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
 
 
@@ -121,33 +127,62 @@ def _localise(neighbours, threshold, edge_ratio):
   """
   at = lambda s, y, x: neighbours[:, 1 + s, 1 + y, 1 + x]
   current = at(0, 0, 0)
-  dx, dy, ds = [0.5 * (at(*step) - at(*(-i for i in step)))
-                for step in ((0, 0, 1), (0, 1, 0), (1, 0, 0))]
-  dxx, dyy, dss = [at(*step) - 2 * current + at(*(-i for i in step))
-                   for step in ((0, 0, 1), (0, 1, 0), (1, 0, 0))]
+  dx, dy, ds = [
+    0.5 * (at(*step) - at(*(-i for i in step)))
+    for step in ((0, 0, 1), (0, 1, 0), (1, 0, 0))
+  ]
+  dxx, dyy, dss = [
+    at(*step) - 2 * current + at(*(-i for i in step))
+    for step in ((0, 0, 1), (0, 1, 0), (1, 0, 0))
+  ]
   dxy = 0.25 * (at(0, -1, -1) - at(0, -1, 1) - at(0, 1, -1) + at(0, 1, 1))
   dxs = 0.25 * (at(-1, 0, -1) - at(-1, 0, 1) - at(1, 0, -1) + at(1, 0, 1))
   dys = 0.25 * (at(-1, -1, 0) - at(-1, 1, 0) - at(1, -1, 0) + at(1, 1, 0))
   # Cramer's rule for [[dxx dxy dxs] [dxy dyy dys] [dxs dys dss]] b = -g.
-  c11, c12, c13 = dyy * dss - dys * dys, dxs * dys - dxy * dss, dxy * dys - dxs * dyy
-  c22, c23, c33 = dxx * dss - dxs * dxs, dxy * dxs - dxx * dys, dxx * dyy - dxy * dxy
+  c11, c12, c13 = (
+    dyy * dss - dys * dys,
+    dxs * dys - dxy * dss,
+    dxy * dys - dxs * dyy,
+  )
+  c22, c23, c33 = (
+    dxx * dss - dxs * dxs,
+    dxy * dxs - dxx * dys,
+    dxx * dyy - dxy * dxy,
+  )
   determinant = dxx * c11 + dxy * c12 + dxs * c13
-  offset = -jnp.stack([c11 * dx + c12 * dy + c13 * ds,
-                       c12 * dx + c22 * dy + c23 * ds,
-                       c13 * dx + c23 * dy + c33 * ds], axis=1)
+  offset = -jnp.stack(
+    [
+      c11 * dx + c12 * dy + c13 * ds,
+      c12 * dx + c22 * dy + c23 * ds,
+      c13 * dx + c23 * dy + c33 * ds,
+    ],
+    axis=1,
+  )
   offset /= determinant[:, None]
-  value = current + 0.5 * (dx * offset[:, 0] + dy * offset[:, 1]
-                           + ds * offset[:, 2])
+  value = current + 0.5 * (
+    dx * offset[:, 0] + dy * offset[:, 1] + ds * offset[:, 2]
+  )
   edge_score = (dxx + dyy) ** 2 / (dxx * dyy - dxy * dxy)
-  keep = ((edge_score >= 0) & (edge_score < (edge_ratio + 1) ** 2 / edge_ratio)
-          & jnp.all(jnp.abs(offset) <= 1.5, axis=1)
-          & (jnp.abs(value) >= threshold))
+  keep = (
+    (edge_score >= 0)
+    & (edge_score < (edge_ratio + 1) ** 2 / edge_ratio)
+    & jnp.all(jnp.abs(offset) <= 1.5, axis=1)
+    & (jnp.abs(value) >= threshold)
+  )
   return offset, value, keep
 
 
-def _octave_candidates(first_level, *, octave, scales_per_octave,
-                       initial_sigma, threshold, edge_ratio, border,
-                       max_points):
+def _octave_candidates(
+  first_level,
+  *,
+  octave,
+  scales_per_octave,
+  initial_sigma,
+  threshold,
+  edge_ratio,
+  border,
+  max_points,
+):
   """Localised DoH extrema of one octave, the best `max_points` by |DoH|.
 
   Only the 2 max_points strongest raw extrema are localised. Returns the
@@ -156,15 +191,16 @@ def _octave_candidates(first_level, *, octave, scales_per_octave,
   as hesaff) and the next octave's first level.
   """
   step = 2.0 ** (1.0 / scales_per_octave)
-  sigmas = [initial_sigma * step ** i for i in range(scales_per_octave + 2)]
+  sigmas = [initial_sigma * step**i for i in range(scales_per_octave + 2)]
   levels = [first_level]
   for i in range(1, scales_per_octave + 2):
-    levels.append(_blur(levels[-1], sigmas[i - 1] * np.sqrt(step ** 2 - 1)))
+    levels.append(_blur(levels[-1], sigmas[i - 1] * np.sqrt(step**2 - 1)))
   stack = jnp.stack(levels)
   padded = jax.lax.optimization_barrier(  # see _extreme3
-      jnp.pad(stack, ((0, 0), (1, 1), (1, 1)), mode="edge"))
+    jnp.pad(stack, ((0, 0), (1, 1), (1, 1)), mode='edge')
+  )
   height, width = first_level.shape
-  at = lambda y, x: padded[:, 1 + y:1 + y + height, 1 + x:1 + x + width]
+  at = lambda y, x: padded[:, 1 + y : 1 + y + height, 1 + x : 1 + x + width]
   dxx = at(0, -1) - 2 * stack + at(0, 1)
   dyy = at(-1, 0) - 2 * stack + at(1, 0)
   dxy = 0.25 * (at(-1, -1) - at(-1, 1) - at(1, -1) + at(1, 1))
@@ -172,43 +208,76 @@ def _octave_candidates(first_level, *, octave, scales_per_octave,
   responses = norms * (dxx * dyy - dxy * dxy)  # scale-normalised det H
   rows = jnp.arange(height)[:, None]
   columns = jnp.arange(width)[None, :]
-  inside = ((rows >= border) & (rows < height - border)
-            & (columns >= border) & (columns < width - border))
+  inside = (
+    (rows >= border)
+    & (rows < height - border)
+    & (columns >= border)
+    & (columns < width - border)
+  )
   current = responses[1:-1]
   extremum = inside & (
-      ((current >= _extreme3(responses, jnp.maximum))
-       & (current > 0.8 * threshold))
-      | ((current <= _extreme3(responses, jnp.minimum))
-         & (current < -0.8 * threshold)))
+    (
+      (current >= _extreme3(responses, jnp.maximum))
+      & (current > 0.8 * threshold)
+    )
+    | (
+      (current <= _extreme3(responses, jnp.minimum))
+      & (current < -0.8 * threshold)
+    )
+  )
   raw = jnp.where(extremum, jnp.abs(current), -jnp.inf).reshape(-1)
   raw, flat = jax.lax.top_k(raw, min(2 * max_points, raw.shape[0]))
   scale, row, column = jnp.unravel_index(flat, current.shape)
   steps = np.arange(-1, 2)
-  deltas = (steps[:, None, None] * height * width + steps[None, :, None] * width
-            + steps[None, None, :])  # (3, 3, 3) flat steps in (s, y, x)
-  neighbours = jnp.take(responses.reshape(-1),
-                        flat[:, None, None, None] + height * width + deltas,
-                        mode="clip")  # padding rows may read anything
+  deltas = (
+    steps[:, None, None] * height * width
+    + steps[None, :, None] * width
+    + steps[None, None, :]
+  )  # (3, 3, 3) flat steps in (s, y, x)
+  neighbours = jnp.take(
+    responses.reshape(-1),
+    flat[:, None, None, None] + height * width + deltas,
+    mode='clip',
+  )  # padding rows may read anything
   offset, value, keep = _localise(neighbours, threshold, edge_ratio)
   scores = jnp.where(keep & (raw > -jnp.inf), jnp.abs(value), -jnp.inf)
-  sigma = (jnp.asarray(sigmas, jnp.float32)[scale + 1]
-           * step ** offset[:, 2])
-  distance = 2.0 ** octave
-  candidates = (scores, (column + offset[:, 0]) * distance,
-                (row + offset[:, 1]) * distance, sigma * distance,
-                sigma / initial_sigma, octave * scales_per_octave + scale)
+  sigma = jnp.asarray(sigmas, jnp.float32)[scale + 1] * step ** offset[:, 2]
+  distance = 2.0**octave
+  candidates = (
+    scores,
+    (column + offset[:, 0]) * distance,
+    (row + offset[:, 1]) * distance,
+    sigma * distance,
+    sigma / initial_sigma,
+    octave * scales_per_octave + scale,
+  )
   best, order = jax.lax.top_k(scores, min(max_points, scores.shape[0]))
   candidates = (best,) + tuple(part[order] for part in candidates[1:])
   next_level = levels[scales_per_octave][::2, ::2]
   return candidates, stack[:scales_per_octave], next_level
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "max_points", "scales_per_octave", "initial_sigma", "threshold",
-    "edge_ratio", "border"))
-def find_candidates(image, *, max_points=8192, scales_per_octave=3,
-                    initial_sigma=1.6, threshold=16.0 / 3.0, edge_ratio=10.0,
-                    border=5):
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    'max_points',
+    'scales_per_octave',
+    'initial_sigma',
+    'threshold',
+    'edge_ratio',
+    'border',
+  ),
+)
+def find_candidates(
+  image,
+  *,
+  max_points=8192,
+  scales_per_octave=3,
+  initial_sigma=1.6,
+  threshold=16.0 / 3.0,
+  edge_ratio=10.0,
+  border=5,
+):
   """Localised Hessian extrema [16] of an image, the max_points best by |DoH|.
 
   Args:
@@ -221,53 +290,94 @@ def find_candidates(image, *, max_points=8192, scales_per_octave=3,
   """
   check_image(image)
   gray = jnp.round(image.astype(jnp.float32) @ jnp.asarray(GRAY_WEIGHTS))
-  level = _blur(gray, float(np.sqrt(initial_sigma ** 2 - 0.25)))
+  level = _blur(gray, float(np.sqrt(initial_sigma**2 - 0.25)))
   found, pixels, tables = [], [], []
   start, octave = 0, 0
   while min(level.shape) > 2 * border + 2:
     candidates, images, level_next = _octave_candidates(
-        level, octave=octave, scales_per_octave=scales_per_octave,
-        initial_sigma=initial_sigma, threshold=threshold ** 2,
-        edge_ratio=edge_ratio, border=border, max_points=max_points)
+      level,
+      octave=octave,
+      scales_per_octave=scales_per_octave,
+      initial_sigma=initial_sigma,
+      threshold=threshold**2,
+      edge_ratio=edge_ratio,
+      border=border,
+      max_points=max_points,
+    )
     found.append(candidates)
     pixels.append(jax.lax.optimization_barrier(images.reshape(-1)))
     height, width = level.shape
-    tables += [(start + i * height * width, width, height, 2.0 ** octave)
-               for i in range(scales_per_octave)]
+    tables += [
+      (start + i * height * width, width, height, 2.0**octave)
+      for i in range(scales_per_octave)
+    ]
     start += scales_per_octave * height * width
     level, octave = level_next, octave + 1
-  score, x, y, sigma, ratio, index = (jnp.concatenate(parts)
-                                      for parts in zip(*found))
+  score, x, y, sigma, ratio, index = (
+    jnp.concatenate(parts) for parts in zip(*found)
+  )
   if score.shape[0] < max_points:  # a small image: pad with no-candidates
     padding = max_points - score.shape[0]
     score = jnp.pad(score, (0, padding), constant_values=-jnp.inf)
-    x, y, sigma, ratio, index = (jnp.pad(part, (0, padding))
-                                 for part in (x, y, sigma, ratio, index))
+    x, y, sigma, ratio, index = (
+      jnp.pad(part, (0, padding)) for part in (x, y, sigma, ratio, index)
+    )
   score, order = jax.lax.top_k(score, max_points)
-  candidates = Candidates(jnp.stack([x[order], y[order]], axis=1),
-                          sigma[order], ratio[order],
-                          index[order].astype(jnp.int32), score)
-  offsets, widths, heights, distances = (np.asarray(column)
-                                         for column in zip(*tables))
+  candidates = Candidates(
+    jnp.stack([x[order], y[order]], axis=1),
+    sigma[order],
+    ratio[order],
+    index[order].astype(jnp.int32),
+    score,
+  )
+  offsets, widths, heights, distances = (
+    np.asarray(column) for column in zip(*tables)
+  )
   # Copied into place: XLA's CPU concatenate is an order of magnitude slower.
   buffer = jnp.zeros(start + image.shape[1] + 2, jnp.float32)
   for offset, part in zip(offsets[::scales_per_octave], pixels):
-    buffer = buffer.at[offset:offset + part.shape[0]].set(part)
-  pyramid = Pyramid(buffer, jnp.asarray(offsets, jnp.int32),
-                    jnp.asarray(widths, jnp.float32),
-                    jnp.asarray(heights, jnp.float32),
-                    jnp.asarray(distances, jnp.float32))
+    buffer = buffer.at[offset : offset + part.shape[0]].set(part)
+  pyramid = Pyramid(
+    buffer,
+    jnp.asarray(offsets, jnp.int32),
+    jnp.asarray(widths, jnp.float32),
+    jnp.asarray(heights, jnp.float32),
+    jnp.asarray(distances, jnp.float32),
+  )
   return candidates, pyramid
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "max_points", "scales_per_octave", "initial_sigma", "threshold",
-    "edge_ratio", "border", "window", "iterations", "max_anisotropy",
-    "convergence", "capacity"))
-def detect_hessian_affine(image, *, max_points=8192, scales_per_octave=3,
-                          initial_sigma=1.6, threshold=16.0 / 3.0,
-                          edge_ratio=10.0, border=5, window=19, iterations=16,
-                          max_anisotropy=6.0, convergence=0.05, capacity=64):
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    'max_points',
+    'scales_per_octave',
+    'initial_sigma',
+    'threshold',
+    'edge_ratio',
+    'border',
+    'window',
+    'iterations',
+    'max_anisotropy',
+    'convergence',
+    'capacity',
+  ),
+)
+def detect_hessian_affine(
+  image,
+  *,
+  max_points=8192,
+  scales_per_octave=3,
+  initial_sigma=1.6,
+  threshold=16.0 / 3.0,
+  edge_ratio=10.0,
+  border=5,
+  window=19,
+  iterations=16,
+  max_anisotropy=6.0,
+  convergence=0.05,
+  capacity=64,
+):
   """Hessian-affine keypoints [16] in JAX, fixed-size output (backend "jax").
 
   Follows Perdoch's detector: a Gaussian scale space (scales_per_octave
@@ -300,12 +410,24 @@ def detect_hessian_affine(image, *, max_points=8192, scales_per_octave=3,
     and valid bool (P,).
   """
   candidates, pyramid = find_candidates(
-      image, max_points=max_points, scales_per_octave=scales_per_octave,
-      initial_sigma=initial_sigma, threshold=threshold,
-      edge_ratio=edge_ratio, border=border)
+    image,
+    max_points=max_points,
+    scales_per_octave=scales_per_octave,
+    initial_sigma=initial_sigma,
+    threshold=threshold,
+    edge_ratio=edge_ratio,
+    border=border,
+  )
   shapes, valid = affine_adaptation.adapt_shapes(
-      pyramid, candidates, candidates.scores, jnp.asarray(image.shape[:2]),
-      needed=max_points, capacity=capacity, window=window,
-      iterations=iterations, max_anisotropy=max_anisotropy,
-      convergence=convergence)
+    pyramid,
+    candidates,
+    candidates.scores,
+    jnp.asarray(image.shape[:2]),
+    needed=max_points,
+    capacity=capacity,
+    window=window,
+    iterations=iterations,
+    max_anisotropy=max_anisotropy,
+    convergence=convergence,
+  )
   return candidates.points, shapes, valid

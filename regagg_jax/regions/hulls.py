@@ -66,14 +66,16 @@ def _boundary_heights(x, y, members, x0, *, steps=24):
     low, high = bracket
     middle = 0.5 * (low + high)
     height = heights(middle)
-    rising = (jnp.min(jnp.where(left, height, jnp.inf), axis=-1)
-              < jnp.min(jnp.where(right, height, jnp.inf), axis=-1))
+    rising = jnp.min(jnp.where(left, height, jnp.inf), axis=-1) < jnp.min(
+      jnp.where(right, height, jnp.inf), axis=-1
+    )
     return jnp.where(rising, middle, low), jnp.where(rising, high, middle)
 
   limit = np.nextafter(np.float32(np.pi / 2), np.float32(0))  # tan > 0
   shape = y.shape[:-1] + x0.shape
   low, high = jax.lax.fori_loop(
-      0, steps, bisect, (jnp.full(shape, -limit), jnp.full(shape, limit)))
+    0, steps, bisect, (jnp.full(shape, -limit), jnp.full(shape, limit))
+  )
   start = jnp.argmin(jnp.where(left, heights(high), jnp.inf), axis=-1)
   end = jnp.argmin(jnp.where(right, heights(low), jnp.inf), axis=-1)
 
@@ -115,22 +117,26 @@ def _support_polygon(points, members, *, directions=4, rounds=4, margin=1e-3):
   """
   angles = 2 * np.pi * np.arange(directions) / directions
   normals = jnp.broadcast_to(
-      jnp.asarray(np.stack([np.cos(angles), np.sin(angles)], -1), jnp.float32),
-      (members.shape[0], directions, 2))
+    jnp.asarray(np.stack([np.cos(angles), np.sin(angles)], -1), jnp.float32),
+    (members.shape[0], directions, 2),
+  )
 
   def support(normals):  # (S, K, 2) -> (S, K, 2) extreme members
-    score = jnp.einsum("skc,pc->skp", normals, points)
-    return points[jnp.argmax(jnp.where(members[:, None], score, -jnp.inf),
-                             axis=-1)]
+    score = jnp.einsum('skc,pc->skp', normals, points)
+    return points[
+      jnp.argmax(jnp.where(members[:, None], score, -jnp.inf), axis=-1)
+    ]
 
   vertices = support(normals)
   for _ in range(rounds):
     edge = jnp.roll(vertices, -1, axis=1) - vertices
     length = jnp.linalg.norm(edge, axis=-1, keepdims=True)
     # A repeated vertex is extreme between its two normals: any will do.
-    outward = jnp.where(length > 0, jnp.stack([edge[..., 1], -edge[..., 0]],
-                                              -1) / jnp.maximum(length, 1e-30),
-                        normals)
+    outward = jnp.where(
+      length > 0,
+      jnp.stack([edge[..., 1], -edge[..., 0]], -1) / jnp.maximum(length, 1e-30),
+      normals,
+    )
     found = support(outward)
     beyond = jnp.sum(outward * (found - vertices), axis=-1) > margin
     inserted = jnp.where(beyond[..., None], found, vertices)
@@ -144,12 +150,18 @@ def _polygon_area(vertices):
   """float32 (S,) area of (S, V, 2) polygons (shoelace about the first)."""
   relative = vertices - vertices[:, :1]
   following = jnp.roll(relative, -1, axis=1)
-  return 0.5 * jnp.abs(jnp.sum(relative[..., 0] * following[..., 1]
-                               - relative[..., 1] * following[..., 0], axis=1))
+  return 0.5 * jnp.abs(
+    jnp.sum(
+      relative[..., 0] * following[..., 1]
+      - relative[..., 1] * following[..., 0],
+      axis=1,
+    )
+  )
 
 
-def _compact_candidates(points, members, polygons, *, margin=1e-3,
-                        max_candidates=256):
+def _compact_candidates(
+  points, members, polygons, *, margin=1e-3, max_candidates=256
+):
   """The points that may be a vertex of some subset's hull, moved first.
 
   A member more than `margin` pixels inside its subset's inscribed polygon
@@ -178,8 +190,9 @@ def _compact_candidates(points, members, polygons, *, margin=1e-3,
   inside = jnp.all((lengths == 0) | (left > margin * lengths), axis=1)
   inside &= jnp.any(lengths > 0, axis=1)  # a lone vertex has no inside
   candidate = jnp.any(members & ~inside, axis=0)  # (P,)
-  _, index = jax.lax.top_k(candidate.astype(jnp.int32),
-                           min(points.shape[0], max_candidates))
+  _, index = jax.lax.top_k(
+    candidate.astype(jnp.int32), min(points.shape[0], max_candidates)
+  )
   fits = jnp.sum(candidate) <= index.shape[0]
   return points[index], members[:, index] & candidate[index], fits
 
@@ -187,27 +200,31 @@ def _compact_candidates(points, members, polygons, *, margin=1e-3,
 def _pick_heights(points, members, x0, packed_points, packed_members, fits):
   """float32 (2, S, W) hull bottom and -top at x0: from the packed candidates
   when they all fit, else from every point (a real branch, not a select)."""
-  def heights(points, members):
-    return _boundary_heights(points[:, 0], jnp.stack([points[:, 1],
-                                                      -points[:, 1]]),
-                             members, x0)
 
-  return jax.lax.cond(fits, lambda: heights(packed_points, packed_members),
-                      lambda: heights(points, members))
+  def heights(points, members):
+    return _boundary_heights(
+      points[:, 0], jnp.stack([points[:, 1], -points[:, 1]]), members, x0
+    )
+
+  return jax.lax.cond(
+    fits,
+    lambda: heights(packed_points, packed_members),
+    lambda: heights(points, members),
+  )
 
 
 @jax.custom_batching.custom_vmap
 def _hull_heights(points, members, x0, packed_points, packed_members, fits):
   """`_pick_heights`; vmapped (a batch of images), one branch for the batch."""
-  return _pick_heights(points, members, x0, packed_points, packed_members,
-                       fits)
+  return _pick_heights(points, members, x0, packed_points, packed_members, fits)
 
 
 @_hull_heights.def_vmap
 def _hull_heights_batched(axis_size, in_batched, *arrays):
-  arrays = [array if batched else jnp.broadcast_to(array, (axis_size,)
-                                                   + array.shape)
-            for array, batched in zip(arrays, in_batched)]
+  arrays = [
+    array if batched else jnp.broadcast_to(array, (axis_size,) + array.shape)
+    for array, batched in zip(arrays, in_batched)
+  ]
   all_fit = jnp.all(arrays[-1])  # unbatched: a real branch under vmap
 
   def pick(*arrays):
@@ -216,8 +233,9 @@ def _hull_heights_batched(axis_size, in_batched, *arrays):
   return jax.vmap(pick)(*arrays[:-1]), True
 
 
-def rasterise_hulls(points, members, grid_size, image_size, *, grid_shape,
-                    tolerance=1e-3):
+def rasterise_hulls(
+  points, members, grid_size, image_size, *, grid_shape, tolerance=1e-3
+):
   """Convex hulls of point subsets rasterised on the conv grid.
 
   Loop-free in P: dense (S, V, P) support and candidate passes, then a static
@@ -252,13 +270,17 @@ def rasterise_hulls(points, members, grid_size, image_size, *, grid_shape,
   x0 = jnp.clip(centres_x, jnp.minimum(min_x, max_x), max_x)  # (S, W)
   polygons = _support_polygon(points, members)
   bottom, top = _hull_heights(
-      points, members, x0, *_compact_candidates(points, members, polygons))
+    points, members, x0, *_compact_candidates(points, members, polygons)
+  )
   top = -top
-  in_columns = ((centres_x >= min_x - tolerance)
-                & (centres_x <= max_x + tolerance))  # (S, W)
-  masks = (in_columns[:, None, :]
-           & (centres_y[:, None] >= bottom[:, None, :] - tolerance)
-           & (centres_y[:, None] <= top[:, None, :] + tolerance))
+  in_columns = (centres_x >= min_x - tolerance) & (
+    centres_x <= max_x + tolerance
+  )  # (S, W)
+  masks = (
+    in_columns[:, None, :]
+    & (centres_y[:, None] >= bottom[:, None, :] - tolerance)
+    & (centres_y[:, None] <= top[:, None, :] + tolerance)
+  )
   masks &= jnp.any(members, axis=1)[:, None, None]
   inside = (rows[:, None] < grid[0]) & (columns[None, :] < grid[1])
   return masks & inside[None], _polygon_area(polygons)

@@ -38,11 +38,14 @@ def _detect_hesaff(image, **params):
     import pyhesaff  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     raise ImportError(
-        'backend="hesaff" needs pyhesaff: pip install "regagg_jax[hesaff]" '
-        'or use backend="jax"') from error
+      'backend="hesaff" needs pyhesaff: pip install "regagg_jax[hesaff]" '
+      'or use backend="jax"'
+    ) from error
   gray = np.ascontiguousarray(
-      np.round(np.asarray(image, np.float32)
-               @ np.float32(hessian_affine.GRAY_WEIGHTS)).astype(np.uint8))
+    np.round(
+      np.asarray(image, np.float32) @ np.float32(hessian_affine.GRAY_WEIGHTS)
+    ).astype(np.uint8)
+  )
   keypoints, _ = pyhesaff.detect_feats_in_image(gray, **params)
   keypoints = np.asarray(keypoints, np.float32).reshape(-1, 6)
   shapes = np.zeros((len(keypoints), 2, 2), np.float32)
@@ -52,8 +55,9 @@ def _detect_hesaff(image, **params):
   return keypoints[:, :2], shapes
 
 
-def detect_shapes(image, *, backend="hesaff", pad_multiple=1024,
-                  **detector_options):
+def detect_shapes(
+  image, *, backend='hesaff', pad_multiple=1024, **detector_options
+):
   """Hessian-affine keypoints with their affine shapes ([16], Sec. 2).
 
   Args:
@@ -73,10 +77,11 @@ def detect_shapes(image, *, backend="hesaff", pad_multiple=1024,
     valid: bool (P,) which rows are detections (the rest is padding).
   """
   hessian_affine.check_image(image)
-  if backend == "jax":
-    return hessian_affine.detect_hessian_affine(jnp.asarray(image),
-                                                **detector_options)
-  if backend != "hesaff":
+  if backend == 'jax':
+    return hessian_affine.detect_hessian_affine(
+      jnp.asarray(image), **detector_options
+    )
+  if backend != 'hesaff':
     raise ValueError(f'backend must be "hesaff" or "jax", got {backend!r}')
   points, shapes = _detect_hesaff(np.asarray(image), **detector_options)
   count = len(points)
@@ -88,7 +93,7 @@ def detect_shapes(image, *, backend="hesaff", pad_multiple=1024,
   return jnp.asarray(points), jnp.asarray(shapes), jnp.asarray(valid)
 
 
-def detect(image, *, backend="hesaff", **options):
+def detect(image, *, backend='hesaff', **options):
   """Hessian-affine salient point positions in an image (Sec. 2, [16]).
 
   Args:
@@ -115,8 +120,9 @@ def _interpolation_matrix(size_out, size_in, scale_in, limit_in):
   upper = jnp.minimum(lower + 1.0, limit_in - 1.0)
   fraction = source - lower
   columns = jnp.arange(size_in, dtype=jnp.float32)[None, :]
-  return ((columns == lower[:, None]) * (1.0 - fraction[:, None])
-          + (columns == upper[:, None]) * fraction[:, None])
+  return (columns == lower[:, None]) * (1.0 - fraction[:, None]) + (
+    columns == upper[:, None]
+  ) * fraction[:, None]
 
 
 def sample_alpha(alpha, points, grid_size, image_size):
@@ -141,15 +147,28 @@ def sample_alpha(alpha, points, grid_size, image_size):
   lower = jnp.floor(source).astype(jnp.int32)
   upper = jnp.minimum(lower + 1, grid_size.astype(jnp.int32) - 1)
   fraction = source - lower
-  top = (alpha[lower[:, 0], lower[:, 1]] * (1 - fraction[:, 1])
-         + alpha[lower[:, 0], upper[:, 1]] * fraction[:, 1])
-  bottom = (alpha[upper[:, 0], lower[:, 1]] * (1 - fraction[:, 1])
-            + alpha[upper[:, 0], upper[:, 1]] * fraction[:, 1])
+  top = (
+    alpha[lower[:, 0], lower[:, 1]] * (1 - fraction[:, 1])
+    + alpha[lower[:, 0], upper[:, 1]] * fraction[:, 1]
+  )
+  bottom = (
+    alpha[upper[:, 0], lower[:, 1]] * (1 - fraction[:, 1])
+    + alpha[upper[:, 0], upper[:, 1]] * fraction[:, 1]
+  )
   return top * (1 - fraction[:, 0]) + bottom * fraction[:, 0]
 
 
-def select_salient_padded(points, valid, alpha, grid_size, image_size, *,
-                          padded_shape, n_max=4000, n_min=300):
+def select_salient_padded(
+  points,
+  valid,
+  alpha,
+  grid_size,
+  image_size,
+  *,
+  padded_shape,
+  n_max=4000,
+  n_min=300,
+):
   """`select_salient` with traced sizes, for images padded into a batch.
 
   Args:
@@ -163,10 +182,12 @@ def select_salient_padded(points, valid, alpha, grid_size, image_size, *,
     points float32 (n_max, 2) and valid bool (n_max,).
   """
   image_size = jnp.asarray(image_size, jnp.int32)
-  inside = valid & jnp.all((points >= -0.5)
-                           & (points < image_size[::-1] - 0.5), axis=1)
-  scores = jnp.where(inside, sample_alpha(alpha, points, grid_size,
-                                          image_size), -jnp.inf)
+  inside = valid & jnp.all(
+    (points >= -0.5) & (points < image_size[::-1] - 0.5), axis=1
+  )
+  scores = jnp.where(
+    inside, sample_alpha(alpha, points, grid_size, image_size), -jnp.inf
+  )
   if points.shape[0] < n_max:
     padding = n_max - points.shape[0]
     scores = jnp.pad(scores, (0, padding), constant_values=-jnp.inf)
@@ -182,9 +203,10 @@ def select_salient_padded(points, valid, alpha, grid_size, image_size, *,
     scale = grid / image_size.astype(jnp.float32)
     rows = _interpolation_matrix(height, alpha.shape[0], scale[0], grid[0])
     columns = _interpolation_matrix(width, alpha.shape[1], scale[1], grid[1])
-    resized = jnp.einsum("ih,hw,jw->ij", rows, alpha, columns)
-    inside_pixels = ((jnp.arange(height)[:, None] < image_size[0])
-                     & (jnp.arange(width)[None, :] < image_size[1]))
+    resized = jnp.einsum('ih,hw,jw->ij', rows, alpha, columns)
+    inside_pixels = (jnp.arange(height)[:, None] < image_size[0]) & (
+      jnp.arange(width)[None, :] < image_size[1]
+    )
     resized = jnp.where(inside_pixels, resized, -jnp.inf)
     _, flat = jax.lax.top_k(resized.reshape(-1), n_min)
     pixels = jnp.stack([flat % width, flat // width], axis=1)
@@ -196,8 +218,18 @@ def select_salient_padded(points, valid, alpha, grid_size, image_size, *,
   return jax.lax.cond(enough, lambda: (top_points, top_valid), fall_back)
 
 
-def detect_salient(image, alpha, grid_size, image_size, *, padded_shape,
-                   n_max=4000, n_min=300, max_points=8192, capacity=64):
+def detect_salient(
+  image,
+  alpha,
+  grid_size,
+  image_size,
+  *,
+  padded_shape,
+  n_max=4000,
+  n_min=300,
+  max_points=8192,
+  capacity=64,
+):
   """The salient point set P of Sec. 2 from the jax detector, fused.
 
   Equals `select_salient_padded` of the "jax" backend's detections (points
@@ -218,24 +250,33 @@ def detect_salient(image, alpha, grid_size, image_size, *, padded_shape,
   Returns:
     points float32 (n_max, 2) and valid bool (n_max,), best first.
   """
-  candidates, pyramid = hessian_affine.find_candidates(image,
-                                                       max_points=max_points)
+  candidates, pyramid = hessian_affine.find_candidates(
+    image, max_points=max_points
+  )
   image_size = jnp.asarray(image_size, jnp.int32)
   points = candidates.points
   inside = (candidates.scores > -jnp.inf) & jnp.all(
-      (points >= -0.5) & (points < image_size[::-1] - 0.5), axis=1)
-  priority = jnp.where(inside, sample_alpha(alpha, points, grid_size,
-                                            image_size), -jnp.inf)
-  _, valid = affine_adaptation.adapt_shapes(pyramid, candidates, priority,
-                                         image_size, needed=n_max,
-                                         capacity=capacity)
-  return select_salient_padded(points, valid, alpha, grid_size, image_size,
-                               padded_shape=padded_shape, n_max=n_max,
-                               n_min=n_min)
+    (points >= -0.5) & (points < image_size[::-1] - 0.5), axis=1
+  )
+  priority = jnp.where(
+    inside, sample_alpha(alpha, points, grid_size, image_size), -jnp.inf
+  )
+  _, valid = affine_adaptation.adapt_shapes(
+    pyramid, candidates, priority, image_size, needed=n_max, capacity=capacity
+  )
+  return select_salient_padded(
+    points,
+    valid,
+    alpha,
+    grid_size,
+    image_size,
+    padded_shape=padded_shape,
+    n_max=n_max,
+    n_min=n_min,
+  )
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("image_shape", "n_max", "n_min"))
+@functools.partial(jax.jit, static_argnames=('image_shape', 'n_max', 'n_min'))
 def select_salient(points, valid, alpha, image_shape, *, n_max=4000, n_min=300):
   """The salient point set P of Sec. 2 (N_max / N_min rule).
 
@@ -255,16 +296,26 @@ def select_salient(points, valid, alpha, image_shape, *, n_max=4000, n_min=300):
   Returns:
     points float32 (n_max, 2) and valid bool (n_max,), best first.
   """
-  if points.ndim != 2 or points.shape[1] != 2 or valid.shape != points.shape[:1]:
-    raise ValueError(f"points must be (P, 2) and valid (P,), got "
-                     f"{points.shape} and {valid.shape}")
+  if (
+    points.ndim != 2 or points.shape[1] != 2 or valid.shape != points.shape[:1]
+  ):
+    raise ValueError(
+      f'points must be (P, 2) and valid (P,), got '
+      f'{points.shape} and {valid.shape}'
+    )
   if valid.dtype != jnp.bool_:
-    raise TypeError(f"valid must be bool, got {valid.dtype}")
+    raise TypeError(f'valid must be bool, got {valid.dtype}')
   if alpha.ndim != 2:
-    raise ValueError(f"alpha must be (H, W), got {alpha.shape}")
+    raise ValueError(f'alpha must be (H, W), got {alpha.shape}')
   if not 0 < n_min <= n_max:
-    raise ValueError(f"need 0 < n_min <= n_max, got {n_min}, {n_max}")
+    raise ValueError(f'need 0 < n_min <= n_max, got {n_min}, {n_max}')
   return select_salient_padded(
-      points.astype(jnp.float32), valid, alpha.astype(jnp.float32),
-      alpha.shape, image_shape, padded_shape=tuple(image_shape), n_max=n_max,
-      n_min=n_min)
+    points.astype(jnp.float32),
+    valid,
+    alpha.astype(jnp.float32),
+    alpha.shape,
+    image_shape,
+    padded_shape=tuple(image_shape),
+    n_max=n_max,
+    n_min=n_min,
+  )

@@ -41,20 +41,32 @@ def subset_members(labels, *, num_clusters=3):
     labels: int32 (P,) cluster of each point, -1 for padding.
     num_clusters: L.
   """
-  subsets = jnp.arange(1, 2 ** num_clusters)[:, None]  # (2^L - 1, 1)
+  subsets = jnp.arange(1, 2**num_clusters)[:, None]  # (2^L - 1, 1)
   bits = jnp.right_shift(subsets, jnp.maximum(labels, 0)[None, :]) & 1
   return (labels[None, :] >= 0) & (bits == 1)
 
 
 def _grid_size(valid_cells):
   """int32 (2,) rows and columns of the top-left block of valid cells."""
-  return jnp.stack([jnp.sum(jnp.any(valid_cells, axis=1)),
-                    jnp.sum(jnp.any(valid_cells, axis=0))])
+  return jnp.stack(
+    [
+      jnp.sum(jnp.any(valid_cells, axis=1)),
+      jnp.sum(jnp.any(valid_cells, axis=0)),
+    ]
+  )
 
 
-def compute_region_masks(points, labels, valid_cells, image_size, *,
-                         num_clusters=3, min_cells=1, min_area=1e-3,
-                         tolerance=1e-3):
+def compute_region_masks(
+  points,
+  labels,
+  valid_cells,
+  image_size,
+  *,
+  num_clusters=3,
+  min_cells=1,
+  min_area=1e-3,
+  tolerance=1e-3,
+):
   """The M = 2^L candidate regions R'_m of Sec. 2 on the conv grid.
 
   Args:
@@ -75,52 +87,125 @@ def compute_region_masks(points, labels, valid_cells, image_size, *,
   """
   grid_size = _grid_size(valid_cells)
   members = subset_members(labels, num_clusters=num_clusters)
-  masks, areas = hulls.rasterise_hulls(points, members, grid_size,
-                                       image_size,
-                                       grid_shape=valid_cells.shape,
-                                       tolerance=tolerance)
+  masks, areas = hulls.rasterise_hulls(
+    points,
+    members,
+    grid_size,
+    image_size,
+    grid_shape=valid_cells.shape,
+    tolerance=tolerance,
+  )
   masks &= valid_cells[None]
-  cell_area = jnp.prod(jnp.asarray(image_size, jnp.float32)
-                       / grid_size.astype(jnp.float32))
-  valid = ((jnp.sum(masks, axis=(1, 2)) >= min_cells)
-           & (areas / cell_area >= min_area))
+  cell_area = jnp.prod(
+    jnp.asarray(image_size, jnp.float32) / grid_size.astype(jnp.float32)
+  )
+  valid = (jnp.sum(masks, axis=(1, 2)) >= min_cells) & (
+    areas / cell_area >= min_area
+  )
   masks &= valid[:, None, None]
   masks = jnp.concatenate([masks, valid_cells[None]], axis=0)
   valid = jnp.concatenate([valid, jnp.any(valid_cells)[None]])
   return masks, valid
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "padded_shape", "n_max", "n_min", "num_clusters", "min_cells"))
-def _regions_from_points(points, valid, alpha, valid_cells, image_size, *,
-                         padded_shape, n_max, n_min, num_clusters, min_cells):
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    'padded_shape',
+    'n_max',
+    'n_min',
+    'num_clusters',
+    'min_cells',
+  ),
+)
+def _regions_from_points(
+  points,
+  valid,
+  alpha,
+  valid_cells,
+  image_size,
+  *,
+  padded_shape,
+  n_max,
+  n_min,
+  num_clusters,
+  min_cells,
+):
   """Selection, clustering and masks for one (maybe padded) image."""
   points, valid = keypoints.select_salient_padded(
-      points, valid, alpha, _grid_size(valid_cells), image_size,
-      padded_shape=padded_shape, n_max=n_max, n_min=n_min)
-  labels, _ = clustering.global_fast_kmeans(points, valid,
-                                            num_clusters=num_clusters)
-  return compute_region_masks(points, labels, valid_cells, image_size,
-                              num_clusters=num_clusters, min_cells=min_cells)
+    points,
+    valid,
+    alpha,
+    _grid_size(valid_cells),
+    image_size,
+    padded_shape=padded_shape,
+    n_max=n_max,
+    n_min=n_min,
+  )
+  labels, _ = clustering.global_fast_kmeans(
+    points, valid, num_clusters=num_clusters
+  )
+  return compute_region_masks(
+    points,
+    labels,
+    valid_cells,
+    image_size,
+    num_clusters=num_clusters,
+    min_cells=min_cells,
+  )
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "n_max", "n_min", "num_clusters", "min_cells", "max_points"))
-def _regions_from_image(image, alpha, valid_cells, image_size, *, n_max,
-                        n_min, num_clusters, min_cells, max_points):
+@functools.partial(
+  jax.jit,
+  static_argnames=('n_max', 'n_min', 'num_clusters', 'min_cells', 'max_points'),
+)
+def _regions_from_image(
+  image,
+  alpha,
+  valid_cells,
+  image_size,
+  *,
+  n_max,
+  n_min,
+  num_clusters,
+  min_cells,
+  max_points,
+):
   """Fused jax detection + selection, clustering and masks for one image."""
   points, valid = keypoints.detect_salient(
-      image, alpha, _grid_size(valid_cells), image_size,
-      padded_shape=image.shape[:2], n_max=n_max, n_min=n_min,
-      max_points=max_points)
-  labels, _ = clustering.global_fast_kmeans(points, valid,
-                                            num_clusters=num_clusters)
-  return compute_region_masks(points, labels, valid_cells, image_size,
-                              num_clusters=num_clusters, min_cells=min_cells)
+    image,
+    alpha,
+    _grid_size(valid_cells),
+    image_size,
+    padded_shape=image.shape[:2],
+    n_max=n_max,
+    n_min=n_min,
+    max_points=max_points,
+  )
+  labels, _ = clustering.global_fast_kmeans(
+    points, valid, num_clusters=num_clusters
+  )
+  return compute_region_masks(
+    points,
+    labels,
+    valid_cells,
+    image_size,
+    num_clusters=num_clusters,
+    min_cells=min_cells,
+  )
 
 
-def propose(image, alpha, *, backend="hesaff", n_max=4000, n_min=300,
-            num_clusters=3, min_cells=1, max_points=8192):
+def propose(
+  image,
+  alpha,
+  *,
+  backend='hesaff',
+  n_max=4000,
+  n_min=300,
+  num_clusters=3,
+  min_cells=1,
+  max_points=8192,
+):
   """Candidate regions of one image (Sec. 2).
 
   Args:
@@ -136,26 +221,49 @@ def propose(image, alpha, *, backend="hesaff", n_max=4000, n_min=300,
     masks bool (M, H, W) and valid bool (M,); the last slot is the whole image.
   """
   if alpha.ndim != 2:
-    raise ValueError(f"alpha must be (H, W), got shape {alpha.shape}")
+    raise ValueError(f'alpha must be (H, W), got shape {alpha.shape}')
   image_size = tuple(image.shape[:2])
-  if backend == "jax":
+  if backend == 'jax':
     hessian_affine.check_image(image)
     return _regions_from_image(
-        jnp.asarray(image), jnp.asarray(alpha, jnp.float32),
-        jnp.ones(alpha.shape, bool), jnp.asarray(image_size), n_max=n_max,
-        n_min=n_min, num_clusters=num_clusters, min_cells=min_cells,
-        max_points=max_points)
+      jnp.asarray(image),
+      jnp.asarray(alpha, jnp.float32),
+      jnp.ones(alpha.shape, bool),
+      jnp.asarray(image_size),
+      n_max=n_max,
+      n_min=n_min,
+      num_clusters=num_clusters,
+      min_cells=min_cells,
+      max_points=max_points,
+    )
   points, valid = keypoints.detect(image, backend=backend)
   return _regions_from_points(
-      points, valid, jnp.asarray(alpha, jnp.float32),
-      jnp.ones(alpha.shape, bool), jnp.asarray(image_size),
-      padded_shape=image_size, n_max=n_max, n_min=n_min,
-      num_clusters=num_clusters, min_cells=min_cells)
+    points,
+    valid,
+    jnp.asarray(alpha, jnp.float32),
+    jnp.ones(alpha.shape, bool),
+    jnp.asarray(image_size),
+    padded_shape=image_size,
+    n_max=n_max,
+    n_min=n_min,
+    num_clusters=num_clusters,
+    min_cells=min_cells,
+  )
 
 
-def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
-                  n_max=4000, n_min=300, num_clusters=3, min_cells=1,
-                  max_points=8192):
+def propose_batch(
+  images,
+  alpha,
+  valid_cells,
+  image_sizes,
+  *,
+  backend='hesaff',
+  n_max=4000,
+  n_min=300,
+  num_clusters=3,
+  min_cells=1,
+  max_points=8192,
+):
   """Candidate regions of a padded batch (images.pad_batch layout).
 
   With backend "hesaff" each image is detected on its own (unpadded) area on
@@ -178,34 +286,54 @@ def propose_batch(images, alpha, valid_cells, image_sizes, *, backend="hesaff",
     masks bool (B, M, H, W) and valid bool (B, M).
   """
   if images.ndim != 4 or alpha.ndim != 3 or valid_cells.shape != alpha.shape:
-    raise ValueError(f"need images (B, H_I, W_I, 3), alpha and valid_cells "
-                     f"(B, H, W); got {images.shape}, {alpha.shape}, "
-                     f"{valid_cells.shape}")
-  if backend == "jax":  # traceable: no host reads of the (maybe traced) inputs
+    raise ValueError(
+      f'need images (B, H_I, W_I, 3), alpha and valid_cells '
+      f'(B, H, W); got {images.shape}, {alpha.shape}, '
+      f'{valid_cells.shape}'
+    )
+  if backend == 'jax':  # traceable: no host reads of the (maybe traced) inputs
     hessian_affine.check_image(images[0])
     regions = functools.partial(
-        _regions_from_image, n_max=n_max, n_min=n_min,
-        num_clusters=num_clusters, min_cells=min_cells, max_points=max_points)
-    return jax.vmap(regions)(jnp.asarray(images),
-                             jnp.asarray(alpha, jnp.float32),
-                             jnp.asarray(valid_cells),
-                             jnp.asarray(image_sizes, jnp.int32))
-  if backend != "hesaff":
+      _regions_from_image,
+      n_max=n_max,
+      n_min=n_min,
+      num_clusters=num_clusters,
+      min_cells=min_cells,
+      max_points=max_points,
+    )
+    return jax.vmap(regions)(
+      jnp.asarray(images),
+      jnp.asarray(alpha, jnp.float32),
+      jnp.asarray(valid_cells),
+      jnp.asarray(image_sizes, jnp.int32),
+    )
+  if backend != 'hesaff':
     raise ValueError(f'backend must be "hesaff" or "jax", got {backend!r}')
   image_sizes = np.asarray(image_sizes, np.int32)
-  detections = [keypoints.detect(np.asarray(image[:height, :width]),
-                                 backend=backend)
-                for image, (height, width) in zip(images, image_sizes)]
+  detections = [
+    keypoints.detect(np.asarray(image[:height, :width]), backend=backend)
+    for image, (height, width) in zip(images, image_sizes)
+  ]
   size = max(len(points) for points, _ in detections)
-  points = jnp.stack([jnp.pad(p, ((0, size - len(p)), (0, 0)))
-                      for p, _ in detections])
+  points = jnp.stack(
+    [jnp.pad(p, ((0, size - len(p)), (0, 0))) for p, _ in detections]
+  )
   valid = jnp.stack([jnp.pad(v, (0, size - len(v))) for _, v in detections])
   regions = functools.partial(
-      _regions_from_points, padded_shape=tuple(images.shape[1:3]),
-      n_max=n_max, n_min=n_min, num_clusters=num_clusters,
-      min_cells=min_cells)
-  return jax.vmap(regions)(points, valid, jnp.asarray(alpha, jnp.float32),
-                           jnp.asarray(valid_cells), jnp.asarray(image_sizes))
+    _regions_from_points,
+    padded_shape=tuple(images.shape[1:3]),
+    n_max=n_max,
+    n_min=n_min,
+    num_clusters=num_clusters,
+    min_cells=min_cells,
+  )
+  return jax.vmap(regions)(
+    points,
+    valid,
+    jnp.asarray(alpha, jnp.float32),
+    jnp.asarray(valid_cells),
+    jnp.asarray(image_sizes),
+  )
 
 
 def draw_regions(image, masks, valid, *, points=None, thickness=2):
@@ -225,20 +353,28 @@ def draw_regions(image, masks, valid, *, points=None, thickness=2):
   height, width = canvas.shape[:2]
   masks, valid = np.asarray(masks), np.asarray(valid)
   hues = np.linspace(0, 180, len(masks), endpoint=False).astype(np.uint8)
-  colours = cv2.cvtColor(np.stack([hues, np.full_like(hues, 255),
-                                   np.full_like(hues, 255)], 1)[None],
-                         cv2.COLOR_HSV2RGB)[0]
+  colours = cv2.cvtColor(
+    np.stack([hues, np.full_like(hues, 255), np.full_like(hues, 255)], 1)[None],
+    cv2.COLOR_HSV2RGB,
+  )[0]
   for slot in np.flatnonzero(valid):
-    upsampled = cv2.resize(masks[slot].astype(np.uint8), (width, height),
-                           interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours(upsampled, cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
+    upsampled = cv2.resize(
+      masks[slot].astype(np.uint8),
+      (width, height),
+      interpolation=cv2.INTER_NEAREST,
+    )
+    contours, _ = cv2.findContours(
+      upsampled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     # Shared borders would hide each other: inset each slot a little.
     inset = (slot % 4) * thickness
-    contours = [(c + np.sign(c.mean(axis=0) - c) * inset).astype(np.int32)
-                for c in contours]
-    cv2.drawContours(canvas, contours, -1,
-                     tuple(int(v) for v in colours[slot]), thickness)
+    contours = [
+      (c + np.sign(c.mean(axis=0) - c) * inset).astype(np.int32)
+      for c in contours
+    ]
+    cv2.drawContours(
+      canvas, contours, -1, tuple(int(v) for v in colours[slot]), thickness
+    )
   if points is not None:
     for x, y in np.asarray(points):
       cv2.circle(canvas, (int(round(x)), int(round(y))), 1, (255, 255, 255), -1)

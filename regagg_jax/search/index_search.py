@@ -28,13 +28,19 @@ def _search_parameters(region_index, nprobe, ef_search):
   options = region_index.metadata['options']
   if kind == 'hnsw':
     return region_index_lib.load_faiss().SearchParametersHNSW(
-        efSearch=ef_search or options['ef_search'])
+      efSearch=ef_search or options['ef_search']
+    )
   if kind == 'ivfpq':
-    quantizer = (region_index_lib.load_faiss().SearchParametersHNSW(
-        efSearch=options['quantizer_ef_search'])
-                 if options['coarse'] == 'hnsw' else None)
-    return region_index_lib.load_faiss().SearchParametersIVF(nprobe=nprobe or options['nprobe'],
-                                     quantizer_params=quantizer)
+    quantizer = (
+      region_index_lib.load_faiss().SearchParametersHNSW(
+        efSearch=options['quantizer_ef_search']
+      )
+      if options['coarse'] == 'hnsw'
+      else None
+    )
+    return region_index_lib.load_faiss().SearchParametersIVF(
+      nprobe=nprobe or options['nprobe'], quantizer_params=quantizer
+    )
   return None
 
 
@@ -62,8 +68,17 @@ def _hit_scores(vectors, regions, regions_valid):
   return jnp.max(jnp.where(regions_valid[None], pairs, -jnp.inf), axis=1)
 
 
-def _candidates(region_index, database, regions, regions_valid, labels,
-                approximate, shortlist, *, rescore):
+def _candidates(
+  region_index,
+  database,
+  regions,
+  regions_valid,
+  labels,
+  approximate,
+  shortlist,
+  *,
+  rescore,
+):
   """The best `shortlist` images of one query by the per-image max of its hits.
 
   Args:
@@ -85,11 +100,14 @@ def _candidates(region_index, database, regions, regions_valid, labels,
     retrieved = np.unique(labels[hit])
     images = region_index.image_ids[retrieved]
     rows = images * database.shape[1] + region_index.region_ids[retrieved]
-    vectors = np.take(database.reshape(-1, database.shape[-1]),
-                      np.pad(rows, (0, _bucket(rows.size) - rows.size)),
-                      axis=0)
-    scores = np.asarray(_hit_scores(vectors, regions,
-                                    regions_valid))[:rows.size]
+    vectors = np.take(
+      database.reshape(-1, database.shape[-1]),
+      np.pad(rows, (0, _bucket(rows.size) - rows.size)),
+      axis=0,
+    )
+    scores = np.asarray(_hit_scores(vectors, regions, regions_valid))[
+      : rows.size
+    ]
   else:
     images, scores = region_index.image_ids[labels[hit]], approximate[hit]
   unique, inverse = np.unique(images, return_inverse=True)
@@ -100,8 +118,9 @@ def _candidates(region_index, database, regions, regions_valid, labels,
 
 
 @functools.partial(jax.jit, static_argnames=('qe', 'n_qe', 'include_query'))
-def _rerank(query, query_valid, candidates, candidates_valid, *, qe, n_qe,
-            include_query):
+def _rerank(
+  query, query_valid, candidates, candidates_valid, *, qe, n_qe, include_query
+):
   """Exact eq. (7) (and eq. 8) of each query against its own candidates.
 
   Args:
@@ -115,23 +134,48 @@ def _rerank(query, query_valid, candidates, candidates_valid, *, qe, n_qe,
 
   def rerank_one(regions, regions_valid, targets, targets_valid):
     scores, best = similarity.image_similarity(  # eq. (7)
-        regions[None], regions_valid[None], targets, targets_valid,
-        chunk_size=targets.shape[0])
+      regions[None],
+      regions_valid[None],
+      targets,
+      targets_valid,
+      chunk_size=targets.shape[0],
+    )
     if qe:
       scores = similarity.query_expansion(  # eq. (8)
-          regions[None], targets, targets_valid, scores, best, n_qe=n_qe,
-          include_query=include_query, query_valid=regions_valid[None],
-          chunk_size=targets.shape[0])
+        regions[None],
+        targets,
+        targets_valid,
+        scores,
+        best,
+        n_qe=n_qe,
+        include_query=include_query,
+        query_valid=regions_valid[None],
+        chunk_size=targets.shape[0],
+      )
     return scores[0], best[0]
 
-  return jax.vmap(rerank_one)(query, query_valid,
-                              candidates.astype(jnp.float32), candidates_valid)
+  return jax.vmap(rerank_one)(
+    query, query_valid, candidates.astype(jnp.float32), candidates_valid
+  )
 
 
-def search(region_index, database, database_valid, query, query_valid, *,
-           k_regions=100, shortlist=1000, qe=False, n_qe=10,
-           include_query=False, nprobe=None, ef_search=None, rescore=True,
-           query_batch=16):
+def search(
+  region_index,
+  database,
+  database_valid,
+  query,
+  query_valid,
+  *,
+  k_regions=100,
+  shortlist=1000,
+  qe=False,
+  n_qe=10,
+  include_query=False,
+  nprobe=None,
+  ef_search=None,
+  rescore=True,
+  query_batch=16,
+):
   """Ranks the database for each query: region index, then exact eq. (7).
 
   Args:
@@ -171,40 +215,64 @@ def search(region_index, database, database_valid, query, query_valid, *,
   region_index_lib.check_regions('database', database, database_valid)
   metadata = region_index.metadata
   if (database.shape[0], database.shape[1:]) != (
-      metadata['num_images'], (metadata['num_regions'], metadata['D'])):
-    raise ValueError(f'database {database.shape} is not the indexed '
-                     f"({metadata['num_images']}, {metadata['num_regions']}, "
-                     f"{metadata['D']})")
+    metadata['num_images'],
+    (metadata['num_regions'], metadata['D']),
+  ):
+    raise ValueError(
+      f'database {database.shape} is not the indexed '
+      f'({metadata["num_images"]}, {metadata["num_regions"]}, '
+      f'{metadata["D"]})'
+    )
   if query.shape[-1] != metadata['D']:
-    raise ValueError(f"query D={query.shape[-1]} != index D={metadata['D']}")
+    raise ValueError(f'query D={query.shape[-1]} != index D={metadata["D"]}')
   if k_regions < 1 or shortlist < 1 or query_batch < 1:
-    raise ValueError('k_regions, shortlist and query_batch must be >= 1, got '
-                     f'{k_regions}, {shortlist}, {query_batch}')
+    raise ValueError(
+      'k_regions, shortlist and query_batch must be >= 1, got '
+      f'{k_regions}, {shortlist}, {query_batch}'
+    )
   database = np.asarray(database)  # a memory map stays one
   num_queries = query.shape[0]
   labels = np.full(query_valid.shape + (k_regions,), -1, np.int64)
   found = np.full(labels.shape, -np.inf, np.float32)
   if query_valid.any():
     found[query_valid], labels[query_valid] = region_index.index.search(
-        np.ascontiguousarray(query[query_valid], dtype=np.float32), k_regions,
-        params=_search_parameters(region_index, nprobe, ef_search))
-  candidates = np.stack([
-      _candidates(region_index, database, np.asarray(query[q], np.float32),
-                  query_valid[q], labels[q], found[q], shortlist,
-                  rescore=rescore)
-      for q in range(num_queries)])
+      np.ascontiguousarray(query[query_valid], dtype=np.float32),
+      k_regions,
+      params=_search_parameters(region_index, nprobe, ef_search),
+    )
+  candidates = np.stack(
+    [
+      _candidates(
+        region_index,
+        database,
+        np.asarray(query[q], np.float32),
+        query_valid[q],
+        labels[q],
+        found[q],
+        shortlist,
+        rescore=rescore,
+      )
+      for q in range(num_queries)
+    ]
+  )
   outputs = [], [], []
   query_batch = min(query_batch, num_queries)
   for start in range(0, num_queries, query_batch):
     rows = np.arange(start, start + query_batch) % num_queries  # pad by wrap
     batch = candidates[rows]
     gathered = np.take(database, np.maximum(batch, 0), axis=0)  # cast on device
-    gathered_valid = database_valid[np.maximum(batch, 0)] & (batch >= 0)[
-        ..., None]
+    gathered_valid = (
+      database_valid[np.maximum(batch, 0)] & (batch >= 0)[..., None]
+    )
     batch_scores, batch_best = _rerank(
-        np.asarray(query[rows], np.float32), query_valid[rows], gathered,
-        gathered_valid, qe=qe, n_qe=min(n_qe, shortlist),
-        include_query=include_query)
+      np.asarray(query[rows], np.float32),
+      query_valid[rows],
+      gathered,
+      gathered_valid,
+      qe=qe,
+      n_qe=min(n_qe, shortlist),
+      include_query=include_query,
+    )
     batch_scores, batch_best = np.asarray(batch_scores), np.asarray(batch_best)
     order = np.argsort(-batch_scores, axis=1, kind='stable')
     count = min(query_batch, num_queries - start)

@@ -38,11 +38,20 @@ FORMAT_VERSION = 1
 """Version of the saved layout; `load` refuses others."""
 
 DEFAULT_OPTIONS = {
-    'flat': {},
-    'ivfpq': {'nlist': 0, 'm': 64, 'nbits': 8, 'fast_scan': False,
-              'nprobe': 16, 'train_size': 100_000, 'coarse': 'hnsw',
-              'hnsw_m': 32, 'quantizer_ef_search': 64, 'seed': 0},
-    'hnsw': {'hnsw_m': 32, 'ef_construction': 80, 'ef_search': 128},
+  'flat': {},
+  'ivfpq': {
+    'nlist': 0,
+    'm': 64,
+    'nbits': 8,
+    'fast_scan': False,
+    'nprobe': 16,
+    'train_size': 100_000,
+    'coarse': 'hnsw',
+    'hnsw_m': 32,
+    'quantizer_ef_search': 64,
+    'seed': 0,
+  },
+  'hnsw': {'hnsw_m': 32, 'ef_construction': 80, 'ef_search': 128},
 }
 """kind -> its options and their defaults."""
 
@@ -57,8 +66,9 @@ def load_faiss():
     import faiss  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     raise ImportError(
-        'search.index other than "exact" needs FAISS: pip install '
-        '"regagg_jax[faiss]" (or faiss-cpu)') from error
+      'search.index other than "exact" needs FAISS: pip install '
+      '"regagg_jax[faiss]" (or faiss-cpu)'
+    ) from error
   return faiss
 
 
@@ -72,6 +82,7 @@ class RegionIndex(NamedTuple):
     metadata: JSON-serialisable dict: kind, options, D, num_images,
       num_regions, num_vectors, whitening_hash, store_hash, ...
   """
+
   index: Any
   image_ids: np.ndarray
   region_ids: np.ndarray
@@ -82,26 +93,32 @@ def check_regions(name, descriptors, valid):
   """Raises ValueError / TypeError unless descriptors (N, M, D) are floating
   and valid is bool (N, M); `name` names them in the message."""
   if descriptors.ndim != 3:
-    raise ValueError(f'{name} must be (images, regions, D), got shape '
-                     f'{descriptors.shape}')
+    raise ValueError(
+      f'{name} must be (images, regions, D), got shape {descriptors.shape}'
+    )
   if not np.issubdtype(descriptors.dtype, np.floating):
-    raise TypeError(f'{name} must be float32 or float16, got '
-                    f'{descriptors.dtype}')
+    raise TypeError(
+      f'{name} must be float32 or float16, got {descriptors.dtype}'
+    )
   if valid.shape != descriptors.shape[:2]:
-    raise ValueError(f'{name}_valid must be {descriptors.shape[:2]}, got '
-                     f'{valid.shape}')
+    raise ValueError(
+      f'{name}_valid must be {descriptors.shape[:2]}, got {valid.shape}'
+    )
   if valid.dtype != np.bool_:
     raise TypeError(f'{name}_valid must be bool, got {valid.dtype}')
 
 
 def _resolve_options(kind, options):
   if kind not in DEFAULT_OPTIONS:
-    raise ValueError(f'kind must be one of {sorted(DEFAULT_OPTIONS)}, got '
-                     f'{kind!r}')
+    raise ValueError(
+      f'kind must be one of {sorted(DEFAULT_OPTIONS)}, got {kind!r}'
+    )
   unknown = set(options or {}) - set(DEFAULT_OPTIONS[kind])
   if unknown:
-    raise ValueError(f'unknown {kind} options {sorted(unknown)}; allowed: '
-                     f'{sorted(DEFAULT_OPTIONS[kind])}')
+    raise ValueError(
+      f'unknown {kind} options {sorted(unknown)}; allowed: '
+      f'{sorted(DEFAULT_OPTIONS[kind])}'
+    )
   return dict(DEFAULT_OPTIONS[kind], **(options or {}))
 
 
@@ -118,15 +135,21 @@ def _make_index(kind, dim, options):
   elif options['coarse'] == 'flat':
     quantizer = load_faiss().IndexFlatIP(dim)
   else:
-    raise ValueError(f"ivfpq coarse must be 'hnsw' or 'flat', got "
-                     f"{options['coarse']!r}")
+    raise ValueError(
+      f"ivfpq coarse must be 'hnsw' or 'flat', got {options['coarse']!r}"
+    )
   if dim % options['m']:
-    raise ValueError(f"ivfpq m={options['m']} must divide D={dim}")
+    raise ValueError(f'ivfpq m={options["m"]} must divide D={dim}')
   if options['fast_scan'] and options['nbits'] != 4:
-    raise ValueError(f"ivfpq fast_scan needs nbits=4, got {options['nbits']}")
-  kind = load_faiss().IndexIVFPQFastScan if options['fast_scan'] else load_faiss().IndexIVFPQ
-  index = kind(quantizer, dim, options['nlist'], options['m'], options['nbits'],
-               metric)
+    raise ValueError(f'ivfpq fast_scan needs nbits=4, got {options["nbits"]}')
+  kind = (
+    load_faiss().IndexIVFPQFastScan
+    if options['fast_scan']
+    else load_faiss().IndexIVFPQ
+  )
+  index = kind(
+    quantizer, dim, options['nlist'], options['m'], options['nbits'], metric
+  )
   index.own_fields = True
   quantizer.this.disown()  # the IVF index frees it
   index.cp.seed = options['seed']
@@ -136,12 +159,20 @@ def _make_index(kind, dim, options):
 def _valid_vectors(descriptors, valid, start, stop):
   """float32 (n, D) valid region vectors of images [start, stop)."""
   block = descriptors[start:stop].reshape(-1, descriptors.shape[-1])
-  return np.ascontiguousarray(block[valid[start:stop].reshape(-1)],
-                              dtype=np.float32)
+  return np.ascontiguousarray(
+    block[valid[start:stop].reshape(-1)], dtype=np.float32
+  )
 
 
-def build(descriptors, valid, *, kind='flat', options=None, metadata=None,
-          add_batch=65536):
+def build(
+  descriptors,
+  valid,
+  *,
+  kind='flat',
+  options=None,
+  metadata=None,
+  add_batch=65536,
+):
   """Builds a region index over the valid region vectors.
 
   Args:
@@ -169,8 +200,9 @@ def build(descriptors, valid, *, kind='flat', options=None, metadata=None,
   if not image_ids.size:
     raise ValueError('descriptors have no valid region to index')
   if kind == 'ivfpq' and not options['nlist']:
-    options['nlist'] = int(np.clip(2 ** round(np.log2(np.sqrt(image_ids.size))),
-                                   64, 65536))
+    options['nlist'] = int(
+      np.clip(2 ** round(np.log2(np.sqrt(image_ids.size))), 64, 65536)
+    )
   index = _make_index(kind, dim, options)
   if not index.is_trained:
     rng = np.random.default_rng(options['seed'])
@@ -179,21 +211,32 @@ def build(descriptors, valid, *, kind='flat', options=None, metadata=None,
     # k-means of the coarse centroids on a flat index, not on the HNSW graph.
     clustering = load_faiss().IndexFlatIP(dim)
     index.clustering_index = clustering
-    index.train(np.ascontiguousarray(
-        descriptors[image_ids[sample], region_ids[sample]], dtype=np.float32))
+    index.train(
+      np.ascontiguousarray(
+        descriptors[image_ids[sample], region_ids[sample]], dtype=np.float32
+      )
+    )
     index.clustering_index = None
     if options['coarse'] == 'hnsw':
       load_faiss().downcast_index(index.quantizer).hnsw.efSearch = options[
-          'quantizer_ef_search']
+        'quantizer_ef_search'
+      ]
   step = max(1, add_batch // num_regions)
   for start in range(0, num_images, step):
     index.add(_valid_vectors(descriptors, valid, start, start + step))
-  metadata = dict({'whitening_hash': 'none', 'store_hash': 'none'},
-                  **(metadata or {}), kind=kind, options=options, D=dim,
-                  num_images=num_images, num_regions=num_regions,
-                  num_vectors=int(image_ids.size))
-  return RegionIndex(index, image_ids.astype(np.int64),
-                     region_ids.astype(np.int32), metadata)
+  metadata = dict(
+    {'whitening_hash': 'none', 'store_hash': 'none'},
+    **(metadata or {}),
+    kind=kind,
+    options=options,
+    D=dim,
+    num_images=num_images,
+    num_regions=num_regions,
+    num_vectors=int(image_ids.size),
+  )
+  return RegionIndex(
+    index, image_ids.astype(np.int64), region_ids.astype(np.int32), metadata
+  )
 
 
 def save(path, region_index):
@@ -203,15 +246,24 @@ def save(path, region_index):
   """
   path = os.path.abspath(path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + '.tmp-',
-                         dir=os.path.dirname(path))
+  tmp = tempfile.mkdtemp(
+    prefix=os.path.basename(path) + '.tmp-', dir=os.path.dirname(path)
+  )
   try:
-    load_faiss().write_index(region_index.index, os.path.join(tmp, 'index.faiss'))
-    np.savez(os.path.join(tmp, 'ids.npz'), image_ids=region_index.image_ids,
-             region_ids=region_index.region_ids)
+    load_faiss().write_index(
+      region_index.index, os.path.join(tmp, 'index.faiss')
+    )
+    np.savez(
+      os.path.join(tmp, 'ids.npz'),
+      image_ids=region_index.image_ids,
+      region_ids=region_index.region_ids,
+    )
     with open(os.path.join(tmp, 'metadata.json'), 'w') as stream:
-      json.dump(dict(region_index.metadata, format_version=FORMAT_VERSION),
-                stream, indent=1)
+      json.dump(
+        dict(region_index.metadata, format_version=FORMAT_VERSION),
+        stream,
+        indent=1,
+      )
     if os.path.exists(path):
       shutil.rmtree(path)
     os.replace(tmp, path)
@@ -243,14 +295,18 @@ def load(path, *, expected=None):
     metadata = json.load(stream)
   if metadata.pop('format_version', None) != FORMAT_VERSION:
     raise ValueError(f'{file} is not format version {FORMAT_VERSION}')
-  provenance.check_stale(f'region index {file}', metadata, expected or {},
-                         'build it again')
+  provenance.check_stale(
+    f'region index {file}', metadata, expected or {}, 'build it again'
+  )
   index = load_faiss().read_index(os.path.join(path, 'index.faiss'))
   with np.load(os.path.join(path, 'ids.npz')) as ids:
     image_ids, region_ids = ids['image_ids'], ids['region_ids']
   if not index.ntotal == image_ids.size == metadata['num_vectors'] or (
-      index.d != metadata['D']):
-    raise ValueError(f'{path}: index.faiss holds {index.ntotal} vectors of '
-                     f'D={index.d}, ids.npz {image_ids.size}, {file} says '
-                     f"{metadata['num_vectors']} of D={metadata['D']}")
+    index.d != metadata['D']
+  ):
+    raise ValueError(
+      f'{path}: index.faiss holds {index.ntotal} vectors of '
+      f'D={index.d}, ids.npz {image_ids.size}, {file} says '
+      f'{metadata["num_vectors"]} of D={metadata["D"]}'
+    )
   return RegionIndex(index, image_ids, region_ids, metadata)

@@ -19,20 +19,23 @@ from regagg_jax.aggregation import pca
 
 def _check_descriptors(name, descriptors, valid):
   if descriptors.ndim != 3:
-    raise ValueError(f'{name} must be (images, regions, D), got shape '
-                     f'{descriptors.shape}')
+    raise ValueError(
+      f'{name} must be (images, regions, D), got shape {descriptors.shape}'
+    )
   if not jnp.issubdtype(descriptors.dtype, jnp.floating):
     raise TypeError(f'{name} must be floating, got {descriptors.dtype}')
   if valid.shape != descriptors.shape[:2]:
-    raise ValueError(f'{name}_valid must be {descriptors.shape[:2]}, got '
-                     f'{valid.shape}')
+    raise ValueError(
+      f'{name}_valid must be {descriptors.shape[:2]}, got {valid.shape}'
+    )
   if valid.dtype != jnp.bool_:
     raise TypeError(f'{name}_valid must be bool, got {valid.dtype}')
 
 
 @functools.partial(jax.jit, static_argnames=('chunk_size',))
-def image_similarity(query, query_valid, database, database_valid, *,
-                     chunk_size=256):
+def image_similarity(
+  query, query_valid, database, database_valid, *, chunk_size=256
+):
   """ImSim of eq. (7): max VecSim over valid region pairs, per image pair.
 
   Args:
@@ -55,8 +58,9 @@ def image_similarity(query, query_valid, database, database_valid, *,
   _check_descriptors('query', query, query_valid)
   _check_descriptors('database', database, database_valid)
   if query.shape[-1] != database.shape[-1]:
-    raise ValueError(f'query D={query.shape[-1]} != database '
-                     f'D={database.shape[-1]}')
+    raise ValueError(
+      f'query D={query.shape[-1]} != database D={database.shape[-1]}'
+    )
   num_images, num_regions, dim = database.shape
   chunk = max(1, min(chunk_size, num_images))
   num_chunks = -(-num_images // chunk)
@@ -69,12 +73,13 @@ def image_similarity(query, query_valid, database, database_valid, *,
   def score_chunk(block):
     targets, targets_valid = block
     similarity = jnp.einsum('qad,nbd->qnab', query, targets)  # VecSim
-    pair_valid = (query_valid[:, None, :, None]
-                  & targets_valid[None, :, None, :])
+    pair_valid = query_valid[:, None, :, None] & targets_valid[None, :, None, :]
     similarity = jnp.where(pair_valid, similarity, -jnp.inf)
     per_target_region = jnp.max(similarity, axis=2)  # (Q, chunk, Mt)
-    return (jnp.max(per_target_region, axis=-1),  # eq. (7)
-            jnp.argmax(per_target_region, axis=-1).astype(jnp.int32))
+    return (
+      jnp.max(per_target_region, axis=-1),  # eq. (7)
+      jnp.argmax(per_target_region, axis=-1).astype(jnp.int32),
+    )
 
   scores, best = jax.lax.map(score_chunk, (database, database_valid))
   scores = jnp.moveaxis(scores, 0, 1).reshape(query.shape[0], -1)
@@ -82,11 +87,21 @@ def image_similarity(query, query_valid, database, database_valid, *,
   return scores[:, :num_images], best[:, :num_images]
 
 
-@functools.partial(jax.jit, static_argnames=('n_qe', 'include_query',
-                                               'chunk_size'))
-def query_expansion(query, database, database_valid, scores, best, *,
-                    n_qe=10, include_query=False, query_valid=None,
-                    chunk_size=256):
+@functools.partial(
+  jax.jit, static_argnames=('n_qe', 'include_query', 'chunk_size')
+)
+def query_expansion(
+  query,
+  database,
+  database_valid,
+  scores,
+  best,
+  *,
+  n_qe=10,
+  include_query=False,
+  query_valid=None,
+  chunk_size=256,
+):
   """Regional query expansion of eq. (8).
 
   f~_QE = l2(sum of the best-matched region descriptors of the top `n_qe`
@@ -122,8 +137,10 @@ def query_expansion(query, database, database_valid, scores, best, *,
   _check_descriptors('database', database, database_valid)
   expected = (query.shape[0], database.shape[0])
   if scores.shape != expected or best.shape != expected:
-    raise ValueError(f'scores and best must be (Q, N) = {expected}, got '
-                     f'{scores.shape} and {best.shape}')
+    raise ValueError(
+      f'scores and best must be (Q, N) = {expected}, got '
+      f'{scores.shape} and {best.shape}'
+    )
   if not 1 <= n_qe <= database.shape[0]:
     raise ValueError(f'n_qe must be in [1, N={database.shape[0]}], got {n_qe}')
   top_scores, top_images = jax.lax.top_k(scores, n_qe)  # (Q, n_qe)
@@ -138,7 +155,11 @@ def query_expansion(query, database, database_valid, scores, best, *,
     expanded = expanded + weights[:, :1] * own_region
   expanded = pca.l2_normalize(expanded)
   has_expansion = jnp.any(weights > 0, axis=1, keepdims=True)
-  new_scores, _ = image_similarity(expanded[:, None, :], has_expansion,
-                                   database, database_valid,
-                                   chunk_size=chunk_size)  # eq. (8)
+  new_scores, _ = image_similarity(
+    expanded[:, None, :],
+    has_expansion,
+    database,
+    database_valid,
+    chunk_size=chunk_size,
+  )  # eq. (8)
   return new_scores

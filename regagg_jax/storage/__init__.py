@@ -1,8 +1,8 @@
 """Storage: stores of region descriptors, fits and results on disk.
 
-  records       Store and Fit in memory, their hashes, fits and results
-  store_format  the files of a store directory: header, shards (versioned)
-  store_io      stores on disk: built shard by shard, resumable; load, save
+records       Store and Fit in memory, their hashes, fits and results
+store_format  the files of a store directory: header, shards (versioned)
+store_io      stores on disk: built shard by shard, resumable; load, save
 """
 
 from regagg_jax.storage import records

@@ -31,10 +31,14 @@ def differences(stored, given, prefix=''):
     if isinstance(old, dict) and isinstance(new, dict):
       lines += differences(old, new, f'{prefix}{key}.')
     elif key == 'image_paths' and old != new:
-      first = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b),
-                   min(len(old), len(new)))
-      lines.append(f'image_paths: {len(old)} stored, {len(new)} given, '
-                   f'first difference at row {first}')
+      first = next(
+        (i for i, (a, b) in enumerate(zip(old, new)) if a != b),
+        min(len(old), len(new)),
+      )
+      lines.append(
+        f'image_paths: {len(old)} stored, {len(new)} given, '
+        f'first difference at row {first}'
+      )
     elif old != new:
       lines.append(f'{prefix}{key}: stored {old!r:.80}, given {new!r:.80}')
   return lines
@@ -57,6 +61,8 @@ def check_stale(what, metadata, expected, advice):
   Raises:
     ValueError: naming the differing fields.
   """
-  stale = {k: metadata.get(k) for k in expected if metadata.get(k) != expected[k]}
+  stale = {
+    k: metadata.get(k) for k in expected if metadata.get(k) != expected[k]
+  }
   if stale:
     raise ValueError(f'{what} was built with {stale}, not {expected}; {advice}')

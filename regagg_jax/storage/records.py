@@ -52,6 +52,7 @@ class Store(NamedTuple):
     metadata: JSON-serialisable dict: 'config_hash', 'config', 'rows' and
       'sizes' (one per image), 'skipped' ([path, reason] pairs), ...
   """
+
   descriptors: np.ndarray
   valid: np.ndarray
   masks: np.ndarray
@@ -70,6 +71,7 @@ class Fit(NamedTuple):
     whitening: PCAParams U^2 and 1/s of eq. (6).
     metadata: JSON-serialisable dict: 'config_hash', 'fitted_on', ...
   """
+
   reduction: Any
   whitening: pca.PCAParams
   metadata: dict
@@ -144,14 +146,17 @@ def read_json(path, name, version):
   """
   file = os.path.join(path, name)
   if not os.path.isfile(file):
-    raise FileNotFoundError(f'{path} is not a regagg_jax directory: '
-                            f'{name} is missing')
+    raise FileNotFoundError(
+      f'{path} is not a regagg_jax directory: {name} is missing'
+    )
   with open(file) as stream:
     value = json.load(stream)
   if value.get('format_version') != version:
-    raise ValueError(f'{file} has format version '
-                     f'{value.get("format_version")}, this code reads '
-                     f'version {version}; re-create it')
+    raise ValueError(
+      f'{file} has format version '
+      f'{value.get("format_version")}, this code reads '
+      f'version {version}; re-create it'
+    )
   return value
 
 
@@ -172,8 +177,9 @@ def replace_directory(write, path):
   try:
     write(tmp)
     if os.path.exists(path):
-      old = tempfile.mkdtemp(prefix=os.path.basename(path) + '.old-',
-                             dir=parent)
+      old = tempfile.mkdtemp(
+        prefix=os.path.basename(path) + '.old-', dir=parent
+      )
       os.replace(path, os.path.join(old, 'store'))
       os.replace(tmp, path)
       shutil.rmtree(old)
@@ -191,17 +197,20 @@ def save_fit(path, fit):
     path: directory to create or replace.
     fit: Fit.
   """
-  tree = {'whitening': {k: np.asarray(v)
-                        for k, v in fit.whitening._asdict().items()}}
+  tree = {
+    'whitening': {k: np.asarray(v) for k, v in fit.whitening._asdict().items()}
+  }
   if fit.reduction is not None:
-    tree['reduction'] = {k: np.asarray(v)
-                         for k, v in fit.reduction._asdict().items()}
+    tree['reduction'] = {
+      k: np.asarray(v) for k, v in fit.reduction._asdict().items()
+    }
 
   def write(directory):
     ocp.PyTreeCheckpointer().save(os.path.join(directory, 'params'), tree)
     with open(os.path.join(directory, 'fit.json'), 'w') as stream:
-      json.dump(dict(fit.metadata, format_version=FIT_FORMAT_VERSION), stream,
-                indent=1)
+      json.dump(
+        dict(fit.metadata, format_version=FIT_FORMAT_VERSION), stream, indent=1
+      )
 
   replace_directory(write, path)
 
@@ -219,14 +228,19 @@ def load_fit(path):
     FileNotFoundError: not a fit directory.
     ValueError: another format version.
   """
-  metadata = read_json(path, "fit.json", FIT_FORMAT_VERSION)
+  metadata = read_json(path, 'fit.json', FIT_FORMAT_VERSION)
   metadata.pop('format_version')
   tree = ocp.PyTreeCheckpointer().restore(
-      os.path.join(os.path.abspath(path), 'params'))
-  reduction = (pca.PCAParams(**tree['reduction'])
-               if 'reduction' in tree else None)
-  return Fit(reduction=reduction, whitening=pca.PCAParams(**tree['whitening']),
-             metadata=metadata)
+    os.path.join(os.path.abspath(path), 'params')
+  )
+  reduction = (
+    pca.PCAParams(**tree['reduction']) if 'reduction' in tree else None
+  )
+  return Fit(
+    reduction=reduction,
+    whitening=pca.PCAParams(**tree['whitening']),
+    metadata=metadata,
+  )
 
 
 def _region_box(mask, size, *, stride=16):
@@ -234,9 +248,12 @@ def _region_box(mask, size, *, stride=16):
   rows, cols = np.nonzero(mask)
   if not rows.size:
     return None
-  return [int(cols.min() * stride), int(rows.min() * stride),
-          int(min((cols.max() + 1) * stride, size[1])),
-          int(min((rows.max() + 1) * stride, size[0]))]
+  return [
+    int(cols.min() * stride),
+    int(rows.min() * stride),
+    int(min((cols.max() + 1) * stride, size[1])),
+    int(min((rows.max() + 1) * stride, size[0])),
+  ]
 
 
 def write_results(path, scores, ranks, best, queries, database, *, top_k):
@@ -258,20 +275,37 @@ def write_results(path, scores, ranks, best, queries, database, *, top_k):
   entries = []
   with open(path + '.csv', 'w', newline='') as stream:
     writer = csv.writer(stream)
-    writer.writerow(['query', 'rank', 'image', 'score', 'region', 'x1', 'y1',
-                     'x2', 'y2'])
+    writer.writerow(
+      ['query', 'rank', 'image', 'score', 'region', 'x1', 'y1', 'x2', 'y2']
+    )
     for q, query in enumerate(queries.image_paths):
       results = []
       for rank, row in enumerate(ranks[q, :top_k]):
         region = int(best[q, row])
         height, width = database.grid[row]
-        box = _region_box(database.masks[row, region, :height, :width],
-                          database.metadata['sizes'][row])
-        results.append({'rank': rank, 'image': database.image_paths[row],
-                        'score': float(scores[q, row]), 'region': region,
-                        'region_box': box})
-        writer.writerow([query, rank, database.image_paths[row],
-                         f'{scores[q, row]:.6f}', region] + (box or [''] * 4))
+        box = _region_box(
+          database.masks[row, region, :height, :width],
+          database.metadata['sizes'][row],
+        )
+        results.append(
+          {
+            'rank': rank,
+            'image': database.image_paths[row],
+            'score': float(scores[q, row]),
+            'region': region,
+            'region_box': box,
+          }
+        )
+        writer.writerow(
+          [
+            query,
+            rank,
+            database.image_paths[row],
+            f'{scores[q, row]:.6f}',
+            region,
+          ]
+          + (box or [''] * 4)
+        )
       entries.append({'query': query, 'results': results})
   with open(path + '.json', 'w') as stream:
     json.dump(entries, stream, indent=1)

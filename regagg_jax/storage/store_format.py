@@ -55,15 +55,21 @@ def check_store(store):
     TypeError: valid or masks are not bool.
   """
   num_images, num_regions = store.valid.shape
-  expected = {'descriptors': store.descriptors.shape[:2],
-              'masks': store.masks.shape[:2], 'grid': store.grid.shape[:1]}
+  expected = {
+    'descriptors': store.descriptors.shape[:2],
+    'masks': store.masks.shape[:2],
+    'grid': store.grid.shape[:1],
+  }
   for name, shape in expected.items():
-    if shape != (num_images, num_regions)[:len(shape)]:
-      raise ValueError(f'store {name} has leading shape {shape}, expected '
-                       f'{(num_images, num_regions)[:len(shape)]}')
+    if shape != (num_images, num_regions)[: len(shape)]:
+      raise ValueError(
+        f'store {name} has leading shape {shape}, expected '
+        f'{(num_images, num_regions)[: len(shape)]}'
+      )
   if len(store.image_paths) != num_images:
-    raise ValueError(f'store has {len(store.image_paths)} paths for '
-                     f'{num_images} images')
+    raise ValueError(
+      f'store has {len(store.image_paths)} paths for {num_images} images'
+    )
   if store.valid.dtype != np.bool_ or store.masks.dtype != np.bool_:
     raise TypeError('store valid and masks must be bool')
 
@@ -83,7 +89,8 @@ def read_header(path):
     ValueError: another format version (an older layout included).
   """
   if not os.path.isfile(os.path.join(path, 'header.json')) and os.path.isfile(
-      os.path.join(path, 'metadata.json')):  # an older layout
+    os.path.join(path, 'metadata.json')
+  ):  # an older layout
     records.read_json(path, 'metadata.json', FORMAT_VERSION)
   return records.read_json(path, 'header.json', FORMAT_VERSION)
 
@@ -120,16 +127,28 @@ def write_shard(path, number, part, dtype):
   check_store(part)
   with np.errstate(over='ignore'):
     descriptors = part.descriptors.astype(dtype)
-  if not np.array_equal(np.isfinite(descriptors),
-                        np.isfinite(part.descriptors)):
+  if not np.array_equal(
+    np.isfinite(descriptors), np.isfinite(part.descriptors)
+  ):
     raise ValueError(f'shard {number}: descriptors overflow {dtype}')
-  info = json.dumps({'image_paths': [str(p) for p in part.image_paths],
-                     'metadata': part.metadata,
-                     'mask_width': int(part.masks.shape[-1])})
-  records.atomic_write(shard_file(path, number), lambda stream: np.savez(
-      stream, descriptors=descriptors, valid=part.valid,
-      masks=np.packbits(part.masks, axis=-1), grid=part.grid,
-      info=np.array(info)))
+  info = json.dumps(
+    {
+      'image_paths': [str(p) for p in part.image_paths],
+      'metadata': part.metadata,
+      'mask_width': int(part.masks.shape[-1]),
+    }
+  )
+  records.atomic_write(
+    shard_file(path, number),
+    lambda stream: np.savez(
+      stream,
+      descriptors=descriptors,
+      valid=part.valid,
+      masks=np.packbits(part.masks, axis=-1),
+      grid=part.grid,
+      info=np.array(info),
+    ),
+  )
 
 
 def read_shard(path, number, *, arrays=True):
@@ -157,13 +176,26 @@ def read_shard(path, number, *, arrays=True):
       if not arrays:
         return None, info
       store = records.Store(
-          npz['descriptors'].astype(np.float32), npz['valid'],
-          np.unpackbits(npz['masks'], axis=-1,
-                        count=info['mask_width']).astype(bool),
-          npz['grid'], tuple(info['image_paths']), None, info['metadata'])
+        npz['descriptors'].astype(np.float32),
+        npz['valid'],
+        np.unpackbits(npz['masks'], axis=-1, count=info['mask_width']).astype(
+          bool
+        ),
+        npz['grid'],
+        tuple(info['image_paths']),
+        None,
+        info['metadata'],
+      )
     check_store(store)
-  except (OSError, EOFError, KeyError, TypeError, ValueError,
-          zipfile.BadZipFile) as error:
-    raise ValueError(f'{file} is unreadable ({type(error).__name__}: '
-                     f'{error})') from error
+  except (
+    OSError,
+    EOFError,
+    KeyError,
+    TypeError,
+    ValueError,
+    zipfile.BadZipFile,
+  ) as error:
+    raise ValueError(
+      f'{file} is unreadable ({type(error).__name__}: {error})'
+    ) from error
   return store, info

@@ -35,66 +35,92 @@ def _normalised(value):
   return json.loads(json.dumps(value))
 
 
-
-
 def _record(image_paths, header, shard_size, dtype, reduction):
   """The header.json contents of a store."""
   if dtype not in store_format.DTYPES:
-    raise ValueError(f'dtype must be one of {store_format.DTYPES}, got '
-                     f'{dtype!r}')
-  return _normalised({
-      'format_version': store_format.FORMAT_VERSION, 'header': header,
-      'image_paths': [str(p) for p in image_paths], 'shard_size': shard_size,
-      'dtype': dtype, 'reduction_hash': records.hash_params(reduction)})
+    raise ValueError(
+      f'dtype must be one of {store_format.DTYPES}, got {dtype!r}'
+    )
+  return _normalised(
+    {
+      'format_version': store_format.FORMAT_VERSION,
+      'header': header,
+      'image_paths': [str(p) for p in image_paths],
+      'shard_size': shard_size,
+      'dtype': dtype,
+      'reduction_hash': records.hash_params(reduction),
+    }
+  )
 
 
 def _open_store(path, record, reduction):
   """Creates the store directory and header, or checks it matches."""
   os.makedirs(path, exist_ok=True)
   if os.path.isfile(os.path.join(path, 'header.json')) or os.path.isfile(
-      os.path.join(path, 'metadata.json')):
+    os.path.join(path, 'metadata.json')
+  ):
     lines = provenance.differences(store_format.read_header(path), record)
     if lines:
-      raise ValueError(f'{path} holds a store made with other settings ('
-                       f'{"; ".join(lines)}); it is not extended: use '
-                       'another path or delete it')
+      raise ValueError(
+        f'{path} holds a store made with other settings ('
+        f'{"; ".join(lines)}); it is not extended: use '
+        'another path or delete it'
+      )
   else:
     records.write_json(os.path.join(path, 'header.json'), record)
   if reduction is not None and not os.path.isfile(
-      os.path.join(path, 'reduction.npz')):
+    os.path.join(path, 'reduction.npz')
+  ):
     records.atomic_write(
-        os.path.join(path, 'reduction.npz'), lambda stream: np.savez(
-            stream,
-            **{k: np.asarray(v) for k, v in reduction._asdict().items()}))
+      os.path.join(path, 'reduction.npz'),
+      lambda stream: np.savez(
+        stream, **{k: np.asarray(v) for k, v in reduction._asdict().items()}
+      ),
+    )
 
 
 def _check_part(part, rows, record, number):
   """Refuses an encode_part result that does not belong to the store."""
   where = f'encode_part for shard {number} (rows {rows[:1]}..{rows[-1:]})'
-  part_rows = part.metadata.get('rows', rows[:len(part.image_paths)])
+  part_rows = part.metadata.get('rows', rows[: len(part.image_paths)])
   if len(part_rows) != len(part.image_paths) or not set(part_rows) <= set(rows):
     raise ValueError(f'{where} returned rows {part_rows}')
   if [str(p) for p in part.image_paths] != [
-      record['image_paths'][r] for r in part_rows]:
+    record['image_paths'][r] for r in part_rows
+  ]:
     raise ValueError(f'{where} returned other images than its rows')
   header = record['header']
   metadata = _normalised(part.metadata)
   for key in set(header) & set(metadata):
     if metadata[key] != header[key]:
-      raise ValueError(f'{where} returned {key} {metadata[key]!r:.80}, '
-                       f'the store header has {header[key]!r:.80}')
-  if provenance.is_whitened(metadata) and (
-      'whitening_hash' not in header):
-    raise ValueError(f'{where} returned whitened descriptors: record their '
-                     'whitening_hash in the store header')
+      raise ValueError(
+        f'{where} returned {key} {metadata[key]!r:.80}, '
+        f'the store header has {header[key]!r:.80}'
+      )
+  if provenance.is_whitened(metadata) and ('whitening_hash' not in header):
+    raise ValueError(
+      f'{where} returned whitened descriptors: record their '
+      'whitening_hash in the store header'
+    )
   if part.reduction is not None and (
-      records.hash_params(part.reduction) != record['reduction_hash']):
-    raise ValueError(f'{where} used another U^1 (eq. 4) than build_store\'s '
-                     'reduction')
+    records.hash_params(part.reduction) != record['reduction_hash']
+  ):
+    raise ValueError(
+      f"{where} used another U^1 (eq. 4) than build_store's reduction"
+    )
 
 
-def build_store(path, encode_part, *, image_paths, header, shard_size=1000,
-                dtype='float32', shards=None, reduction=None):
+def build_store(
+  path,
+  encode_part,
+  *,
+  image_paths,
+  header,
+  shard_size=1000,
+  dtype='float32',
+  shards=None,
+  reduction=None,
+):
   """Encodes the missing shards of a store: resumable and crash-safe.
 
   Shard n holds input rows [n * shard_size, min((n + 1) * shard_size, N)).
@@ -133,8 +159,10 @@ def build_store(path, encode_part, *, image_paths, header, shard_size=1000,
   if any(not 0 <= n < num_shards for n in wanted):
     raise ValueError(f'shards must be in [0, {num_shards}), got {shards}')
   record = _record(image_paths, header, shard_size, dtype, reduction)
-  if header.get('reduction_hash', record['reduction_hash']) != (
-      record['reduction_hash']):
+  if (
+    header.get('reduction_hash', record['reduction_hash'])
+    != (record['reduction_hash'])
+  ):
     raise ValueError('header reduction_hash is not the hash of reduction')
   _open_store(path, record, reduction)
   for number in wanted:
@@ -147,14 +175,19 @@ def build_store(path, encode_part, *, image_paths, header, shard_size=1000,
       logging.warning('encoding an unreadable shard again: %s', error)
     if os.path.isfile(os.path.join(path, 'metadata.json')):
       os.remove(os.path.join(path, 'metadata.json'))  # unfinished again
-    rows = list(range(number * shard_size,
-                      min((number + 1) * shard_size, len(image_paths))))
+    rows = list(
+      range(
+        number * shard_size, min((number + 1) * shard_size, len(image_paths))
+      )
+    )
     logging.info('encoding shard %d of %d of %s', number, num_shards, path)
     part = encode_part(rows)
     _check_part(part, rows, record, number)
     store_format.write_shard(path, number, part, dtype)
-  if any(not os.path.isfile(store_format.shard_file(path, n))
-         for n in range(num_shards)):
+  if any(
+    not os.path.isfile(store_format.shard_file(path, n))
+    for n in range(num_shards)
+  ):
     return False
   finalize_store(path)
   return True
@@ -171,8 +204,9 @@ def finalize_store(path):
   """
   path = os.fspath(path)
   record = store_format.read_header(path)
-  num_shards = store_format.num_shards(len(record['image_paths']),
-                                       record['shard_size'])
+  num_shards = store_format.num_shards(
+    len(record['image_paths']), record['shard_size']
+  )
   infos, problems = [], []
   for number in range(num_shards):
     try:
@@ -180,20 +214,29 @@ def finalize_store(path):
     except (FileNotFoundError, ValueError):
       problems.append(number)
   if problems:
-    raise ValueError(f'{path} cannot be finalised: {len(problems)} of '
-                     f'{num_shards} shards are missing or unreadable '
-                     f'({problems[:10]}); run build_store again')
+    raise ValueError(
+      f'{path} cannot be finalised: {len(problems)} of '
+      f'{num_shards} shards are missing or unreadable '
+      f'({problems[:10]}); run build_store again'
+    )
   metadata = dict(record['header'])
   for number, info in enumerate(infos):
     for key, value in info['metadata'].items():
       if key in _ROW_KEYS:
         metadata.setdefault(key, []).extend(value)
       elif metadata.setdefault(key, value) != value:
-        raise ValueError(f'{path}: shard {number} has {key} {value!r}, '
-                         f'other shards {metadata[key]!r}')
-  records.write_json(os.path.join(path, 'metadata.json'), {
-      'format_version': store_format.FORMAT_VERSION, 'metadata': metadata,
-      'num_images': sum(len(i['image_paths']) for i in infos)})
+        raise ValueError(
+          f'{path}: shard {number} has {key} {value!r}, '
+          f'other shards {metadata[key]!r}'
+        )
+  records.write_json(
+    os.path.join(path, 'metadata.json'),
+    {
+      'format_version': store_format.FORMAT_VERSION,
+      'metadata': metadata,
+      'num_images': sum(len(i['image_paths']) for i in infos),
+    },
+  )
   for leftover in glob.glob(os.path.join(path, 'shard_*.tmp-*')):
     try:  # of killed runs (no shard is being written: all are there)
       os.remove(leftover)
@@ -243,34 +286,58 @@ def load_store(path):
   """
   path = os.fspath(path)
   record = store_format.read_header(path)
-  num_shards = store_format.num_shards(len(record['image_paths']),
-                                       record['shard_size'])
+  num_shards = store_format.num_shards(
+    len(record['image_paths']), record['shard_size']
+  )
   if not os.path.isfile(os.path.join(path, 'metadata.json')):
-    missing = [n for n in range(num_shards)
-               if not os.path.isfile(store_format.shard_file(path, n))]
-    raise ValueError(f'{path} is an unfinished store: {len(missing)} of '
-                     f'{num_shards} shards missing {missing[:10]}; ' + (
-                         'resume the encode (build_store with the same '
-                         'arguments)' if missing else 'call finalize_store'))
-  metadata = records.read_json(path, 'metadata.json',
-                             store_format.FORMAT_VERSION)['metadata']
+    missing = [
+      n
+      for n in range(num_shards)
+      if not os.path.isfile(store_format.shard_file(path, n))
+    ]
+    raise ValueError(
+      f'{path} is an unfinished store: {len(missing)} of '
+      f'{num_shards} shards missing {missing[:10]}; '
+      + (
+        'resume the encode (build_store with the same arguments)'
+        if missing
+        else 'call finalize_store'
+      )
+    )
+  metadata = records.read_json(
+    path, 'metadata.json', store_format.FORMAT_VERSION
+  )['metadata']
   try:
     parts = [store_format.read_shard(path, n)[0] for n in range(num_shards)]
   except (FileNotFoundError, ValueError) as error:
     raise ValueError(
-        f'{error}; run build_store again to re-encode it') from error
+      f'{error}; run build_store again to re-encode it'
+    ) from error
   parts = [p for p in parts if len(p.valid)] or parts[:1]
   height = max(p.masks.shape[2] for p in parts)
   width = max(p.masks.shape[3] for p in parts)
-  masks = [np.pad(p.masks, ((0, 0), (0, 0), (0, height - p.masks.shape[2]),
-                            (0, width - p.masks.shape[3]))) for p in parts]
+  masks = [
+    np.pad(
+      p.masks,
+      (
+        (0, 0),
+        (0, 0),
+        (0, height - p.masks.shape[2]),
+        (0, width - p.masks.shape[3]),
+      ),
+    )
+    for p in parts
+  ]
   reduction = load_reduction(path)
   return records.Store(
-      descriptors=np.concatenate([p.descriptors for p in parts]),
-      valid=np.concatenate([p.valid for p in parts]),
-      masks=np.concatenate(masks), grid=np.concatenate([p.grid for p in parts]),
-      image_paths=tuple(i for p in parts for i in p.image_paths),
-      reduction=reduction, metadata=metadata)
+    descriptors=np.concatenate([p.descriptors for p in parts]),
+    valid=np.concatenate([p.valid for p in parts]),
+    masks=np.concatenate(masks),
+    grid=np.concatenate([p.grid for p in parts]),
+    image_paths=tuple(i for p in parts for i in p.image_paths),
+    reduction=reduction,
+    metadata=metadata,
+  )
 
 
 def save_store(path, store, *, shard_size=1000, dtype='float32'):
@@ -288,21 +355,40 @@ def save_store(path, store, *, shard_size=1000, dtype='float32'):
   """
   store_format.check_store(store)
   header = {k: v for k, v in store.metadata.items() if k not in _ROW_KEYS}
-  record = _record(store.image_paths, header, shard_size, dtype,
-                   store.reduction)
+  record = _record(
+    store.image_paths, header, shard_size, dtype, store.reduction
+  )
 
   def write(directory):
     _open_store(directory, record, store.reduction)
-    for number in range(store_format.num_shards(len(store.image_paths),
-                                                shard_size)):
+    for number in range(
+      store_format.num_shards(len(store.image_paths), shard_size)
+    ):
       rows = slice(number * shard_size, (number + 1) * shard_size)
-      metadata = dict(header, **{k: store.metadata[k][rows] for k in (
-          'rows', 'sizes') if k in store.metadata})
+      metadata = dict(
+        header,
+        **{
+          k: store.metadata[k][rows]
+          for k in ('rows', 'sizes')
+          if k in store.metadata
+        },
+      )
       if 'skipped' in store.metadata:  # all in shard 0
         metadata['skipped'] = store.metadata['skipped'] if not number else []
-      store_format.write_shard(directory, number, records.Store(
-          store.descriptors[rows], store.valid[rows], store.masks[rows],
-          store.grid[rows], store.image_paths[rows], None, metadata), dtype)
+      store_format.write_shard(
+        directory,
+        number,
+        records.Store(
+          store.descriptors[rows],
+          store.valid[rows],
+          store.masks[rows],
+          store.grid[rows],
+          store.image_paths[rows],
+          None,
+          metadata,
+        ),
+        dtype,
+      )
     finalize_store(directory)
 
   records.replace_directory(write, path)

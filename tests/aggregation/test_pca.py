@@ -33,13 +33,15 @@ def test_fit_matches_svd(num_rows):
   assert params.components.shape == (32, 8)
   assert params.components.dtype == jnp.float32
   np.testing.assert_allclose(params.components, components, atol=1e-5)
-  np.testing.assert_allclose(params.mean, x.astype(np.float64).mean(0),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    params.mean, x.astype(np.float64).mean(0), rtol=1e-6
+  )
   np.testing.assert_array_equal(params.scale, 1.0)
   uncentred = pca.fit(x, 8, center=False)
   np.testing.assert_array_equal(uncentred.mean, 0.0)
-  np.testing.assert_allclose(uncentred.components,
-                             reference_pca(x, 8, center=False)[0], atol=1e-5)
+  np.testing.assert_allclose(
+    uncentred.components, reference_pca(x, 8, center=False)[0], atol=1e-5
+  )
 
 
 def test_whitening_gives_identity_covariance():
@@ -48,25 +50,30 @@ def test_whitening_gives_identity_covariance():
   params = pca.fit(x, 10, whiten=True)
   _, variances = reference_pca(x, 10)
   np.testing.assert_allclose(params.scale, 1 / np.sqrt(variances), rtol=1e-5)
-  whitened = ((x.astype(np.float64) - np.asarray(params.mean, np.float64))
-              @ np.asarray(params.components, np.float64)
-              * np.asarray(params.scale, np.float64))
-  np.testing.assert_allclose(np.cov(whitened.T, bias=True), np.eye(10),
-                             atol=1e-4)
+  whitened = (
+    (x.astype(np.float64) - np.asarray(params.mean, np.float64))
+    @ np.asarray(params.components, np.float64)
+    * np.asarray(params.scale, np.float64)
+  )
+  np.testing.assert_allclose(
+    np.cov(whitened.T, bias=True), np.eye(10), atol=1e-4
+  )
 
 
 def test_mask_ignores_padded_rows():
   rng = np.random.default_rng(2)
   x = correlated_rows(rng, 100, 16)
   padded = np.concatenate([x, 1e3 * rng.normal(size=(7, 16))]).astype(
-      np.float32)
+    np.float32
+  )
   mask = np.arange(107) < 100
   for whiten in (False, True):
     expected = pca.fit(x, 6, whiten=whiten)
     got = pca.fit(padded, 6, whiten=whiten, mask=mask)
     for name in ('mean', 'components', 'scale'):
-      np.testing.assert_allclose(getattr(got, name), getattr(expected, name),
-                                 rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(
+        getattr(got, name), getattr(expected, name), rtol=1e-5, atol=1e-6
+      )
 
 
 def test_apply_projects_whitens_and_normalises():
@@ -76,8 +83,11 @@ def test_apply_projects_whitens_and_normalises():
   batch = x[:12].reshape(3, 4, 20)
   got = jax.jit(pca.apply)(params, batch)
   components, variances = reference_pca(x, 5)
-  expected = ((batch.astype(np.float64) - x.astype(np.float64).mean(0))
-              @ components / np.sqrt(variances))
+  expected = (
+    (batch.astype(np.float64) - x.astype(np.float64).mean(0))
+    @ components
+    / np.sqrt(variances)
+  )
   expected /= np.linalg.norm(expected, axis=-1, keepdims=True)
   assert got.shape == (3, 4, 5) and got.dtype == jnp.float32
   np.testing.assert_allclose(got, expected, atol=1e-4)
@@ -90,8 +100,9 @@ def test_apply_projects_whitens_and_normalises():
 
 def test_l2_normalize_keeps_zero():
   x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
-  np.testing.assert_allclose(jax.jit(pca.l2_normalize)(x),
-                             [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(pca.l2_normalize)(x), [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6
+  )
 
 
 def test_rank_deficient_whitening_is_finite():
@@ -111,8 +122,9 @@ def test_orbax_round_trip(tmp_path):
   restored = checkpointer.restore(tmp_path / 'pca', params)
   assert isinstance(restored, pca.PCAParams)
   for name in ('mean', 'components', 'scale'):
-    np.testing.assert_array_equal(getattr(restored, name),
-                                  getattr(params, name))
+    np.testing.assert_array_equal(
+      getattr(restored, name), getattr(params, name)
+    )
 
 
 def test_bad_inputs_raise():

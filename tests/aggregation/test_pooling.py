@@ -62,19 +62,22 @@ def reference_log_moment(features, mask, alpha, beta, components, eps_rel):
     warnings.simplefilter('ignore', RuntimeWarning)
     log_moment = scipy.linalg.logm(regularised).real
   values, vectors = np.linalg.eigh(regularised)  # float64 cross-check
-  np.testing.assert_allclose(log_moment, (vectors * np.log(values)) @ vectors.T,
-                             atol=1e-8)
+  np.testing.assert_allclose(
+    log_moment, (vectors * np.log(values)) @ vectors.T, atol=1e-8
+  )
   return log_moment
 
 
-def reference_second_order(features, masks, alpha, beta, components,
-                           eps_rel=1e-3, offdiag_scale=1.0):
+def reference_second_order(
+  features, masks, alpha, beta, components, eps_rel=1e-3, offdiag_scale=1.0
+):
   reduced = components.shape[1]
   rows, cols = np.triu_indices(reduced)
   out = np.zeros((masks.shape[0], reduced * (reduced + 1) // 2))
   for m in range(masks.shape[0]):
-    log_moment = reference_log_moment(features, masks[m], alpha, beta,
-                                      components, eps_rel)
+    log_moment = reference_log_moment(
+      features, masks[m], alpha, beta, components, eps_rel
+    )
     if log_moment is None:
       continue
     vec = log_moment[rows, cols] * np.where(rows == cols, 1.0, offdiag_scale)
@@ -103,11 +106,13 @@ def test_first_order_matches_eq3_and_eq9():
   fn = jax.jit(pooling.first_order)
   got = fn(features, masks, beta.astype(np.float32))
   assert got.shape == (8, CHANNELS) and got.dtype == jnp.float32
-  np.testing.assert_allclose(got, reference_first_order(features, masks, beta),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    got, reference_first_order(features, masks, beta), atol=1e-6
+  )
   got = fn(features, masks, beta.astype(np.float32), alpha.astype(np.float32))
   np.testing.assert_allclose(
-      got, reference_first_order(features, masks, beta, alpha), atol=1e-6)
+    got, reference_first_order(features, masks, beta, alpha), atol=1e-6
+  )
   np.testing.assert_array_equal(got[0], 0.0)  # empty region
 
 
@@ -120,12 +125,18 @@ def test_second_order_matches_eq4_eq5(offdiag_scale):
   alpha, beta = weights_of(features)
   params = reduction(rng, features, beta, 16)
   fn = jax.jit(lambda *a: pooling.second_order(*a, offdiag_scale=offdiag_scale))
-  got = fn(features, masks, alpha.astype(np.float32), beta.astype(np.float32),
-           params)
+  got = fn(
+    features, masks, alpha.astype(np.float32), beta.astype(np.float32), params
+  )
   assert got.shape == (8, 16 * 17 // 2) and got.dtype == jnp.float32
   expected = reference_second_order(
-      features, masks, alpha, beta, np.asarray(params.components, np.float64),
-      offdiag_scale=offdiag_scale)
+    features,
+    masks,
+    alpha,
+    beta,
+    np.asarray(params.components, np.float64),
+    offdiag_scale=offdiag_scale,
+  )
   np.testing.assert_allclose(got, expected, atol=2e-5)
   np.testing.assert_array_equal(got[0], 0.0)
   np.testing.assert_allclose(np.linalg.norm(got[1:], axis=1), 1.0, rtol=1e-5)
@@ -136,14 +147,16 @@ def graded_features(rng, height, width):
   spectrum (latent scales 1 .. 1e-3) and per-cell gains, like VGG19 conv5."""
   latent = rng.normal(size=(height, width, 96)) * np.geomspace(1, 1e-3, 96)
   gain = rng.gamma(2.0, size=(height, width, 1))
-  return (np.maximum(latent @ rng.normal(size=(96, 256)) - 0.05, 0.0)
-          * gain).astype(np.float32)
+  return (
+    np.maximum(latent @ rng.normal(size=(96, 256)) - 0.05, 0.0) * gain
+  ).astype(np.float32)
 
 
 @pytest.mark.parametrize('method,tolerance', [('qr', 2e-5), ('eigh', 3e-3)])
 @pytest.mark.parametrize('height,width', [(HEIGHT, WIDTH), (16, 16)])
-def test_log_covariance_error_near_singular_k128(height, width, method,
-                                                 tolerance):
+def test_log_covariance_error_near_singular_k128(
+  height, width, method, tolerance
+):
   """Relative Frobenius error vs float64 logm at K'=128.
 
   7x9 maps have fewer cells than K' (rank-deficient G); on 16x16 maps regions
@@ -159,24 +172,31 @@ def test_log_covariance_error_near_singular_k128(height, width, method,
   masks[1, 0, :2] = True
   masks[2, 2:4, 1:4] = True
   masks[3] = rng.random((height, width)) < 0.6
-  masks[4, :height - 1, :width - 2] = True
+  masks[4, : height - 1, : width - 2] = True
   masks[5] = True
   local = (features * beta.astype(np.float32)) @ params.components
   got = jax.jit(pooling.compute_log_covariances, static_argnames='method')(
-      local, jnp.asarray(masks * alpha, jnp.float32), method=method)
+    local, jnp.asarray(masks * alpha, jnp.float32), method=method
+  )
   errors = []
   for m in range(6):
-    expected = reference_log_moment(features, masks[m], alpha, beta,
-                                    np.asarray(params.components, np.float64),
-                                    1e-3)
+    expected = reference_log_moment(
+      features,
+      masks[m],
+      alpha,
+      beta,
+      np.asarray(params.components, np.float64),
+      1e-3,
+    )
     errors.append(np.linalg.norm(got[m] - expected) / np.linalg.norm(expected))
   assert max(errors) <= tolerance, errors
 
 
 def test_black_image_one_cell_and_zero_alpha_mass_are_finite():
   rng = np.random.default_rng(3)
-  params = pca.PCAParams(jnp.zeros(CHANNELS), jnp.eye(CHANNELS)[:, :8],
-                         jnp.ones(8))
+  params = pca.PCAParams(
+    jnp.zeros(CHANNELS), jnp.eye(CHANNELS)[:, :8], jnp.ones(8)
+  )
   fn = jax.jit(pooling.second_order)
   black = np.zeros((HEIGHT, WIDTH, CHANNELS), np.float32)
   masks = random_masks(rng)
@@ -184,13 +204,15 @@ def test_black_image_one_cell_and_zero_alpha_mass_are_finite():
   beta = weighting.channel_weights(black)
   np.testing.assert_array_equal(fn(black, masks, alpha, beta, params), 0.0)
   np.testing.assert_array_equal(
-      pooling.first_order(black, masks, beta, alpha), 0.0)
+    pooling.first_order(black, masks, beta, alpha), 0.0
+  )
   features = sparse_features(rng)
   beta = weighting.channel_weights(features)
   zero_alpha = fn(features, masks, jnp.zeros((HEIGHT, WIDTH)), beta, params)
   np.testing.assert_array_equal(zero_alpha, 0.0)  # sum of alpha over R = 0
-  one_cell = fn(features, masks[1:2], weighting.spatial_weights(features),
-                beta, params)
+  one_cell = fn(
+    features, masks[1:2], weighting.spatial_weights(features), beta, params
+  )
   assert np.all(np.isfinite(one_cell))
   np.testing.assert_allclose(np.linalg.norm(one_cell), 1.0, rtol=1e-5)
 
@@ -217,24 +239,30 @@ def test_vmap_masks_padding_regions_and_cells():
   def encode(f, m, v, rv):
     alpha = weighting.spatial_weights(f, v)
     beta = weighting.channel_weights(f, v)
-    return (pooling.first_order(f, m, beta, alpha, valid=v, region_valid=rv),
-            pooling.second_order(f, m, alpha, beta, params, valid=v,
-                                 region_valid=rv))
+    return (
+      pooling.first_order(f, m, beta, alpha, valid=v, region_valid=rv),
+      pooling.second_order(f, m, alpha, beta, params, valid=v, region_valid=rv),
+    )
 
-  first, second = jax.jit(jax.vmap(encode))(features, masks, valid,
-                                            region_valid)
+  first, second = jax.jit(jax.vmap(encode))(
+    features, masks, valid, region_valid
+  )
   for i, (rows, cols) in enumerate(shapes):
     crop = features[i, :rows, :cols]
     kept = np.delete(masks[i, :, :rows, :cols], 5, axis=0)
     alpha, beta = weights_of(crop)
-    np.testing.assert_allclose(np.delete(first[i], 5, axis=0),
-                               reference_first_order(crop, kept, beta, alpha),
-                               atol=1e-6)
     np.testing.assert_allclose(
-        np.delete(second[i], 5, axis=0),
-        reference_second_order(crop, kept, alpha, beta,
-                               np.asarray(params.components, np.float64)),
-        atol=2e-5)
+      np.delete(first[i], 5, axis=0),
+      reference_first_order(crop, kept, beta, alpha),
+      atol=1e-6,
+    )
+    np.testing.assert_allclose(
+      np.delete(second[i], 5, axis=0),
+      reference_second_order(
+        crop, kept, alpha, beta, np.asarray(params.components, np.float64)
+      ),
+      atol=2e-5,
+    )
     np.testing.assert_array_equal(first[i, 5], 0.0)
     np.testing.assert_array_equal(second[i, 5], 0.0)
 
@@ -245,8 +273,10 @@ def reference_rmac_regions(features, levels=3, overlap=0.4, max_steps=7):
   short, long = min(height, width), max(height, width)
   num_long = 1
   if long > short:
-    gaps = [abs((short - (long - short) / (n - 1)) / short - overlap)
-            for n in range(2, max_steps + 1)]
+    gaps = [
+      abs((short - (long - short) / (n - 1)) / short - overlap)
+      for n in range(2, max_steps + 1)
+    ]
     num_long = 2 + int(np.argmin(gaps))
   regions = []
   for level in range(1, levels + 1):
@@ -256,10 +286,15 @@ def reference_rmac_regions(features, levels=3, overlap=0.4, max_steps=7):
       for j in range(count_long):
         start_short = math.floor(i * (short - side) / max(level - 1, 1))
         start_long = math.floor(j * (long - side) / max(count_long - 1, 1))
-        y, x = ((start_long, start_short) if height >= width
-                else (start_short, start_long))
+        y, x = (
+          (start_long, start_short)
+          if height >= width
+          else (start_short, start_long)
+        )
         if side >= 1:
-          vec = features[y:y + side, x:x + side].astype(np.float64).max((0, 1))
+          vec = (
+            features[y : y + side, x : x + side].astype(np.float64).max((0, 1))
+          )
           regions.append(vec / max(np.linalg.norm(vec), 1e-300))
   return np.array(regions)
 
@@ -274,29 +309,31 @@ def reference_baselines(features):
   height, width = f.shape[:2]
   ys, xs = np.mgrid[:height, :width]
   sigma = min(height, width) / 2 / 3
-  prior = np.exp(-((ys - (height - 1) / 2) ** 2 + (xs - (width - 1) / 2) ** 2)
-                 / (2 * sigma ** 2))
+  prior = np.exp(
+    -((ys - (height - 1) / 2) ** 2 + (xs - (width - 1) / 2) ** 2)
+    / (2 * sigma**2)
+  )
   summed = f.sum(-1)
-  crow_alpha = np.sqrt(summed / np.sqrt((summed ** 2).sum()))
+  crow_alpha = np.sqrt(summed / np.sqrt((summed**2).sum()))
   fraction = (f > 0).mean((0, 1))
   crow_beta = np.log((f.shape[-1] * 1e-6 + fraction.sum()) / (1e-6 + fraction))
   return {
-      'spoc': l2(f.sum((0, 1))),
-      'spoc_prior': l2((prior[..., None] * f).sum((0, 1))),
-      'mac': l2(f.max((0, 1))),
-      'crow': l2(crow_beta * (crow_alpha[..., None] * f).sum((0, 1))),
-      'gem': l2(np.mean(np.maximum(f, 1e-6) ** 3, (0, 1)) ** (1 / 3)),
-      'rmac': l2(reference_rmac_regions(f).sum(0)),
+    'spoc': l2(f.sum((0, 1))),
+    'spoc_prior': l2((prior[..., None] * f).sum((0, 1))),
+    'mac': l2(f.max((0, 1))),
+    'crow': l2(crow_beta * (crow_alpha[..., None] * f).sum((0, 1))),
+    'gem': l2(np.mean(np.maximum(f, 1e-6) ** 3, (0, 1)) ** (1 / 3)),
+    'rmac': l2(reference_rmac_regions(f).sum(0)),
   }
 
 
 BASELINES = {
-    'spoc': pooling.spoc,
-    'spoc_prior': lambda f, v: pooling.spoc(f, v, center_prior=True),
-    'mac': pooling.mac,
-    'crow': pooling.crow,
-    'gem': pooling.gem,
-    'rmac': pooling.rmac,
+  'spoc': pooling.spoc,
+  'spoc_prior': lambda f, v: pooling.spoc(f, v, center_prior=True),
+  'mac': pooling.mac,
+  'crow': pooling.crow,
+  'gem': pooling.gem,
+  'rmac': pooling.rmac,
 }
 
 
@@ -308,8 +345,9 @@ def test_baselines_match_references_and_ignore_padding():
     assert batched.shape == (3, CHANNELS) and batched.dtype == jnp.float32
     for i, (rows, cols) in enumerate(shapes):
       expected = reference_baselines(features[i, :rows, :cols])[name]
-      np.testing.assert_allclose(batched[i], expected, atol=2e-6,
-                                 err_msg=f'{name} image {i}')
+      np.testing.assert_allclose(
+        batched[i], expected, atol=2e-6, err_msg=f'{name} image {i}'
+      )
 
 
 @pytest.mark.parametrize('shape', [(7, 9), (9, 7), (6, 6), (2, 11), (1, 5)])
@@ -319,8 +357,9 @@ def test_rmac_regions_layout(shape):
   regions, region_valid = jax.jit(pooling.rmac_regions)(features)
   expected = reference_rmac_regions(features)
   assert regions.shape == (50, CHANNELS) and region_valid.shape == (50,)
-  np.testing.assert_allclose(regions[np.asarray(region_valid)], expected,
-                             atol=2e-6)
+  np.testing.assert_allclose(
+    regions[np.asarray(region_valid)], expected, atol=2e-6
+  )
   np.testing.assert_array_equal(regions[~np.asarray(region_valid)], 0.0)
 
 
@@ -337,8 +376,9 @@ def test_bad_inputs_raise():
   masks = random_masks(rng)
   beta = np.ones(CHANNELS, np.float32)
   alpha = np.ones((HEIGHT, WIDTH), np.float32)
-  params = pca.PCAParams(jnp.zeros(CHANNELS), jnp.eye(CHANNELS)[:, :4],
-                         jnp.ones(4))
+  params = pca.PCAParams(
+    jnp.zeros(CHANNELS), jnp.eye(CHANNELS)[:, :4], jnp.ones(4)
+  )
   with pytest.raises(TypeError):
     pooling.first_order(features, masks.astype(np.float32), beta)
   with pytest.raises(ValueError):
@@ -356,16 +396,18 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError):
     pooling.second_order(features[None], masks, alpha, beta, params)
   with pytest.raises(ValueError):
-    pooling.second_order(features, masks, alpha, beta,
-                         params._replace(components=jnp.eye(4)))
+    pooling.second_order(
+      features, masks, alpha, beta, params._replace(components=jnp.eye(4))
+    )
   with pytest.raises(TypeError):
     pooling.mac(features.astype(np.int32))
 
 
 def test_same_shape_images_compile_once():
   rng = np.random.default_rng(9)
-  params = pca.PCAParams(jnp.zeros(CHANNELS), jnp.eye(CHANNELS)[:, :8],
-                         jnp.ones(8))
+  params = pca.PCAParams(
+    jnp.zeros(CHANNELS), jnp.eye(CHANNELS)[:, :8], jnp.ones(8)
+  )
   traces = []
 
   @jax.jit
@@ -373,8 +415,15 @@ def test_same_shape_images_compile_once():
     traces.append(features.shape)
     alpha = weighting.spatial_weights(features, valid)
     beta = weighting.channel_weights(features, valid)
-    return pooling.second_order(features, masks, alpha, beta, params,
-                                valid=valid, region_valid=region_valid)
+    return pooling.second_order(
+      features,
+      masks,
+      alpha,
+      beta,
+      params,
+      valid=valid,
+      region_valid=region_valid,
+    )
 
   features, valid, _ = padded_batch(rng)
   for i in range(3):
@@ -390,13 +439,20 @@ def test_pooling_methods_pass_the_log_method(log_method):
   alpha, beta = weights_of(features)
   params = reduction(rng, features, beta, 8)
   masks = random_masks(rng)
-  options = {'gem_power': 3.0, 'offdiag_scale': 1.0, 'rmac_levels': 3,
-             'log_method': log_method}
+  options = {
+    'gem_power': 3.0,
+    'offdiag_scale': 1.0,
+    'rmac_levels': 3,
+    'log_method': log_method,
+  }
   got = method_table.POOLING['o2'].pool(
-      features, alpha, beta, None, masks, None, params, options)
-  expected = pooling.second_order(features, masks, alpha, beta, params,
-                                  log_method=log_method)
+    features, alpha, beta, None, masks, None, params, options
+  )
+  expected = pooling.second_order(
+    features, masks, alpha, beta, params, log_method=log_method
+  )
   np.testing.assert_array_equal(got, expected)
   with pytest.raises(ValueError, match='method must be one of'):
-    pooling.compute_log_covariances(features[..., :8], masks * alpha,
-                                    method='svd')
+    pooling.compute_log_covariances(
+      features[..., :8], masks * alpha, method='svd'
+    )

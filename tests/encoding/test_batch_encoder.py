@@ -33,10 +33,20 @@ from regagg_jax.aggregation import method_table
 from regagg_jax.features import reading
 from regagg_jax.features import vgg19
 
-_OPTIONS = {'gem_power': 3.0, 'offdiag_scale': 1.0, 'log_method': 'qr',
-            'rmac_levels': 3}
-_JAX_REGIONS = {'backend': 'jax', 'n_max': 48, 'n_min': 12,
-                'num_clusters': 2, 'min_cells': 1, 'max_points': 256}
+_OPTIONS = {
+  'gem_power': 3.0,
+  'offdiag_scale': 1.0,
+  'log_method': 'qr',
+  'rmac_levels': 3,
+}
+_JAX_REGIONS = {
+  'backend': 'jax',
+  'n_max': 48,
+  'n_min': 12,
+  'num_clusters': 2,
+  'min_cells': 1,
+  'max_points': 256,
+}
 _HESAFF_REGIONS = dict(_JAX_REGIONS, backend='hesaff')
 _WIDTHS = (4, 8, 8, 16, 16)
 _TOLERANCE = {'rtol': 1e-5, 'atol': 1e-6}  # float32, fused vs staged XLA
@@ -61,32 +71,47 @@ def batch(paths):
 
 @pytest.fixture(scope='module')
 def reduction(variables, paths):
-  return file_encoder.fit_reduction(variables, paths, range(5), k_prime=4,
-                                    region_options=_HESAFF_REGIONS, max_size=64,
-                                    batch_size=4)
+  return file_encoder.fit_reduction(
+    variables,
+    paths,
+    range(5),
+    k_prime=4,
+    region_options=_HESAFF_REGIONS,
+    max_size=64,
+    batch_size=4,
+  )
 
 
-def _encode(variables, batch, method, reduction=None, whitening=None,
-            **kwargs):
+def _encode(variables, batch, method, reduction=None, whitening=None, **kwargs):
   outputs = batch_encoder.encode_batch(
-      variables, batch.rgb, batch.sizes, batch.cells, reduction, whitening,
-      method=method, region_options=_JAX_REGIONS, pooling_options=_OPTIONS,
-      **kwargs)
+    variables,
+    batch.rgb,
+    batch.sizes,
+    batch.cells,
+    reduction,
+    whitening,
+    method=method,
+    region_options=_JAX_REGIONS,
+    pooling_options=_OPTIONS,
+    **kwargs,
+  )
   return [np.asarray(a) for a in outputs]
 
 
 @pytest.fixture(scope='module')
 def fused(variables, batch, reduction):
-  return {m: _encode(variables, batch, m, reduction if m == 'o2' else None)
-          for m in ('o1', 'o2', 'crow')}
+  return {
+    m: _encode(variables, batch, m, reduction if m == 'o2' else None)
+    for m in ('o1', 'o2', 'crow')
+  }
 
 
 @pytest.mark.parametrize('method', ['o1', 'o2', 'crow'])
-def test_fused_batch_equals_staged(variables, batch, reduction, fused,
-                                   method):
+def test_fused_batch_equals_staged(variables, batch, reduction, fused, method):
   descriptors, valid, masks = fused[method]
-  staged = _encode(variables, batch, method,
-                   reduction if method == 'o2' else None, staged=True)
+  staged = _encode(
+    variables, batch, method, reduction if method == 'o2' else None, staged=True
+  )
   regions = 4 if method != 'crow' else 1
   dim = {'o1': 16, 'crow': 16, 'o2': 10}[method]  # K, K'(K'+1)/2
   assert descriptors.shape == (4, regions, dim)
@@ -97,54 +122,68 @@ def test_fused_batch_equals_staged(variables, batch, reduction, fused,
   np.testing.assert_allclose(descriptors, staged[0], **_TOLERANCE)
   assert valid[:3, -1].all() and not valid[3].any()  # slot 3 is padding
   assert not descriptors[3].any() and not masks[3].any()
-  np.testing.assert_allclose(np.linalg.norm(descriptors[valid], axis=-1), 1,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.linalg.norm(descriptors[valid], axis=-1), 1, rtol=1e-5
+  )
   if method != 'crow':
     assert valid[:3, :-1].any()  # some cluster regions survive
 
 
-def test_fit_reduction_is_the_uncentred_pca_of_eq3(variables, paths,
-                                                   reduction):
+def test_fit_reduction_is_the_uncentred_pca_of_eq3(variables, paths, reduction):
   """U^1 spans the top eigenvectors of sum f f^T over eq. (3) descriptors
   (numpy float64) and equals the one encode_methods fits for 'o2'."""
   pictures = [reading.load(p, max_size=64) for p in paths]
   summed, region_valid = [], []
   for start in (0, 4):
     rows = list(range(start, min(start + 4, 5)))
-    part = reading.make_batch(rows, pictures[start:start + 4], 4)
+    part = reading.make_batch(rows, pictures[start : start + 4], 4)
     outputs = batch_encoder.run_batch(
-        variables, part.rgb, part.sizes, part.cells, None, None,
-        method=method_table.SUM, dtype='float32',
-        region_options=batch_encoder.freeze_options(_HESAFF_REGIONS),
-        pooling_options=(),
-        staged=True)
-    summed.append(np.asarray(outputs[0])[:len(rows)])
-    region_valid.append(np.asarray(outputs[1])[:len(rows)])
+      variables,
+      part.rgb,
+      part.sizes,
+      part.cells,
+      None,
+      None,
+      method=method_table.SUM,
+      dtype='float32',
+      region_options=batch_encoder.freeze_options(_HESAFF_REGIONS),
+      pooling_options=(),
+      staged=True,
+    )
+    summed.append(np.asarray(outputs[0])[: len(rows)])
+    region_valid.append(np.asarray(outputs[1])[: len(rows)])
   x = np.concatenate(summed).reshape(-1, 16).astype(np.float64)
   x = x[np.concatenate(region_valid).reshape(-1)]
   _, vectors = np.linalg.eigh(x.T @ x)
   top = vectors[:, ::-1][:, :4]
   components = np.asarray(reduction.components, np.float64)
   assert components.shape == (16, 4)
-  np.testing.assert_allclose(np.abs(top.T @ components), np.eye(4),
-                             atol=1e-4)
-  stores = file_encoder.encode_methods(variables, paths, ('o2',),
-                                       pooling_options=_OPTIONS, k_prime=4,
-                                       region_options=_HESAFF_REGIONS,
-                                       max_size=64, batch_size=4)
-  np.testing.assert_allclose(stores['o2'].reduction.components,
-                             reduction.components, atol=1e-5)
+  np.testing.assert_allclose(np.abs(top.T @ components), np.eye(4), atol=1e-4)
+  stores = file_encoder.encode_methods(
+    variables,
+    paths,
+    ('o2',),
+    pooling_options=_OPTIONS,
+    k_prime=4,
+    region_options=_HESAFF_REGIONS,
+    max_size=64,
+    batch_size=4,
+  )
+  np.testing.assert_allclose(
+    stores['o2'].reduction.components, reduction.components, atol=1e-5
+  )
 
 
-def test_whitening_inside_equals_pca_apply_afterwards(variables, batch,
-                                                      fused):
+def test_whitening_inside_equals_pca_apply_afterwards(variables, batch, fused):
   """eq. (6) in the fused jit == a float64 numpy whitening afterwards."""
   descriptors, valid, _ = fused['crow']
   rng = np.random.default_rng(0)
-  whitening = pca.fit(rng.normal(size=(64, 16)).astype(np.float32), 8,
-                      whiten=True)
-  whitened, whitened_valid, _ = _encode(variables, batch, 'crow',
-                                        whitening=whitening)
+  whitening = pca.fit(
+    rng.normal(size=(64, 16)).astype(np.float32), 8, whiten=True
+  )
+  whitened, whitened_valid, _ = _encode(
+    variables, batch, 'crow', whitening=whitening
+  )
   np.testing.assert_array_equal(whitened_valid, valid)
   mean, components, scale = (np.asarray(a, np.float64) for a in whitening)
   expected = (descriptors.astype(np.float64) - mean) @ components * scale
@@ -155,24 +194,39 @@ def test_whitening_inside_equals_pca_apply_afterwards(variables, batch,
 
 
 def test_encode_rows_of_a_subset_equal_those_of_a_full_encode(
-    variables, paths, fused):
-  full = file_encoder.encode_rows(variables, paths, range(5), 'o1',
-                                  region_options=_JAX_REGIONS,
-                                  pooling_options=_OPTIONS, max_size=64,
-                                  batch_size=4)
-  part = file_encoder.encode_rows(variables, paths, [3, 1], 'o1',
-                                  region_options=_JAX_REGIONS,
-                                  pooling_options=_OPTIONS, max_size=64,
-                                  batch_size=4)
+  variables, paths, fused
+):
+  full = file_encoder.encode_rows(
+    variables,
+    paths,
+    range(5),
+    'o1',
+    region_options=_JAX_REGIONS,
+    pooling_options=_OPTIONS,
+    max_size=64,
+    batch_size=4,
+  )
+  part = file_encoder.encode_rows(
+    variables,
+    paths,
+    [3, 1],
+    'o1',
+    region_options=_JAX_REGIONS,
+    pooling_options=_OPTIONS,
+    max_size=64,
+    batch_size=4,
+  )
   assert full.metadata['rows'] == [0, 1, 2, 3, 4]
   assert part.metadata['rows'] == [3, 1]  # the order of `rows`
   assert part.image_paths == (paths[3], paths[1])
-  np.testing.assert_allclose(part.descriptors, full.descriptors[[3, 1]],
-                             **_TOLERANCE)
+  np.testing.assert_allclose(
+    part.descriptors, full.descriptors[[3, 1]], **_TOLERANCE
+  )
   np.testing.assert_array_equal(part.valid, full.valid[[3, 1]])
   np.testing.assert_array_equal(part.masks, full.masks[[3, 1]])
-  np.testing.assert_allclose(full.descriptors[:3], fused['o1'][0][:3],
-                             **_TOLERANCE)
+  np.testing.assert_allclose(
+    full.descriptors[:3], fused['o1'][0][:3], **_TOLERANCE
+  )
   assert part.metadata['sizes'] == [[48, 64], [48, 64]]
   assert part.metadata['whitening_hash'] == 'none'
   assert part.metadata['reduction_hash'] == 'none'
@@ -185,19 +239,33 @@ def test_encode_methods_agrees_with_encode_rows(variables, paths, reduction):
   """The staged multi-method pass == the one-pass fused encoder, 'o2' with
   the same U^1 included."""
   stores = file_encoder.encode_methods(
-      variables, paths[:3], ('o1', 'o2', 'crow'), pooling_options=_OPTIONS,
-      k_prime=4, region_options=_JAX_REGIONS, max_size=64, batch_size=4,
-      reduction=reduction)
+    variables,
+    paths[:3],
+    ('o1', 'o2', 'crow'),
+    pooling_options=_OPTIONS,
+    k_prime=4,
+    region_options=_JAX_REGIONS,
+    max_size=64,
+    batch_size=4,
+    reduction=reduction,
+  )
   for method, store in stores.items():
-    alone = file_encoder.encode_rows(variables, paths, range(3), method,
-                                     region_options=_JAX_REGIONS,
-                                     pooling_options=_OPTIONS, max_size=64,
-                                     batch_size=4, reduction=reduction)
-    np.testing.assert_allclose(store.descriptors, alone.descriptors,
-                               **_TOLERANCE)
+    alone = file_encoder.encode_rows(
+      variables,
+      paths,
+      range(3),
+      method,
+      region_options=_JAX_REGIONS,
+      pooling_options=_OPTIONS,
+      max_size=64,
+      batch_size=4,
+      reduction=reduction,
+    )
+    np.testing.assert_allclose(
+      store.descriptors, alone.descriptors, **_TOLERANCE
+    )
     np.testing.assert_array_equal(store.valid, alone.valid)
-    assert store.metadata['reduction_hash'] == alone.metadata[
-        'reduction_hash']
+    assert store.metadata['reduction_hash'] == alone.metadata['reduction_hash']
 
 
 def _write(path, array):
@@ -210,20 +278,38 @@ def mixed_paths(paths, tmp_path_factory):
   """Landscape samples, portrait and square pictures, unreadable files."""
   folder = tmp_path_factory.mktemp('mixed')
   rng = np.random.default_rng(1)
-  portrait = _write(folder / 'portrait.png',
-                    rng.integers(0, 256, (80, 48, 3), np.uint8))
-  square = _write(folder / 'square.png',
-                  rng.integers(0, 256, (70, 70, 3), np.uint8))
+  portrait = _write(
+    folder / 'portrait.png', rng.integers(0, 256, (80, 48, 3), np.uint8)
+  )
+  square = _write(
+    folder / 'square.png', rng.integers(0, 256, (70, 70, 3), np.uint8)
+  )
   broken = folder / 'broken.jpg'
   broken.write_bytes(b'not an image at all')
-  return [paths[0], portrait, str(broken), paths[1], square, paths[2],
-          str(folder / 'missing.jpg'), paths[3]]
+  return [
+    paths[0],
+    portrait,
+    str(broken),
+    paths[1],
+    square,
+    paths[2],
+    str(folder / 'missing.jpg'),
+    paths[3],
+  ]
 
 
 def _gem_rows(variables, image_paths, rows, **kwargs):
-  return file_encoder.encode_rows(variables, image_paths, rows, 'gem',
-                                  region_options=None, pooling_options=_OPTIONS,
-                                  max_size=96, batch_size=2, **kwargs)
+  return file_encoder.encode_rows(
+    variables,
+    image_paths,
+    rows,
+    'gem',
+    region_options=None,
+    pooling_options=_OPTIONS,
+    max_size=96,
+    batch_size=2,
+    **kwargs,
+  )
 
 
 def test_unreadable_images_are_skipped_and_reported(variables, mixed_paths):
@@ -234,34 +320,38 @@ def test_unreadable_images_are_skipped_and_reported(variables, mixed_paths):
   assert 'not a readable image' in skipped[mixed_paths[2]]
   assert 'no such image file' in skipped[mixed_paths[6]]
   readable = _gem_rows(variables, mixed_paths, [0, 1, 3, 4, 5, 7])
-  np.testing.assert_allclose(store.descriptors, readable.descriptors,
-                             **_TOLERANCE)
+  np.testing.assert_allclose(
+    store.descriptors, readable.descriptors, **_TOLERANCE
+  )
   assert store.metadata['sizes'][1] == [80, 48]
   assert readable.metadata['skipped'] == []
 
 
-def test_encode_rows_whitens_and_records_the_whitening(variables,
-                                                      mixed_paths):
+def test_encode_rows_whitens_and_records_the_whitening(variables, mixed_paths):
   rng = np.random.default_rng(2)
-  whitening = pca.fit(rng.normal(size=(40, 16)).astype(np.float32), 6,
-                      whiten=True)
+  whitening = pca.fit(
+    rng.normal(size=(40, 16)).astype(np.float32), 6, whiten=True
+  )
   plain = _gem_rows(variables, mixed_paths, [0, 1])
   whitened = _gem_rows(variables, mixed_paths, [0, 1], whitening=whitening)
   assert whitened.metadata['whitening_hash'] == records.hash_params(whitening)
   assert whitened.metadata['whitening_hash'] != 'none'
   assert whitened.descriptors.shape == (2, 1, 6)
   np.testing.assert_allclose(
-      whitened.descriptors,
-      pca.apply(whitening, jnp.asarray(plain.descriptors), plain.valid),
-      **_TOLERANCE)
+    whitened.descriptors,
+    pca.apply(whitening, jnp.asarray(plain.descriptors), plain.valid),
+    **_TOLERANCE,
+  )
 
 
-def test_thread_count_and_prefetch_do_not_change_the_output(variables,
-                                                            mixed_paths):
+def test_thread_count_and_prefetch_do_not_change_the_output(
+  variables, mixed_paths
+):
   rows = [7, 4, 0, 2, 1, 5, 3]
   one = _gem_rows(variables, mixed_paths, rows, num_threads=1, prefetch=0)
-  four = _gem_rows(variables, mixed_paths, iter(np.array(rows)),
-                   num_threads=4, prefetch=3)  # any iterable of integers
+  four = _gem_rows(
+    variables, mixed_paths, iter(np.array(rows)), num_threads=4, prefetch=3
+  )  # any iterable of integers
   assert one.metadata['rows'] == four.metadata['rows'] == [7, 4, 0, 1, 5, 3]
   assert all(type(row) is int for row in four.metadata['rows'])  # JSON
   np.testing.assert_array_equal(one.descriptors, four.descriptors)
@@ -279,16 +369,25 @@ def test_compilations_count_one_per_bucket(variables):
     del duration
     name = str(kwargs.get('fun_name'))
     if event == '/jax/core/compile/backend_compile_duration' and any(
-        f'({n})' in name for n in ('_encode_chain', '_compute_maps',
-                                   '_pool_batch')):
+      f'({n})' in name
+      for n in ('_encode_chain', '_compute_maps', '_pool_batch')
+    ):
       compiled.append(name)
 
   def run(height, width, **kwargs):
     picture = np.full((height, width, 3), 90, np.uint8)
     part = reading.make_batch([0], [picture], 3)  # batch size 3: this test's
-    batch_encoder.encode_batch(variables, part.rgb, part.sizes, part.cells, None,
-                         None, method='spoc', pooling_options=_OPTIONS,
-                         **kwargs)[0].block_until_ready()
+    batch_encoder.encode_batch(
+      variables,
+      part.rgb,
+      part.sizes,
+      part.cells,
+      None,
+      None,
+      method='spoc',
+      pooling_options=_OPTIONS,
+      **kwargs,
+    )[0].block_until_ready()
     return batch_encoder.compilations() - start
 
   start = batch_encoder.compilations()
@@ -305,11 +404,24 @@ def test_compilations_count_one_per_bucket(variables):
 
 
 def test_bad_arguments_are_refused(variables, batch, paths):
-  def call(method='o1', rgb=batch.rgb, cells=batch.cells, reduction=None,
-           region_options=_JAX_REGIONS):
-    batch_encoder.encode_batch(variables, rgb, batch.sizes, cells, reduction, None,
-                         method=method, region_options=region_options,
-                         pooling_options=_OPTIONS)
+  def call(
+    method='o1',
+    rgb=batch.rgb,
+    cells=batch.cells,
+    reduction=None,
+    region_options=_JAX_REGIONS,
+  ):
+    batch_encoder.encode_batch(
+      variables,
+      rgb,
+      batch.sizes,
+      cells,
+      reduction,
+      None,
+      method=method,
+      region_options=region_options,
+      pooling_options=_OPTIONS,
+    )
 
   with pytest.raises(ValueError, match='pooling method must be one of'):
     call(method='vlad')
@@ -329,11 +441,17 @@ def test_bad_arguments_are_refused(variables, batch, paths):
   with pytest.raises(ValueError, match='num_threads'):
     rows([0], num_threads=0)
   with pytest.raises(ValueError, match='needs region_options'):
-    file_encoder.fit_reduction(variables, paths, [0], k_prime=4,
-                               region_options=None)
+    file_encoder.fit_reduction(
+      variables, paths, [0], k_prime=4, region_options=None
+    )
   with pytest.raises(ValueError, match='no readable image'):
-    file_encoder.fit_reduction(variables, ['/nonexistent.jpg'], [0], k_prime=4,
-                               region_options=_HESAFF_REGIONS)
+    file_encoder.fit_reduction(
+      variables,
+      ['/nonexistent.jpg'],
+      [0],
+      k_prime=4,
+      region_options=_HESAFF_REGIONS,
+    )
 
 
 _SHARDED = """
@@ -373,31 +491,53 @@ print('SHARDED_OK', single.descriptors.shape)
 """
 
 
-@pytest.mark.parametrize('method, regions', [
-    ('gem', None), ('o1', _HESAFF_REGIONS),
-    pytest.param('o1', _JAX_REGIONS, marks=pytest.mark.slow)])
-def test_mesh_sharded_encode_rows_equals_single_device(paths, method,
-                                                       regions):
+@pytest.mark.parametrize(
+  'method, regions',
+  [
+    ('gem', None),
+    ('o1', _HESAFF_REGIONS),
+    pytest.param('o1', _JAX_REGIONS, marks=pytest.mark.slow),
+  ],
+)
+def test_mesh_sharded_encode_rows_equals_single_device(paths, method, regions):
   """4 host CPU devices (a subprocess): batches sharded over a 1-D mesh."""
   pytest.importorskip('regagg_jax.encoding.parallel')
-  script = _SHARDED.format(widths=_WIDTHS,
-                           paths=paths + paths[:2], regions=regions,
-                           options=_OPTIONS, method=method,
-                           fused=regions is None or regions is _JAX_REGIONS)
-  environment = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+  script = _SHARDED.format(
+    widths=_WIDTHS,
+    paths=paths + paths[:2],
+    regions=regions,
+    options=_OPTIONS,
+    method=method,
+    fused=regions is None or regions is _JAX_REGIONS,
+  )
+  environment = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=(
       os.environ.get('XLA_FLAGS', '')
-      + ' --xla_force_host_platform_device_count=4'))
-  result = subprocess.run([sys.executable, '-c', textwrap.dedent(script)],
-                          capture_output=True, text=True, env=environment,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-                          timeout=600, check=False)
+      + ' --xla_force_host_platform_device_count=4'
+    ),
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', textwrap.dedent(script)],
+    capture_output=True,
+    text=True,
+    env=environment,
+    cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    timeout=600,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'SHARDED_OK' in result.stdout
 
 
 def _scipy_openblas():
-  pattern = os.path.join(os.path.dirname(scipy.__file__), os.pardir,
-                         'scipy.libs', 'libscipy_openblas*.so')
+  pattern = os.path.join(
+    os.path.dirname(scipy.__file__),
+    os.pardir,
+    'scipy.libs',
+    'libscipy_openblas*.so',
+  )
   libraries = glob.glob(pattern)
   if not libraries:
     pytest.skip(f'no scipy OpenBLAS at {pattern}')
@@ -423,18 +563,25 @@ def test_limit_lapack_threads_rejects_zero():
 
 def test_encode_methods_takes_explicit_arguments(sample_paths):
   """No config: global methods need no region_options; M = 1, unit norm."""
-  variables = vgg19.init_params(jax.random.PRNGKey(0),
-                                widths=(4, 4, 8, 8, 16))
+  variables = vgg19.init_params(jax.random.PRNGKey(0), widths=(4, 4, 8, 8, 16))
   stores = file_encoder.encode_methods(
-      variables, sample_paths[:3], ('gem', 'mac'), pooling_options=_OPTIONS,
-      k_prime=6, max_size=64, batch_size=2)
+    variables,
+    sample_paths[:3],
+    ('gem', 'mac'),
+    pooling_options=_OPTIONS,
+    k_prime=6,
+    max_size=64,
+    batch_size=2,
+  )
   for store in stores.values():
     assert store.descriptors.shape == (3, 1, 16)
     assert store.descriptors.dtype == np.float32 and store.valid.all()
-    np.testing.assert_allclose(np.linalg.norm(store.descriptors, axis=-1), 1,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      np.linalg.norm(store.descriptors, axis=-1), 1, rtol=1e-5
+    )
     assert store.metadata['rows'] == [0, 1, 2] and store.reduction is None
     assert store.metadata['apply_exif'] and 'config_hash' not in store.metadata
   with pytest.raises(ValueError, match='region_options'):
-    file_encoder.encode_methods(variables, sample_paths[:1], ('o1',),
-                                pooling_options=_OPTIONS, k_prime=6)
+    file_encoder.encode_methods(
+      variables, sample_paths[:1], ('o1',), pooling_options=_OPTIONS, k_prime=6
+    )

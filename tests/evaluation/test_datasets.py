@@ -13,17 +13,25 @@ from regagg_jax.evaluation import datasets
 from regagg_jax.evaluation import metrics
 
 GND = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'gnd'
-needs_gnd = pytest.mark.skipif(not GND.is_dir(), reason='ground truth not beside the clone')
+needs_gnd = pytest.mark.skipif(
+  not GND.is_dir(), reason='ground truth not beside the clone'
+)
 
 COUNTS = {  # name: (queries, database images), as the ground-truth files say
-    'oxford5k': (55, 5063), 'paris6k': (55, 6392), 'roxford5k': (70, 4993),
-    'rparis6k': (70, 6322), 'holidays': (500, 1491)}
+  'oxford5k': (55, 5063),
+  'paris6k': (55, 6392),
+  'roxford5k': (70, 4993),
+  'rparis6k': (70, 6322),
+  'holidays': (500, 1491),
+}
 
 
 def _perfect_ranks(dataset):
   rows = []
   for positives, junk in zip(dataset.positives, dataset.junk):
-    rest = np.setdiff1d(np.arange(len(dataset.images)), np.union1d(positives, junk))
+    rest = np.setdiff1d(
+      np.arange(len(dataset.images)), np.union1d(positives, junk)
+    )
     rows.append(np.concatenate([positives, junk, rest]))
   return np.stack(rows)
 
@@ -33,9 +41,14 @@ def _perfect_ranks(dataset):
 def test_benchmark_counts_and_indices(name):
   dataset = datasets.load(name, ground_truth_root=GND)
   num_queries, num_images = COUNTS[name]
-  assert len(dataset.queries) == num_queries and len(dataset.images) == num_images
+  assert (
+    len(dataset.queries) == num_queries and len(dataset.images) == num_images
+  )
   assert len(dataset.positives) == len(dataset.junk) == num_queries
-  assert dataset.query_indices.shape == (num_queries,) and dataset.query_indices.dtype == np.int64
+  assert (
+    dataset.query_indices.shape == (num_queries,)
+    and dataset.query_indices.dtype == np.int64
+  )
   assert all(n.endswith('.jpg') for n in dataset.images + dataset.queries)
   for positives, junk in zip(dataset.positives, dataset.junk):
     assert positives.dtype == np.int64 and junk.dtype == np.int64
@@ -46,9 +59,14 @@ def test_benchmark_counts_and_indices(name):
     assert np.all(dataset.query_indices == -1)
     assert not set(dataset.queries) & set(dataset.images)
   else:
-    assert [dataset.images[i] for i in dataset.query_indices] == list(dataset.queries)
+    assert [dataset.images[i] for i in dataset.query_indices] == list(
+      dataset.queries
+    )
   if name == 'holidays':
-    assert dataset.boxes is None and dataset.max_size == datasets.HOLIDAYS_MAX_SIZE == 1024
+    assert (
+      dataset.boxes is None
+      and dataset.max_size == datasets.HOLIDAYS_MAX_SIZE == 1024
+    )
     assert dataset.apply_exif
   else:
     assert dataset.boxes.shape == (num_queries, 4) and dataset.max_size is None
@@ -56,7 +74,9 @@ def test_benchmark_counts_and_indices(name):
     assert np.all(dataset.boxes[:, 2] > dataset.boxes[:, 0])
     assert np.all(dataset.boxes[:, 3] > dataset.boxes[:, 1])
   scores = metrics.evaluate(dataset, _perfect_ranks(dataset))
-  assert scores and all(v == pytest.approx(1.0, abs=1e-12) for v in scores.values()), scores
+  assert scores and all(
+    v == pytest.approx(1.0, abs=1e-12) for v in scores.values()
+  ), scores
 
 
 @needs_gnd
@@ -65,19 +85,30 @@ def test_oxford_queries_are_their_own_positives_and_paris_corrupt_images_unliste
   assert all(q in p for q, p in zip(oxford.query_indices, oxford.positives))
   paris = datasets.load('paris6k', ground_truth_root=GND)
   assert len(datasets.PARIS6K_CORRUPT) == 20
-  assert len(paris.images) + len(datasets.PARIS6K_CORRUPT) == 6412  # the paper's Paris size
-  assert not {Path(n).stem for n in paris.images} & set(datasets.PARIS6K_CORRUPT)
+  assert (
+    len(paris.images) + len(datasets.PARIS6K_CORRUPT) == 6412
+  )  # the paper's Paris size
+  assert not {Path(n).stem for n in paris.images} & set(
+    datasets.PARIS6K_CORRUPT
+  )
 
 
 @needs_gnd
-@pytest.mark.parametrize('name, original', [('roxford5k', 'oxford5k'), ('rparis6k', 'paris6k')])
+@pytest.mark.parametrize(
+  'name, original', [('roxford5k', 'oxford5k'), ('rparis6k', 'paris6k')]
+)
 def test_revisited_labels(name, original):
   revisited = datasets.load(name, ground_truth_root=GND)
   assert revisited.protocol == 'revisited'
-  for easy, hard, junk, positives in zip(revisited.easy, revisited.hard, revisited.junk,
-                                         revisited.positives):
-    np.testing.assert_array_equal(np.sort(positives), np.sort(np.concatenate([easy, hard])))
-    assert np.intersect1d(easy, hard).size == np.intersect1d(easy, junk).size == 0
+  for easy, hard, junk, positives in zip(
+    revisited.easy, revisited.hard, revisited.junk, revisited.positives
+  ):
+    np.testing.assert_array_equal(
+      np.sort(positives), np.sort(np.concatenate([easy, hard]))
+    )
+    assert (
+      np.intersect1d(easy, hard).size == np.intersect1d(easy, junk).size == 0
+    )
     assert np.intersect1d(hard, junk).size == 0
   # The 55 original queries keep their boxes in the revisited annotation.
   old = datasets.load(original, ground_truth_root=GND)
@@ -94,8 +125,12 @@ def test_holidays_ground_truth_matches_file_name_groups():
   holidays = datasets.load('holidays', ground_truth_root=GND)
   groups = np.array([int(Path(n).stem) // 100 for n in holidays.images])
   assert all(int(Path(q).stem) % 100 == 0 for q in holidays.queries)
-  for q, positives, junk in zip(holidays.query_indices, holidays.positives, holidays.junk):
-    np.testing.assert_array_equal(junk, [q])  # the query is dropped from its own ranking
+  for q, positives, junk in zip(
+    holidays.query_indices, holidays.positives, holidays.junk
+  ):
+    np.testing.assert_array_equal(
+      junk, [q]
+    )  # the query is dropped from its own ranking
     expected = np.flatnonzero(groups == groups[q])
     np.testing.assert_array_equal(positives, expected[expected != q])
 
@@ -103,10 +138,13 @@ def test_holidays_ground_truth_matches_file_name_groups():
 def test_bundled_ukbench_samples():
   samples = datasets.load('samples')
   assert len(samples.images) == 56 and samples.protocol == 'ukbench'
-  ids = np.array([int(Path(n).stem[len('ukbench'):]) for n in samples.images])
+  ids = np.array([int(Path(n).stem[len('ukbench') :]) for n in samples.images])
   np.testing.assert_array_equal(samples.groups, ids // 4)
   assert np.all(np.bincount(samples.groups) == 4) and samples.groups.max() == 13
-  assert all(q in p and len(p) == 4 for q, p in zip(samples.query_indices, samples.positives))
+  assert all(
+    q in p and len(p) == 4
+    for q, p in zip(samples.query_indices, samples.positives)
+  )
   assert len(datasets.database_paths(samples)) == 56
   scores = metrics.evaluate(samples, _perfect_ranks(samples))
   assert scores == {'N-S': 4.0, 'mAP': pytest.approx(1.0, abs=1e-12)}
@@ -122,7 +160,9 @@ def test_rotations(tmp_path):
     datasets.load_rotations(path)
   if GND.is_dir():
     path.write_text('100000.jpg 90\n')
-    holidays = datasets.load('holidays', ground_truth_root=GND, rotation_file=path)
+    holidays = datasets.load(
+      'holidays', ground_truth_root=GND, rotation_file=path
+    )
     assert holidays.rotations == {'100000.jpg': 90}
     with pytest.raises(ValueError, match='holidays only'):
       datasets.load('oxford5k', ground_truth_root=GND, rotation_file=path)
@@ -137,9 +177,21 @@ def _touch(root, names):
 def test_user_folder_round_trip(tmp_path):
   names = ['a.jpg', 'b.png', 'sub/c.jpg', 'sub/d.JPG']
   _touch(tmp_path, names + ['notes.txt'])
-  spec = {'queries': [
-      {'image': 'a.jpg', 'positives': ['sub/c.jpg'], 'junk': ['b.png'], 'box': [1, 2, 3, 4]},
-      {'image': 'elsewhere/q.jpg', 'positives': ['b.png', 'sub/d.JPG'], 'box': [0, 0, 5, 5]}]}
+  spec = {
+    'queries': [
+      {
+        'image': 'a.jpg',
+        'positives': ['sub/c.jpg'],
+        'junk': ['b.png'],
+        'box': [1, 2, 3, 4],
+      },
+      {
+        'image': 'elsewhere/q.jpg',
+        'positives': ['b.png', 'sub/d.JPG'],
+        'box': [0, 0, 5, 5],
+      },
+    ]
+  }
   (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps(spec))
   dataset = datasets.load(str(tmp_path))
   assert dataset.images == tuple(sorted(names)) and dataset.protocol == 'custom'
@@ -150,11 +202,15 @@ def test_user_folder_round_trip(tmp_path):
   np.testing.assert_array_equal(dataset.junk[0], [1])
   assert dataset.junk[1].size == 0
   np.testing.assert_array_equal(dataset.boxes, [[1, 2, 3, 4], [0, 0, 5, 5]])
-  assert datasets.database_paths(dataset) == [tmp_path / n for n in dataset.images]
+  assert datasets.database_paths(dataset) == [
+    tmp_path / n for n in dataset.images
+  ]
   # Written back and read again: identical ground truth.
   copy = tmp_path / 'copy'
   copy.mkdir()
-  datasets.save_folder_ground_truth(dataset, copy / datasets.FOLDER_GROUND_TRUTH)
+  datasets.save_folder_ground_truth(
+    dataset, copy / datasets.FOLDER_GROUND_TRUTH
+  )
   again = datasets.load_folder(copy)
   assert again.images == dataset.images and again.queries == dataset.queries
   for field in ('positives', 'junk'):
@@ -166,23 +222,36 @@ def test_user_folder_round_trip(tmp_path):
   (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps(spec))
   with pytest.raises(ValueError, match='missing.jpg'):
     datasets.load_folder(tmp_path)
-  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps({'queries': [{'image': 'a.jpg'}]}))
+  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(
+    json.dumps({'queries': [{'image': 'a.jpg'}]})
+  )
   with pytest.raises(ValueError, match='"positives"'):
     datasets.load_folder(tmp_path)
 
 
 def test_user_folder_groups(tmp_path):
-  groups = {'x1.jpg': 'tower', 'x2.jpg': 'tower', 'y.jpg': 'bridge', 'x3.jpg': 'tower'}
+  groups = {
+    'x1.jpg': 'tower',
+    'x2.jpg': 'tower',
+    'y.jpg': 'bridge',
+    'x3.jpg': 'tower',
+  }
   _touch(tmp_path, groups)
-  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps({'groups': groups}))
+  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(
+    json.dumps({'groups': groups})
+  )
   dataset = datasets.load_folder(tmp_path)
   assert dataset.images == ('x1.jpg', 'x2.jpg', 'x3.jpg', 'y.jpg')
   np.testing.assert_array_equal(dataset.positives[0], [1, 2])
-  np.testing.assert_array_equal(dataset.junk[0], [0])  # the query itself is dropped
+  np.testing.assert_array_equal(
+    dataset.junk[0], [0]
+  )  # the query itself is dropped
   assert dataset.positives[3].size == 0  # a singleton group has nothing to find
   ranks = np.array([[0, 1, 2, 3], [1, 0, 2, 3], [2, 0, 1, 3], [3, 0, 1, 2]])
   scores = metrics.evaluate(dataset, ranks)
-  assert scores['mAP'] == pytest.approx(1.0, abs=1e-12)  # the singleton query is skipped
+  assert scores['mAP'] == pytest.approx(
+    1.0, abs=1e-12
+  )  # the singleton query is skipped
 
 
 def test_missing_image_root_names_the_folder(tmp_path):
@@ -192,9 +261,13 @@ def test_missing_image_root_names_the_folder(tmp_path):
     datasets.database_paths(samples, missing)
   with pytest.raises(FileNotFoundError, match='does not exist'):
     datasets.load_ukbench(missing)
-  with pytest.raises(datasets.DatasetNotFoundError, match='no ukbenchNNNNN.jpg'):
+  with pytest.raises(
+    datasets.DatasetNotFoundError, match='no ukbenchNNNNN.jpg'
+  ):
     datasets.load_ukbench(tmp_path)
-  with pytest.raises(datasets.DatasetNotFoundError, match='no ground truth file'):
+  with pytest.raises(
+    datasets.DatasetNotFoundError, match='no ground truth file'
+  ):
     datasets.load_folder(tmp_path)
   if GND.is_dir():
     oxford = datasets.load('oxford5k', ground_truth_root=GND)
@@ -206,9 +279,13 @@ def test_missing_image_root_names_the_folder(tmp_path):
     with pytest.raises(datasets.DatasetNotFoundError, match='pass image_root'):
       datasets.database_paths(oxford)
     _touch(missing, oxford.queries[:3])
-    with pytest.raises(datasets.DatasetNotFoundError, match=r'52 of 55 images.*ashmolean_000'):
+    with pytest.raises(
+      datasets.DatasetNotFoundError, match=r'52 of 55 images.*ashmolean_000'
+    ):
       datasets.query_paths(oxford, missing)
-  with pytest.raises(datasets.DatasetNotFoundError, match='no ground truth file'):
+  with pytest.raises(
+    datasets.DatasetNotFoundError, match='no ground truth file'
+  ):
     datasets.load('oxford5k', ground_truth_root=tmp_path)
   with pytest.raises(ValueError, match='unknown benchmark'):
     datasets.load_benchmark('oxford105k')
@@ -218,37 +295,62 @@ def test_missing_image_root_names_the_folder(tmp_path):
 
 def test_nested_layout_found_and_corrupt_paris_files_reported(tmp_path, caplog):
   names = ('paris_louvre_000001.jpg', 'paris_eiffel_000002.jpg')
-  _touch(tmp_path, ['paris/louvre/' + names[0], 'paris/eiffel/' + names[1],
-                    'paris/louvre/paris_louvre_000136.jpg'])
-  dataset = datasets.Dataset('paris6k', 'oxford', names, names[:1], np.array([0]), None,
-                             (np.array([1]),), (np.zeros(0, np.int64),))
+  _touch(
+    tmp_path,
+    [
+      'paris/louvre/' + names[0],
+      'paris/eiffel/' + names[1],
+      'paris/louvre/paris_louvre_000136.jpg',
+    ],
+  )
+  dataset = datasets.Dataset(
+    'paris6k',
+    'oxford',
+    names,
+    names[:1],
+    np.array([0]),
+    None,
+    (np.array([1]),),
+    (np.zeros(0, np.int64),),
+  )
   with caplog.at_level(logging.WARNING):
     paths = datasets.database_paths(dataset, tmp_path)
-  assert paths == [tmp_path / 'paris/louvre' / names[0], tmp_path / 'paris/eiffel' / names[1]]
+  assert paths == [
+    tmp_path / 'paris/louvre' / names[0],
+    tmp_path / 'paris/eiffel' / names[1],
+  ]
   assert 'paris_louvre_000136.jpg' in caplog.text and 'corrupt' in caplog.text
-  assert 'paris_louvre_000136.jpg' not in ' '.join(datasets.list_images(tmp_path))
+  assert 'paris_louvre_000136.jpg' not in ' '.join(
+    datasets.list_images(tmp_path)
+  )
   # The flat layout (revisitop's jpg/ folder) is found directly and reported the same way.
   flat = tmp_path / 'flat'
   _touch(flat, list(names) + ['paris_triomphe_000867.jpg'])
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     assert datasets.database_paths(dataset, flat) == [flat / n for n in names]
-  assert 'skipping 1 known-corrupt' in caplog.text and 'paris_triomphe_000867' in caplog.text
+  assert (
+    'skipping 1 known-corrupt' in caplog.text
+    and 'paris_triomphe_000867' in caplog.text
+  )
 
 
 def test_official_sources():
   pages = {name: source.page for name, source in datasets.SOURCES.items()}
   assert pages == {
-      'oxford5k': 'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/',
-      'paris6k': 'https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/',
-      'roxford5k': 'http://cmp.felk.cvut.cz/revisitop/',
-      'rparis6k': 'http://cmp.felk.cvut.cz/revisitop/',
-      'holidays': 'https://lear.inrialpes.fr/people/jegou/data.php',
-      'ukbench': 'https://archive.org/details/ukbench'}
+    'oxford5k': 'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/',
+    'paris6k': 'https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/',
+    'roxford5k': 'http://cmp.felk.cvut.cz/revisitop/',
+    'rparis6k': 'http://cmp.felk.cvut.cz/revisitop/',
+    'holidays': 'https://lear.inrialpes.fr/people/jegou/data.php',
+    'ukbench': 'https://archive.org/details/ukbench',
+  }
   assert datasets.SOURCES['oxford5k'].archives == (
-      'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz',)
+    'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz',
+  )
   assert datasets.SOURCES['rparis6k'].archives[-1] == (
-      'http://cmp.felk.cvut.cz/revisitop/data/datasets/rparis6k/gnd_rparis6k.pkl')
+    'http://cmp.felk.cvut.cz/revisitop/data/datasets/rparis6k/gnd_rparis6k.pkl'
+  )
   for name, source in datasets.SOURCES.items():
     text = datasets.download_instructions(name)
     assert source.page in text and all(url in text for url in source.archives)
@@ -268,23 +370,40 @@ def test_download_fetches_extracts_once_and_is_found(tmp_path, monkeypatch):
   archive = tmp_path / 'jpg1.tar.gz'
   with tarfile.open(archive, 'w:gz') as tar:
     tar.add(source_dir / 'jpg', arcname='jpg')
-  monkeypatch.setitem(datasets.SOURCES, 'holidays',
-                      datasets.Source('https://example.invalid/', (archive.as_uri(),)))
+  monkeypatch.setitem(
+    datasets.SOURCES,
+    'holidays',
+    datasets.Source('https://example.invalid/', (archive.as_uri(),)),
+  )
   target = datasets.download('holidays', tmp_path / 'data')
   assert target == tmp_path / 'data' / 'holidays'
-  assert (target / 'jpg1.tar.gz').is_file() and (target / 'jpg1.tar.gz.extracted').is_file()
+  assert (target / 'jpg1.tar.gz').is_file() and (
+    target / 'jpg1.tar.gz.extracted'
+  ).is_file()
   archive.unlink()  # a second call neither fetches nor extracts again
   assert datasets.download('holidays', tmp_path / 'data') == target
-  dataset = datasets.Dataset('holidays', 'holidays', ('100000.jpg', '100001.jpg'), ('100000.jpg',),
-                             np.array([0]), None, (np.array([1]),), (np.array([0]),))
-  assert datasets.database_paths(dataset, target) == [target / 'jpg/jpg/100000.jpg',
-                                                      target / 'jpg/jpg/100001.jpg']
+  dataset = datasets.Dataset(
+    'holidays',
+    'holidays',
+    ('100000.jpg', '100001.jpg'),
+    ('100000.jpg',),
+    np.array([0]),
+    None,
+    (np.array([1]),),
+    (np.array([0]),),
+  )
+  assert datasets.database_paths(dataset, target) == [
+    target / 'jpg/jpg/100000.jpg',
+    target / 'jpg/jpg/100001.jpg',
+  ]
 
 
 def test_r1m_distractors_point_at_the_official_archives():
   source = datasets.DISTRACTORS['revisitop1m']
   assert len(source.archives) == 100
-  assert source.archives[0] == ('http://ptak.felk.cvut.cz/revisitop/'
-                                'revisitop1m/jpg/revisitop1m.1.tar.gz')
+  assert source.archives[0] == (
+    'http://ptak.felk.cvut.cz/revisitop/revisitop1m/jpg/revisitop1m.1.tar.gz'
+  )
   assert 'revisitop1m.100.tar.gz' in datasets.download_instructions(
-      'revisitop1m')
+    'revisitop1m'
+  )

@@ -39,16 +39,21 @@ def _store(config, rng, num_images=9, num_regions=4, dim=12, reduction=None):
   descriptors /= np.linalg.norm(descriptors, axis=-1, keepdims=True)
   descriptors = np.where(valid[..., None], descriptors, 0).astype(np.float32)
   return records.Store(
-      descriptors=descriptors, valid=valid,
-      masks=np.ones((num_images, num_regions, 3, 4), bool),
-      grid=np.full((num_images, 2), (3, 4), np.int32),
-      image_paths=tuple(f'{i}.jpg' for i in range(num_images)),
-      reduction=reduction,
-      metadata={'config_hash': pipeline.store_hash(config),
-                'config': pipeline.store_sections(config),
-                'reduction_hash': records.hash_params(reduction),
-                'rows': list(range(num_images)),
-                'sizes': [[48, 64]] * num_images, 'skipped': []})
+    descriptors=descriptors,
+    valid=valid,
+    masks=np.ones((num_images, num_regions, 3, 4), bool),
+    grid=np.full((num_images, 2), (3, 4), np.int32),
+    image_paths=tuple(f'{i}.jpg' for i in range(num_images)),
+    reduction=reduction,
+    metadata={
+      'config_hash': pipeline.store_hash(config),
+      'config': pipeline.store_sections(config),
+      'reduction_hash': records.hash_params(reduction),
+      'rows': list(range(num_images)),
+      'sizes': [[48, 64]] * num_images,
+      'skipped': [],
+    },
+  )
 
 
 def _whiten64(params, x, valid):
@@ -89,9 +94,14 @@ def _search64(query, query_valid, database, database_valid, n_qe=None):
 @pytest.mark.parametrize('query_regions', ['all', 'whole'])
 @pytest.mark.parametrize('qe', [False, True])
 def test_search_matches_float64_reference(regional, query_regions, qe):
-  config = _config(pooling__regional=regional,
-                   search__query_regions=query_regions, search__qe=qe,
-                   search__n_qe=3, search__chunk_size=4, pca__dim=5)
+  config = _config(
+    pooling__regional=regional,
+    search__query_regions=query_regions,
+    search__qe=qe,
+    search__n_qe=3,
+    search__chunk_size=4,
+    pca__dim=5,
+  )
   rng = np.random.default_rng(0)
   database = _store(config, rng)
   queries = _store(config, rng, num_images=4)
@@ -103,15 +113,18 @@ def test_search_matches_float64_reference(regional, query_regions, qe):
   whole_query = not regional or query_regions == 'whole'
   query_valid = queries.valid & (last if whole_query else True)
   expected, expected_best = _search64(
-      _whiten64(fitted.whitening, queries.descriptors, query_valid),
-      query_valid,
-      _whiten64(fitted.whitening, database.descriptors, database_valid),
-      database_valid, n_qe=3 if qe else None)
+    _whiten64(fitted.whitening, queries.descriptors, query_valid),
+    query_valid,
+    _whiten64(fitted.whitening, database.descriptors, database_valid),
+    database_valid,
+    n_qe=3 if qe else None,
+  )
   assert ranking.scores.shape == (4, 9) and ranking.scores.dtype == np.float32
   np.testing.assert_allclose(ranking.scores, expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(ranking.best, expected_best)
   np.testing.assert_array_equal(
-      ranking.ranks, np.argsort(-ranking.scores, axis=1, kind='stable'))
+    ranking.ranks, np.argsort(-ranking.scores, axis=1, kind='stable')
+  )
 
 
 def test_fit_uses_valid_regions_and_caps_dim():
@@ -122,15 +135,23 @@ def test_fit_uses_valid_regions_and_caps_dim():
   assert fitted.metadata['num_vectors'] == int(store.valid.sum())
   assert fitted.metadata['dim'] == min(10, store.valid.sum() // 3)
   assert fitted.metadata['fitted_on'] == 'db'
-  expected = pca.fit(store.descriptors.reshape(-1, 12), fitted.metadata['dim'],
-                     whiten=True, mask=store.valid.reshape(-1))
+  expected = pca.fit(
+    store.descriptors.reshape(-1, 12),
+    fitted.metadata['dim'],
+    whiten=True,
+    mask=store.valid.reshape(-1),
+  )
   for got, want in zip(fitted.whitening, expected):
     np.testing.assert_array_equal(got, want)
-  whole = pipeline.fit(_config(pca__dim=10, pca__min_vectors_per_dim=3,
-                               pooling__regional=False),
-                       store._replace(metadata=dict(
-                           store.metadata, config_hash=pipeline.store_hash(
-                               _config(pooling__regional=False)))))
+  whole = pipeline.fit(
+    _config(pca__dim=10, pca__min_vectors_per_dim=3, pooling__regional=False),
+    store._replace(
+      metadata=dict(
+        store.metadata,
+        config_hash=pipeline.store_hash(_config(pooling__regional=False)),
+      )
+    ),
+  )
   assert whole.metadata['num_vectors'] == 9  # R_M of every image only
   assert whole.metadata['dim'] == 3
 
@@ -148,13 +169,21 @@ def test_store_and_fit_from_other_configs_are_refused():
     retrieval.search(other, queries, database, fitted)
   with pytest.raises(ValueError, match='fitted with other pca settings'):
     retrieval.search(_config(pca__dim=3), queries, database, fitted)
-  foreign = fitted._replace(metadata=dict(fitted.metadata, config_hash='0' * 16))
-  with pytest.raises(ValueError, match='PCA-whitening .* fitted on descriptors'):
+  foreign = fitted._replace(
+    metadata=dict(fitted.metadata, config_hash='0' * 16)
+  )
+  with pytest.raises(
+    ValueError, match='PCA-whitening .* fitted on descriptors'
+  ):
     retrieval.search(config, queries, database, foreign)
-  reduced = database._replace(reduction=pca.PCAParams(
-      np.zeros(3, np.float32), np.eye(3, 2, dtype=np.float32),
-      np.ones(2, np.float32)), metadata=dict(database.metadata,
-                                             reduction_hash='1' * 16))
+  reduced = database._replace(
+    reduction=pca.PCAParams(
+      np.zeros(3, np.float32),
+      np.eye(3, 2, dtype=np.float32),
+      np.ones(2, np.float32),
+    ),
+    metadata=dict(database.metadata, reduction_hash='1' * 16),
+  )
   with pytest.raises(ValueError, match='another U\\^1'):
     retrieval.search(config, queries, reduced, fitted)
   with pytest.raises(ValueError, match='queries were encoded with another'):
@@ -164,24 +193,31 @@ def test_store_and_fit_from_other_configs_are_refused():
 def test_hashes_follow_what_they_depend_on():
   base = _config()
   assert pipeline.store_hash(base) == pipeline.store_hash(
-      _config(features__batch_size=7, pooling__regional=False, pca__dim=3))
+    _config(features__batch_size=7, pooling__regional=False, pca__dim=3)
+  )
   assert pipeline.store_hash(base) != pipeline.store_hash(
-      _config(pooling__k_prime=5))
+    _config(pooling__k_prime=5)
+  )
   assert pipeline.store_hash(base) != pipeline.store_hash(
-      _config(regions__n_max=10))
+    _config(regions__n_max=10)
+  )
   # Global baselines do not depend on the region proposal.
   assert pipeline.store_hash(_config(pooling__method='gem')) == (
-      pipeline.store_hash(_config(pooling__method='gem', regions__n_max=10)))
+    pipeline.store_hash(_config(pooling__method='gem', regions__n_max=10))
+  )
   assert pipeline.fit_hash(base) != pipeline.fit_hash(_config(pca__dim=3))
   assert pipeline.fit_hash(base) != pipeline.fit_hash(
-      _config(pooling__regional=False))
+    _config(pooling__regional=False)
+  )
 
 
 def test_dataset_ranks_maps_rows_and_unreadable_queries():
-  ranking = retrieval.Ranking(scores=None, best=None,
-                             ranks=np.array([[2, 0, 1], [1, 2, 0]]))
-  database = records.Store(None, None, None, None, (), None,
-                         {'rows': [0, 2, 5]})  # rows 1, 3, 4 unreadable
+  ranking = retrieval.Ranking(
+    scores=None, best=None, ranks=np.array([[2, 0, 1], [1, 2, 0]])
+  )
+  database = records.Store(
+    None, None, None, None, (), None, {'rows': [0, 2, 5]}
+  )  # rows 1, 3, 4 unreadable
   ranks = workspace.dataset_ranks(ranking, database, np.array([1, -1, 0]))
   np.testing.assert_array_equal(ranks, [[2, 5, 0], [0, 2, 5], [5, 0, 2]])
 
@@ -190,11 +226,13 @@ def test_dataset_ranks_maps_rows_and_unreadable_queries():
 def small_images(tmp_path_factory, sample_paths):
   """Six sample photos shrunk to 64 or 80 px (two shape buckets) + a bad file."""
   import cv2  # pylint: disable=g-import-not-at-top
+
   folder = tmp_path_factory.mktemp('images')
   paths = []
   for number, source in enumerate(sample_paths[:6]):
-    image = images.resize_longer_side(images.load_image(source),
-                                      64 if number % 2 else 80)
+    image = images.resize_longer_side(
+      images.load_image(source), 64 if number % 2 else 80
+    )
     path = folder / f'image{number}.png'
     cv2.imwrite(str(path), image[..., ::-1])
     paths.append(path)
@@ -212,8 +250,9 @@ def test_encode_shapes_skips_bad_image_and_keeps_order(small_images):
   assert store.metadata['rows'] == [0, 1, 2, 4, 5, 6]
   assert [s[0] for s in store.metadata['skipped']] == [str(small_images[3])]
   assert 'broken.jpg' in store.metadata['skipped'][0][1]
-  assert store.image_paths == tuple(str(p) for p in small_images if
-                                    'broken' not in str(p))
+  assert store.image_paths == tuple(
+    str(p) for p in small_images if 'broken' not in str(p)
+  )
   norms = np.linalg.norm(store.descriptors, axis=-1)
   np.testing.assert_allclose(norms[store.valid], 1, rtol=1e-5)
   np.testing.assert_array_equal(norms[~store.valid], 0)
@@ -231,17 +270,20 @@ def test_encoding_does_not_depend_on_batch_mates_or_cache(small_images):
   paths = [p for p in small_images if 'broken' not in str(p)]
   together = pipeline.encode(config, paths)
   alone = pipeline.encode(config, paths[:1], reduction=together.reduction)
-  np.testing.assert_allclose(alone.descriptors[0], together.descriptors[0],
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    alone.descriptors[0], together.descriptors[0], rtol=1e-4, atol=1e-5
+  )
   np.testing.assert_array_equal(alone.valid[0], together.valid[0])
   cached = pipeline.encode_methods(config, paths, ('o2',))['o2']
-  uncached = pipeline.encode_methods(_config(features__batch_size=3,
-                                             features__cache_mib=0), paths,
-                                     ('o2',))['o2']
-  np.testing.assert_allclose(uncached.descriptors, cached.descriptors,
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(cached.descriptors, together.descriptors,
-                             rtol=1e-4, atol=1e-5)
+  uncached = pipeline.encode_methods(
+    _config(features__batch_size=3, features__cache_mib=0), paths, ('o2',)
+  )['o2']
+  np.testing.assert_allclose(
+    uncached.descriptors, cached.descriptors, rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    cached.descriptors, together.descriptors, rtol=1e-4, atol=1e-5
+  )
 
 
 def test_one_bucket_compiles_the_forward_once(small_images):
@@ -271,8 +313,7 @@ def test_every_method_encodes_finite_unit_descriptors(small_images, method):
   assert np.isfinite(store.descriptors).all()
   norms = np.linalg.norm(store.descriptors[store.valid], axis=-1)
   np.testing.assert_allclose(norms, 1, rtol=1e-5)
-  assert (store.reduction is not None) == (
-      method_table.POOLING[method].reduced)
+  assert (store.reduction is not None) == (method_table.POOLING[method].reduced)
   assert store.metadata['config_hash'] == pipeline.store_hash(config)
 
 
@@ -287,8 +328,9 @@ def test_encode_methods_matches_single_method_encoding(small_images):
   both = pipeline.encode_methods(config, paths, ('o1', 'crow'))
   for method in ('o1', 'crow'):
     single = pipeline.encode(_config(pooling__method=method), paths)
-    np.testing.assert_allclose(both[method].descriptors, single.descriptors,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      both[method].descriptors, single.descriptors, rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -311,23 +353,33 @@ def test_min_cells_discards_small_regions(small_images):
   threshold = int(np.median(cells[store.valid][:-1])) + 1
   config.regions.min_cells = threshold
   pruned = pipeline.encode(config, small_images[:2])
-  np.testing.assert_array_equal(pruned.valid,
-                                store.valid & (cells >= threshold))
+  np.testing.assert_array_equal(
+    pruned.valid, store.valid & (cells >= threshold)
+  )
   assert pruned.valid[:, -1].all()  # the whole image is the largest region
   assert pruned.valid.sum() < store.valid.sum()
-  np.testing.assert_array_equal(pruned.masks[pruned.valid],
-                                store.masks[pruned.valid])
+  np.testing.assert_array_equal(
+    pruned.masks[pruned.valid], store.masks[pruned.valid]
+  )
 
 
 def test_dataset_apply_exif_reaches_the_reader_and_the_store_cache(
-    small_images, tmp_path, monkeypatch):
+  small_images, tmp_path, monkeypatch
+):
   """Oxford / Paris (Dataset.apply_exif=False) are read without EXIF
   orientation, and a store read the other way is not reused."""
   paths = [p for p in small_images if 'broken' not in str(p)][:2]
   dataset = datasets.Dataset(
-      name='tiny', protocol='custom', images=tuple(p.name for p in paths),
-      queries=(), query_indices=np.zeros(0, np.int64), boxes=None,
-      positives=(), junk=(), image_root=paths[0].parent)
+    name='tiny',
+    protocol='custom',
+    images=tuple(p.name for p in paths),
+    queries=(),
+    query_indices=np.zeros(0, np.int64),
+    boxes=None,
+    positives=(),
+    junk=(),
+    image_root=paths[0].parent,
+  )
   calls = []
   original = images.load_image
 
@@ -344,7 +396,7 @@ def test_dataset_apply_exif_reaches_the_reader_and_the_store_cache(
   assert calls == [True, True, False, False]  # encoded again, not reused
   assert not stored.metadata['apply_exif']
   key = f'tiny-database-{pipeline.store_hash(config)}'
-  assert store_io.load_store(
-      tmp_path / 'stores' / key).metadata['apply_exif']
-  assert not store_io.load_store(
-      tmp_path / 'stores' / f'{key}-raw').metadata['apply_exif']
+  assert store_io.load_store(tmp_path / 'stores' / key).metadata['apply_exif']
+  assert not store_io.load_store(tmp_path / 'stores' / f'{key}-raw').metadata[
+    'apply_exif'
+  ]

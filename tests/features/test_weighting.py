@@ -24,7 +24,7 @@ def reference_alpha(features, valid, a=2.0, b=1.0):
     for x in range(valid.shape[1]):
       if valid[y, x]:
         summed[y, x] = features[y, x].sum()
-  norm = (summed ** a).sum() ** (1 / a)
+  norm = (summed**a).sum() ** (1 / a)
   return (summed / norm) ** (1 / b) if norm > 0 else summed
 
 
@@ -32,14 +32,18 @@ def reference_beta(features, valid, eps=1e-6):
   """eq. (2) in float64, loops over channels."""
   num_channels = features.shape[-1]
   area = max(valid.sum(), 1)
-  fraction = np.array([np.sum((features[..., k] > 0) & valid) / area
-                       for k in range(num_channels)], dtype=np.float64)
+  fraction = np.array(
+    [
+      np.sum((features[..., k] > 0) & valid) / area for k in range(num_channels)
+    ],
+    dtype=np.float64,
+  )
   return np.log((num_channels * eps + fraction.sum()) / (eps + fraction))
 
 
 def padded_mask(rng):
   valid = np.zeros((HEIGHT, WIDTH), bool)
-  valid[:rng.integers(3, HEIGHT + 1), :rng.integers(3, WIDTH + 1)] = True
+  valid[: rng.integers(3, HEIGHT + 1), : rng.integers(3, WIDTH + 1)] = True
   return valid
 
 
@@ -49,12 +53,16 @@ def test_spatial_weights_matches_eq1():
   for valid in (np.ones((HEIGHT, WIDTH), bool), padded_mask(rng)):
     alpha = jax.jit(weighting.spatial_weights)(features, valid)
     assert alpha.shape == (HEIGHT, WIDTH) and alpha.dtype == jnp.float32
-    np.testing.assert_allclose(alpha, reference_alpha(features, valid),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+      alpha, reference_alpha(features, valid), rtol=1e-5, atol=1e-7
+    )
   alpha = jax.jit(weighting.spatial_weights)(features)  # valid=None
   np.testing.assert_allclose(
-      alpha, reference_alpha(features, np.ones((HEIGHT, WIDTH), bool)),
-      rtol=1e-5, atol=1e-7)
+    alpha,
+    reference_alpha(features, np.ones((HEIGHT, WIDTH), bool)),
+    rtol=1e-5,
+    atol=1e-7,
+  )
 
 
 def test_spatial_weights_crow_power():
@@ -62,9 +70,12 @@ def test_spatial_weights_crow_power():
   features = sparse_features(rng)
   valid = padded_mask(rng)
   fn = jax.jit(lambda f, v: weighting.spatial_weights(f, v, root=2.0))
-  np.testing.assert_allclose(fn(features, valid),
-                             reference_alpha(features, valid, b=2.0),
-                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    fn(features, valid),
+    reference_alpha(features, valid, b=2.0),
+    rtol=1e-5,
+    atol=1e-7,
+  )
 
 
 def test_channel_weights_matches_eq2():
@@ -73,8 +84,7 @@ def test_channel_weights_matches_eq2():
   for valid in (np.ones((HEIGHT, WIDTH), bool), padded_mask(rng)):
     beta = jax.jit(weighting.channel_weights)(features, valid)
     assert beta.shape == (CHANNELS,) and beta.dtype == jnp.float32
-    np.testing.assert_allclose(beta, reference_beta(features, valid),
-                               rtol=1e-5)
+    np.testing.assert_allclose(beta, reference_beta(features, valid), rtol=1e-5)
 
 
 def test_black_image_and_dead_channels_are_finite():
@@ -89,13 +99,14 @@ def test_black_image_and_dead_channels_are_finite():
   beta = jax.jit(weighting.channel_weights)(features)
   assert np.all(np.isfinite(beta))
   np.testing.assert_allclose(
-      beta, reference_beta(features, np.ones((HEIGHT, WIDTH), bool)),
-      rtol=1e-5)
+    beta, reference_beta(features, np.ones((HEIGHT, WIDTH), bool)), rtol=1e-5
+  )
   assert np.all(beta[:5] > beta[5:].max())
   empty = np.zeros((HEIGHT, WIDTH), bool)
   np.testing.assert_array_equal(weighting.spatial_weights(features, empty), 0)
-  np.testing.assert_allclose(weighting.channel_weights(features, empty),
-                             np.log(CHANNELS), rtol=1e-6)
+  np.testing.assert_allclose(
+    weighting.channel_weights(features, empty), np.log(CHANNELS), rtol=1e-6
+  )
 
 
 def test_vmap_over_padded_batch_equals_cropped_images():
@@ -108,11 +119,13 @@ def test_vmap_over_padded_batch_equals_cropped_images():
   for i in range(3):
     rows, cols = valid[i].any(1).sum(), valid[i].any(0).sum()
     crop = batch[i, :rows, :cols]
-    np.testing.assert_allclose(alphas[i, :rows, :cols],
-                               weighting.spatial_weights(crop), rtol=1e-5)
+    np.testing.assert_allclose(
+      alphas[i, :rows, :cols], weighting.spatial_weights(crop), rtol=1e-5
+    )
     np.testing.assert_array_equal(alphas[i][~valid[i]], 0.0)
-    np.testing.assert_allclose(betas[i], weighting.channel_weights(crop),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      betas[i], weighting.channel_weights(crop), rtol=1e-5
+    )
 
 
 def test_bad_inputs_raise():

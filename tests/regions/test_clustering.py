@@ -13,8 +13,10 @@ def _blobs(seed, num_clusters, per_cluster, spread=20.0, extent=300.0):
   rng = np.random.default_rng(seed)
   centres = rng.uniform(0, extent, size=(num_clusters, 2))
   sizes = rng.integers(per_cluster // 2, per_cluster + 1, size=num_clusters)
-  points = [c + rng.normal(0, spread * rng.uniform(0.5, 2.0), size=(n, 2))
-            for c, n in zip(centres, sizes)]
+  points = [
+    c + rng.normal(0, spread * rng.uniform(0.5, 2.0), size=(n, 2))
+    for c, n in zip(centres, sizes)
+  ]
   return np.concatenate(points).astype(np.float32)
 
 
@@ -35,8 +37,12 @@ def _numpy_lloyd_best(points, k, restarts=50, seed=0):
     for _ in range(300):
       d = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
       labels = d.argmin(1)
-      new = np.array([x[labels == j].mean(0) if np.any(labels == j)
-                      else centres[j] for j in range(k)])
+      new = np.array(
+        [
+          x[labels == j].mean(0) if np.any(labels == j) else centres[j]
+          for j in range(k)
+        ]
+      )
       if np.allclose(new, centres):
         break
       centres = new
@@ -59,8 +65,12 @@ def _numpy_lloyd(x, centres):
   """Lloyd's k-means from `centres` (float64); empty clusters keep centres."""
   for _ in range(300):
     labels = ((x[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
-    new = np.array([x[labels == j].mean(0) if np.any(labels == j)
-                    else centres[j] for j in range(len(centres))])
+    new = np.array(
+      [
+        x[labels == j].mean(0) if np.any(labels == j) else centres[j]
+        for j in range(len(centres))
+      ]
+    )
     if np.array_equal(new, centres):
       break
     centres = new
@@ -75,22 +85,25 @@ def _numpy_global_kmeans(points, k, num_candidates):
   for _ in range(1, k):
     nearest = ((x[:, None] - centres[None]) ** 2).sum(-1).min(1)
     bounds = _numpy_bounds(x, nearest)
-    order = np.argsort(-bounds, kind="stable")[:num_candidates]
-    runs = [_numpy_lloyd(x, np.concatenate([centres, x[n][None]]))
-            for n in order]
+    order = np.argsort(-bounds, kind='stable')[:num_candidates]
+    runs = [
+      _numpy_lloyd(x, np.concatenate([centres, x[n][None]])) for n in order
+    ]
     centres = min(runs, key=lambda run: run[2])[1]
   return _numpy_lloyd(x, centres)
 
 
-@pytest.mark.parametrize("seed,num_clusters", [(0, 3), (1, 3), (2, 4), (3, 2),
-                                               (4, 3)])
+@pytest.mark.parametrize(
+  'seed,num_clusters', [(0, 3), (1, 3), (2, 4), (3, 2), (4, 3)]
+)
 def test_sse_not_worse_than_best_of_50_lloyd(seed, num_clusters):
   # Separated blobs: the fast variant is a heuristic and can lose a few per
   # cent on heavily overlapping ones (module docstring).
   points = _blobs(seed, num_clusters, 40, spread=8.0)
   valid = np.ones(len(points), bool)
   labels, centres = clustering.global_fast_kmeans(
-      jnp.asarray(points), jnp.asarray(valid), num_clusters=num_clusters)
+    jnp.asarray(points), jnp.asarray(valid), num_clusters=num_clusters
+  )
   labels = np.asarray(labels)
   assert labels.dtype == np.int32 and labels.shape == (len(points),)
   assert centres.shape == (num_clusters, 2)
@@ -99,29 +112,46 @@ def test_sse_not_worse_than_best_of_50_lloyd(seed, num_clusters):
   assert ours <= best * (1 + 1e-5)
   # Centres are the means of their clusters (Lloyd converged).
   for j in range(num_clusters):
-    np.testing.assert_allclose(np.asarray(centres[j]),
-                               points[labels == j].astype(np.float64).mean(0),
-                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+      np.asarray(centres[j]),
+      points[labels == j].astype(np.float64).mean(0),
+      rtol=1e-4,
+      atol=1e-3,
+    )
 
 
-@pytest.mark.parametrize("seed,num_blobs,num_clusters,num_candidates",
-                         [(9, 3, 3, 1), (11, 4, 3, 1), (3, 5, 4, 1),
-                          (9, 3, 3, 1000), (11, 4, 3, 1000)])
-def test_matches_numpy_global_kmeans(seed, num_blobs, num_clusters,
-                                     num_candidates):
+@pytest.mark.parametrize(
+  'seed,num_blobs,num_clusters,num_candidates',
+  [
+    (9, 3, 3, 1),
+    (11, 4, 3, 1),
+    (3, 5, 4, 1),
+    (9, 3, 3, 1000),
+    (11, 4, 3, 1000),
+  ],
+)
+def test_matches_numpy_global_kmeans(
+  seed, num_blobs, num_clusters, num_candidates
+):
   # Overlapping blobs, where the fast and full variants differ.
   points = _blobs(seed, num_blobs, 16)
   valid = np.ones(len(points), bool)
   labels, centres = clustering.global_fast_kmeans(
-      jnp.asarray(points), jnp.asarray(valid), num_clusters=num_clusters,
-      num_candidates=num_candidates)
+    jnp.asarray(points),
+    jnp.asarray(valid),
+    num_clusters=num_clusters,
+    num_candidates=num_candidates,
+  )
   want_labels, want_centres, want_sse = _numpy_global_kmeans(
-      points, num_clusters, num_candidates)
+    points, num_clusters, num_candidates
+  )
   np.testing.assert_array_equal(np.asarray(labels), want_labels)
-  np.testing.assert_allclose(np.asarray(centres), want_centres, rtol=1e-5,
-                             atol=1e-3)
-  np.testing.assert_allclose(_sse(points, np.asarray(labels), centres),
-                             want_sse, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(centres), want_centres, rtol=1e-5, atol=1e-3
+  )
+  np.testing.assert_allclose(
+    _sse(points, np.asarray(labels), centres), want_sse, rtol=1e-5
+  )
 
 
 def test_bounds_match_numpy_reference():
@@ -129,9 +159,12 @@ def test_bounds_match_numpy_reference():
   valid = np.ones(len(points), bool)
   valid[[3, 10]] = False
   nearest = np.random.default_rng(0).uniform(0, 2000, len(points))
-  got = jax.jit(clustering.compute_bounds, static_argnames="chunk_size")(
-      jnp.asarray(points), jnp.asarray(valid),
-      jnp.asarray(nearest, jnp.float32), chunk_size=8)
+  got = jax.jit(clustering.compute_bounds, static_argnames='chunk_size')(
+    jnp.asarray(points),
+    jnp.asarray(valid),
+    jnp.asarray(nearest, jnp.float32),
+    chunk_size=8,
+  )
   keep = np.flatnonzero(valid)
   want = _numpy_bounds(points[keep], nearest[keep])
   np.testing.assert_allclose(np.asarray(got)[keep], want, rtol=1e-4, atol=1e-2)
@@ -152,23 +185,26 @@ def test_mask_invariance_and_invalid_labels():
   points = _blobs(11, 3, 30)
   valid = np.ones(len(points), bool)
   labels, centres = clustering.global_fast_kmeans(
-      jnp.asarray(points), jnp.asarray(valid), num_clusters=3)
+    jnp.asarray(points), jnp.asarray(valid), num_clusters=3
+  )
   # Interleave far-away garbage points marked invalid, and pad at the end.
   rng = np.random.default_rng(1)
   garbage = rng.uniform(-1e4, 1e4, size=(len(points) + 17, 2))
   mixed = np.empty((2 * len(points) + 17, 2), np.float32)
   mixed_valid = np.zeros(len(mixed), bool)
-  mixed[0:2 * len(points):2] = points
-  mixed_valid[0:2 * len(points):2] = True
-  mixed[1:2 * len(points):2] = garbage[:len(points)]
-  mixed[2 * len(points):] = garbage[len(points):]
+  mixed[0 : 2 * len(points) : 2] = points
+  mixed_valid[0 : 2 * len(points) : 2] = True
+  mixed[1 : 2 * len(points) : 2] = garbage[: len(points)]
+  mixed[2 * len(points) :] = garbage[len(points) :]
   mixed_labels, mixed_centres = clustering.global_fast_kmeans(
-      jnp.asarray(mixed), jnp.asarray(mixed_valid), num_clusters=3)
+    jnp.asarray(mixed), jnp.asarray(mixed_valid), num_clusters=3
+  )
   mixed_labels = np.asarray(mixed_labels)
   np.testing.assert_array_equal(mixed_labels[mixed_valid], np.asarray(labels))
   assert np.all(mixed_labels[~mixed_valid] == -1)
-  np.testing.assert_allclose(np.asarray(mixed_centres), np.asarray(centres),
-                             rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(
+    np.asarray(mixed_centres), np.asarray(centres), rtol=1e-5, atol=1e-3
+  )
 
 
 def test_vmap_matches_single():
@@ -181,8 +217,9 @@ def test_vmap_matches_single():
   for b in range(2):
     single = fn(jnp.asarray(points[b]), jnp.asarray(valid[b]))
     np.testing.assert_array_equal(np.asarray(labels[b]), np.asarray(single[0]))
-    np.testing.assert_allclose(np.asarray(centres[b]), np.asarray(single[1]),
-                               rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(
+      np.asarray(centres[b]), np.asarray(single[1]), rtol=1e-6, atol=1e-4
+    )
 
 
 def test_degenerate_sets():
@@ -195,7 +232,8 @@ def test_degenerate_sets():
   assert _sse(np.asarray(points), labels, centres) == 0.0
   # No valid point at all.
   labels, centres = clustering.global_fast_kmeans(
-      points, jnp.zeros(4, bool), num_clusters=3)
+    points, jnp.zeros(4, bool), num_clusters=3
+  )
   assert np.all(np.asarray(labels) == -1)
   assert np.all(np.isfinite(np.asarray(centres)))
 
@@ -209,7 +247,8 @@ def test_bad_inputs_raise():
   with pytest.raises(TypeError):
     clustering.global_fast_kmeans(points, jnp.ones(5, jnp.int32))
   with pytest.raises(TypeError):
-    clustering.global_fast_kmeans(jnp.zeros((5, 2), jnp.int32),
-                                  jnp.ones(5, bool))
+    clustering.global_fast_kmeans(
+      jnp.zeros((5, 2), jnp.int32), jnp.ones(5, bool)
+    )
   with pytest.raises(ValueError):
     clustering.global_fast_kmeans(points, jnp.ones(5, bool), num_clusters=0)

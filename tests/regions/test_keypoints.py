@@ -12,7 +12,7 @@ from regagg_jax.regions import hessian_affine
 from regagg_jax.regions import keypoints
 
 IMAGE_SHAPE = (90, 120)  # H_I, W_I
-GRID = (6, 8)            # H, W
+GRID = (6, 8)  # H, W
 
 
 def _alpha(seed=0):
@@ -26,8 +26,9 @@ def _resized(alpha):
 def _integer_points(count, seed=1):
   rng = np.random.default_rng(seed)
   flat = rng.choice(IMAGE_SHAPE[0] * IMAGE_SHAPE[1], count, replace=False)
-  return np.stack([flat % IMAGE_SHAPE[1], flat // IMAGE_SHAPE[1]],
-                  1).astype(np.float32)
+  return np.stack([flat % IMAGE_SHAPE[1], flat // IMAGE_SHAPE[1]], 1).astype(
+    np.float32
+  )
 
 
 def test_sample_alpha_equals_cv2_resize_at_pixels():
@@ -44,13 +45,18 @@ def test_more_than_n_max_keeps_the_best():
   valid = np.ones(300, bool)
   valid[::7] = False
   out, out_valid = keypoints.select_salient(
-      jnp.asarray(points), jnp.asarray(valid), jnp.asarray(alpha), IMAGE_SHAPE,
-      n_max=100, n_min=10)
+    jnp.asarray(points),
+    jnp.asarray(valid),
+    jnp.asarray(alpha),
+    IMAGE_SHAPE,
+    n_max=100,
+    n_min=10,
+  )
   assert out.shape == (100, 2) and out.dtype == jnp.float32
   assert out_valid.shape == (100,) and bool(jnp.all(out_valid))
   scores = _resized(alpha)[points[:, 1].astype(int), points[:, 0].astype(int)]
   scores = np.where(valid, scores.astype(np.float64), -np.inf)
-  want = points[np.argsort(-scores, kind="stable")[:100]]
+  want = points[np.argsort(-scores, kind='stable')[:100]]
   np.testing.assert_array_equal(np.asarray(out), want)
 
 
@@ -59,8 +65,13 @@ def test_between_n_min_and_n_max_keeps_all_valid():
   points = _integer_points(40)
   valid = np.arange(40) < 30
   out, out_valid = keypoints.select_salient(
-      jnp.asarray(points), jnp.asarray(valid), jnp.asarray(alpha), IMAGE_SHAPE,
-      n_max=64, n_min=20)
+    jnp.asarray(points),
+    jnp.asarray(valid),
+    jnp.asarray(alpha),
+    IMAGE_SHAPE,
+    n_max=64,
+    n_min=20,
+  )
   out_valid = np.asarray(out_valid)
   assert out_valid.sum() == 30 and np.all(out_valid[:30])
   kept = {tuple(p) for p in np.asarray(out)[out_valid]}
@@ -72,8 +83,13 @@ def test_fewer_than_n_min_uses_alpha_maxima():
   points = _integer_points(12)
   valid = np.ones(12, bool)
   out, out_valid = keypoints.select_salient(
-      jnp.asarray(points), jnp.asarray(valid), jnp.asarray(alpha), IMAGE_SHAPE,
-      n_max=64, n_min=25)
+    jnp.asarray(points),
+    jnp.asarray(valid),
+    jnp.asarray(alpha),
+    IMAGE_SHAPE,
+    n_max=64,
+    n_min=25,
+  )
   out, out_valid = np.asarray(out), np.asarray(out_valid)
   np.testing.assert_array_equal(out_valid, np.arange(64) < 25)
   resized = _resized(alpha).astype(np.float64)
@@ -81,37 +97,62 @@ def test_fewer_than_n_min_uses_alpha_maxima():
   chosen = resized[out[:25, 1].astype(int), out[:25, 0].astype(int)]
   assert len({tuple(p) for p in out[:25]}) == 25
   assert np.all(chosen >= threshold - 1e-6)
-  np.testing.assert_allclose(np.sort(chosen)[::-1],
-                             np.sort(resized.ravel())[::-1][:25], atol=1e-6)
+  np.testing.assert_allclose(
+    np.sort(chosen)[::-1], np.sort(resized.ravel())[::-1][:25], atol=1e-6
+  )
 
 
 def test_mask_invariance_and_padded_variant():
   alpha = _alpha(4)
   points = _integer_points(80)
   valid = np.ones(80, bool)
-  base = keypoints.select_salient(jnp.asarray(points), jnp.asarray(valid),
-                                  jnp.asarray(alpha), IMAGE_SHAPE, n_max=50,
-                                  n_min=10)
+  base = keypoints.select_salient(
+    jnp.asarray(points),
+    jnp.asarray(valid),
+    jnp.asarray(alpha),
+    IMAGE_SHAPE,
+    n_max=50,
+    n_min=10,
+  )
   garbage = np.random.default_rng(5).uniform(0, 90, (40, 2)).astype(np.float32)
   mixed = np.concatenate([garbage[:20], points, garbage[20:]])
   mixed_valid = np.concatenate([np.zeros(20, bool), valid, np.zeros(20, bool)])
   padded_alpha = np.pad(alpha, ((0, 2), (0, 3)), constant_values=9.0)
-  fn = jax.jit(keypoints.select_salient_padded,
-               static_argnames=("padded_shape", "n_max", "n_min"))
-  got = fn(jnp.asarray(mixed), jnp.asarray(mixed_valid),
-           jnp.asarray(padded_alpha), jnp.asarray(GRID),
-           jnp.asarray(IMAGE_SHAPE), padded_shape=(128, 160), n_max=50,
-           n_min=10)
+  fn = jax.jit(
+    keypoints.select_salient_padded,
+    static_argnames=('padded_shape', 'n_max', 'n_min'),
+  )
+  got = fn(
+    jnp.asarray(mixed),
+    jnp.asarray(mixed_valid),
+    jnp.asarray(padded_alpha),
+    jnp.asarray(GRID),
+    jnp.asarray(IMAGE_SHAPE),
+    padded_shape=(128, 160),
+    n_max=50,
+    n_min=10,
+  )
   np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(base[0]))
   np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(base[1]))
   # Fallback in a padded image never picks padding pixels or cells.
-  got = fn(jnp.asarray(mixed), jnp.zeros(120, bool),
-           jnp.asarray(padded_alpha), jnp.asarray(GRID),
-           jnp.asarray(IMAGE_SHAPE), padded_shape=(128, 160), n_max=50,
-           n_min=10)
-  want = keypoints.select_salient(jnp.asarray(points), jnp.zeros(80, bool),
-                                  jnp.asarray(alpha), IMAGE_SHAPE, n_max=50,
-                                  n_min=10)
+  got = fn(
+    jnp.asarray(mixed),
+    jnp.zeros(120, bool),
+    jnp.asarray(padded_alpha),
+    jnp.asarray(GRID),
+    jnp.asarray(IMAGE_SHAPE),
+    padded_shape=(128, 160),
+    n_max=50,
+    n_min=10,
+  )
+  want = keypoints.select_salient(
+    jnp.asarray(points),
+    jnp.zeros(80, bool),
+    jnp.asarray(alpha),
+    IMAGE_SHAPE,
+    n_max=50,
+    n_min=10,
+  )
   np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
 
 
@@ -125,8 +166,9 @@ def test_select_salient_bad_inputs_raise():
   with pytest.raises(ValueError):
     keypoints.select_salient(points, valid, jnp.ones(4), IMAGE_SHAPE)
   with pytest.raises(ValueError):
-    keypoints.select_salient(points, valid, alpha, IMAGE_SHAPE, n_max=10,
-                             n_min=20)
+    keypoints.select_salient(
+      points, valid, alpha, IMAGE_SHAPE, n_max=10, n_min=20
+    )
 
 
 def _noise_image(shape=(48, 64), seed=6):
@@ -138,17 +180,19 @@ def _noise_image(shape=(48, 64), seed=6):
 
 
 def test_hesaff_backend_pads_to_pad_multiple():
-  pytest.importorskip("pyhesaff")
+  pytest.importorskip('pyhesaff')
   image = _noise_image()
-  points, shapes, valid = keypoints.detect_shapes(image, backend="hesaff",
-                                                  pad_multiple=64)
+  points, shapes, valid = keypoints.detect_shapes(
+    image, backend='hesaff', pad_multiple=64
+  )
   count = int(np.sum(valid))
   assert count > 0
   assert points.shape[0] % 64 == 0 and points.shape[0] >= count
   assert points.shape[1:] == (2,) and shapes.shape[1:] == (2, 2)
   assert points.dtype == jnp.float32 and valid.dtype == jnp.bool_
-  np.testing.assert_array_equal(np.asarray(valid),
-                                np.arange(points.shape[0]) < count)
+  np.testing.assert_array_equal(
+    np.asarray(valid), np.arange(points.shape[0]) < count
+  )
   assert not np.any(np.asarray(points)[count:])
   # Lower-triangular hesaff shapes [[a, 0], [c, d]].
   assert not np.any(np.asarray(shapes)[:, 0, 1])
@@ -157,10 +201,10 @@ def test_hesaff_backend_pads_to_pad_multiple():
 def test_jax_backend_is_the_jax_detector():
   image = _noise_image()
   want = hessian_affine.detect_hessian_affine(jnp.asarray(image), max_points=32)
-  got = keypoints.detect_shapes(image, backend="jax", max_points=32)
+  got = keypoints.detect_shapes(image, backend='jax', max_points=32)
   for got_array, want_array in zip(got, want):
     np.testing.assert_array_equal(np.asarray(got_array), np.asarray(want_array))
-  points, valid = keypoints.detect(image, backend="jax", max_points=32)
+  points, valid = keypoints.detect(image, backend='jax', max_points=32)
   np.testing.assert_array_equal(np.asarray(points), np.asarray(want[0]))
   np.testing.assert_array_equal(np.asarray(valid), np.asarray(want[2]))
 
@@ -171,7 +215,7 @@ def test_detect_bad_inputs_raise():
   with pytest.raises(ValueError):
     keypoints.detect(np.zeros((8, 8), np.uint8))
   with pytest.raises(ValueError):
-    keypoints.detect(np.zeros((8, 8, 3), np.uint8), backend="sift")
+    keypoints.detect(np.zeros((8, 8, 3), np.uint8), backend='sift')
 
 
 def _assert_same_selection(got, want, alpha_at):
@@ -180,11 +224,13 @@ def _assert_same_selection(got, want, alpha_at):
   got_points, got_valid = (np.asarray(a) for a in got)
   want_points, want_valid = (np.asarray(a) for a in want)
   np.testing.assert_array_equal(got_valid, want_valid)
-  assert ({tuple(p) for p in got_points[got_valid]}
-          == {tuple(p) for p in want_points[want_valid]})
+  assert {tuple(p) for p in got_points[got_valid]} == {
+    tuple(p) for p in want_points[want_valid]
+  }
   differ = np.any(got_points != want_points, axis=1) & want_valid
-  np.testing.assert_allclose(alpha_at(got_points[differ]),
-                             alpha_at(want_points[differ]), rtol=1e-6)
+  np.testing.assert_allclose(
+    alpha_at(got_points[differ]), alpha_at(want_points[differ]), rtol=1e-6
+  )
 
 
 def test_detect_salient_equals_detection_then_selection():
@@ -200,17 +246,40 @@ def test_detect_salient_equals_detection_then_selection():
     padded_alpha[:4, :6] = alpha
     size, grid = jnp.asarray((64, 96)), jnp.asarray((4, 6))
     points, shapes, valid = hessian_affine.detect_hessian_affine(
-        jnp.asarray(padded), max_points=128)
+      jnp.asarray(padded), max_points=128
+    )
     valid &= affine_adaptation.measured_inside(points, shapes, size)
     assert int(valid.sum()) > 12
     for n_max, n_min in ((8, 4), (128, 100)):  # stops early; falls back
       want = keypoints.select_salient_padded(
-          points, valid, jnp.asarray(padded_alpha), grid, size,
-          padded_shape=canvas, n_max=n_max, n_min=n_min)
-      got = jax.jit(keypoints.detect_salient, static_argnames=(
-          "padded_shape", "n_max", "n_min", "max_points"))(
-              jnp.asarray(padded), jnp.asarray(padded_alpha), grid, size,
-              padded_shape=canvas, n_max=n_max, n_min=n_min, max_points=128)
-      _assert_same_selection(got, want, lambda p: np.asarray(
-          keypoints.sample_alpha(jnp.asarray(padded_alpha), jnp.asarray(p),
-                                 grid, size)))
+        points,
+        valid,
+        jnp.asarray(padded_alpha),
+        grid,
+        size,
+        padded_shape=canvas,
+        n_max=n_max,
+        n_min=n_min,
+      )
+      got = jax.jit(
+        keypoints.detect_salient,
+        static_argnames=('padded_shape', 'n_max', 'n_min', 'max_points'),
+      )(
+        jnp.asarray(padded),
+        jnp.asarray(padded_alpha),
+        grid,
+        size,
+        padded_shape=canvas,
+        n_max=n_max,
+        n_min=n_min,
+        max_points=128,
+      )
+      _assert_same_selection(
+        got,
+        want,
+        lambda p: np.asarray(
+          keypoints.sample_alpha(
+            jnp.asarray(padded_alpha), jnp.asarray(p), grid, size
+          )
+        ),
+      )
