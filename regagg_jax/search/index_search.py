@@ -26,19 +26,18 @@ def _search_parameters(region_index, nprobe, ef_search):
   """FAISS per-call search parameters (the index itself is not modified)."""
   kind = region_index.metadata['kind']
   options = region_index.metadata['options']
+  faiss = region_index_lib.load_faiss()
   if kind == 'hnsw':
-    return region_index_lib.load_faiss().SearchParametersHNSW(
+    return faiss.SearchParametersHNSW(
       efSearch=ef_search or options['ef_search']
     )
   if kind == 'ivfpq':
     quantizer = (
-      region_index_lib.load_faiss().SearchParametersHNSW(
-        efSearch=options['quantizer_ef_search']
-      )
+      faiss.SearchParametersHNSW(efSearch=options['quantizer_ef_search'])
       if options['coarse'] == 'hnsw'
       else None
     )
-    return region_index_lib.load_faiss().SearchParametersIVF(
+    return faiss.SearchParametersIVF(
       nprobe=nprobe or options['nprobe'], quantizer_params=quantizer
     )
   return None

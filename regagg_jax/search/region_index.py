@@ -123,17 +123,18 @@ def _resolve_options(kind, options):
 
 
 def _make_index(kind, dim, options):
-  metric = load_faiss().METRIC_INNER_PRODUCT
+  faiss = load_faiss()
+  metric = faiss.METRIC_INNER_PRODUCT
   if kind == 'flat':
-    return load_faiss().IndexFlatIP(dim)
+    return faiss.IndexFlatIP(dim)
   if kind == 'hnsw':
-    index = load_faiss().IndexHNSWFlat(dim, options['hnsw_m'], metric)
+    index = faiss.IndexHNSWFlat(dim, options['hnsw_m'], metric)
     index.hnsw.efConstruction = options['ef_construction']
     return index
   if options['coarse'] == 'hnsw':
-    quantizer = load_faiss().IndexHNSWFlat(dim, options['hnsw_m'], metric)
+    quantizer = faiss.IndexHNSWFlat(dim, options['hnsw_m'], metric)
   elif options['coarse'] == 'flat':
-    quantizer = load_faiss().IndexFlatIP(dim)
+    quantizer = faiss.IndexFlatIP(dim)
   else:
     raise ValueError(
       f"ivfpq coarse must be 'hnsw' or 'flat', got {options['coarse']!r}"
@@ -142,11 +143,7 @@ def _make_index(kind, dim, options):
     raise ValueError(f'ivfpq m={options["m"]} must divide D={dim}')
   if options['fast_scan'] and options['nbits'] != 4:
     raise ValueError(f'ivfpq fast_scan needs nbits=4, got {options["nbits"]}')
-  kind = (
-    load_faiss().IndexIVFPQFastScan
-    if options['fast_scan']
-    else load_faiss().IndexIVFPQ
-  )
+  kind = faiss.IndexIVFPQFastScan if options['fast_scan'] else faiss.IndexIVFPQ
   index = kind(
     quantizer, dim, options['nlist'], options['m'], options['nbits'], metric
   )
