@@ -28,7 +28,6 @@ when a Holidays rotation file was given, and score `ranks` (Q, N) with
 
 import json
 import os
-import pickle
 import re
 import tarfile
 import urllib.request
@@ -40,6 +39,8 @@ from typing import Mapping, NamedTuple
 import numpy as np
 import scipy.io
 from absl import logging
+
+from regagg_jax.evaluation import groundtruth
 
 HOLIDAYS_MAX_SIZE = (
   1024  # paper Sec. 5: Holidays images resized so the longer side is 1024.
@@ -317,8 +318,7 @@ def load_benchmark(
       f' and {candidates[1]}'
     )
   if extension == '.pkl':
-    with open(path, 'rb') as f:
-      data = pickle.load(f)
+    data = groundtruth.load_pickle(path)  # no code runs
     images = tuple(f'{n}.jpg' for n in data['imlist'])
     labels = {
       k: tuple(np.asarray(g[k], np.int64) for g in data['gnd'])
@@ -426,7 +426,10 @@ def load_folder(root, *, ground_truth: str = FOLDER_GROUND_TRUTH) -> Dataset:
 
     {"groups": {"a.jpg": "tower", "sub/b.jpg": "tower", "c.jpg": "bridge"}}
 
-  Names are paths relative to root. Query images may lie outside "images".
+  Names are paths relative to root, matched exactly (never by file name
+  alone), and may not leave it; repeated names, bad boxes and boxes on only
+  some queries are errors (groundtruth.read_folder validates the file).
+  Query images may lie outside "images".
   """
   root = check_folder(Path(root), Path(root).name)
   path = root / ground_truth
@@ -435,7 +438,7 @@ def load_folder(root, *, ground_truth: str = FOLDER_GROUND_TRUTH) -> Dataset:
       f'{root.name}: no ground truth file {path} '
       '(format: see datasets.load_folder)'
     )
-  spec = json.loads(path.read_text())
+  spec = groundtruth.read_folder(path)
   if 'groups' in spec:
     images = tuple(sorted(spec['groups']))
     labels = [spec['groups'][n] for n in images]
@@ -454,27 +457,20 @@ def load_folder(root, *, ground_truth: str = FOLDER_GROUND_TRUTH) -> Dataset:
       groups=groups,
       image_root=root,
     )
-  images = tuple(spec.get('images') or list_images(root))
+  images = tuple(spec['images'] or list_images(root))
   where = {n: i for i, n in enumerate(images)}
-  lookup = lambda names: np.array([where[n] for n in names], np.int64)
-  queries = spec.get('queries')
-  if not isinstance(queries, list) or not all(
-    'image' in q and 'positives' in q for q in queries
-  ):
-    raise ValueError(
-      f'{path}: needs "groups" or "queries" entries with "image" and "positives"'
-    )
+  queries = spec['queries']
   unknown = sorted(
-    {n for q in queries for n in q['positives'] + q.get('junk', [])}
-    - set(where)
+    {n for q in queries for n in q['positives'] + q['junk']} - set(where)
   )
   if unknown:
-    raise ValueError(
+    raise groundtruth.GroundTruthError(
       f'{path}: positives/junk not among the images: {unknown[:5]}'
     )
+  lookup = lambda names: np.array([where[n] for n in names], np.int64)
   boxes = (
     np.array([q['box'] for q in queries], np.float64)
-    if queries and all('box' in q for q in queries)
+    if queries and queries[0]['box'] is not None
     else None
   )
   return Dataset(
@@ -485,7 +481,7 @@ def load_folder(root, *, ground_truth: str = FOLDER_GROUND_TRUTH) -> Dataset:
     np.array([where.get(q['image'], -1) for q in queries], np.int64),
     boxes,
     tuple(lookup(q['positives']) for q in queries),
-    tuple(lookup(q.get('junk', [])) for q in queries),
+    tuple(lookup(q['junk']) for q in queries),
     image_root=root,
   )
 
@@ -508,12 +504,15 @@ def save_folder_ground_truth(dataset: Dataset, path) -> None:
 
 
 def list_images(folder) -> list[str]:
-  """Image files under a folder (recursive) as sorted relative paths, minus corrupt Paris files."""
+  """Image files under a folder (recursive) as sorted relative paths, minus corrupt Paris files.
+
+  Dangling symbolic links are listed, so that reading reports them.
+  """
   folder = Path(folder)
   names = sorted(
     str(p.relative_to(folder))
     for p in folder.rglob('*')
-    if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or p.is_symlink())
   )
   return [n for n in names if not _is_corrupt(n)]
 
@@ -571,6 +570,8 @@ def _is_corrupt(name: str) -> bool:
 def _locate(names, dataset: Dataset, image_root) -> list[Path]:
   """Finds each name under image_root, directly or anywhere below (e.g. paris/louvre/).
 
+  User folders (protocol 'custom') match names exactly, never by file name.
+
   Known-corrupt Paris files found in the folder are reported and never used.
   """
   root = image_root if image_root is not None else dataset.image_root
@@ -592,8 +593,12 @@ def _locate(names, dataset: Dataset, image_root) -> list[Path]:
       len(skipped),
       ', '.join(skipped),
     )
+  exists = lambda path: path.is_file() or path.is_symlink()
   paths = [
-    root / n if (root / n).is_file() else found.get(Path(n).name) for n in names
+    root / n
+    if exists(root / n)
+    else (None if dataset.protocol == 'custom' else found.get(Path(n).name))
+    for n in names
   ]
   missing = [n for n, p in zip(names, paths) if p is None]
   if missing:
