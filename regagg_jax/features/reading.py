@@ -38,12 +38,20 @@ def load(path, *, box=None, rotation=0, max_size=0, apply_exif=True):
     uint8 (H_I, W_I, 3) RGB image.
 
   Raises:
-    images.ImageError: unreadable, or the crop is empty or too small.
+    images.ImageError: unreadable, or the box leaves the image, or the crop
+      is empty or too small.
   """
   image = images.load_image(path, apply_exif=apply_exif)
   if rotation:
     image = images.rotate_image(image, rotation)
   if box is not None:
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = np.round(np.asarray(box, np.float64))
+    if x2 > width or y2 > height:
+      raise images.ImageError(
+        f'{path}: field "box" {list(box)} is outside the image of '
+        f'{width}x{height} px'
+      )
     try:
       image = images.crop_query(image, box)
     except ValueError as error:
