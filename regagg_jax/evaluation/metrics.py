@@ -273,8 +273,50 @@ def ukbench_map(ranks, query_groups, database_groups) -> float:
   return mean_average_precision(ranks, [np.flatnonzero(row) for row in same])
 
 
+def exclude_skipped(dataset, scored, present):
+  """The ground truth of the scored queries over the present images only.
+
+  Skipped (unreadable) images take no part in any metric: an unscored
+  query is dropped, and an absent database image is neither positive nor
+  junk (nor in a UKBench group).
+
+  Args:
+    dataset: a `datasets.Dataset`.
+    scored: bool (Q,) queries that were encoded.
+    present: int (N',) database indices that were encoded.
+
+  Returns:
+    The dataset with Q' = sum(scored) queries and filtered index lists.
+  """
+  scored = np.asarray(scored, bool)
+  if scored.shape != (len(dataset.queries),):
+    raise ValueError(
+      f'scored must be ({len(dataset.queries)},), got {scored.shape}'
+    )
+  keep = np.asarray(present, np.int64)
+  rows = np.flatnonzero(scored)
+  take = lambda lists: (
+    None
+    if lists is None
+    else tuple(lists[q][np.isin(lists[q], keep)] for q in rows)
+  )
+  groups = dataset.groups
+  if groups is not None:
+    groups = np.where(np.isin(np.arange(len(groups)), keep), groups, -1)
+  return dataset._replace(
+    queries=tuple(dataset.queries[q] for q in rows),
+    query_indices=dataset.query_indices[rows],
+    boxes=None if dataset.boxes is None else dataset.boxes[rows],
+    positives=take(dataset.positives),
+    junk=take(dataset.junk),
+    easy=take(dataset.easy),
+    hard=take(dataset.hard),
+    groups=groups,
+  )
+
+
 def evaluate(
-  dataset, ranks, *, kappas: Sequence[int] = KAPPAS
+  dataset, ranks, *, kappas: Sequence[int] = KAPPAS, scored=None, present=None
 ) -> dict[str, float]:
   """Scores rankings with the protocol of a `datasets.Dataset`.
 
@@ -282,12 +324,21 @@ def evaluate(
     dataset: a `regagg_jax.evaluation.datasets.Dataset` (only its ground-truth fields are read).
     ranks: int (Q, R) database indices per query, best first.
     kappas: cut-offs k of mP@k (Revisited and user folders).
+    scored: bool (Q,) queries to score (the readable ones), default all;
+      the rows of the others in `ranks` are ignored (`exclude_skipped`).
+    present: int (N',) database indices that were read, default all.
 
   Returns:
     Fractions in [0, 1] (N-S in [0, 4]): {'mAP'} for Oxford5k, Paris6k and Holidays;
     {'easy/mAP', 'easy/mP@1', ...} for ROxford/RParis; {'N-S', 'mAP'} for UKBench;
     {'mAP', 'mP@1', ...} for user folders.
   """
+  if scored is not None or present is not None:
+    ranks = np.asarray(ranks)
+    scored = np.ones(len(ranks), bool) if scored is None else scored
+    present = np.arange(len(dataset.images)) if present is None else present
+    dataset = exclude_skipped(dataset, scored, present)
+    ranks = ranks[np.asarray(scored, bool)]
   if dataset.protocol == 'revisited':
     results = compute_revisited_map(
       ranks, dataset.easy, dataset.hard, dataset.junk, kappas=kappas

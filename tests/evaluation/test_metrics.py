@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.io
 
+from regagg_jax.evaluation import datasets
 from regagg_jax.evaluation import metrics
 
 GND = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'gnd'
@@ -365,3 +366,50 @@ def test_ukbench_score_and_map_on_crafted_rankings():
     metrics.ukbench_score(ranks[:, :3], query_groups, groups)
   with pytest.raises(ValueError, match='query_groups'):
     metrics.ukbench_score(ranks, groups, groups)
+
+
+def test_skipped_query_and_database_image_take_no_part():
+  """An unreadable query ranked in index order would score AP 1.0 and be
+  counted; an unreadable positive would lower every AP: both are left out."""
+  dataset = datasets.Dataset(
+    'folder',
+    'custom',
+    images=('a', 'b', 'c', 'd', 'e'),
+    queries=('q0', 'q1', 'q2'),
+    query_indices=np.array([-1, -1, -1]),
+    boxes=None,
+    positives=(np.array([2, 4]), np.array([0, 1]), np.array([1, 3])),
+    junk=(np.zeros(0, np.int64),) * 3,
+  )
+  present = np.array([0, 1, 2, 4])  # image 3 ('d') unreadable
+  ranks = np.array([[4, 0, 2, 1], [0, 1, 2, 4], [2, 1, 0, 4]])  # q1 unreadable
+  scored = np.array([True, False, True])
+  before = metrics.evaluate(dataset, ranks)
+  after = metrics.evaluate(dataset, ranks, scored=scored, present=present)
+  expected = np.mean(
+    [
+      _reference_ap([4, 0, 2, 1], [2, 4], []),
+      _reference_ap([2, 1, 0, 4], [1], []),
+    ]
+  )
+  assert after['mAP'] == pytest.approx(expected, abs=1e-12)
+  assert before['mAP'] != pytest.approx(expected, abs=1e-3)
+  trimmed = metrics.exclude_skipped(dataset, scored, present)
+  assert trimmed.queries == ('q0', 'q2')
+  np.testing.assert_array_equal(trimmed.positives[1], [1])
+
+
+def test_skipped_ukbench_image_leaves_its_group():
+  dataset = datasets.load('samples')
+  ranks = np.tile(np.arange(len(dataset.images)), (len(dataset.queries), 1))
+  present = np.arange(1, len(dataset.images))  # image 0 unreadable
+  ranks = ranks[:, 1:]
+  scored = np.arange(len(dataset.queries)) > 0
+  trimmed = metrics.exclude_skipped(dataset, scored, present)
+  assert trimmed.groups[0] == -1 and len(trimmed.queries) == len(scored) - 1
+  scores = metrics.evaluate(dataset, ranks, scored=scored, present=present)
+  groups = dataset.groups
+  expected = np.mean(
+    [np.sum(groups[ranks[q, :4]] == groups[q]) for q in range(1, len(scored))]
+  )
+  assert scores['N-S'] == pytest.approx(expected, abs=1e-12)
