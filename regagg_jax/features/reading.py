@@ -61,6 +61,13 @@ def load(path, *, box=None, rotation=0, max_size=0, apply_exif=True):
         f'{path}: crop {list(box)} is smaller than {images.MIN_SIDE} px'
       )
   if max_size and max(image.shape[:2]) > max_size:
+    logging.info(
+      '%s: %dx%d px shrunk to a longer side of %d px (features.max_size)',
+      path,
+      image.shape[1],
+      image.shape[0],
+      max_size,
+    )
     image = images.resize_longer_side(image, max_size)
   return image
 

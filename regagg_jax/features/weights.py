@@ -16,7 +16,8 @@ The conversion runs once and is cached as an orbax checkpoint: in a checkout
 in weights/vgg19_flax (git-ignored), in an installed package under
 $REGAGG_JAX_CACHE, else $XDG_CACHE_HOME/regagg_jax, else ~/.cache/regagg_jax.
 It is written to a temporary directory and renamed, so concurrent processes
-never see half a checkpoint.
+never see half a checkpoint, with the hash of its arrays (HASH_FILE); every
+load checks it and reconverts a damaged cache from the verified h5.
 """
 
 import hashlib
@@ -269,8 +270,24 @@ def convert_torchvision(path: str | os.PathLike) -> dict:
   }
 
 
+HASH_FILE = 'params.sha256'
+"""File in a `save_params` directory: `hash_params` of what was saved."""
+
+
+def hash_params(variables: dict) -> str:
+  """SHA-256 of every leaf's path, dtype, shape and bytes (sorted paths)."""
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+  for key, leaf in sorted(leaves, key=lambda item: str(item[0])):
+    leaf = np.ascontiguousarray(leaf)
+    digest.update(f'{key} {leaf.dtype} {leaf.shape}'.encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()
+
+
 def save_params(variables: dict, directory: str | os.PathLike) -> Path:
-  """Saves variables with orbax into `directory`, atomically (temp + rename).
+  """Saves variables with orbax into `directory`, atomically (temp + rename),
+  with their `hash_params` in HASH_FILE.
 
   If another process finished the same directory first, its copy is kept.
   """
@@ -281,6 +298,7 @@ def save_params(variables: dict, directory: str | os.PathLike) -> Path:
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(staging, variables)
     checkpointer.wait_until_finished()
+    (staging / HASH_FILE).write_text(hash_params(variables) + '\n')
     os.rename(staging, directory)
   except OSError:
     if not directory.is_dir():
@@ -320,4 +338,46 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
     h5 = Path(path) if path is not None else obtain_h5()
     logging.info('Converting %s to %s (once)', h5, checkpoint)
     save_params(convert_h5(h5), checkpoint)
+  return _verified(checkpoint, path)
+
+
+def _verified(checkpoint: Path, path) -> dict:
+  """The cached conversion, checked against its HASH_FILE; a damaged or
+  unhashed cache is reconverted from the verified h5 (or refused)."""
+  expected = checkpoint / HASH_FILE
+  try:
+    variables = restore_params(checkpoint)
+    found = hash_params(variables)
+  except Exception as error:  # orbax raises many kinds on damaged files
+    variables, found = None, f'unreadable ({type(error).__name__}: {error})'
+  if expected.is_file() and expected.read_text().strip() == found:
+    return variables
+  try:
+    h5 = Path(path) if path is not None else obtain_h5()
+  except WeightsError as error:
+    raise WeightsError(
+      f'{checkpoint}: the converted weights do not match their hash '
+      f'({found}) and no verified h5 is at hand to reconvert them ({error}).'
+      f' Delete {checkpoint} and run python weights/convert.py --h5 <{H5_NAME}>'
+    ) from error
+  converted = convert_h5(h5)
+  if found == hash_params(converted):  # written before hashes: add one
+    _write_atomically(expected, found + '\n')
+    return variables
+  logging.warning(
+    '%s: converted weights damaged (hash %s); reconverting %s',
+    checkpoint,
+    found,
+    h5,
+  )
+  trash = checkpoint.with_name(f'.{checkpoint.name}.damaged-{uuid.uuid4().hex}')
+  os.rename(checkpoint, trash)
+  shutil.rmtree(trash, ignore_errors=True)
+  save_params(converted, checkpoint)
   return restore_params(checkpoint)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+  staging = path.with_name(f'.{path.name}.{uuid.uuid4().hex}')
+  staging.write_text(text)
+  os.replace(staging, path)

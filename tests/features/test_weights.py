@@ -254,3 +254,61 @@ def test_torchvision_pth(tmp_path):
   np.testing.assert_allclose(
     actual[:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1], rtol=1e-4, atol=1e-3
   )
+
+
+def _damaged_cache_copy(real_h5, tmp_path, monkeypatch):
+  """A copy of the converted cache with 64 bytes flipped, as the cache."""
+  import shutil
+
+  checkpoint = weights.cache_dir() / weights.CHECKPOINT_NAME
+  weights.load_params()  # the real cache carries its hash from here on
+  copy = tmp_path / weights.CHECKPOINT_NAME
+  shutil.copytree(checkpoint, copy)
+  largest = max(
+    (p for p in copy.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size
+  )
+  data = bytearray(largest.read_bytes())
+  middle = len(data) // 2
+  data[middle : middle + 64] = bytes(
+    b ^ 0xFF for b in data[middle : middle + 64]
+  )
+  largest.write_bytes(bytes(data))
+  monkeypatch.setenv('REGAGG_JAX_CACHE', str(tmp_path))
+  return copy
+
+
+@pytest.mark.slow
+def test_damaged_weights_cache_is_reconverted_from_the_h5(
+  real_h5, tmp_path, monkeypatch
+):
+  import shutil
+
+  copy = _damaged_cache_copy(real_h5, tmp_path, monkeypatch)
+  shutil.copy(real_h5, tmp_path / weights.H5_NAME)
+  variables = weights.load_params()
+  _assert_bit_equal(variables, weights.convert_h5(real_h5))
+  stored = (copy / weights.HASH_FILE).read_text().strip()
+  assert stored == weights.hash_params(variables)
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]
+
+
+@pytest.mark.slow
+def test_damaged_weights_cache_without_h5_is_refused(
+  real_h5, tmp_path, monkeypatch
+):
+  copy = _damaged_cache_copy(real_h5, tmp_path, monkeypatch)
+
+  def unreachable():
+    raise weights.WeightsError('no source reachable')
+
+  monkeypatch.setattr(weights, 'obtain_h5', unreachable)
+  with pytest.raises(weights.WeightsError) as error:
+    weights.load_params()
+  assert str(copy) in str(error.value) and 'convert.py' in str(error.value)
+
+
+def test_hash_params_sees_one_changed_value():
+  variables = {'params': {'a': {'kernel': np.zeros((2, 3), np.float32)}}}
+  before = weights.hash_params(variables)
+  variables['params']['a']['kernel'][1, 2] = 1e-30
+  assert weights.hash_params(variables) != before
