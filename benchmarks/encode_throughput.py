@@ -130,12 +130,13 @@ _K_PRIME, _DIM = 128, 512  # K' of eq. (4), D of eq. (6)
 _TINY_WIDTHS = (4, 8, 8, 16, 16)
 
 
-def _pooling():
+def _pooling(log_method=None):
+  """Pooling options; log_method defaults to --log_method."""
   return {
     'gem_power': 3.0,
     'offdiag_scale': 1.0,
     'rmac_levels': 3,
-    'log_method': _LOG_METHOD.value,
+    'log_method': log_method or _LOG_METHOD.value,
   }
 
 
@@ -205,7 +206,7 @@ def _padded(pictures):
   return rgb, sizes, cells
 
 
-def _runners(variables, projections, batch, dtype):
+def _runners(variables, projections, batch, dtype, log_method):
   """{'bare': run, 'full': run} on one padded batch, each blocking."""
   rgb, sizes, cells = batch
   reduction, whitening = projections
@@ -227,7 +228,7 @@ def _runners(variables, projections, batch, dtype):
         method='o2',
         dtype=dtype,
         region_options=_REGIONS,
-        pooling_options=_pooling(),
+        pooling_options=_pooling(log_method),
       )
     ),
   }
@@ -242,6 +243,7 @@ def _median_times(runners):
 
 
 def _print_pair(label, batch_size, medians, compile_s):
+  """Prints the pair and returns it as a dict for --json."""
   for name in ('bare', 'full'):
     print(
       f'  {label} batch {batch_size:3d} {name}: '
@@ -249,23 +251,38 @@ def _print_pair(label, batch_size, medians, compile_s):
       f'({medians[name] * 1e3:9.1f} ms/batch; first call incl. compile '
       f'{compile_s[name]:.1f} s)'
     )
+  ratio = medians['full'] / medians['bare']
   print(
     f'  {label} batch {batch_size:3d} ratio full/bare = '
-    f'{medians["full"] / medians["bare"]:.3f} (target <= 1.15)'
+    f'{ratio:.3f} (target <= 1.15)'
   )
+  return {
+    'batch': batch_size,
+    **{f'{name}_images_per_s': batch_size / medians[name] for name in medians},
+    **{f'{name}_ms_per_batch': medians[name] * 1e3 for name in medians},
+    **{f'{name}_first_call_s': compile_s[name] for name in compile_s},
+    'full_over_bare': ratio,
+  }
 
 
-def measure_pair(variables, projections, batch_size, dtype):
-  """Prints images/s of the bare forward and the full encoder."""
+def measure_pair(variables, projections, batch_size, dtype, log_method=None):
+  """Prints images/s of the bare forward and the full encoder; returns them."""
   batch = _padded(_pictures(batch_size, _HEIGHT.value, _WIDTH.value))
   medians, compile_s = _median_times(
-    _runners(variables, projections, batch, dtype)
+    _runners(variables, projections, batch, dtype, log_method)
   )
-  _print_pair(dtype, batch_size, medians, compile_s)
+  return _print_pair(
+    f'{dtype} {log_method or _LOG_METHOD.value}', batch_size, medians, compile_s
+  )
 
 
-def measure_host_pipeline(variables, projections, batch_size, dtype):
-  """encode_rows end to end vs encode_batch alone, same images and batches."""
+def measure_host_pipeline(
+  variables, projections, batch_size, dtype, log_method=None
+):
+  """encode_rows end to end vs encode_batch alone, same images and batches.
+
+  Returns the figures as a dict for --json.
+  """
   count = _PIPELINE_IMAGES.value
   pictures = _pictures(count, _HEIGHT.value, _WIDTH.value)
   reduction, whitening = projections
@@ -281,7 +298,7 @@ def measure_host_pipeline(variables, projections, batch_size, dtype):
         rows,
         'o2',
         region_options=_REGIONS,
-        pooling_options=_pooling(),
+        pooling_options=_pooling(log_method),
         reduction=reduction,
         whitening=whitening,
         batch_size=batch_size,
@@ -310,18 +327,30 @@ def measure_host_pipeline(variables, projections, batch_size, dtype):
       method='o2',
       dtype=dtype,
       region_options=_REGIONS,
-      pooling_options=_pooling(),
+      pooling_options=_pooling(log_method),
     )
   jax.block_until_ready(outputs)
   device_s = time.perf_counter() - start
   encoded = len(batches) * batch_size
+  figures = {
+    'batch': batch_size,
+    'dtype': dtype,
+    'log_method': log_method or _LOG_METHOD.value,
+    'jpegs': count,
+    'threads': _THREADS.value,
+    'prefetch': _PREFETCH.value,
+    'encode_rows_images_per_s': count / pipeline_s,
+    'encode_batch_images_per_s': encoded / device_s,
+    'end_to_end_over_device': (pipeline_s / count) / (device_s / encoded),
+  }
   print(
     f'  host pipeline {dtype} batch {batch_size}: encode_rows '
     f'{count / pipeline_s:.2f} images/s ({count} JPEGs, {_THREADS.value} '
     f'threads, prefetch {_PREFETCH.value}); encode_batch alone '
     f'{encoded / device_s:.2f} images/s; ratio end-to-end/device = '
-    f'{(pipeline_s / count) / (device_s / encoded):.3f}'
+    f'{figures["end_to_end_over_device"]:.3f}'
   )
+  return figures
 
 
 def _median_call(function, *args):
@@ -332,8 +361,11 @@ def _median_call(function, *args):
   return medians['call'], function(*args)
 
 
-def measure_stages(variables, projections, batch_size, dtype):
-  """Prints each stage of the encoder as its own jit: where the time goes."""
+def measure_stages(variables, projections, batch_size, dtype, log_method=None):
+  """Prints each stage of the encoder as its own jit: where the time goes.
+
+  Returns {stage: milliseconds} for --json.
+  """
   rgb, sizes, cells = _padded(
     _pictures(batch_size, _HEIGHT.value, _WIDTH.value)
   )
@@ -405,7 +437,7 @@ def measure_stages(variables, projections, batch_size, dtype):
         functools.partial(
           method_table.POOLING['o2'].pool,
           reduction=reduction,
-          options=_pooling(),
+          options=_pooling(log_method),
         )
       )
     ),  # eq. (4-5)
@@ -420,9 +452,13 @@ def measure_stages(variables, projections, batch_size, dtype):
     jax.jit(pca.apply), whitening, pooled, region_valid
   )  # eq. (6)
   total = sum(seconds.values())
-  print(f'  stages, {dtype} batch {batch_size}, each its own jit:')
+  print(
+    f'  stages, {dtype} {log_method or _LOG_METHOD.value} batch '
+    f'{batch_size}, each its own jit:'
+  )
   for stage, value in seconds.items():
     print(f'    {stage:14s} {value * 1e3:9.1f} ms  {value / total:6.1%}')
+  return {stage: value * 1e3 for stage, value in seconds.items()}
 
 
 def _mix_shapes(count, rng):
@@ -442,11 +478,21 @@ def _mix_shapes(count, rng):
   return shapes
 
 
-def measure_mix(batch_size):
-  """Compilations of encode_rows over the mix, against its shape buckets."""
+def measure_mix(batch_size, variables=None, scale=None):
+  """Compilations of encode_rows over the mix, against its shape buckets.
+
+  Args:
+    batch_size: images per batch.
+    variables: VGG19 variables; None for tiny random widths (the count of
+      compilations depends on the shapes only).
+    scale: of the mix's shapes; None for --mix_scale.
+
+  Returns:
+    the figures as a dict for --json.
+  """
   rng = np.random.default_rng(0)
   shapes = _mix_shapes(_MIX_IMAGES.value, rng)
-  scale = _MIX_SCALE.value
+  scale = _MIX_SCALE.value if scale is None else scale
   scaled = [
     (
       max(images.MIN_SIDE, round(h * scale)),
@@ -455,15 +501,21 @@ def measure_mix(batch_size):
     for h, w in shapes
   ]
   sample = _pictures(1, 256, 256)[0]
-  variables = vgg19.init_params(jax.random.PRNGKey(0), widths=_TINY_WIDTHS)
-  reduction, whitening = _projections(_TINY_WIDTHS[-1], k_prime=8, dim=16)
+  if variables is None:
+    variables = vgg19.init_params(jax.random.PRNGKey(0), widths=_TINY_WIDTHS)
+    reduction, whitening = _projections(_TINY_WIDTHS[-1], k_prime=8, dim=16)
+    network = f'tiny VGG19 {_TINY_WIDTHS}'
+  else:
+    reduction, whitening = _projections(
+      variables['params']['conv5_4']['kernel'].shape[-1]
+    )
+    network = 'VGG19'
   with tempfile.TemporaryDirectory() as directory:
     paths = [f'{directory}/{i:05d}.jpg' for i in range(len(scaled))]
     for path, (height, width) in zip(paths, scaled):
       cv2.imwrite(path, cv2.resize(sample, (width, height))[..., ::-1])
-    before = batch_encoder.compilations()
-    start = time.perf_counter()
-    store = file_encoder.encode_rows(
+    encode = functools.partial(
+      file_encoder.encode_rows,
       variables,
       paths,
       list(range(len(paths))),
@@ -476,16 +528,23 @@ def measure_mix(batch_size):
       num_threads=_THREADS.value,
       prefetch=_PREFETCH.value,
     )
+    before = batch_encoder.compilations()
+    start = time.perf_counter()
+    store = encode()
     seconds = time.perf_counter() - start
-  compilations = batch_encoder.compilations() - before
+    compilations = batch_encoder.compilations() - before
+    start = time.perf_counter()
+    encode()  # every shape compiled: steady state
+    steady_seconds = time.perf_counter() - start
   buckets = {images.bucket_shape(*s) for s in scaled}
   full_buckets = {images.bucket_shape(*s) for s in shapes}
   batches = len(images.group_by_bucket(scaled, batch_size=batch_size))
   print(
     f'mix of {len(shapes)} images (60 % 1024x768, 30 % 768x1024, 10 % '
     f'tail; {len(set(shapes))} distinct shapes) at scale {scale}, batch '
-    f'{batch_size}, tiny VGG19 {_TINY_WIDTHS}: {len(store.descriptors)} '
-    f'encoded in {seconds:.1f} s'
+    f'{batch_size}, {network}: {len(store.descriptors)} '
+    f'encoded in {seconds:.1f} s (compilations included), again in '
+    f'{steady_seconds:.1f} s ({len(shapes) / steady_seconds:.2f} images/s)'
   )
   print(
     f'  compilations {compilations}, shape buckets {len(buckets)} at '
@@ -493,6 +552,18 @@ def measure_mix(batch_size):
     f'(multiple {images.BUCKET_MULTIPLE} px): '
     f'{sorted(full_buckets)}'
   )
+  return {
+    'images': len(shapes),
+    'scale': scale,
+    'batch': batch_size,
+    'network': network,
+    'compilations': compilations,
+    'shape_buckets': len(buckets),
+    'batches': batches,
+    'seconds_with_compilation': seconds,
+    'images_per_s_with_compilation': len(shapes) / seconds,
+    'images_per_s_compiled': len(shapes) / steady_seconds,
+  }
 
 
 def main(argv):
