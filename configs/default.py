@@ -62,8 +62,12 @@ def get_config():
   config.pca.fit_on = ''  # '' = the database; else a dataset name or 'folder'
   config.pca.fit_root = ''  # image folder of `fit_on`
   # D is capped to (valid fitting vectors) / min_vectors_per_dim: whitening
-  # fitted on fewer vectors than a few times D amplifies noise directions.
-  config.pca.min_vectors_per_dim = 1
+  # fitted on fewer vectors than ~16 times D amplifies noise directions (on
+  # data/samples: docs/numerics.md). When the cap would force D below
+  # min_whitened_dim, PCA without whitening is kept (D up to the vectors'
+  # rank): it measures better on small sets. Both are printed when they bite.
+  config.pca.min_vectors_per_dim = 16
+  config.pca.min_whitened_dim = 32
   # Store eq. (6) outputs (D dims) instead of unwhitened descriptors: U^1 and
   # the whitening are learnt on fit_on first. For millions of images.
   config.pca.store_whitened = False

@@ -8,11 +8,13 @@ draws fig2.png (queries beside their top results, best-matched region
 shaded).
 
 PCA-whitening is fitted on the 56 images themselves, as the paper fits on
-the database. Whitening fitted on fewer vectors than a few times D amplifies
+the database. Whitening fitted on fewer vectors than ~16 times D amplifies
 noise directions and ruins mAP (on these images D = 64 costs the global
-methods ~0.6 mAP), so every method uses the same small D = 16: the global
-methods have 56 fitting vectors (3.5 per dimension, pca.min_vectors_per_dim
-= 3 caps D at 18), the regional ones 8x more.
+methods ~0.6 mAP), so every method uses the same small D = 16: the regional
+methods whiten it (~440 fitting vectors, 27 per dimension); the global ones,
+with 56 vectors, are too few to whiten 16 dimensions with the default margin
+(pca.min_vectors_per_dim = 16) and keep PCA without whitening at D = 16
+(pca.choose_whitening; the table's 'whiten' column says which).
 
   python run.py
   python run.py --config=configs/demo.py --mode=demo
@@ -27,7 +29,6 @@ def get_config():
   config.name = 'demo'
   config.workdir = 'outputs/demo'
   config.pca.dim = 16
-  config.pca.min_vectors_per_dim = 3
   config.eval.dataset = 'samples'
   config.eval.root = 'data/samples'
   return config

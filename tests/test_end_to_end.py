@@ -53,6 +53,12 @@ def _make_folder(folder, sample_paths, *, groups, size):
   return folder
 
 
+def _only(folder, pattern):
+  """The one file of `folder` matching `pattern`."""
+  (path,) = folder.glob(pattern)
+  return path
+
+
 def _config(tmp_path, folder):
   config = quick.get_config()
   config.workdir = str(tmp_path / 'work')
@@ -81,10 +87,18 @@ def test_encode_fit_search_eval(tmp_path, folder):
     str(folder / 'zz_unreadable.jpg')
   ]
   assert 0 <= result['mAP'] <= 1 and np.isfinite(result['mP@1'])
-  written = json.loads(
-    (tmp_path / 'work' / 'results' / 'quick.json').read_text()
-  )
+  results_dir = tmp_path / 'work' / 'results'
+  written = json.loads(_only(results_dir, 'quick-*.json').read_text())
   assert written['mAP'] == result['mAP']
+  assert written['method'] == 'O2_R' and written['config']['name'] == 'quick'
+  assert written['config']['pca']['dim'] == config.pca.dim
+  ukbench = sorted(p.name for p in folder.glob('ukbench*.jpg'))
+  assert sorted(written['per_query_ap']) == ukbench
+  assert np.mean(list(written['per_query_ap'].values())) == pytest.approx(
+    result['mAP']
+  )
+  modes.evaluate(config)  # a rerun writes a second file
+  assert len(list(results_dir.glob('quick-*.json'))) == 2
   stores = os.listdir(tmp_path / 'work' / 'stores')
   fits = os.listdir(tmp_path / 'work' / 'fits')
   assert len(stores) == 1 and len(fits) == 1  # eval reused encode and fit
@@ -92,14 +106,12 @@ def test_encode_fit_search_eval(tmp_path, folder):
   config.search.queries = str(folder / 'ukbench00001.jpg')
   config.search.box = '10,5,80,60'
   modes.run_search(config)
-  results = json.loads(
-    (tmp_path / 'work' / 'results' / 'search-quick.json').read_text()
-  )
+  results = json.loads(_only(results_dir, 'search-quick-*.json').read_text())
   assert len(results) == 1 and len(results[0]['results']) == config.search.top_k
   scores = [r['score'] for r in results[0]['results']]
   assert np.all(np.isfinite(scores)) and scores == sorted(scores, reverse=True)
   assert all(0 <= r['region'] < 8 for r in results[0]['results'])
-  csv = (tmp_path / 'work' / 'results' / 'search-quick.csv').read_text()
+  csv = _only(results_dir, 'search-quick-*.csv').read_text()
   assert len(csv.strip().splitlines()) == 1 + config.search.top_k
 
 
@@ -110,7 +122,7 @@ def test_search_a_folder_without_ground_truth(tmp_path, sample_paths):
   config.search.top_k = 5
   modes.run_search(config)
   results = json.loads(
-    (tmp_path / 'work' / 'results' / 'search-quick.json').read_text()
+    _only(tmp_path / 'work' / 'results', 'search-quick-*.json').read_text()
   )
   ranked = [os.path.basename(r['image']) for r in results[0]['results']]
   assert sorted(ranked) == sorted(p.name for p in sample_paths[:5])
@@ -229,7 +241,7 @@ def test_command_line_modes(tmp_path, folder):
   assert (
     'skipped ' + str(folder / 'zz_unreadable.jpg') in outputs['eval'].stdout
   )
-  result = json.loads((workdir / 'results' / 'quick.json').read_text())
+  result = json.loads(_only(workdir / 'results', 'quick-*.json').read_text())
   assert np.isfinite(result['mAP'])
 
 
@@ -243,10 +255,11 @@ def test_demo_with_real_weights_retrieves_objects(tmp_path, sample_paths):
   config.features.max_size = 0
   config.regions.n_max, config.regions.n_min = 4000, 300
   config.pooling.k_prime = 32
-  config.pca.dim, config.pca.min_vectors_per_dim = 4, 3  # 12 global vectors
+  config.pca.dim = 4  # 12 global vectors: PCA without whitening
   results = {r['method']: r for r in modes.run_demo(config)}
-  assert set(results) == set(modes.DEMO_ROWS)
+  assert set(results) == {modes.demo_label(*row) for row in modes.DEMO_ROWS}
   assert all(r['D'] == 4 for r in results.values())
+  assert results['O2_R (proposed)']['whiten'] and not results['CroW']['whiten']
   assert results['O2_R (proposed)']['mAP'] > 0.8
   assert results['O2_W']['mAP'] > 0.8
   assert os.path.getsize(tmp_path / 'work' / 'fig2.png') > 10_000
@@ -455,9 +468,12 @@ def test_distractors_join_the_database_as_irrelevant(
     retrieval.search(config, queries, database, fitted), database, positions
   )
   assert ranks.shape == (9, 14) and ranks.max() == 14  # 8 + 6 readable
-  assert metrics.evaluate(dataset, ranks)['mAP'] == pytest.approx(noisy['mAP'])
+  read = dict(scored=positions >= 0, present=database.metadata['rows'])
+  assert metrics.evaluate(dataset, ranks, **read)['mAP'] == pytest.approx(
+    noisy['mAP']
+  )  # the unreadable query takes no part
   kept = np.array([row[row < 9] for row in ranks])  # distractors removed
-  assert metrics.evaluate(dataset, kept)['mAP'] >= noisy['mAP']
+  assert metrics.evaluate(dataset, kept, **read)['mAP'] >= noisy['mAP']
   config.eval.distractors = str(tmp_path / 'missing')
   with pytest.raises(FileNotFoundError, match='missing'):
     workspace.prepare(config, dataset)

@@ -5,7 +5,8 @@ whitening scale 1 / s_d amplifies the smallest kept components, whose
 eigenvalues float32 would only resolve to ~1e-7 of the largest, and the
 float64 covariance (D_in, D_in) (D_in = 8256 for K' = 128) and its top-D
 eigenpairs (scipy `subset_by_index`) are computed once per database.
-`apply` is pure JAX and jit-able.
+`apply` is pure JAX and jit-able. `choose_whitening` picks D (and whether to
+whiten) from the number of fitting vectors.
 
 `l2_normalize` lives here because every descriptor the pipeline emits ends
 with it (eq. 3, 5, 6, 8); it maps the zero vector to zero.
@@ -36,6 +37,90 @@ class PCAParams(NamedTuple):
   scale: jnp.ndarray
 
 
+MIN_VECTORS_PER_DIM = 16
+"""Fitting vectors per whitened dimension (measured on data/samples,
+docs/numerics.md "Whitening on few images"): at 16 per dimension whitened
+O2_R stays within 0.07 mAP of PCA without whitening, at 3-4 it loses
+0.05-0.15 and just past the rank (1 per dimension) 0.5-0.7."""
+
+MIN_WHITENED_DIM = 32
+"""Below this D (when the cap forces it), `choose_whitening` keeps PCA
+without whitening: on data/samples it matches or beats whitening at every D,
+and 32 dimensions or fewer lose too much to low D and to whitening noise."""
+
+
+class WhiteningChoice(NamedTuple):
+  """What `choose_whitening` decided.
+
+  Attributes:
+    dim: D to fit.
+    whiten: whether eq. (6) divides by s_d.
+    note: one line saying why D or whiten differ from the request ('' if not).
+  """
+
+  dim: int
+  whiten: bool
+  note: str
+
+
+def choose_whitening(
+  num_vectors,
+  input_dim,
+  dim,
+  *,
+  whiten=True,
+  min_vectors_per_dim=MIN_VECTORS_PER_DIM,
+  min_whitened_dim=MIN_WHITENED_DIM,
+):
+  """D and whitening for eq. (6) fitted on `num_vectors` vectors.
+
+  Whitening divides by s_d, so it amplifies the noise of directions the
+  fitting set estimates badly; it needs `min_vectors_per_dim` vectors per
+  dimension. D is min(dim, input_dim, num_vectors // min_vectors_per_dim);
+  when that cap forces D below min(dim, min_whitened_dim), whitening is
+  dropped instead and PCA keeps min(dim, input_dim, num_vectors - 1)
+  dimensions (the rank of the centred vectors), which measures better.
+  Without `whiten`, D is capped at that rank only.
+
+  Args:
+    num_vectors: valid fitting vectors.
+    input_dim: D_in of the descriptors.
+    dim: the requested D.
+    whiten: whether whitening was asked for.
+    min_vectors_per_dim: the margin (fitting vectors per whitened dim).
+    min_whitened_dim: smallest D worth whitening.
+
+  Returns:
+    WhiteningChoice.
+
+  Raises:
+    ValueError: no fitting vector or dim < 1.
+  """
+  if num_vectors < 1 or dim < 1:
+    raise ValueError(f'need num_vectors, dim >= 1, got {num_vectors}, {dim}')
+  rank = max(1, min(dim, input_dim, num_vectors - 1))
+  if not whiten:
+    return WhiteningChoice(rank, False, '')
+  capped = min(dim, input_dim, num_vectors // min_vectors_per_dim)
+  if capped >= min(dim, input_dim):
+    return WhiteningChoice(capped, True, '')
+  if capped < min(dim, min_whitened_dim):
+    return WhiteningChoice(
+      rank,
+      False,
+      f'{num_vectors} fitting vectors are too few to whiten D >= '
+      f'{min(dim, min_whitened_dim)} ({min_vectors_per_dim} per dimension): '
+      f'PCA without whitening, D = {rank}; whiten with more images '
+      '(pca.fit_on)',
+    )
+  return WhiteningChoice(
+    capped,
+    True,
+    f'PCA-whitening D capped from {dim} to {capped}: {num_vectors} fitting '
+    f'vectors, {min_vectors_per_dim} per dimension',
+  )
+
+
 def l2_normalize(x, *, axis=-1):
   """Divides by the l2 norm along `axis`; the zero vector stays zero.
 
@@ -59,7 +144,16 @@ def _top_eigenpairs(matrix, count):
   return values[::-1], vectors[:, ::-1]
 
 
-def fit(x, dim, *, whiten=False, mask=None, center=True, min_variance=1e-10):
+def fit(
+  x,
+  dim,
+  *,
+  whiten=False,
+  mask=None,
+  center=True,
+  min_variance=1e-10,
+  min_vectors_per_dim=MIN_VECTORS_PER_DIM,
+):
   """Fits PCA (eq. 4: U^1) or PCA-whitening (eq. 6: U^2 and s) on the host.
 
   Eigendecomposition in float64 of the covariance C = X_c^T X_c / n of the
@@ -79,8 +173,11 @@ def fit(x, dim, *, whiten=False, mask=None, center=True, min_variance=1e-10):
     mask: bool (N,) rows to use (padded rows False), or None for all.
     center: subtract the mean of the valid rows first. eq. (6) is written
       without a mean; the standard PCA-whitening of CroW / R-MAC centres.
-    min_variance: floor on lambda_d relative to the largest eigenvalue, so that
-      a rank-deficient fitting set does not give infinite 1 / s_d.
+    min_variance: lambda_d relative to the largest eigenvalue below which a
+      component counts as outside the fitting set's span: whitening gives it
+      scale 0 (1 / s_d would only amplify noise).
+    min_vectors_per_dim: whitening on fewer rows than this times `dim` is
+      logged as a warning (see `choose_whitening`).
 
   Returns:
     PCAParams with float32 arrays.
@@ -112,6 +209,18 @@ def fit(x, dim, *, whiten=False, mask=None, center=True, min_variance=1e-10):
       dim,
       x.shape[0] - int(center),
     )
+  if whiten and x.shape[0] < min_vectors_per_dim * dim:
+    logging.warning(
+      'PCA-whitening D = %d fitted on %d vectors (fewer than %d per '
+      'dimension) amplifies noise and ruins retrieval; '
+      'pca.choose_whitening(%d, %d, %d) picks a safe D',
+      dim,
+      x.shape[0],
+      min_vectors_per_dim,
+      x.shape[0],
+      x.shape[1],
+      dim,
+    )
   centred = x.astype(np.float64)  # a copy, centred in place
   mean = centred.mean(axis=0) if center else np.zeros(x.shape[1])
   centred -= mean
@@ -136,7 +245,10 @@ def fit(x, dim, *, whiten=False, mask=None, center=True, min_variance=1e-10):
   components = components * np.where(signs == 0, 1.0, signs)
   if whiten:
     floor = min_variance * max(values[0], np.finfo(np.float64).tiny)
-    scale = 1.0 / np.sqrt(np.maximum(values, floor))  # eq. (6) 1 / s_d
+    spanned = values > floor
+    scale = np.where(  # eq. (6) 1 / s_d
+      spanned, 1.0 / np.sqrt(np.where(spanned, values, 1.0)), 0.0
+    )
   else:
     scale = np.ones(dim)
   return PCAParams(

@@ -2,10 +2,10 @@
 
 Each mode takes the config, gets its stores and fits from `workspace`, runs
 `pipeline`'s stages, prints a summary and writes its results under
-<workdir>/results.
+<workdir>/results, in files named by the config that are never overwritten
+(`reporting`).
 """
 
-import json
 import os
 
 import jax
@@ -16,6 +16,7 @@ from regagg_jax.evaluation import metrics
 from regagg_jax.evaluation import figures
 from regagg_jax.storage import records
 from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import reporting
 from regagg_jax.experiment import retrieval
 from regagg_jax.experiment import workspace
 
@@ -26,31 +27,13 @@ def _variant(config, method, regional):
   return variant
 
 
-def _print_table(title, results, columns):
-  cells = [
-    [f'{r[c]:.4f}' if isinstance(r[c], float) else str(r[c]) for c in columns]
-    for r in results
-  ]
-  widths = [
-    max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)
-  ]
-  print(f'\n{title}')
-  for row in [list(columns)] + cells:
-    print(' | '.join(f'{v:>{w}}' for v, w in zip(row, widths)))
-
-
-def _write_json(path, value):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w') as stream:
-    json.dump(value, stream, indent=1)
-
-
 def evaluate(config):
   """Runs a benchmark (config.eval) end to end; prints and writes the mAP.
 
   Returns:
-    dict with the scores (metrics.evaluate) and what produced them,
-    also written to <workdir>/results/<name>.json.
+    dict with the scores (metrics.evaluate), the AP of every query, the
+    resolved config and what produced them, also written to
+    <workdir>/results/<name>-<config hash>.json.
   """
   dataset = workspace.load_dataset(config)
   database, fitted = workspace.prepare(config, dataset)
@@ -62,20 +45,34 @@ def evaluate(config):
     fitted,
     workspace.search_index(config, dataset, database, fitted),
   )
-  scores = metrics.evaluate(
-    dataset, workspace.dataset_ranks(ranking, database, positions)
+  ranks = workspace.dataset_ranks(ranking, database, positions)
+  scores = metrics.evaluate(  # unreadable images take no part
+    dataset, ranks, scored=positions >= 0, present=database.metadata['rows']
   )
+  reasons = dict(
+    map(tuple, database.metadata['skipped'] + queries.metadata['skipped'])
+  )
+  query_files = [str(p) for p in datasets.query_paths(dataset)]
   result = {
     'name': config.name,
     'dataset': dataset.name,
-    'method': config.pooling.method,
+    'method': reporting.method_name(
+      config.pooling.method, config.pooling.regional, config.search.qe
+    ),
+    'pooling': config.pooling.method,
     'regional': config.pooling.regional,
     'qe': config.search.qe,
     'index': config.search.index,
     'D': fitted.metadata['dim'],
+    'whiten': fitted.metadata.get('whiten', config.pca.whiten),
     'fitted_on': fitted.metadata['fitted_on'],
     'num_database': len(database.image_paths),
     'num_queries': int(np.sum(positions >= 0)),
+    'skipped_queries': [
+      [name, reasons.get(path, 'not encoded')]
+      for name, path, position in zip(dataset.queries, query_files, positions)
+      if position < 0
+    ],
     **scores,
     'skipped': database.metadata['skipped']
     + [
@@ -83,14 +80,17 @@ def evaluate(config):
       for s in queries.metadata['skipped']
       if s not in database.metadata['skipped']
     ],
+    'per_query_ap': reporting.per_query_ap(
+      dataset, ranks, positions >= 0, database.metadata['rows']
+    ),
+    'config': reporting.resolved(config),
   }
-  path = os.path.join(config.workdir, 'results', f'{config.name}.json')
-  _write_json(path, result)
-  _print_table(
-    f'{config.name} ({path})',
-    [result],
-    ['method', 'regional', 'qe', 'D', *scores],
+  path = reporting.new_results(config) + '.json'
+  reporting.write_json(path, result)
+  reporting.print_table(
+    f'{config.name} ({path})', [result], ['method', 'D', 'whiten', *scores]
   )
+  reporting.print_fit(fitted)
   for image, reason in result['skipped']:
     print(f'skipped {image}: {reason}')
   return result
@@ -108,7 +108,8 @@ def _query_paths(spec):
 
 def run_search(config):
   """--mode=search: search.queries (optional search.box) against the
-  database of config.eval; writes <workdir>/results/search-<name>.json/csv."""
+  database of config.eval; writes <workdir>/results/search-<name>-<config
+  hash>.json/csv."""
   if not config.search.queries:
     raise ValueError('set --config.search.queries to an image, folder or .txt')
   dataset = workspace.load_dataset(config, ground_truth=False)
@@ -132,8 +133,7 @@ def run_search(config):
     fitted,
     workspace.search_index(config, dataset, database, fitted),
   )
-  path = os.path.join(config.workdir, 'results', f'search-{config.name}')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  path = reporting.new_results(config, 'search-')
   records.write_results(
     path,
     ranking.scores,
@@ -144,6 +144,7 @@ def run_search(config):
     top_k=config.search.top_k,
   )
   print(f'results: {path}.json {path}.csv')
+  reporting.print_fit(fitted)
   for q, query in enumerate(queries.image_paths):
     top = ranking.ranks[q, 0]
     print(
@@ -174,33 +175,43 @@ def run_fit(config):
   _, fitted = workspace.prepare(
     config, workspace.load_dataset(config, ground_truth=False)
   )
+  kind = 'PCA-whitening' if fitted.metadata.get('whiten', True) else 'PCA'
   print(
-    f'PCA-whitening D = {fitted.metadata["dim"]} fitted on '
+    f'{kind} D = {fitted.metadata["dim"]} fitted on '
     f'{fitted.metadata["fitted_on"]} ({fitted.metadata["num_vectors"]} '
     f'vectors) in {os.path.join(config.workdir, "fits")}'
   )
+  reporting.print_fit(fitted)
 
 
-DEMO_ROWS = {
-  'O2_R (proposed)': ('o2', True),
-  'O2_W': ('o2', False),
-  'O1_R': ('o1', True),
-  'O1_W': ('o1', False),
-  'SPoC': ('spoc', False),
-  'MAC': ('mac', False),
-  'CroW': ('crow', False),
-  'R-MAC': ('rmac', False),
-  'GeM': ('gem', False),
-}
-"""Demo table row -> (pooling.method, pooling.regional); the first is drawn."""
+DEMO_ROWS = (
+  ('o2', True),
+  ('o2', False),
+  ('o1', True),
+  ('o1', False),
+  ('spoc', False),
+  ('mac', False),
+  ('crow', False),
+  ('rmac', False),
+  ('gem', False),
+)
+"""Demo table rows (pooling.method, pooling.regional); the first, the
+proposed method, is drawn."""
+
+
+def demo_label(method, regional):
+  """The demo table's row name: reporting.method_name, '(proposed)' for
+  the first row."""
+  name = reporting.method_name(method, regional)
+  return f'{name} (proposed)' if (method, regional) == DEMO_ROWS[0] else name
 
 
 def run_demo(config):
   """--mode=demo: every DEMO_ROWS method on config.eval's dataset (the
   bundled samples), one VGG19 pass; prints the table, writes
-  <workdir>/results/demo.json and <workdir>/fig2.png."""
+  <workdir>/results/demo-<config hash>.json and <workdir>/fig2.png."""
   dataset = workspace.load_dataset(config)
-  methods = sorted({method for method, _ in DEMO_ROWS.values()})
+  methods = sorted({method for method, _ in DEMO_ROWS})
   stores = pipeline.encode_methods(
     config,
     datasets.database_paths(dataset),
@@ -208,8 +219,8 @@ def run_demo(config):
     rotations=workspace.rotations(dataset, dataset.images),
     apply_exif=dataset.apply_exif,
   )
-  results, drawn = [], None
-  for label, (method, regional) in DEMO_ROWS.items():
+  results, drawn, notes = [], None, {}
+  for method, regional in DEMO_ROWS:
     variant = _variant(config, method, regional)
     store = stores[method]
     fitted = pipeline.fit(variant, store, fitted_on=dataset.name)
@@ -218,23 +229,35 @@ def run_demo(config):
     scores = metrics.evaluate(
       dataset, workspace.dataset_ranks(ranking, store, positions)
     )
-    results.append({'method': label, 'D': fitted.metadata['dim'], **scores})
+    results.append(
+      {
+        'method': demo_label(method, regional),
+        'D': fitted.metadata['dim'],
+        'whiten': fitted.metadata['whiten'],
+        **scores,
+      }
+    )
+    notes.setdefault(fitted.metadata['note'], []).append(results[-1]['method'])
     drawn = drawn or (store, ranking, positions)
-  path = os.path.join(config.workdir, 'results', f'{config.name}.json')
-  _write_json(
+  path = reporting.new_results(config) + '.json'
+  reporting.write_json(
     path,
     {
       'dataset': dataset.name,
       'results': results,
       'skipped': stores[methods[0]].metadata['skipped'],
+      'config': reporting.resolved(config),
     },
   )
-  _print_table(
+  reporting.print_table(
     f'{dataset.name}: {len(dataset.images)} images, every image '
     f'a query ({path})',
     results,
     list(results[0]),
   )
+  for note, labels in notes.items():
+    if note:
+      print(f'note ({", ".join(labels)}): {note}')
   figure = os.path.join(config.workdir, 'fig2.png')
   figures.draw_results(
     figure,
@@ -244,7 +267,7 @@ def run_demo(config):
     num_queries=config.eval.figure_queries,
     num_results=config.eval.figure_results,
   )
-  print(f'\nFig. 2 ({next(iter(DEMO_ROWS))}): {figure}')
+  print(f'\nFig. 2 ({demo_label(*DEMO_ROWS[0])}): {figure}')
   return results
 
 

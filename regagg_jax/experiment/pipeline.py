@@ -30,10 +30,10 @@ query boxes ignore (datasets.Dataset.apply_exif); stores record it.
 The eval / search / fit modes keep stores and fits in <workdir>/stores and
 <workdir>/fits, keyed by those hashes, and reuse them (`workspace`).
 
-PCA-whitening fitted on fewer vectors than a few times D amplifies noise
-and ruins mAP: `fit` caps D at (fitting vectors) / pca.min_vectors_per_dim,
-pca.fit_on learns it on another set, and the demo (configs/demo.py) uses a
-small D = 16 for every method.
+PCA-whitening fitted on fewer vectors than ~16 times D amplifies noise
+and ruins mAP: `fit` caps D at (fitting vectors) / pca.min_vectors_per_dim
+and keeps PCA without whitening for sets too small to whiten
+(pca.choose_whitening); pca.fit_on learns it on another set.
 """
 
 import functools
@@ -405,8 +405,11 @@ def check_fit(config, store, fit):
 def fit(config, store, *, fitted_on=''):
   """Fits PCA-whitening (eq. 6) on the region descriptors of a store.
 
-  Only R_M is used for the W variant. D = pca.dim, capped at the descriptor
-  dimension and at (valid vectors) / pca.min_vectors_per_dim (logged).
+  Only R_M is used for the W variant. D and whitening follow
+  `pca.choose_whitening`: D = pca.dim capped at the descriptor dimension and
+  at (valid vectors) / pca.min_vectors_per_dim, or PCA without whitening when
+  that cap would force D below pca.min_whitened_dim; the reason is logged and
+  kept in the metadata ('note') for the modes to print.
 
   Args:
     config: ConfigDict.
@@ -424,25 +427,22 @@ def fit(config, store, *, fitted_on=''):
     )
   mask = use_regions(store.valid, whole=not config.pooling.regional)
   num_vectors = int(mask.sum())
-  dim = min(
-    config.pca.dim,
+  choice = pca.choose_whitening(
+    num_vectors,
     store.descriptors.shape[-1],
-    max(1, num_vectors // config.pca.min_vectors_per_dim),
+    config.pca.dim,
+    whiten=config.pca.whiten,
+    min_vectors_per_dim=config.pca.min_vectors_per_dim,
+    min_whitened_dim=config.pca.min_whitened_dim,
   )
-  if dim < config.pca.dim:
-    logging.warning(
-      'PCA-whitening D capped from %d to %d: %d fitting vectors '
-      'of dimension %d',
-      config.pca.dim,
-      dim,
-      num_vectors,
-      store.descriptors.shape[-1],
-    )
+  if choice.note:
+    logging.warning('%s', choice.note)
   whitening = pca.fit(
     store.descriptors.reshape(-1, store.descriptors.shape[-1]),
-    dim,
-    whiten=config.pca.whiten,
+    choice.dim,
+    whiten=choice.whiten,
     mask=mask.reshape(-1),
+    min_vectors_per_dim=config.pca.min_vectors_per_dim,
   )
   return records.Fit(
     store.reduction,
@@ -454,6 +454,8 @@ def fit(config, store, *, fitted_on=''):
       'fitted_on': fitted_on,
       'num_images': len(store.image_paths),
       'num_vectors': num_vectors,
-      'dim': dim,
+      'dim': choice.dim,
+      'whiten': choice.whiten,
+      'note': choice.note,
     },
   )

@@ -148,3 +148,36 @@ def test_bad_inputs_raise():
     pca.apply(params, np.zeros((3, 6), np.int32))
   with pytest.raises(ValueError):
     pca.apply(params, np.zeros((3, 6), np.float32), np.ones(4, bool))
+
+
+def test_components_outside_the_span_get_no_whitening_scale():
+  rng = np.random.default_rng(6)
+  x = (rng.normal(size=(50, 3)) @ rng.normal(size=(3, 12))).astype(np.float32)
+  params = pca.fit(x, 6, whiten=True)
+  centred = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
+  values = np.linalg.eigvalsh(centred.T @ centred / len(x))[::-1][:3]
+  np.testing.assert_allclose(params.scale[:3], 1 / np.sqrt(values), rtol=1e-4)
+  np.testing.assert_array_equal(params.scale[3:], 0)  # rank 3: noise only
+
+
+@pytest.mark.parametrize(
+  'num_vectors, dim, whiten, expected',
+  [
+    (100_000, 512, True, (512, True)),  # plenty: as asked
+    (16 * 100, 512, True, (100, True)),  # capped, still >= 32
+    (127, 512, True, (126, False)),  # 7 < 32: PCA up to the rank
+    (56, 16, True, (16, False)),  # 3 < 16 asked: PCA at 16
+    (448, 16, True, (16, True)),  # 28 per dimension
+    (10, 512, False, (9, False)),  # no whitening: the rank only
+  ],
+)
+def test_choose_whitening(num_vectors, dim, whiten, expected):
+  choice = pca.choose_whitening(num_vectors, 8256, dim, whiten=whiten)
+  assert (choice.dim, choice.whiten) == expected
+  assert bool(choice.note) == (whiten and expected != (dim, True))
+  assert pca.choose_whitening(50, 6, 512, min_vectors_per_dim=1).dim == 6
+
+
+def test_choose_whitening_refuses_no_vectors():
+  with pytest.raises(ValueError, match='num_vectors'):
+    pca.choose_whitening(0, 8, 4)

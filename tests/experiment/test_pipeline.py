@@ -127,9 +127,15 @@ def test_search_matches_float64_reference(regional, query_regions, qe):
   )
 
 
+def _capped(**changes):
+  return _config(
+    pca__dim=10, pca__min_vectors_per_dim=3, pca__min_whitened_dim=1, **changes
+  )
+
+
 def test_fit_uses_valid_regions_and_caps_dim():
   rng = np.random.default_rng(1)
-  config = _config(pca__dim=10, pca__min_vectors_per_dim=3)
+  config = _capped()
   store = _store(config, rng, num_images=9, dim=12)
   fitted = pipeline.fit(config, store, fitted_on='db')
   assert fitted.metadata['num_vectors'] == int(store.valid.sum())
@@ -143,8 +149,11 @@ def test_fit_uses_valid_regions_and_caps_dim():
   )
   for got, want in zip(fitted.whitening, expected):
     np.testing.assert_array_equal(got, want)
+  assert (
+    fitted.metadata['whiten'] and 'capped from 10' in fitted.metadata['note']
+  )
   whole = pipeline.fit(
-    _config(pca__dim=10, pca__min_vectors_per_dim=3, pooling__regional=False),
+    _capped(pooling__regional=False),
     store._replace(
       metadata=dict(
         store.metadata,
@@ -154,6 +163,25 @@ def test_fit_uses_valid_regions_and_caps_dim():
   )
   assert whole.metadata['num_vectors'] == 9  # R_M of every image only
   assert whole.metadata['dim'] == 3
+
+
+def test_fit_on_too_few_vectors_keeps_pca_without_whitening():
+  rng = np.random.default_rng(7)
+  config = _config(pca__dim=10)  # default margin: 16 vectors per dimension
+  store = _store(config, rng, num_images=9, dim=12)
+  fitted = pipeline.fit(config, store)
+  num_vectors = int(store.valid.sum())
+  assert not fitted.metadata['whiten']
+  assert fitted.metadata['dim'] == min(10, num_vectors - 1)
+  assert 'too few to whiten' in fitted.metadata['note']
+  np.testing.assert_array_equal(fitted.whitening.scale, 1)
+  expected = pca.fit(
+    store.descriptors.reshape(-1, 12),
+    fitted.metadata['dim'],
+    mask=store.valid.reshape(-1),
+  )
+  for got, want in zip(fitted.whitening, expected):
+    np.testing.assert_array_equal(got, want)
 
 
 def test_store_and_fit_from_other_configs_are_refused():
