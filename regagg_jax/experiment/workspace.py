@@ -208,8 +208,14 @@ def _dataset_store(
     apply_exif=dataset.apply_exif,
   )
   if os.path.isfile(os.path.join(path, 'metadata.json')):  # finished
-    store = store_io.load_store(path)
-    if all(store.metadata.get(k) == v for k, v in header.items()):
+    try:
+      store = store_io.load_store(path)
+    except ValueError as error:  # build_store re-encodes damaged shards
+      logging.warning('repairing %s: %s', path, error)
+      store = None
+    if store is not None and all(
+      store.metadata.get(k) == v for k, v in header.items()
+    ):
       logging.info('reusing %s', path)
       return store
   num_shards = -(-len(paths) // config.features.shard_size)

@@ -129,6 +129,12 @@ def write_json(file, value):
   atomic_write(file, lambda stream: stream.write(text))
 
 
+_RECOVER = {
+  'metadata.json': 'run the same command again: the store is finalised anew '
+  'from its shards',
+}
+
+
 def read_json(path, name, version):
   """A JSON file of a store / fit directory, refusing other versions.
 
@@ -149,12 +155,18 @@ def read_json(path, name, version):
     raise FileNotFoundError(
       f'{path} is not a regagg_jax directory: {name} is missing'
     )
-  with open(file) as stream:
-    value = json.load(stream)
-  if value.get('format_version') != version:
+  try:
+    with open(file) as stream:
+      value = json.load(stream)
+  except (UnicodeDecodeError, json.JSONDecodeError) as error:
     raise ValueError(
-      f'{file} has format version '
-      f'{value.get("format_version")}, this code reads '
+      f'{file} is corrupt ({type(error).__name__}: {error}); '
+      + _RECOVER.get(name, f'delete {path} and run the same command again')
+    ) from error
+  found = value.get('format_version') if isinstance(value, dict) else None
+  if found != version:
+    raise ValueError(
+      f'{file} has format version {found}, this code reads '
       f'version {version}; re-create it'
     )
   return value

@@ -125,6 +125,13 @@ def write_shard(path, number, part, dtype):
       overflow dtype.
   """
   check_store(part)
+  finite = np.isfinite(part.descriptors).all(axis=(1, 2))
+  if not finite.all():
+    raise ValueError(
+      f'shard {number}: non-finite descriptors of '
+      f'{[str(p) for p in np.asarray(part.image_paths)[~finite]][:10]}; the '
+      'shard is not written'
+    )
   with np.errstate(over='ignore'):
     descriptors = part.descriptors.astype(dtype)
   if not np.array_equal(

@@ -18,6 +18,7 @@ grid on load.
 import glob
 import json
 import os
+import zipfile
 
 from absl import logging
 import numpy as np
@@ -56,9 +57,10 @@ def _record(image_paths, header, shard_size, dtype, reduction):
 def _open_store(path, record, reduction):
   """Creates the store directory and header, or checks it matches."""
   os.makedirs(path, exist_ok=True)
-  if os.path.isfile(os.path.join(path, 'header.json')) or os.path.isfile(
-    os.path.join(path, 'metadata.json')
-  ):
+  exists = os.path.isfile(os.path.join(path, 'header.json')) or (
+    os.path.isfile(os.path.join(path, 'metadata.json'))
+  )
+  if exists:
     lines = provenance.differences(store_format.read_header(path), record)
     if lines:
       raise ValueError(
@@ -66,17 +68,17 @@ def _open_store(path, record, reduction):
         f'{"; ".join(lines)}); it is not extended: use '
         'another path or delete it'
       )
-  else:
-    records.write_json(os.path.join(path, 'header.json'), record)
   if reduction is not None and not os.path.isfile(
     os.path.join(path, 'reduction.npz')
-  ):
+  ):  # before the header: a header never announces a missing U^1
     records.atomic_write(
       os.path.join(path, 'reduction.npz'),
       lambda stream: np.savez(
         stream, **{k: np.asarray(v) for k, v in reduction._asdict().items()}
       ),
     )
+  if not exists:
+    records.write_json(os.path.join(path, 'header.json'), record)
 
 
 def _check_part(part, rows, record, number):
@@ -237,8 +239,8 @@ def finalize_store(path):
       'num_images': sum(len(i['image_paths']) for i in infos),
     },
   )
-  for leftover in glob.glob(os.path.join(path, 'shard_*.tmp-*')):
-    try:  # of killed runs (no shard is being written: all are there)
+  for leftover in glob.glob(os.path.join(path, '*.tmp-*')):
+    try:  # of killed runs (no file is being written: all are there)
       os.remove(leftover)
     except FileNotFoundError:  # removed by another process finalising
       pass
@@ -262,10 +264,22 @@ def load_reduction(path):
   record = store_format.read_header(path)
   if record['reduction_hash'] == provenance.NO_HASH:
     return None
-  with np.load(os.path.join(path, 'reduction.npz')) as arrays:
-    reduction = pca.PCAParams(**{k: arrays[k] for k in pca.PCAParams._fields})
+  file = os.path.join(path, 'reduction.npz')
+  if not os.path.isfile(file):  # killed before U^1 was written: fit again
+    return None
+  try:
+    with np.load(file) as arrays:
+      reduction = pca.PCAParams(**{k: arrays[k] for k in pca.PCAParams._fields})
+  except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
+    raise ValueError(
+      f'{file} is unreadable ({type(error).__name__}: {error}); delete '
+      f'{path} and run the same command again to fit U^1 and encode anew'
+    ) from error
   if records.hash_params(reduction) != record['reduction_hash']:
-    raise ValueError(f'{path}/reduction.npz does not match its header hash')
+    raise ValueError(
+      f'{file} does not match its header hash; delete {path} and run the '
+      'same command again to fit U^1 and encode anew'
+    )
   return reduction
 
 
@@ -311,7 +325,8 @@ def load_store(path):
     parts = [store_format.read_shard(path, n)[0] for n in range(num_shards)]
   except (FileNotFoundError, ValueError) as error:
     raise ValueError(
-      f'{error}; run build_store again to re-encode it'
+      f'{error}; run the same command again (--mode=encode): it re-encodes '
+      'exactly the damaged shards'
     ) from error
   parts = [p for p in parts if len(p.valid)] or parts[:1]
   height = max(p.masks.shape[2] for p in parts)

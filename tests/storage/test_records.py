@@ -321,7 +321,7 @@ def test_corrupt_shard_is_reported_and_encoded_again(tmp_path, damage, caplog):
   with pytest.raises(
     ValueError,
     match=r'shard_00001.npz is unreadable .*'
-    'run build_store again to re-encode it',
+    're-encodes exactly the damaged shards',
   ):
     store_io.load_store(tmp_path / 's')
   other = os.stat(tmp_path / 's' / 'shard_00000.npz')

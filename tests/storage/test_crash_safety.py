@@ -1,0 +1,134 @@
+"""Stores survive a kill at each write and refuse damaged files by name."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from regagg_jax.storage import records
+from regagg_jax.storage import store_format
+from regagg_jax.storage import store_io
+from tests.storage.test_records import _Encoder
+from tests.storage.test_records import _assert_stores_equal
+from tests.storage.test_records import _build
+from tests.storage.test_records import _encoded
+from tests.storage.test_records import _random_params
+
+
+def test_kill_before_reduction_is_written_does_not_wedge(tmp_path):
+  """A run killed after the header, before reduction.npz (the old write
+  order), resumes: load_reduction gives None (fit U^1 again) and
+  build_store writes it; new stores write U^1 before the header."""
+  rng = np.random.default_rng(30)
+  reduction = _random_params(rng, 8, 5)
+  expected = _encoded(rng, reduction=reduction)
+  _build(tmp_path / 's', None, shards=[], reduction=reduction)
+  os.remove(tmp_path / 's' / 'reduction.npz')  # killed before U^1
+  assert store_io.load_reduction(tmp_path / 's') is None
+  assert _build(tmp_path / 's', _Encoder(expected), reduction=reduction)
+  _assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
+
+  written = []
+  original = records.atomic_write
+
+  def recording(file, write):
+    written.append(os.path.basename(file))
+    original(file, write)
+
+  records.atomic_write, saved = recording, records.atomic_write
+  try:
+    _build(tmp_path / 'new', None, shards=[], reduction=reduction)
+  finally:
+    records.atomic_write = saved
+  assert written == ['reduction.npz', 'header.json']
+
+
+def test_finalize_removes_every_leftover_temporary(tmp_path):
+  expected = _encoded(np.random.default_rng(31))
+  _build(tmp_path / 's', _Encoder(expected), shards=[0])
+  for name in ('header.json.tmp-1-dead', 'reduction.npz.tmp-2-dead'):
+    (tmp_path / 's' / name).write_bytes(b'half')  # runs killed mid-write
+  assert _build(tmp_path / 's', _Encoder(expected))
+  assert not [f for f in os.listdir(tmp_path / 's') if '.tmp-' in f]
+  _assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
+
+
+def test_non_finite_descriptor_is_refused_and_not_written(tmp_path):
+  expected = _encoded(np.random.default_rng(32))
+  descriptors = expected.descriptors.copy()
+  descriptors[1, 0, 2] = np.nan
+  encode_part = _Encoder(expected._replace(descriptors=descriptors))
+  with pytest.raises(
+    ValueError, match=r"shard 0: non-finite descriptors of \['/images/1.jpg'\]"
+  ):
+    _build(tmp_path / 's', encode_part)
+  assert not os.path.exists(store_format.shard_file(tmp_path / 's', 0))
+  assert not [f for f in os.listdir(tmp_path / 's') if '.tmp-' in f]
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip'])
+def test_corrupt_metadata_names_it_and_a_rerun_recovers(tmp_path, damage):
+  expected = _encoded(np.random.default_rng(33))
+  encode_part = _Encoder(expected)
+  _build(tmp_path / 's', encode_part)
+  file = tmp_path / 's' / 'metadata.json'
+  data = bytearray(file.read_bytes())
+  if damage == 'truncate':
+    data = data[: len(data) // 2]
+  else:
+    data[0] ^= 0xFF
+  file.write_bytes(bytes(data))
+  with pytest.raises(
+    ValueError,
+    match=r'metadata.json is corrupt .*run the same command again',
+  ):
+    store_io.load_store(tmp_path / 's')
+  assert _build(tmp_path / 's', encode_part)  # what the advice runs
+  assert len(encode_part.calls) == 3  # no shard encoded again
+  _assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip', 'list'])
+def test_corrupt_header_names_it_and_says_what_to_do(tmp_path, damage):
+  expected = _encoded(np.random.default_rng(34))
+  _build(tmp_path / 's', _Encoder(expected))
+  file = tmp_path / 's' / 'header.json'
+  data = bytearray(file.read_bytes())
+  if damage == 'truncate':
+    data = data[: len(data) // 2]
+  elif damage == 'flip':
+    data[0] ^= 0xFF
+  else:
+    data = bytearray(json.dumps([1, 2]).encode())
+  file.write_bytes(bytes(data))
+  message = (
+    'header.json has format version None'
+    if damage == 'list'
+    else f'header.json is corrupt .*delete {tmp_path / "s"} and run'
+  )
+  for call in (store_io.load_store, lambda p: _build(p, _Encoder(expected))):
+    with pytest.raises(ValueError, match=message):
+      call(tmp_path / 's')
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip'])
+def test_corrupt_reduction_names_it_and_says_what_to_do(tmp_path, damage):
+  rng = np.random.default_rng(35)
+  reduction = _random_params(rng, 8, 5)
+  _build(
+    tmp_path / 's', _Encoder(_encoded(rng, reduction)), reduction=reduction
+  )
+  file = tmp_path / 's' / 'reduction.npz'
+  data = bytearray(file.read_bytes())
+  if damage == 'truncate':
+    data = data[: len(data) // 2]
+  else:
+    data[120] ^= 0xFF
+  file.write_bytes(bytes(data))
+  for load in (store_io.load_store, store_io.load_reduction):
+    with pytest.raises(
+      ValueError,
+      match=r'reduction.npz (is unreadable|does not match).*delete .* run',
+    ):
+      load(tmp_path / 's')
