@@ -1,0 +1,56 @@
+"""workspace: a finished store with a damaged file is repaired by a rerun."""
+
+import numpy as np
+import pytest
+
+from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import workspace
+from regagg_jax.storage import store_io
+from tests.test_end_to_end import _config
+from tests.test_end_to_end import _make_folder
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory, sample_paths):
+  return _make_folder(
+    tmp_path_factory.mktemp('photos') / 'photos',
+    sample_paths,
+    groups=2,
+    size=96,
+  )
+
+
+@pytest.mark.parametrize(
+  'damaged, rows', [('shard_00001.npz', [[3, 4, 5]]), ('metadata.json', [])]
+)
+def test_rerun_repairs_exactly_the_damaged_file(
+  tmp_path, folder, monkeypatch, damaged, rows
+):
+  """A bit flipped in a finished store's shard or metadata: load_store
+  names the file and advises a rerun; the rerun re-encodes only that
+  shard's rows (or none) and gives the first store."""
+  config = _config(tmp_path, folder)
+  config.features.shard_size = 3
+  dataset = workspace.load_dataset(config)
+  first, _ = workspace.prepare(config, dataset)
+  (store_dir,) = (tmp_path / 'work' / 'stores').iterdir()
+  file = store_dir / damaged
+  data = bytearray(file.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  file.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match=f'{damaged}.*run the same command'):
+    store_io.load_store(store_dir)
+  encoded = []
+  original = pipeline.encode_rows
+
+  def recording(config, paths, rows, **kwargs):
+    encoded.append(list(rows))
+    return original(config, paths, rows, **kwargs)
+
+  monkeypatch.setattr(pipeline, 'encode_rows', recording)
+  monkeypatch.setattr(pipeline, 'fit_reduction', None)  # U^1 is kept
+  again, _ = workspace.prepare(config, dataset)
+  assert encoded == rows
+  np.testing.assert_array_equal(again.descriptors, first.descriptors)
+  np.testing.assert_array_equal(again.masks, first.masks)
+  assert again.metadata == first.metadata
