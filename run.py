@@ -5,7 +5,8 @@
   python run.py --config=configs/table1_proposed.py:oxford5k,256 --mode=eval
   python run.py --config=configs/default.py --config.pca.dim=256 --mode=fit
 
-Modes (regagg_jax.experiment.modes.MODES): demo, encode, fit, search, eval. Each
+Modes (regagg_jax.experiment.modes.MODES): config (print the resolved config),
+demo, encode, fit, search, eval. Each
 configs/*.py docstring gives its exact commands.
 
 Several hosts encode one store together (--mode=encode only): every host

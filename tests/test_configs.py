@@ -187,3 +187,22 @@ def test_run_help():
   assert 'python run.py' in done.stdout  # the module docstring (usage)
   assert '--mode' in done.stdout and 'demo' in done.stdout
   assert '--config' in done.stdout
+
+
+def test_config_mode_prints_the_resolved_config():
+  done = subprocess.run(
+    [
+      sys.executable,
+      'run.py',
+      '--config=configs/folder.py',
+      '--config.pca.dim=64',
+      '--mode=config',
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert 'dim: 64' in done.stdout and 'min_vectors_per_dim: 16' in done.stdout
+  assert 'dataset: folder' in done.stdout

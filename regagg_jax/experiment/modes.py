@@ -1,4 +1,5 @@
-"""What run.py's --mode runs (MODES): demo, encode, fit, search, eval.
+"""What run.py's --mode runs (MODES): config, demo, encode, fit, search,
+eval.
 
 Each mode takes the config, gets its stores and fits from `workspace`, runs
 `pipeline`'s stages, prints a summary and writes its results under
@@ -271,7 +272,14 @@ def run_demo(config):
   return results
 
 
+def run_config(config):
+  """--mode=config: prints the resolved config (every field, overrides
+  applied) and runs nothing."""
+  print(config.copy_and_resolve_references())
+
+
 MODES = {
+  'config': run_config,
   'demo': run_demo,
   'encode': run_encode,
   'fit': run_fit,
