@@ -21,6 +21,8 @@ OpenBLAS threads behind jaxlib's QR / SVD are capped to one at start-up
 """
 
 import os
+import re
+import sys
 
 from absl import app
 from absl import flags
@@ -31,14 +33,29 @@ from regagg_jax.encoding import batch_encoder
 from regagg_jax.experiment import modes
 from regagg_jax.encoding import parallel
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config',
-  os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), 'configs', 'demo.py'
-  ),
-  'Config file (configs/*.py[:argument]); override fields with '
-  '--config.<section>.<field>=value.',
-)
+
+def exit_on_unknown_field(error):
+  """Exits with one line naming a mistyped config field and the nearest."""
+  hint = re.search(r'Did you mean "([^"]+)"', str(error))
+  field = re.search(r"'([^'\\]+)", str(error))
+  sys.exit(
+    f'run.py: unknown config field {field.group(1) if field else "?"!r}'
+    + (f'; did you mean {hint.group(1)!r}?' if hint else '')
+    + ' (--mode=config prints every field)'
+  )
+
+
+try:  # the default config file takes the command line's overrides here
+  _CONFIG = config_flags.DEFINE_config_file(
+    'config',
+    os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), 'configs', 'demo.py'
+    ),
+    'Config file (configs/*.py[:argument]); override fields with '
+    '--config.<section>.<field>=value.',
+  )
+except (AttributeError, KeyError) as error:
+  exit_on_unknown_field(error)
 _MODE = flags.DEFINE_enum('mode', 'demo', sorted(modes.MODES), 'What to run.')
 _COORDINATOR = flags.DEFINE_string(
   'coordinator_address',
@@ -69,5 +86,13 @@ def main(argv):
   modes.MODES[_MODE.value](_CONFIG.value)
 
 
+def parse_flags(argv):
+  """absl's parser; a mistyped --config.<field> exits with one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:  # from config_flags overrides
+    exit_on_unknown_field(error)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

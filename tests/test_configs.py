@@ -206,3 +206,20 @@ def test_config_mode_prints_the_resolved_config():
   assert done.returncode == 0, done.stderr[-2000:]
   assert 'dim: 64' in done.stdout and 'min_vectors_per_dim: 16' in done.stdout
   assert 'dataset: folder' in done.stdout
+
+
+def test_mistyped_config_field_gives_one_line_with_the_nearest_field():
+  done = subprocess.run(
+    [sys.executable, 'run.py', '--config.pca.dims=16', '--mode=config'],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert done.returncode == 1
+  lines = [line for line in done.stderr.splitlines() if 'run.py' in line]
+  assert lines == [
+    "run.py: unknown config field 'dims'; did you mean 'dim'? "
+    '(--mode=config prints every field)'
+  ]
+  assert 'Traceback' not in done.stderr
