@@ -113,7 +113,11 @@ def _cached(path, make, expected, *, load, save):
   def matching(path):
     if not os.path.isdir(path):
       return None
-    value = load(path)
+    try:
+      value = load(path)
+    except ValueError as error:  # corrupt or partial: made again
+      logging.warning('replacing %s: %s', path, error)
+      return None
     return (
       value
       if all(value.metadata.get(k) == v for k, v in expected.items())

@@ -23,15 +23,15 @@ Public: RegionIndex, DEFAULT_OPTIONS, FORMAT_VERSION, build, save, load,
 check_regions.
 """
 
+import hashlib
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from regagg_jax.storage import provenance
+from regagg_jax.storage import records
 
 
 FORMAT_VERSION = 1
@@ -236,37 +236,45 @@ def build(
   )
 
 
+def _checksums(path):
+  """{file name: sha256} of the index files in directory `path`."""
+  digests = {}
+  for name in ('index.faiss', 'ids.npz'):
+    digest = hashlib.sha256()
+    with open(os.path.join(path, name), 'rb') as stream:
+      for block in iter(lambda: stream.read(1 << 20), b''):
+        digest.update(block)
+    digests[name] = digest.hexdigest()
+  return digests
+
+
 def save(path, region_index):
   """Writes index.faiss, ids.npz and metadata.json into directory `path`.
 
-  Written under a temporary name, then renamed (replacing `path`).
+  Written under a temporary name, then renamed (records.replace_directory).
   """
-  path = os.path.abspath(path)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = tempfile.mkdtemp(
-    prefix=os.path.basename(path) + '.tmp-', dir=os.path.dirname(path)
-  )
-  try:
+
+  def write(directory):
     load_faiss().write_index(
-      region_index.index, os.path.join(tmp, 'index.faiss')
+      region_index.index, os.path.join(directory, 'index.faiss')
     )
     np.savez(
-      os.path.join(tmp, 'ids.npz'),
+      os.path.join(directory, 'ids.npz'),
       image_ids=region_index.image_ids,
       region_ids=region_index.region_ids,
     )
-    with open(os.path.join(tmp, 'metadata.json'), 'w') as stream:
+    with open(os.path.join(directory, 'metadata.json'), 'w') as stream:
       json.dump(
-        dict(region_index.metadata, format_version=FORMAT_VERSION),
+        dict(
+          region_index.metadata,
+          format_version=FORMAT_VERSION,
+          sha256=_checksums(directory),
+        ),
         stream,
         indent=1,
       )
-    if os.path.exists(path):
-      shutil.rmtree(path)
-    os.replace(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+
+  records.replace_directory(write, path)
 
 
 def load(path, *, expected=None):
@@ -288,16 +296,31 @@ def load(path, *, expected=None):
   file = os.path.join(path, 'metadata.json')
   if not os.path.isfile(file):
     raise FileNotFoundError(f'{path} is not a region index: {file} is missing')
-  with open(file) as stream:
-    metadata = json.load(stream)
+  advice = f'delete {path} and run the same command again to rebuild it'
+  try:
+    with open(file) as stream:
+      metadata = json.load(stream)
+  except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    raise ValueError(f'{file} is corrupt ({error}); {advice}') from error
   if metadata.pop('format_version', None) != FORMAT_VERSION:
     raise ValueError(f'{file} is not format version {FORMAT_VERSION}')
   provenance.check_stale(
     f'region index {file}', metadata, expected or {}, 'build it again'
   )
-  index = load_faiss().read_index(os.path.join(path, 'index.faiss'))
-  with np.load(os.path.join(path, 'ids.npz')) as ids:
-    image_ids, region_ids = ids['image_ids'], ids['region_ids']
+  recorded = metadata.pop('sha256', None)  # absent in older indexes
+  if recorded not in (None, _checksums(path)):
+    raise ValueError(
+      f'{path}: index.faiss or ids.npz does not match the sha256 in {file} '
+      f'(a damaged file); {advice}'
+    )
+  try:
+    index = load_faiss().read_index(os.path.join(path, 'index.faiss'))
+    with np.load(os.path.join(path, 'ids.npz')) as ids:
+      image_ids, region_ids = ids['image_ids'], ids['region_ids']
+  except (RuntimeError, OSError, EOFError, KeyError, ValueError) as error:
+    raise ValueError(
+      f'{path}: index.faiss or ids.npz is unreadable ({error}); {advice}'
+    ) from error
   if not index.ntotal == image_ids.size == metadata['num_vectors'] or (
     index.d != metadata['D']
   ):

@@ -20,6 +20,7 @@ version, config hash, what it was fitted on).
 
 import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -202,6 +203,11 @@ def replace_directory(write, path):
     raise
 
 
+def _fit_hash(reduction, whitening):
+  """The checksum of a fit's arrays kept in its fit.json."""
+  return f'{hash_params(reduction)}-{hash_params(whitening)}'
+
+
 def save_fit(path, fit):
   """Writes fitted whitening (orbax) and its metadata, atomically.
 
@@ -221,7 +227,13 @@ def save_fit(path, fit):
     ocp.PyTreeCheckpointer().save(os.path.join(directory, 'params'), tree)
     with open(os.path.join(directory, 'fit.json'), 'w') as stream:
       json.dump(
-        dict(fit.metadata, format_version=FIT_FORMAT_VERSION), stream, indent=1
+        dict(
+          fit.metadata,
+          format_version=FIT_FORMAT_VERSION,
+          params_hash=_fit_hash(fit.reduction, fit.whitening),
+        ),
+        stream,
+        indent=1,
       )
 
   replace_directory(write, path)
@@ -238,19 +250,34 @@ def load_fit(path):
 
   Raises:
     FileNotFoundError: not a fit directory.
-    ValueError: another format version.
+    ValueError: another format version, or a corrupt or damaged file
+      (naming it and how to recover).
   """
   metadata = read_json(path, 'fit.json', FIT_FORMAT_VERSION)
   metadata.pop('format_version')
-  tree = ocp.PyTreeCheckpointer().restore(
-    os.path.join(os.path.abspath(path), 'params')
-  )
+  try:
+    tree = ocp.PyTreeCheckpointer().restore(
+      os.path.join(os.path.abspath(path), 'params')
+    )
+  except Exception as error:  # orbax / tensorstore raise many kinds
+    raise ValueError(
+      f'{path}/params is unreadable ({type(error).__name__}: '
+      f'{str(error)[:200]}); delete {path} and run the same command again '
+      'to fit it anew'
+    ) from error
   reduction = (
     pca.PCAParams(**tree['reduction']) if 'reduction' in tree else None
   )
+  whitening = pca.PCAParams(**tree['whitening'])
+  recorded = metadata.pop('params_hash', None)  # absent in older fits
+  if recorded not in (None, _fit_hash(reduction, whitening)):
+    raise ValueError(
+      f'{path}/params does not match the hash in its fit.json (a damaged '
+      f'file); delete {path} and run the same command again to fit it anew'
+    )
   return Fit(
     reduction=reduction,
-    whitening=pca.PCAParams(**tree['whitening']),
+    whitening=whitening,
     metadata=metadata,
   )
 
@@ -269,7 +296,7 @@ def _region_box(mask, size, *, stride=16):
 
 
 def write_results(path, scores, ranks, best, queries, database, *, top_k):
-  """Writes ranked lists as <path>.json and <path>.csv.
+  """Writes ranked lists as <path>.json and <path>.csv, each atomically.
 
   Each result has its score and the database region best matched to the
   query (eq. 7): its index m' and its box in pixels of the encoded image
@@ -284,40 +311,41 @@ def write_results(path, scores, ranks, best, queries, database, *, top_k):
     database: Store of the N database images.
     top_k: results written per query.
   """
-  entries = []
-  with open(path + '.csv', 'w', newline='') as stream:
-    writer = csv.writer(stream)
-    writer.writerow(
-      ['query', 'rank', 'image', 'score', 'region', 'x1', 'y1', 'x2', 'y2']
-    )
-    for q, query in enumerate(queries.image_paths):
-      results = []
-      for rank, row in enumerate(ranks[q, :top_k]):
-        region = int(best[q, row])
-        height, width = database.grid[row]
-        box = _region_box(
-          database.masks[row, region, :height, :width],
-          database.metadata['sizes'][row],
-        )
-        results.append(
-          {
-            'rank': rank,
-            'image': database.image_paths[row],
-            'score': float(scores[q, row]),
-            'region': region,
-            'region_box': box,
-          }
-        )
-        writer.writerow(
-          [
-            query,
-            rank,
-            database.image_paths[row],
-            f'{scores[q, row]:.6f}',
-            region,
-          ]
-          + (box or [''] * 4)
-        )
-      entries.append({'query': query, 'results': results})
-  with open(path + '.json', 'w') as stream:
-    json.dump(entries, stream, indent=1)
+  entries, table = [], io.StringIO(newline='')
+  writer = csv.writer(table)
+  writer.writerow(
+    ['query', 'rank', 'image', 'score', 'region', 'x1', 'y1', 'x2', 'y2']
+  )
+  for q, query in enumerate(queries.image_paths):
+    results = []
+    for rank, row in enumerate(ranks[q, :top_k]):
+      region = int(best[q, row])
+      height, width = database.grid[row]
+      box = _region_box(
+        database.masks[row, region, :height, :width],
+        database.metadata['sizes'][row],
+      )
+      results.append(
+        {
+          'rank': rank,
+          'image': database.image_paths[row],
+          'score': float(scores[q, row]),
+          'region': region,
+          'region_box': box,
+        }
+      )
+      writer.writerow(
+        [
+          query,
+          rank,
+          database.image_paths[row],
+          f'{scores[q, row]:.6f}',
+          region,
+        ]
+        + (box or [''] * 4)
+      )
+    entries.append({'query': query, 'results': results})
+  atomic_write(
+    path + '.csv', lambda stream: stream.write(table.getvalue().encode())
+  )
+  write_json(path + '.json', entries)

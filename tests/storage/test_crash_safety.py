@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from regagg_jax.search import region_index
 from regagg_jax.storage import records
 from regagg_jax.storage import store_format
 from regagg_jax.storage import store_io
@@ -132,3 +133,70 @@ def test_corrupt_reduction_names_it_and_says_what_to_do(tmp_path, damage):
       match=r'reduction.npz (is unreadable|does not match).*delete .* run',
     ):
       load(tmp_path / 's')
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip'])
+@pytest.mark.parametrize('name', ['fit.json', 'params'])
+def test_corrupt_fit_names_it_and_says_what_to_do(tmp_path, name, damage):
+  rng = np.random.default_rng(36)
+  fit = records.Fit(
+    _random_params(rng, 8, 5), _random_params(rng, 5, 3), {'config_hash': 'a'}
+  )
+  records.save_fit(tmp_path / 'fit', fit)
+  files = sorted(
+    p for p in (tmp_path / 'fit').rglob('*') if p.is_file() and name in str(p)
+  )
+  for file in files:  # every file of the checkpoint (or fit.json)
+    data = bytearray(file.read_bytes())
+    if damage == 'truncate':
+      data = data[: len(data) // 2]
+    else:
+      data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match=f'{name}.*run the same command again'):
+    records.load_fit(tmp_path / 'fit')
+
+
+def test_silently_changed_fit_data_is_caught_by_its_hash(tmp_path, monkeypatch):
+  """Array data that reads back changed (a flip inside the checkpoint's
+  data, which orbax does not see) is caught by the params_hash of fit.json."""
+  rng = np.random.default_rng(37)
+  records.save_fit(
+    tmp_path / 'fit',
+    records.Fit(None, _random_params(rng, 5, 3), {'config_hash': 'a'}),
+  )
+  restore = records.ocp.PyTreeCheckpointer.restore
+
+  def flipped(self, *args, **kwargs):
+    tree = restore(self, *args, **kwargs)
+    tree['whitening']['scale'] = tree['whitening']['scale'].copy()
+    tree['whitening']['scale'].view(np.uint8)[0] ^= 1
+    return tree
+
+  monkeypatch.setattr(records.ocp.PyTreeCheckpointer, 'restore', flipped)
+  with pytest.raises(ValueError, match='does not match the hash in its fit'):
+    records.load_fit(tmp_path / 'fit')
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip'])
+@pytest.mark.parametrize('name', ['index.faiss', 'ids.npz', 'metadata.json'])
+def test_corrupt_region_index_names_it_and_says_what_to_do(
+  tmp_path, name, damage
+):
+  rng = np.random.default_rng(38)
+  vectors = rng.normal(size=(6, 4, 8)).astype(np.float32)
+  vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+  built = region_index.build(
+    vectors, np.ones((6, 4), bool), kind='flat', options={}, metadata={}
+  )
+  region_index.save(tmp_path / 'index', built)
+  file = tmp_path / 'index' / name
+  data = bytearray(file.read_bytes())
+  if damage == 'truncate':
+    data = data[: len(data) // 2]
+  else:
+    data[len(data) // 2] ^= 0xFF
+  file.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match=f'{name}.*run the same command again'):
+    region_index.load(tmp_path / 'index')
+  assert not [f for f in os.listdir(tmp_path) if '.tmp-' in f]
