@@ -19,4 +19,8 @@ def get_config(root='data/samples'):
   config.workdir = 'outputs/folder'
   config.eval.dataset = 'folder'
   config.eval.root = root
+  # Users' photos (6000x4000 would need ~6 GB for conv1_1 alone) are shrunk
+  # to a longer side of 1024 px, as the paper does for Holidays, with one log
+  # line per resized image; 0 keeps original sizes (the benchmark configs).
+  config.features.max_size = 1024
   return config

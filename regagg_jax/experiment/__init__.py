@@ -3,8 +3,10 @@
 pipeline   encode / fit as a config says
 retrieval  search as a config says: exact eq. 7 or region index + re-rank
 workspace  a dataset's stores, fits and indexes kept in the workdir
-modes      what run.py --mode runs: demo / encode / fit / search / eval
+modes      what run.py --mode runs: demo / encode / fit / search / eval / config
+reporting  results tables, method names and results files of the modes
 """
 
 from regagg_jax.experiment import modes
+from regagg_jax.experiment import reporting
 from regagg_jax.experiment.modes import MODES
