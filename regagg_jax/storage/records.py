@@ -19,11 +19,13 @@ version, config hash, what it was fitted on).
 """
 
 import csv
+import glob
 import hashlib
 import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 from typing import Any, NamedTuple
 import uuid
@@ -94,17 +96,51 @@ def hash_params(params):
   return digest.hexdigest()[:16]
 
 
+def _temporary_tag(kind):
+  """'<kind><host>-<pid>-': names this process's temporaries."""
+  return f'{kind}{socket.gethostname()}-{os.getpid()}-'
+
+
+def _remove_leftovers(path):
+  """Removes the temporaries of `path` left by killed processes of this
+  host (their pid is gone); a live writer's are kept."""
+  for kind in ('.tmp-', '.old-'):
+    prefix = f'{path}{kind}{socket.gethostname()}-'
+    for leftover in glob.glob(glob.escape(prefix) + '*'):
+      pid = leftover[len(prefix) :].split('-')[0]
+      if not pid.isdigit() or _is_running(int(pid)):
+        continue
+      if os.path.isdir(leftover):
+        shutil.rmtree(leftover, ignore_errors=True)
+      else:
+        try:
+          os.remove(leftover)
+        except FileNotFoundError:  # removed by another process
+          pass
+
+
+def _is_running(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
 def atomic_write(file, write):
   """write(binary stream) to a temporary file, fsync, rename it to `file`.
 
   A reader never sees a partial file: a run killed at any point leaves the
-  old file (or none) and at most a `<file>.tmp-*` leftover.
+  old file (or none) and at most a `<file>.tmp-<host>-<pid>-*` leftover,
+  removed when `file` is next written.
 
   Args:
     file: destination path (its directory exists).
     write: callable writing the contents to a binary stream.
   """
-  tmp = f'{file}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+  tmp = f'{file}{_temporary_tag(".tmp-")}{uuid.uuid4().hex[:8]}'
   try:
     with open(tmp, 'xb') as stream:  # mode 0666 less the umask
       write(stream)
@@ -118,6 +154,7 @@ def atomic_write(file, write):
   handle = os.open(os.path.dirname(file), os.O_RDONLY)  # persist the rename
   os.fsync(handle)
   os.close(handle)
+  _remove_leftovers(file)
 
 
 def write_json(file, value):
@@ -186,12 +223,14 @@ def replace_directory(write, path):
   path = os.path.abspath(path)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + '.tmp-', dir=parent)
+  tmp = tempfile.mkdtemp(
+    prefix=os.path.basename(path) + _temporary_tag('.tmp-'), dir=parent
+  )
   try:
     write(tmp)
     if os.path.exists(path):
       old = tempfile.mkdtemp(
-        prefix=os.path.basename(path) + '.old-', dir=parent
+        prefix=os.path.basename(path) + _temporary_tag('.old-'), dir=parent
       )
       os.replace(path, os.path.join(old, 'store'))
       os.replace(tmp, path)
@@ -201,6 +240,7 @@ def replace_directory(write, path):
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  _remove_leftovers(path)
 
 
 def _fit_hash(reduction, whitening):
