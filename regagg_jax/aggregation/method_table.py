@@ -11,6 +11,7 @@ over a batch inside its jit.
 
 from typing import Callable, NamedTuple
 
+from regagg_jax.aggregation import baselines
 from regagg_jax.aggregation import pooling
 
 
@@ -88,14 +89,16 @@ def _baseline(function, **option_names):
 POOLING = {
   'o2': Method(_pool_second_order, regional=True, reduced=True),
   'o1': Method(_pool_first_order, regional=True, reduced=False),
-  'spoc': Method(_baseline(pooling.spoc), regional=False, reduced=False),
-  'mac': Method(_baseline(pooling.mac), regional=False, reduced=False),
-  'crow': Method(_baseline(pooling.crow), regional=False, reduced=False),
+  'spoc': Method(_baseline(baselines.spoc), regional=False, reduced=False),
+  'mac': Method(_baseline(baselines.mac), regional=False, reduced=False),
+  'crow': Method(_baseline(baselines.crow), regional=False, reduced=False),
   'rmac': Method(
-    _baseline(pooling.rmac, levels='rmac_levels'), regional=False, reduced=False
+    _baseline(baselines.rmac, levels='rmac_levels'),
+    regional=False,
+    reduced=False,
   ),
   'gem': Method(
-    _baseline(pooling.gem, power='gem_power'), regional=False, reduced=False
+    _baseline(baselines.gem, power='gem_power'), regional=False, reduced=False
   ),
 }
 """pooling.method -> Method."""
