@@ -118,7 +118,7 @@ def get_config():
   config.eval.gnd_dir = ''  # ground-truth folder; '' = datasets' default
   config.eval.rotation_file = ''  # Holidays: 'name degrees' lines
   # Folder of distractor images added to the database (e.g. R1M, see
-  # datasets.DISTRACTORS); they are never relevant.
+  # sources.DISTRACTORS); they are never relevant.
   config.eval.distractors = ''
   config.eval.crop_queries = True  # Oxford/Paris: crop queries to their box
   config.eval.figure_queries = 6  # demo: queries drawn in fig2.png

@@ -36,7 +36,6 @@ def sample_paths() -> list[Path]:
 @pytest.fixture(scope='session')
 def real_params() -> dict:
   """The real VGG19 variables (fetched and converted once, then cached)."""
-  from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
   from regagg_jax.features import weights  # pylint: disable=g-import-not-at-top
 
   return weights.load_params()

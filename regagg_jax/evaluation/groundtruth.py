@@ -1,5 +1,6 @@
-"""Untrusted ground-truth files, read safely (host).
+"""Ground truth: the Dataset record, and untrusted files read safely (host).
 
+  Dataset      the ground truth of one benchmark (names, boxes, labels)
   load_pickle  a Revisited gnd_*.pkl through an allow-listed unpickler
   read_folder  a folder's groundtruth.json, validated field by field
   check_box    one query box: 4 finite numbers, x1 < x2, y1 < y2
@@ -15,6 +16,10 @@ import json
 import math
 import pickle
 from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
+
+import numpy as np
 
 PICKLE_GLOBALS = frozenset(
   (module, name)
@@ -22,6 +27,51 @@ PICKLE_GLOBALS = frozenset(
   for name in ('_reconstruct', 'scalar')
 ) | {('numpy', 'ndarray'), ('numpy', 'dtype')}
 """(module, name) a ground-truth pickle may name: numpy arrays and scalars."""
+
+
+NO_ROTATIONS = MappingProxyType({})
+"""Dataset.rotations of a benchmark without rotated images."""
+
+
+class Dataset(NamedTuple):
+  """Ground truth of one benchmark (host arrays; indices are into `images`).
+
+  Attributes:
+    name: benchmark name ('oxford5k', ..., 'ukbench', or the folder name).
+    protocol: 'oxford' | 'revisited' | 'holidays' | 'ukbench' | 'custom'.
+    images: N database file names (relative to the image folder).
+    queries: Q query file names.
+    query_indices: int64 (Q,) database index of each query, -1 if not in it.
+    boxes: float64 (Q, 4) query boxes x1 y1 x2 y2 in pixels, or None.
+    positives: Q int64 arrays of relevant database indices (revisited: easy + hard).
+    junk: Q int64 arrays of ignored database indices.
+    easy: Q int64 arrays (revisited only, else None).
+    hard: Q int64 arrays (revisited only, else None).
+    groups: int64 (N,) group of each database image (ukbench / grouped folders), or None.
+    max_size: longer side to resize every image to, or None for the original size.
+    image_root: folder of the images when known (ukbench, folders), else None.
+    rotations: {file name: degrees clockwise} for manually rotated Holidays.
+    apply_exif: whether images are read with their JPEG EXIF orientation
+      applied (images.load_image). False for Oxford / Paris (also revisited):
+      their query boxes and official protocols (PIL, no EXIF transposition)
+      refer to the stored pixel orientation.
+  """
+
+  name: str
+  protocol: str
+  images: tuple[str, ...]
+  queries: tuple[str, ...]
+  query_indices: np.ndarray
+  boxes: np.ndarray | None
+  positives: tuple[np.ndarray, ...]
+  junk: tuple[np.ndarray, ...]
+  easy: tuple[np.ndarray, ...] | None = None
+  hard: tuple[np.ndarray, ...] | None = None
+  groups: np.ndarray | None = None
+  max_size: int | None = None
+  image_root: Path | None = None
+  rotations: Mapping[str, int] = NO_ROTATIONS
+  apply_exif: bool = True
 
 
 class GroundTruthError(ValueError):
@@ -112,7 +162,7 @@ def _read_json(path: Path):
   if not isinstance(spec, dict) or not ({'groups', 'queries'} & set(spec)):
     raise GroundTruthError(
       f'{path}: needs an object with "groups" or "queries" entries with '
-      '"image" and "positives" (see datasets.load_folder)'
+      '"image" and "positives" (see folders.load_folder)'
     )
   return spec
 
@@ -147,7 +197,7 @@ def _check_names(names, where: str, field: str) -> list[str]:
 
 
 def read_folder(path) -> dict:
-  """Reads and validates a folder's ground truth (datasets.load_folder format).
+  """Reads and validates a folder's ground truth (folders.load_folder format).
 
   Args:
     path: the groundtruth.json file.

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from regagg_jax.evaluation import datasets
+from regagg_jax.evaluation import folders
 from regagg_jax.evaluation import metrics
 from regagg_jax.evaluation import figures
 from regagg_jax.storage import records
@@ -100,7 +101,7 @@ def evaluate(config):
 def _query_paths(spec):
   """search.queries: an image file, a folder, or a .txt list of files."""
   if os.path.isdir(spec):
-    return [os.path.join(spec, n) for n in datasets.list_images(spec)]
+    return [os.path.join(spec, n) for n in folders.list_images(spec)]
   if spec.endswith('.txt'):
     with open(spec) as stream:
       return [line.strip() for line in stream if line.strip()]

@@ -21,6 +21,8 @@ import jax
 import numpy as np
 
 from regagg_jax.evaluation import datasets
+from regagg_jax.evaluation import sources
+from regagg_jax.evaluation import folders
 from regagg_jax.storage import provenance
 from regagg_jax.storage import records
 from regagg_jax.encoding import parallel
@@ -55,13 +57,13 @@ def open_dataset(config, name, root, *, ground_truth=True):
   images (enough to encode, fit and search).
   """
   if name == 'folder':
-    gnd = os.path.join(root, datasets.FOLDER_GROUND_TRUTH)
+    gnd = os.path.join(root, folders.FOLDER_GROUND_TRUTH)
     if ground_truth or os.path.isfile(gnd):
-      return datasets.load_folder(root)
+      return folders.load_folder(root)
     return datasets.Dataset(
       name=os.path.basename(os.path.normpath(root)),
       protocol='custom',
-      images=tuple(datasets.list_images(root)),
+      images=tuple(folders.list_images(root)),
       queries=(),
       query_indices=np.zeros(0, np.int64),
       boxes=None,
@@ -281,7 +283,7 @@ def _fit(config, name, store, fitted_on):
 def database_images(config, dataset):
   """The database: the dataset's images, then eval.distractors' (if set).
 
-  Distractors (e.g. R1M, datasets.DISTRACTORS) get rows after the
+  Distractors (e.g. R1M, sources.DISTRACTORS) get rows after the
   dataset's images, so ground-truth indices are unchanged and they only
   count as irrelevant.
 
@@ -300,7 +302,7 @@ def database_images(config, dataset):
       'eval.distractors cannot be used with UKBench, whose '
       'N-S score counts groups of the top 4'
     )
-  extra = datasets.list_images(datasets.check_folder(folder, 'distractors'))
+  extra = folders.list_images(sources.check_folder(folder, 'distractors'))
   logging.info('%d distractors from %s', len(extra), folder)
   return (
     f'database+{os.path.basename(os.path.normpath(folder))}',

@@ -1,14 +1,14 @@
-"""Tests for regagg_jax.evaluation.datasets (ground truth, image lookup, query crops, user folders)."""
+"""Tests for regagg_jax.evaluation.datasets (benchmark ground truth, image lookup)."""
 
-import json
 import logging
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from regagg_jax.evaluation import datasets
+from regagg_jax.evaluation import sources
+from regagg_jax.evaluation import folders
 
 from regagg_jax.evaluation import metrics
 
@@ -84,13 +84,11 @@ def test_oxford_queries_are_their_own_positives_and_paris_corrupt_images_unliste
   oxford = datasets.load('oxford5k', ground_truth_root=GND)
   assert all(q in p for q, p in zip(oxford.query_indices, oxford.positives))
   paris = datasets.load('paris6k', ground_truth_root=GND)
-  assert len(datasets.PARIS6K_CORRUPT) == 20
+  assert len(sources.PARIS6K_CORRUPT) == 20
   assert (
-    len(paris.images) + len(datasets.PARIS6K_CORRUPT) == 6412
+    len(paris.images) + len(sources.PARIS6K_CORRUPT) == 6412
   )  # the paper's Paris size
-  assert not {Path(n).stem for n in paris.images} & set(
-    datasets.PARIS6K_CORRUPT
-  )
+  assert not {Path(n).stem for n in paris.images} & set(sources.PARIS6K_CORRUPT)
 
 
 @needs_gnd
@@ -168,123 +166,35 @@ def test_rotations(tmp_path):
       datasets.load('oxford5k', ground_truth_root=GND, rotation_file=path)
 
 
-def _touch(root, names):
-  for name in names:
-    (root / name).parent.mkdir(parents=True, exist_ok=True)
-    (root / name).write_bytes(b'')
-
-
-def test_user_folder_round_trip(tmp_path):
-  names = ['a.jpg', 'b.png', 'sub/c.jpg', 'sub/d.JPG']
-  _touch(tmp_path, names + ['notes.txt'])
-  spec = {
-    'queries': [
-      {
-        'image': 'a.jpg',
-        'positives': ['sub/c.jpg'],
-        'junk': ['b.png'],
-        'box': [1, 2, 3, 4],
-      },
-      {
-        'image': 'elsewhere/q.jpg',
-        'positives': ['b.png', 'sub/d.JPG'],
-        'box': [0, 0, 5, 5],
-      },
-    ]
-  }
-  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps(spec))
-  dataset = datasets.load(str(tmp_path))
-  assert dataset.images == tuple(sorted(names)) and dataset.protocol == 'custom'
-  assert dataset.queries == ('a.jpg', 'elsewhere/q.jpg')
-  np.testing.assert_array_equal(dataset.query_indices, [0, -1])
-  np.testing.assert_array_equal(dataset.positives[0], [2])
-  np.testing.assert_array_equal(dataset.positives[1], [1, 3])
-  np.testing.assert_array_equal(dataset.junk[0], [1])
-  assert dataset.junk[1].size == 0
-  np.testing.assert_array_equal(dataset.boxes, [[1, 2, 3, 4], [0, 0, 5, 5]])
-  assert datasets.database_paths(dataset) == [
-    tmp_path / n for n in dataset.images
-  ]
-  # Written back and read again: identical ground truth.
-  copy = tmp_path / 'copy'
-  copy.mkdir()
-  datasets.save_folder_ground_truth(
-    dataset, copy / datasets.FOLDER_GROUND_TRUTH
-  )
-  again = datasets.load_folder(copy)
-  assert again.images == dataset.images and again.queries == dataset.queries
-  for field in ('positives', 'junk'):
-    for a, b in zip(getattr(again, field), getattr(dataset, field)):
-      np.testing.assert_array_equal(a, b)
-  np.testing.assert_array_equal(again.boxes, dataset.boxes)
-  np.testing.assert_array_equal(again.query_indices, dataset.query_indices)
-  spec['queries'][0]['positives'] = ['missing.jpg']
-  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(json.dumps(spec))
-  with pytest.raises(ValueError, match='missing.jpg'):
-    datasets.load_folder(tmp_path)
-  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(
-    json.dumps({'queries': [{'image': 'a.jpg'}]})
-  )
-  with pytest.raises(ValueError, match='"positives"'):
-    datasets.load_folder(tmp_path)
-
-
-def test_user_folder_groups(tmp_path):
-  groups = {
-    'x1.jpg': 'tower',
-    'x2.jpg': 'tower',
-    'y.jpg': 'bridge',
-    'x3.jpg': 'tower',
-  }
-  _touch(tmp_path, groups)
-  (tmp_path / datasets.FOLDER_GROUND_TRUTH).write_text(
-    json.dumps({'groups': groups})
-  )
-  dataset = datasets.load_folder(tmp_path)
-  assert dataset.images == ('x1.jpg', 'x2.jpg', 'x3.jpg', 'y.jpg')
-  np.testing.assert_array_equal(dataset.positives[0], [1, 2])
-  np.testing.assert_array_equal(
-    dataset.junk[0], [0]
-  )  # the query itself is dropped
-  assert dataset.positives[3].size == 0  # a singleton group has nothing to find
-  ranks = np.array([[0, 1, 2, 3], [1, 0, 2, 3], [2, 0, 1, 3], [3, 0, 1, 2]])
-  scores = metrics.evaluate(dataset, ranks)
-  assert scores['mAP'] == pytest.approx(
-    1.0, abs=1e-12
-  )  # the singleton query is skipped
-
-
-def test_missing_image_root_names_the_folder(tmp_path):
+def test_missing_image_root_names_the_folder(tmp_path, touch):
   samples = datasets.load('samples')
   missing = tmp_path / 'no_such_folder'
-  with pytest.raises(datasets.DatasetNotFoundError, match='no_such_folder'):
+  with pytest.raises(sources.DatasetNotFoundError, match='no_such_folder'):
     datasets.database_paths(samples, missing)
   with pytest.raises(FileNotFoundError, match='does not exist'):
     datasets.load_ukbench(missing)
-  with pytest.raises(
-    datasets.DatasetNotFoundError, match='no ukbenchNNNNN.jpg'
-  ):
+  with pytest.raises(sources.DatasetNotFoundError, match='no ukbenchNNNNN.jpg'):
     datasets.load_ukbench(tmp_path)
   with pytest.raises(
-    datasets.DatasetNotFoundError, match='no ground truth file'
+    sources.DatasetNotFoundError, match='no ground truth file'
   ):
-    datasets.load_folder(tmp_path)
+    folders.load_folder(tmp_path)
   if GND.is_dir():
     oxford = datasets.load('oxford5k', ground_truth_root=GND)
-    with pytest.raises(datasets.DatasetNotFoundError) as error:
+    with pytest.raises(sources.DatasetNotFoundError) as error:
       datasets.query_paths(oxford, missing)
     message = str(error.value)
     assert str(missing) in message
     assert 'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/' in message
-    with pytest.raises(datasets.DatasetNotFoundError, match='pass image_root'):
+    with pytest.raises(sources.DatasetNotFoundError, match='pass image_root'):
       datasets.database_paths(oxford)
-    _touch(missing, oxford.queries[:3])
+    touch(missing, oxford.queries[:3])
     with pytest.raises(
-      datasets.DatasetNotFoundError, match=r'52 of 55 images.*ashmolean_000'
+      sources.DatasetNotFoundError, match=r'52 of 55 images.*ashmolean_000'
     ):
       datasets.query_paths(oxford, missing)
   with pytest.raises(
-    datasets.DatasetNotFoundError, match='no ground truth file'
+    sources.DatasetNotFoundError, match='no ground truth file'
   ):
     datasets.load('oxford5k', ground_truth_root=tmp_path)
   with pytest.raises(ValueError, match='unknown benchmark'):
@@ -293,9 +203,11 @@ def test_missing_image_root_names_the_folder(tmp_path):
     datasets.load('oxford105k')
 
 
-def test_nested_layout_found_and_corrupt_paris_files_reported(tmp_path, caplog):
+def test_nested_layout_found_and_corrupt_paris_files_reported(
+  tmp_path, caplog, touch
+):
   names = ('paris_louvre_000001.jpg', 'paris_eiffel_000002.jpg')
-  _touch(
+  touch(
     tmp_path,
     [
       'paris/louvre/' + names[0],
@@ -321,89 +233,15 @@ def test_nested_layout_found_and_corrupt_paris_files_reported(tmp_path, caplog):
   ]
   assert 'paris_louvre_000136.jpg' in caplog.text and 'corrupt' in caplog.text
   assert 'paris_louvre_000136.jpg' not in ' '.join(
-    datasets.list_images(tmp_path)
+    folders.list_images(tmp_path)
   )
   # The flat layout (revisitop's jpg/ folder) is found directly and reported the same way.
   flat = tmp_path / 'flat'
-  _touch(flat, list(names) + ['paris_triomphe_000867.jpg'])
+  touch(flat, list(names) + ['paris_triomphe_000867.jpg'])
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     assert datasets.database_paths(dataset, flat) == [flat / n for n in names]
   assert (
     'skipping 1 known-corrupt' in caplog.text
     and 'paris_triomphe_000867' in caplog.text
-  )
-
-
-def test_official_sources():
-  pages = {name: source.page for name, source in datasets.SOURCES.items()}
-  assert pages == {
-    'oxford5k': 'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/',
-    'paris6k': 'https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/',
-    'roxford5k': 'http://cmp.felk.cvut.cz/revisitop/',
-    'rparis6k': 'http://cmp.felk.cvut.cz/revisitop/',
-    'holidays': 'https://lear.inrialpes.fr/people/jegou/data.php',
-    'ukbench': 'https://archive.org/details/ukbench',
-  }
-  assert datasets.SOURCES['oxford5k'].archives == (
-    'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz',
-  )
-  assert datasets.SOURCES['rparis6k'].archives[-1] == (
-    'http://cmp.felk.cvut.cz/revisitop/data/datasets/rparis6k/gnd_rparis6k.pkl'
-  )
-  for name, source in datasets.SOURCES.items():
-    text = datasets.download_instructions(name)
-    assert source.page in text and all(url in text for url in source.archives)
-  with pytest.raises(ValueError, match='unknown benchmark'):
-    datasets.download_instructions('flickr1m')
-
-
-def test_download_refuses_unknown_names_before_touching_disk(tmp_path):
-  with pytest.raises(ValueError, match='unknown benchmark'):
-    datasets.download('flickr1m', tmp_path)
-  assert not (tmp_path / 'flickr1m').exists()
-
-
-def test_download_fetches_extracts_once_and_is_found(tmp_path, monkeypatch):
-  source_dir = tmp_path / 'server'
-  _touch(source_dir, ['jpg/100000.jpg', 'jpg/100001.jpg'])
-  archive = tmp_path / 'jpg1.tar.gz'
-  with tarfile.open(archive, 'w:gz') as tar:
-    tar.add(source_dir / 'jpg', arcname='jpg')
-  monkeypatch.setitem(
-    datasets.SOURCES,
-    'holidays',
-    datasets.Source('https://example.invalid/', (archive.as_uri(),)),
-  )
-  target = datasets.download('holidays', tmp_path / 'data')
-  assert target == tmp_path / 'data' / 'holidays'
-  assert (target / 'jpg1.tar.gz').is_file() and (
-    target / 'jpg1.tar.gz.extracted'
-  ).is_file()
-  archive.unlink()  # a second call neither fetches nor extracts again
-  assert datasets.download('holidays', tmp_path / 'data') == target
-  dataset = datasets.Dataset(
-    'holidays',
-    'holidays',
-    ('100000.jpg', '100001.jpg'),
-    ('100000.jpg',),
-    np.array([0]),
-    None,
-    (np.array([1]),),
-    (np.array([0]),),
-  )
-  assert datasets.database_paths(dataset, target) == [
-    target / 'jpg/jpg/100000.jpg',
-    target / 'jpg/jpg/100001.jpg',
-  ]
-
-
-def test_r1m_distractors_point_at_the_official_archives():
-  source = datasets.DISTRACTORS['revisitop1m']
-  assert len(source.archives) == 100
-  assert source.archives[0] == (
-    'http://ptak.felk.cvut.cz/revisitop/revisitop1m/jpg/revisitop1m.1.tar.gz'
-  )
-  assert 'revisitop1m.100.tar.gz' in datasets.download_instructions(
-    'revisitop1m'
   )

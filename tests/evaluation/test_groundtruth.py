@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from regagg_jax.evaluation import datasets
+from regagg_jax.evaluation import sources
+from regagg_jax.evaluation import folders
 from regagg_jax.evaluation import groundtruth
 
 GND = datasets.DEFAULT_GROUND_TRUTH_ROOT
@@ -67,7 +69,7 @@ def _folder(tmp_path, spec, names=('a/x.jpg', 'b/x.jpg', 'c.jpg', 'd.jpg')):
   for name in names:
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / name).write_bytes(b'')
-  path = tmp_path / datasets.FOLDER_GROUND_TRUTH
+  path = tmp_path / folders.FOLDER_GROUND_TRUTH
   path.write_text(spec if isinstance(spec, str) else json.dumps(spec))
   return path
 
@@ -79,7 +81,7 @@ def _query(**fields):
 def _refused(tmp_path, spec, *words):
   path = _folder(tmp_path, spec)
   with pytest.raises(groundtruth.GroundTruthError) as error:
-    datasets.load_folder(tmp_path)
+    folders.load_folder(tmp_path)
   message = str(error.value)
   assert message.startswith(str(path))
   for word in words:
@@ -113,8 +115,8 @@ def test_name_in_groups_escaping_the_folder(tmp_path):
 def test_names_matched_exactly_never_by_basename(tmp_path):
   _folder(tmp_path, {'images': ['a/x.jpg', 'c.jpg'], 'queries': []})
   (tmp_path / 'a' / 'x.jpg').unlink()
-  dataset = datasets.load_folder(tmp_path)
-  with pytest.raises(datasets.DatasetNotFoundError, match='a/x.jpg'):
+  dataset = folders.load_folder(tmp_path)
+  with pytest.raises(sources.DatasetNotFoundError, match='a/x.jpg'):
     datasets.database_paths(dataset)  # b/x.jpg is not taken instead
 
 
@@ -205,7 +207,7 @@ def test_valid_file_with_boxes_reads(tmp_path):
     ]
   }
   _folder(tmp_path, spec)
-  dataset = datasets.load_folder(tmp_path)
+  dataset = folders.load_folder(tmp_path)
   np.testing.assert_array_equal(dataset.boxes, [[1, 2, 30, 40], [0, 0, 5.5, 6]])
   assert dataset.queries == ('c.jpg', 'b/x.jpg')
   assert datasets.query_paths(dataset) == [

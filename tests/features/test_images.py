@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from regagg_jax.evaluation import datasets
+from regagg_jax.evaluation import folders
 from regagg_jax.features import images
 
 
@@ -319,4 +320,4 @@ def test_dangling_symlink_is_reported(tmp_path):
   link.symlink_to(tmp_path / 'nowhere.jpg')
   with pytest.raises(images.ImageError, match='dangling symbolic link'):
     images.load_image(link)
-  assert datasets.list_images(tmp_path) == ['gone.jpg']  # listed, so reported
+  assert folders.list_images(tmp_path) == ['gone.jpg']  # listed, so reported
