@@ -39,3 +39,24 @@ def real_params() -> dict:
   from regagg_jax.features import weights  # pylint: disable=g-import-not-at-top
 
   return weights.load_params()
+
+
+@pytest.fixture
+def encoded_rows(monkeypatch):
+  """encoded_rows() -> list: the rows each later pipeline.encode_rows call
+  encodes, recorded; fitting U^1 (eq. 4) again fails the test."""
+  from regagg_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top
+
+  def start():
+    encoded = []
+    original = pipeline.encode_rows
+
+    def recording(config, paths, rows, **kwargs):
+      encoded.append(list(rows))
+      return original(config, paths, rows, **kwargs)
+
+    monkeypatch.setattr(pipeline, 'encode_rows', recording)
+    monkeypatch.setattr(pipeline, 'fit_reduction', None)  # U^1 is kept
+    return encoded
+
+  return start

@@ -266,7 +266,7 @@ def test_demo_with_real_weights_retrieves_objects(tmp_path, sample_paths):
 
 
 def test_killed_store_resumes_only_its_missing_shards(
-  tmp_path, folder, monkeypatch
+  tmp_path, folder, encoded_rows
 ):
   """A store loses a shard (as if killed before writing it): the next run
   encodes only that shard's rows and the store equals the first one."""
@@ -279,15 +279,7 @@ def test_killed_store_resumes_only_its_missing_shards(
   (store_dir / 'metadata.json').unlink()
   with pytest.raises(ValueError, match='unfinished store'):
     store_io.load_store(store_dir)
-  encoded = []
-  original = pipeline.encode_rows
-
-  def recording(config, paths, rows, **kwargs):
-    encoded.append(list(rows))
-    return original(config, paths, rows, **kwargs)
-
-  monkeypatch.setattr(pipeline, 'encode_rows', recording)
-  monkeypatch.setattr(pipeline, 'fit_reduction', None)  # U^1 is kept
+  encoded = encoded_rows()
   again, _ = workspace.prepare(config, dataset)
   assert encoded == [[3, 4, 5]]
   np.testing.assert_array_equal(again.descriptors, first.descriptors)

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from regagg_jax.experiment import pipeline
 from regagg_jax.experiment import workspace
 from regagg_jax.storage import store_io
 from tests.test_end_to_end import _config
@@ -24,7 +23,7 @@ def folder(tmp_path_factory, sample_paths):
   'damaged, rows', [('shard_00001.npz', [[3, 4, 5]]), ('metadata.json', [])]
 )
 def test_rerun_repairs_exactly_the_damaged_file(
-  tmp_path, folder, monkeypatch, damaged, rows
+  tmp_path, folder, encoded_rows, damaged, rows
 ):
   """A bit flipped in a finished store's shard or metadata: load_store
   names the file and advises a rerun; the rerun re-encodes only that
@@ -40,15 +39,7 @@ def test_rerun_repairs_exactly_the_damaged_file(
   file.write_bytes(bytes(data))
   with pytest.raises(ValueError, match=f'{damaged}.*run the same command'):
     store_io.load_store(store_dir)
-  encoded = []
-  original = pipeline.encode_rows
-
-  def recording(config, paths, rows, **kwargs):
-    encoded.append(list(rows))
-    return original(config, paths, rows, **kwargs)
-
-  monkeypatch.setattr(pipeline, 'encode_rows', recording)
-  monkeypatch.setattr(pipeline, 'fit_reduction', None)  # U^1 is kept
+  encoded = encoded_rows()
   again, _ = workspace.prepare(config, dataset)
   assert encoded == rows
   np.testing.assert_array_equal(again.descriptors, first.descriptors)
