@@ -76,6 +76,37 @@ def get_config():
   config.search.qe = False  # regional query expansion (eq. 8)
   config.search.n_qe = 10  # N_QE
   config.search.qe_include_query = False  # eq. 8: top N_QE regions only
+  # Re-ranking after eq. (7) (rerank.RERANK): 'none' | 'qe' (eq. 8, as
+  # search.qe=True) | 'alpha_qe' | 'diffusion'.
+  config.search.rerank = 'none'
+  # alpha-QE (Radenovic, Tolias, Chum, TPAMI 2018): the best-matched regions
+  # of the top n results weighted by s^alpha, plus the query's own region.
+  # alpha = 3 is theirs; n = N_QE = 10 of the paper keeps it comparable to
+  # eq. (8).
+  config.search.alpha_qe = ml_collections.ConfigDict({'n': 10, 'alpha': 3.0})
+  # Regional diffusion (Iscen et al., CVPR 2017; their run_test.m, regional
+  # setting): a reciprocal kNN graph of k = 200 neighbours per region,
+  # affinity s^gamma with gamma = 3, kq = 200 nearest regions per query
+  # region, alpha = 0.99, 20 conjugate-gradient iterations, tolerance 1e-6,
+  # generalised max pooling ('gmp' | 'sum' | 'max'). The top `truncate`
+  # images of the first search are diffused (their truncation; 0: all, as
+  # they do up to 6k images): 1000 keeps a query under 100 ms at 1M images
+  # (benchmarks/rerank_scale.py). The graph is built once per store
+  # (exact for search.index 'exact', else through the region index) in
+  # shards of shard_rows region slots.
+  config.search.diffusion = ml_collections.ConfigDict(
+    {
+      'k': 200,
+      'gamma': 3.0,
+      'alpha': 0.99,
+      'query_neighbours': 200,
+      'iterations': 20,
+      'tolerance': 1e-6,
+      'pooling': 'gmp',
+      'truncate': 1000,
+      'shard_rows': 100000,
+    }
+  )
   config.search.chunk_size = 1024  # database images per similarity chunk
   # 'exact': eq. (7) on every image; 'flat' | 'ivfpq' | 'hnsw': FAISS region
   # index, per-image max of the top k_regions regions per query region,

@@ -1,16 +1,25 @@
 """Search as a config says: every image scored, or a region index.
 
-  search       queries x Store -> Ranking (eq. 7, eq. 8 with QE)
+  search       queries x Store -> Ranking (eq. 7, then search.rerank)
   build_index  Store -> region_index.RegionIndex (search.index: FAISS kind)
+  build_graph  Store -> graph.RegionGraph of diffusion, on disk, resumable
+  rerank_name  the search.rerank value in force (search.qe is 'qe')
 
 search.index 'exact' scores every database image with eq. (7) (and eq. 8);
 'flat', 'ivfpq' or 'hnsw' retrieve the top search.k_regions regions of
 each query region from a FAISS index, keep the per-image max, and re-rank
 the best search.shortlist images exactly with eq. (7) / eq. (8)
-(index_search.search). Stores holding whitened descriptors
+(index_search.search). search.rerank (rerank.RERANK) then re-ranks: 'qe'
+(eq. 8; also search.qe=True), 'alpha_qe' (search.alpha_qe: n results
+weighted by s^alpha, with the query) or 'diffusion' (search.diffusion:
+the top `truncate` images by regional diffusion on the graph of the
+database's regions, built exactly for search.index 'exact', else through
+the region index). Stores holding whitened descriptors
 (pca.store_whitened) are used as they are, once their whitening is checked
 against the fit.
 """
+
+import functools
 
 from typing import NamedTuple
 
@@ -22,16 +31,21 @@ from regagg_jax.storage import provenance
 from regagg_jax.storage import records
 from regagg_jax.aggregation import pca
 from regagg_jax.experiment import pipeline
+from regagg_jax.search import diffusion
+from regagg_jax.search import graph
 from regagg_jax.search import region_index
 from regagg_jax.search import index_search
+from regagg_jax.search import rerank
 from regagg_jax.search import similarity
+from regagg_jax.storage import graphs
 
 
 class Ranking(NamedTuple):
   """Search results.
 
   Attributes:
-    scores: float32 (Q, N) eq. (7), or eq. (8) with QE.
+    scores: float32 (Q, N) eq. (7), or after search.rerank (eq. 8, alpha-QE,
+      diffusion; -inf outside diffusion's candidates).
     ranks: int64 (Q, N) database rows, best first.
     best: int32 (Q, N) best-matched database region of eq. (7).
   """
@@ -88,13 +102,114 @@ def build_index(config, database, fitted):
   )
 
 
-def search(config, queries, database, fitted, regions=None):
+def rerank_name(search_config):
+  """The search.rerank in force: 'qe' when search.qe is set.
+
+  Raises:
+    ValueError: an unknown value, or search.qe with another rerank.
+  """
+  name = search_config.rerank
+  if name not in rerank.RERANK:
+    raise ValueError(
+      f'search.rerank must be one of {sorted(rerank.RERANK)}, got {name!r}'
+    )
+  if search_config.qe and name not in ('none', 'qe'):
+    raise ValueError(
+      f'search.qe=True is search.rerank=qe; it cannot be combined with '
+      f'search.rerank={name!r}'
+    )
+  return 'qe' if search_config.qe else name
+
+
+def _expansion(search_config, num_images):
+  """similarity.query_expansion keywords of search.rerank, or None."""
+  method = rerank.RERANK[rerank_name(search_config)]
+  if not method.expansion:
+    return None
+  if method.alpha_weighted:
+    return dict(
+      n_qe=min(search_config.alpha_qe.n, num_images),
+      include_query=True,
+      alpha=search_config.alpha_qe.alpha,
+    )
+  return dict(
+    n_qe=min(search_config.n_qe, num_images),
+    include_query=search_config.qe_include_query,
+    alpha=0.0,
+  )
+
+
+def diffusion_options(search_config):
+  """diffusion.DiffusionOptions of search.diffusion."""
+  section = search_config.diffusion
+  return diffusion.DiffusionOptions(
+    alpha=section.alpha,
+    gamma=section.gamma,
+    query_neighbours=section.query_neighbours,
+    iterations=section.iterations,
+    tolerance=section.tolerance,
+    pooling=section.pooling,
+  )
+
+
+def graph_expectation(config, database, fitted):
+  """What a region graph of this store, fit and config records."""
+  section = config.search.diffusion
+  return dict(
+    index_expectation(database, fitted),
+    k=section.k,
+    gamma=section.gamma,
+    knn=config.search.index,
+    num_images=len(database.image_paths),
+  )
+
+
+def build_graph(config, database, fitted, path, regions=None):
+  """The mutual kNN region graph of diffusion (graph.mutual_affinity) in
+  directory `path`: built shard by shard (storage/graphs.py), resumed
+  after a crash, reused when finished.
+
+  Args:
+    config: ConfigDict (pooling.regional, search.index, search.diffusion).
+    database: records.Store; fitted: records.Fit.
+    path: the graph directory.
+    regions: region_index.RegionIndex for search.index other than 'exact'
+      (the kNN through FAISS, re-scored exactly).
+
+  Returns:
+    graph.RegionGraph.
+  """
+  database_valid = pipeline.use_regions(
+    database.valid, whole=not config.pooling.regional
+  )
+  section = config.search.diffusion
+  k = min(section.k, int(database_valid.sum()) - 1)
+  nearest = graph.nearest_regions(
+    _whitened(fitted, database, database_valid),
+    database_valid,
+    k=k,
+    region_index=regions,
+  )
+  return graph.RegionGraph(
+    *graphs.build_graph(
+      path,
+      nearest,
+      functools.partial(graph.mutual_affinity, gamma=section.gamma),
+      num_slots=database_valid.size,
+      shard_rows=section.shard_rows,
+      metadata=graph_expectation(config, database, fitted),
+    )
+  )
+
+
+def search(config, queries, database, fitted, regions=None, region_graph=None):
   """Ranks a database store for every image of a query store.
 
   search.index 'exact' scores every image (eq. 7); a FAISS kind shortlists
   search.shortlist images per query from their top search.k_regions
   regions and re-ranks them exactly (`index_search.search`); the rest of
-  the database follows in row order with score -inf.
+  the database follows in row order with score -inf. search.rerank then
+  re-ranks (module doc).
 
   Args:
     config: ConfigDict (pooling.regional, search section).
@@ -103,6 +218,8 @@ def search(config, queries, database, fitted, regions=None):
     fitted: records.Fit of the database's config.
     regions: region_index.RegionIndex of the database (`build_index`),
       needed unless search.index is 'exact'.
+    region_graph: graph.RegionGraph of the database (`build_graph`), needed
+      for search.rerank 'diffusion'.
 
   Returns:
     Ranking.
@@ -127,7 +244,19 @@ def search(config, queries, database, fitted, regions=None):
   query = _whitened(fitted, queries, query_valid)
   target = _whitened(fitted, database, database_valid)
   search_config = config.search
-  n_qe = min(search_config.n_qe, len(database.image_paths))
+  expansion = _expansion(search_config, len(database.image_paths))
+  if rerank.RERANK[rerank_name(search_config)].diffusion:
+    if region_graph is None:
+      raise ValueError(
+        "search.rerank='diffusion' needs the database's region graph "
+        '(build_graph)'
+      )
+    provenance.check_stale(
+      'the region graph',
+      region_graph.metadata,
+      graph_expectation(config, database, fitted),
+      'build it again',
+    )
   if search_config.index != 'exact':
     if regions is None:
       raise ValueError(
@@ -140,7 +269,7 @@ def search(config, queries, database, fitted, regions=None):
       index_expectation(database, fitted),
       'build it again',
     )
-    return _complete(
+    ranking = _complete(
       *index_search.search(
         regions,
         target,
@@ -149,34 +278,49 @@ def search(config, queries, database, fitted, regions=None):
         query_valid,
         k_regions=search_config.k_regions,
         shortlist=search_config.shortlist,
-        qe=search_config.qe,
-        n_qe=n_qe,
-        include_query=search_config.qe_include_query,
+        qe=expansion is not None,
+        **(expansion or {}),
         rescore=search_config.rescore,
       ),
       len(target),
     )
-  scores, best = similarity.image_similarity(  # eq. (7)
+  else:
+    scores, best = similarity.image_similarity(  # eq. (7)
+      query,
+      query_valid,
+      target,
+      database_valid,
+      chunk_size=search_config.chunk_size,
+    )
+    if expansion is not None:
+      scores = similarity.query_expansion(  # eq. (8), alpha-QE
+        query,
+        target,
+        database_valid,
+        scores,
+        best,
+        query_valid=jnp.asarray(query_valid),
+        chunk_size=search_config.chunk_size,
+        **expansion,
+      )
+    scores = np.asarray(scores)
+    ranking = Ranking(
+      scores, metrics.ranks_from_scores(scores), np.asarray(best)
+    )
+  if not rerank.RERANK[rerank_name(search_config)].diffusion:
+    return ranking
+  scores, ranks = rerank.rerank_diffusion(
     query,
     query_valid,
     target,
     database_valid,
-    chunk_size=search_config.chunk_size,
+    ranking.scores,
+    region_graph.neighbours,
+    region_graph.weights,
+    truncate=search_config.diffusion.truncate,
+    options=diffusion_options(search_config),
   )
-  if search_config.qe:
-    scores = similarity.query_expansion(  # eq. (8)
-      query,
-      target,
-      database_valid,
-      scores,
-      best,
-      n_qe=n_qe,
-      include_query=search_config.qe_include_query,
-      query_valid=jnp.asarray(query_valid),
-      chunk_size=search_config.chunk_size,
-    )
-  scores = np.asarray(scores)
-  return Ranking(scores, metrics.ranks_from_scores(scores), np.asarray(best))
+  return Ranking(scores, ranks, ranking.best)
 
 
 def _complete(scores, ranks, best, num_images):

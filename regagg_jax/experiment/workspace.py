@@ -5,16 +5,20 @@
   query_store                  its queries (cropped or database rows)
   encode_queries               other images encoded like the database
   search_index                 the database's FAISS region index
+  search_graph                 the database's region graph (diffusion)
+  rank                         retrieval.search with the index and graph
   dataset_ranks                store-row rankings -> dataset indices
 
 Stores live in <workdir>/stores/<dataset>-<role>-<store hash>[-raw: no
 EXIF][-<U^1 hash>][-w<whitening hash>], written in shards and resumed after a crash
 (store_io.build_store); fits in <workdir>/fits/<dataset>-<store hash>-<fit
-hash>; indexes in <workdir>/indexes. A finished one is reused when it
+hash>; indexes in <workdir>/indexes; diffusion's region graphs in
+<workdir>/graphs. A finished one is reused when it
 matches the config; a store made with other settings is refused.
 """
 
 import os
+import shutil
 
 from absl import logging
 import jax
@@ -28,8 +32,11 @@ from regagg_jax.storage import records
 from regagg_jax.encoding import parallel
 from regagg_jax.experiment import pipeline
 from regagg_jax.aggregation import method_table
+from regagg_jax.search import graph
 from regagg_jax.search import region_index
+from regagg_jax.search import rerank
 from regagg_jax.experiment import retrieval
+from regagg_jax.storage import graphs
 from regagg_jax.storage import store_io
 
 
@@ -433,6 +440,53 @@ def search_index(config, dataset, database, fitted):
     expected,
     load=region_index.load,
     save=region_index.save,
+  )
+
+
+def search_graph(config, dataset, database, fitted, regions=None):
+  """The database's region graph of diffusion (search.rerank 'diffusion'),
+  built once (resumably) and kept in workdir/graphs, named by the store's
+  hash like the fits; a damaged one is built again. None for other
+  re-rankings."""
+  if not rerank.RERANK[retrieval.rerank_name(config.search)].diffusion:
+    return None
+  expected = retrieval.graph_expectation(config, database, fitted)
+  name = (
+    f'{dataset.name}-{pipeline.store_hash(config)}-'
+    f'{pipeline.fit_hash(config)}-{records.hash_config(expected)}'
+  )
+  path = os.path.join(config.workdir, 'graphs', name)
+
+  def finished(path):
+    if not os.path.isfile(os.path.join(path, 'metadata.json')):
+      return None
+    try:
+      return graph.RegionGraph(*graphs.load_graph(path, expected=expected))
+    except ValueError as error:  # damaged or stale: built again
+      logging.warning('replacing %s: %s', path, error)
+      shutil.rmtree(path)
+      return None
+
+  return _made_once(
+    path,
+    finished,
+    lambda: retrieval.build_graph(config, database, fitted, path, regions),
+    lambda *_: None,  # build_graph writes it shard by shard
+    f'made {path}',
+  )
+
+
+def rank(config, dataset, queries, database, fitted):
+  """retrieval.search with the database's region index and region graph
+  (`search_index`, `search_graph`: made once, None when not needed)."""
+  regions = search_index(config, dataset, database, fitted)
+  return retrieval.search(
+    config,
+    queries,
+    database,
+    fitted,
+    regions,
+    search_graph(config, dataset, database, fitted, regions),
   )
 
 

@@ -118,7 +118,15 @@ def _candidates(
 
 @functools.partial(jax.jit, static_argnames=('qe', 'n_qe', 'include_query'))
 def _rerank(
-  query, query_valid, candidates, candidates_valid, *, qe, n_qe, include_query
+  query,
+  query_valid,
+  candidates,
+  candidates_valid,
+  alpha,
+  *,
+  qe,
+  n_qe,
+  include_query,
 ):
   """Exact eq. (7) (and eq. 8) of each query against its own candidates.
 
@@ -126,6 +134,7 @@ def _rerank(
     query: float32 (Q, Mq, D); query_valid: bool (Q, Mq).
     candidates: float32 or float16 (Q, S, Mt, D), scored in float32;
       candidates_valid: bool (Q, S, Mt).
+    alpha: float32 () alpha-QE exponent of eq. (8)'s weights (0: eq. 8).
 
   Returns:
     float32 (Q, S) scores and int32 (Q, S) best-matched candidate region.
@@ -149,6 +158,7 @@ def _rerank(
         n_qe=n_qe,
         include_query=include_query,
         query_valid=regions_valid[None],
+        alpha=alpha,
         chunk_size=targets.shape[0],
       )
     return scores[0], best[0]
@@ -170,6 +180,7 @@ def search(
   qe=False,
   n_qe=10,
   include_query=False,
+  alpha=0.0,
   nprobe=None,
   ef_search=None,
   rescore=True,
@@ -190,6 +201,7 @@ def search(
     qe: apply eq. (8) query expansion on the shortlist.
     n_qe: N_QE of eq. (8) (capped at S).
     include_query: eq. (8) variant of `similarity.query_expansion`.
+    alpha: alpha-QE exponent of `similarity.query_expansion` (0: eq. 8).
     nprobe: ivfpq lists probed (None: the index option).
     ef_search: hnsw search depth (None: the index option).
     rescore: shortlist by the exact scores of the retrieved regions (read
@@ -268,6 +280,7 @@ def search(
       query_valid[rows],
       gathered,
       gathered_valid,
+      np.float32(alpha),
       qe=qe,
       n_qe=min(n_qe, shortlist),
       include_query=include_query,

@@ -1,4 +1,5 @@
-"""Region-to-region image similarity (eq. 7) and regional query expansion (eq. 8).
+"""Region-to-region image similarity (eq. 7) and regional query expansion
+(eq. 8, and its alpha-QE weighting).
 
 Descriptors are l2-normalised, so VecSim is the dot product. The database is
 scored in fixed-size chunks under `jax.lax.map` (padded to a whole number of
@@ -100,16 +101,22 @@ def query_expansion(
   n_qe=10,
   include_query=False,
   query_valid=None,
+  alpha=0.0,
   chunk_size=256,
 ):
-  """Regional query expansion of eq. (8).
+  """Regional query expansion of eq. (8), optionally alpha-weighted.
 
   f~_QE = l2(sum of the best-matched region descriptors of the top `n_qe`
-  database images of `scores`), then ImSim(q, t) = max over the valid regions
-  m' of t of <f~_QE, f~_t,m'>. Top results scoring -inf (no valid pair) are
-  left out of the average. The paper averages the database regions only
-  (default); `include_query=True` adds, as in average query expansion (CroW
-  [5], [19]), the query region that matched the top-1 result best.
+  database images of `scores`, each weighted by max(s, 0)^alpha), then
+  ImSim(q, t) = max over the valid regions m' of t of <f~_QE, f~_t,m'>. Top
+  results scoring -inf (no valid pair) are left out of the average. The
+  paper averages the database regions only (default, alpha = 0);
+  `include_query=True` adds, as in average query expansion (CroW [5],
+  [19]), the query region that matched the top-1 result best, with weight 1
+  (its own similarity, 1, to the alpha). alpha > 0 with the query included
+  is alpha-QE (Radenovic, Tolias, Chum, TPAMI 2018: weights s^alpha,
+  alpha = 3); on global descriptors (M = 1) it is exactly their
+  q' = l2(q + sum_i s_i^alpha d_i).
 
   Args:
     query: float32 (Q, Mq, D) l2-normalised query region descriptors.
@@ -121,6 +128,8 @@ def query_expansion(
     include_query: also average the query's own best-matching region.
     query_valid: bool (Q, Mq) valid query regions (only used with
       `include_query`), or None for all.
+    alpha: exponent of the top results' weights max(s, 0)^alpha (0: the
+      plain sum of eq. 8; 3: alpha-QE).
     chunk_size: database chunk of the second search (`image_similarity`).
 
   Returns:
@@ -146,15 +155,18 @@ def query_expansion(
   top_scores, top_images = jax.lax.top_k(scores, n_qe)  # (Q, n_qe)
   top_regions = jnp.take_along_axis(best, top_images, axis=1)
   matched = database[top_images, top_regions]  # (Q, n_qe, D)
-  weights = jnp.isfinite(top_scores).astype(matched.dtype)
+  weights = jnp.where(  # alpha-QE weights; 0^0 = 1 keeps eq. (8)
+    jnp.isfinite(top_scores), jnp.maximum(top_scores, 0.0) ** alpha, 0.0
+  ).astype(matched.dtype)
   expanded = jnp.einsum('qn,qnd->qd', weights, matched)
   if include_query:
     to_top1 = jnp.einsum('qad,qd->qa', query, matched[:, 0])
     own = jnp.argmax(jnp.where(query_valid, to_top1, -jnp.inf), axis=1)
     own_region = jnp.take_along_axis(query, own[:, None, None], axis=1)[:, 0]
-    expanded = expanded + weights[:, :1] * own_region
+    found = jnp.isfinite(top_scores[:, :1]).astype(matched.dtype)
+    expanded = expanded + found * own_region
   expanded = pca.l2_normalize(expanded)
-  has_expansion = jnp.any(weights > 0, axis=1, keepdims=True)
+  has_expansion = jnp.any(jnp.isfinite(top_scores), axis=1, keepdims=True)
   new_scores, _ = image_similarity(
     expanded[:, None, :],
     has_expansion,
