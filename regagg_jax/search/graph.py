@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regagg_jax.search import index_search
 from regagg_jax.search import region_index as region_index_lib
 
 DEFAULT_NEIGHBOURS = 200
@@ -137,7 +138,11 @@ def nearest_regions(
     if not rows.size:
       return found, similarity
     queries = np.ascontiguousarray(flat[start + rows], np.float32)
-    _, labels = region_index.index.search(queries, shortlist * (k + 1))
+    _, labels = region_index.index.search(
+      queries,
+      shortlist * (k + 1),
+      params=index_search.search_parameters(region_index),
+    )  # the index's nprobe / ef_search (FAISS's own default probes 1 list)
     hit = labels >= 0
     slots = np.where(
       hit,

@@ -9,7 +9,7 @@ images EXACTLY with eq. (7) on their gathered float32 descriptors (and, with
 `qe`, eq. 8 on that shortlist), all queries of a batch at once under
 `jax.vmap`.
 
-Public: search.
+Public: search, search_parameters.
 """
 
 import functools
@@ -22,8 +22,9 @@ from regagg_jax.search import region_index as region_index_lib
 from regagg_jax.search import similarity
 
 
-def _search_parameters(region_index, nprobe, ef_search):
-  """FAISS per-call search parameters (the index itself is not modified)."""
+def search_parameters(region_index, nprobe=None, ef_search=None):
+  """FAISS per-call search parameters (the index itself is not modified):
+  nprobe / ef_search, or the index's options where None."""
   kind = region_index.metadata['kind']
   options = region_index.metadata['options']
   faiss = region_index_lib.load_faiss()
@@ -249,7 +250,7 @@ def search(
     found[query_valid], labels[query_valid] = region_index.index.search(
       np.ascontiguousarray(query[query_valid], dtype=np.float32),
       k_regions,
-      params=_search_parameters(region_index, nprobe, ef_search),
+      params=search_parameters(region_index, nprobe, ef_search),
     )
   candidates = np.stack(
     [

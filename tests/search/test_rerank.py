@@ -8,6 +8,8 @@ import pytest
 
 from regagg_jax.search import diffusion
 from regagg_jax.search import graph
+from regagg_jax.search import index_search
+from regagg_jax.search import region_index
 from regagg_jax.search import rerank
 from regagg_jax.search import similarity
 
@@ -186,4 +188,31 @@ def test_diffusion_rerank_refuses_a_graph_of_another_database():
       np.zeros((3, 15), np.float32),
       np.zeros((10, 4), np.int32),
       np.zeros((10, 4), np.float32),
+    )
+
+
+def test_alpha_qe_through_a_region_index_equals_the_exact_path():
+  case = make_case(np.random.default_rng(5))
+  query, query_valid, database, database_valid = case
+  database = np.where(database_valid[..., None], database, 0)
+  built = region_index.build(database, database_valid, kind='flat')
+  scores, ranks, _ = index_search.search(
+    built,
+    database,
+    database_valid,
+    query,
+    query_valid,
+    k_regions=60,
+    shortlist=15,
+    qe=True,
+    n_qe=4,
+    include_query=True,
+    alpha=3.0,
+  )
+  expected = reference_alpha_qe(
+    query, query_valid, database, database_valid, 4, 3.0
+  )
+  for q in range(3):
+    np.testing.assert_allclose(
+      scores[q], expected[q, ranks[q]], rtol=1e-5, atol=1e-6
     )
