@@ -71,7 +71,7 @@ def new_results(config, prefix=''):
     folder, f'{prefix}{config.name}-{records.hash_config(resolved(config))[:8]}'
   )
   path, count = base, 1
-  while any(os.path.exists(path + ext) for ext in ('.json', '.csv')):
+  while any(os.path.exists(path + ext) for ext in ('.json', '.csv', '.png')):
     count += 1
     path = f'{base}-{count}'
   return path
