@@ -20,6 +20,7 @@ from regagg_jax.evaluation import metrics
 from regagg_jax.features import images
 from regagg_jax.storage import records
 from regagg_jax.experiment import modes
+from regagg_jax.experiment import reporting
 from regagg_jax.aggregation import pca
 from regagg_jax.experiment import pipeline
 from regagg_jax.experiment import retrieval
@@ -106,13 +107,19 @@ def test_encode_fit_search_eval(tmp_path, folder):
   config.search.queries = str(folder / 'ukbench00001.jpg')
   config.search.box = '10,5,80,60'
   modes.run_search(config)
-  results = json.loads(_only(results_dir, 'search-quick-*.json').read_text())
+  written = json.loads(_only(results_dir, 'search-quick-*.json').read_text())
+  assert written['config'] == reporting.resolved(config)
+  assert _only(results_dir, 'search-quick-*.png').stat().st_size > 1000
+  results = written['queries']
   assert len(results) == 1 and len(results[0]['results']) == config.search.top_k
   scores = [r['score'] for r in results[0]['results']]
   assert np.all(np.isfinite(scores)) and scores == sorted(scores, reverse=True)
   assert all(0 <= r['region'] < 8 for r in results[0]['results'])
   csv = _only(results_dir, 'search-quick-*.csv').read_text()
   assert len(csv.strip().splitlines()) == 1 + config.search.top_k
+  modes.run_search(config)  # a rerun writes new files, the first are kept
+  assert len(list(results_dir.glob('search-quick-*.json'))) == 2
+  assert len(list(results_dir.glob('search-quick-*.png'))) == 2
 
 
 def test_search_a_folder_without_ground_truth(tmp_path, sample_paths):
@@ -123,7 +130,7 @@ def test_search_a_folder_without_ground_truth(tmp_path, sample_paths):
   modes.run_search(config)
   results = json.loads(
     _only(tmp_path / 'work' / 'results', 'search-quick-*.json').read_text()
-  )
+  )['queries']
   ranked = [os.path.basename(r['image']) for r in results[0]['results']]
   assert sorted(ranked) == sorted(p.name for p in sample_paths[:5])
   assert ranked[0] == sample_paths[0].name  # the query itself comes first

@@ -5,6 +5,8 @@ retrieval  search as a config says: exact eq. 7 or region index + re-rank
 workspace  a dataset's stores, fits and indexes kept in the workdir
 modes      what run.py --mode runs: demo / encode / fit / search / eval / config
 reporting  results tables, method names and results files of the modes
+cli        run.py and the regagg-jax console script (absl flags, so not
+           imported here)
 """
 
 from regagg_jax.experiment import modes

@@ -23,9 +23,10 @@ from regagg_jax.experiment import retrieval
 from regagg_jax.experiment import workspace
 
 
-def _variant(config, method, regional):
+def _variant(config, method, regional, rerank='none'):
   variant = config.copy_and_resolve_references()
   variant.pooling.method, variant.pooling.regional = method, regional
+  variant.search.rerank = rerank
   return variant
 
 
@@ -40,14 +41,9 @@ def evaluate(config):
   dataset = workspace.load_dataset(config)
   database, fitted = workspace.prepare(config, dataset)
   queries, positions = workspace.query_store(config, dataset, database, fitted)
-  ranking = retrieval.search(
-    config,
-    queries,
-    database,
-    fitted,
-    workspace.search_index(config, dataset, database, fitted),
-  )
+  ranking = workspace.rank(config, dataset, queries, database, fitted)
   ranks = workspace.dataset_ranks(ranking, database, positions)
+  rerank = retrieval.rerank_name(config.search)
   scores = metrics.evaluate(  # unreadable images take no part
     dataset, ranks, scored=positions >= 0, present=database.metadata['rows']
   )
@@ -59,11 +55,13 @@ def evaluate(config):
     'name': config.name,
     'dataset': dataset.name,
     'method': reporting.method_name(
-      config.pooling.method, config.pooling.regional, config.search.qe
-    ),
+      config.pooling.method, config.pooling.regional, rerank == 'qe'
+    )
+    + _RERANK_LABELS.get(rerank, ''),
     'pooling': config.pooling.method,
     'regional': config.pooling.regional,
     'qe': config.search.qe,
+    'rerank': rerank,
     'index': config.search.index,
     'D': fitted.metadata['dim'],
     'whiten': fitted.metadata.get('whiten', config.pca.whiten),
@@ -111,7 +109,8 @@ def _query_paths(spec):
 def run_search(config):
   """--mode=search: search.queries (optional search.box) against the
   database of config.eval; writes <workdir>/results/search-<name>-<config
-  hash>.json/csv."""
+  hash>.json/csv (with the resolved config) and .png (figures.draw_search:
+  each query beside its eval.figure_results best results)."""
   if not config.search.queries:
     raise ValueError('set --config.search.queries to an image, folder or .txt')
   dataset = workspace.load_dataset(config, ground_truth=False)
@@ -128,13 +127,7 @@ def run_search(config):
   queries = workspace.encode_queries(
     config, paths, database, fitted, boxes=boxes
   )
-  ranking = retrieval.search(
-    config,
-    queries,
-    database,
-    fitted,
-    workspace.search_index(config, dataset, database, fitted),
-  )
+  ranking = workspace.rank(config, dataset, queries, database, fitted)
   path = reporting.new_results(config, 'search-')
   records.write_results(
     path,
@@ -144,8 +137,22 @@ def run_search(config):
     queries,
     database,
     top_k=config.search.top_k,
+    header={'config': reporting.resolved(config)},
   )
-  print(f'results: {path}.json {path}.csv')
+  shown = min(config.eval.figure_results, len(database.image_paths))
+  figures.draw_search(
+    path + '.png',
+    queries,
+    database,
+    ranking,
+    retrieval.matched_query_regions(
+      config, queries, database, fitted, ranking, shown
+    ),
+    max_size=config.features.max_size,
+    num_results=shown,
+    boxes=None if boxes is None else boxes[queries.metadata['rows']],
+  )
+  print(f'results: {path}.json {path}.csv {path}.png')
   reporting.print_fit(fitted)
   for q, query in enumerate(queries.image_paths):
     top = ranking.ranks[q, 0]
@@ -187,25 +194,35 @@ def run_fit(config):
 
 
 DEMO_ROWS = (
-  ('o2', True),
-  ('o2', False),
-  ('o1', True),
-  ('o1', False),
-  ('spoc', False),
-  ('mac', False),
-  ('crow', False),
-  ('rmac', False),
-  ('gem', False),
+  ('o2', True, 'none'),
+  ('o2', False, 'none'),
+  ('o1', True, 'none'),
+  ('o1', False, 'none'),
+  ('spoc', False, 'none'),
+  ('mac', False, 'none'),
+  ('crow', False, 'none'),
+  ('rmac', False, 'none'),
+  ('gem', False, 'none'),
+  ('o2', True, 'alpha_qe'),
+  ('o2', True, 'diffusion'),
 )
-"""Demo table rows (pooling.method, pooling.regional); the first, the
-proposed method, is drawn."""
+"""Demo table rows (pooling.method, pooling.regional, search.rerank); the
+first, the proposed method, is drawn. The 56 samples cannot rank the
+re-rankings (every method is near mAP 1); their rows show that they run."""
+
+_RERANK_LABELS = {
+  'none': '',
+  'alpha_qe': ' + α-QE',
+  'diffusion': ' + diffusion',
+}
 
 
-def demo_label(method, regional):
+def demo_label(method, regional, rerank='none'):
   """The demo table's row name: reporting.method_name, '(proposed)' for
-  the first row."""
-  name = reporting.method_name(method, regional)
-  return f'{name} (proposed)' if (method, regional) == DEMO_ROWS[0] else name
+  the first row, ' + α-QE' / ' + diffusion' for re-ranked rows."""
+  name = reporting.method_name(method, regional) + _RERANK_LABELS[rerank]
+  first = (method, regional, rerank) == DEMO_ROWS[0]
+  return f'{name} (proposed)' if first else name
 
 
 def run_demo(config):
@@ -213,7 +230,7 @@ def run_demo(config):
   bundled samples), one VGG19 pass; prints the table, writes
   <workdir>/results/demo-<config hash>.json and <workdir>/fig2.png."""
   dataset = workspace.load_dataset(config)
-  methods = sorted({method for method, _ in DEMO_ROWS})
+  methods = sorted({method for method, *_ in DEMO_ROWS})
   stores = pipeline.encode_methods(
     config,
     datasets.database_paths(dataset),
@@ -222,25 +239,25 @@ def run_demo(config):
     apply_exif=dataset.apply_exif,
   )
   results, drawn, notes = [], None, {}
-  for method, regional in DEMO_ROWS:
-    variant = _variant(config, method, regional)
+  for method, regional, rerank in DEMO_ROWS:
+    variant = _variant(config, method, regional, rerank)
     store = stores[method]
     fitted = pipeline.fit(variant, store, fitted_on=dataset.name)
     queries, positions = workspace.query_store(variant, dataset, store, fitted)
-    ranking = retrieval.search(variant, queries, store, fitted)
+    ranking = workspace.rank(variant, dataset, queries, store, fitted)
     scores = metrics.evaluate(
       dataset, workspace.dataset_ranks(ranking, store, positions)
     )
     results.append(
       {
-        'method': demo_label(method, regional),
+        'method': demo_label(method, regional, rerank),
         'D': fitted.metadata['dim'],
         'whiten': fitted.metadata['whiten'],
         **scores,
       }
     )
     notes.setdefault(fitted.metadata['note'], []).append(results[-1]['method'])
-    drawn = drawn or (store, ranking, positions)
+    drawn = drawn or (variant, queries, store, fitted, ranking, positions)
   path = reporting.new_results(config) + '.json'
   reporting.write_json(
     path,
@@ -261,13 +278,20 @@ def run_demo(config):
     if note:
       print(f'note ({", ".join(labels)}): {note}')
   figure = os.path.join(config.workdir, 'fig2.png')
+  variant, queries, store, fitted, ranking, positions = drawn
   figures.draw_results(
     figure,
     dataset,
-    *drawn,
+    store,
+    ranking,
+    positions,
     max_size=config.features.max_size,
     num_queries=config.eval.figure_queries,
     num_results=config.eval.figure_results,
+    queries=queries,
+    query_regions=retrieval.matched_query_regions(
+      variant, queries, store, fitted, ranking, config.eval.figure_results + 1
+    ),
   )
   print(f'\nFig. 2 ({demo_label(*DEMO_ROWS[0])}): {figure}')
   return results

@@ -4,6 +4,7 @@
   build_index  Store -> region_index.RegionIndex (search.index: FAISS kind)
   build_graph  Store -> graph.RegionGraph of diffusion, on disk, resumable
   rerank_name  the search.rerank value in force (search.qe is 'qe')
+  matched_query_regions  the query's side of eq. 7's best region pairs
 
 search.index 'exact' scores every database image with eq. (7) (and eq. 8);
 'flat', 'ivfpq' or 'hnsw' retrieve the top search.k_regions regions of
@@ -73,6 +74,30 @@ def _whitened(fitted, store, valid):
       'it again'
     )
   return np.where(valid[..., None], store.descriptors, np.float32(0))
+
+
+def matched_query_regions(config, queries, database, fitted, ranking, top):
+  """int (Q, top) query region m of eq. (7)'s best pair (m, m') with each
+  of a query's first `top` ranked results (m' = ranking.best), for
+  figures."""
+  query_valid = pipeline.use_regions(
+    queries.valid, whole=not config.pooling.regional
+  )
+  rows = np.asarray(ranking.ranks)[:, :top]  # (Q, R)
+  flat = rows.ravel()
+  results = database._replace(
+    descriptors=database.descriptors[flat], valid=database.valid[flat]
+  )
+  regions = np.take_along_axis(np.asarray(ranking.best), rows, 1).ravel()
+  targets = _whitened(fitted, results, results.valid)[
+    np.arange(flat.size), regions
+  ].reshape(*rows.shape, -1)  # (Q, R, D) regions m'
+  similarity = np.einsum(
+    'qmd,qrd->qrm', _whitened(fitted, queries, query_valid), targets
+  )
+  return np.argmax(
+    np.where(query_valid[:, None, :], similarity, -np.inf), axis=-1
+  )
 
 
 def index_expectation(database, fitted):

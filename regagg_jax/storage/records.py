@@ -8,6 +8,7 @@
   write_json     a JSON file, atomically
   read_json      a versioned JSON file of a store / fit directory
   replace_directory  a directory written aside, then swapped in
+  KILL_AT        fault injection: SIGKILL at a chosen write (tests)
   save_fit / load_fit  fitted whitening on disk
   write_results  ranked lists as <name>.json and <name>.csv
 
@@ -18,13 +19,16 @@ files) and `sharded_store` (build, finalize, load, save). Fitted whitening
 version, config hash, what it was fitted on).
 """
 
+import collections
 import csv
+import fnmatch
 import glob
 import hashlib
 import io
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from typing import Any, NamedTuple
@@ -38,6 +42,15 @@ from regagg_jax.aggregation import pca
 
 FIT_FORMAT_VERSION = 1
 """Version of the fit layout (unchanged since version 1)."""
+
+KILL_AT = 'REGAGG_KILL_AT'
+"""Fault injection for crash tests: with REGAGG_KILL_AT=<pattern>[:<n>] in
+the environment, the n-th (default 1st) atomic_write / replace_directory of
+this process whose file name (basename) matches the fnmatch pattern SIGKILLs
+the process after its temporary is written, before the rename. Unset: one
+dict lookup per write."""
+
+_kills = collections.Counter()  # writes matching each KILL_AT pattern
 
 
 class Store(NamedTuple):
@@ -129,6 +142,18 @@ def _is_running(pid):
   return True
 
 
+def _kill_if_asked(file):
+  """SIGKILLs this process at the write KILL_AT names (see KILL_AT)."""
+  rule = os.environ.get(KILL_AT)
+  if not rule:
+    return
+  pattern, _, count = rule.partition(':')
+  if fnmatch.fnmatch(os.path.basename(file), pattern):
+    _kills[pattern] += 1
+    if _kills[pattern] == int(count or 1):
+      os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write(file, write):
   """write(binary stream) to a temporary file, fsync, rename it to `file`.
 
@@ -146,6 +171,7 @@ def atomic_write(file, write):
       write(stream)
       stream.flush()
       os.fsync(stream.fileno())
+    _kill_if_asked(file)
     os.replace(tmp, file)
   except BaseException:
     if os.path.exists(tmp):
@@ -228,6 +254,7 @@ def replace_directory(write, path):
   )
   try:
     write(tmp)
+    _kill_if_asked(path)
     if os.path.exists(path):
       old = tempfile.mkdtemp(
         prefix=os.path.basename(path) + _temporary_tag('.old-'), dir=parent
@@ -335,8 +362,12 @@ def _region_box(mask, size, *, stride=16):
   ]
 
 
-def write_results(path, scores, ranks, best, queries, database, *, top_k):
+def write_results(
+  path, scores, ranks, best, queries, database, *, top_k, header=None
+):
   """Writes ranked lists as <path>.json and <path>.csv, each atomically.
+
+  The JSON is {**header, 'queries': [{'query', 'results'}, ...]}.
 
   Each result has its score and the database region best matched to the
   query (eq. 7): its index m' and its box in pixels of the encoded image
@@ -350,6 +381,8 @@ def write_results(path, scores, ranks, best, queries, database, *, top_k):
     queries: Store of the Q queries.
     database: Store of the N database images.
     top_k: results written per query.
+    header: dict of what produced the results (e.g. the resolved config),
+      recorded before them in the JSON.
   """
   entries, table = [], io.StringIO(newline='')
   writer = csv.writer(table)
@@ -388,4 +421,4 @@ def write_results(path, scores, ranks, best, queries, database, *, top_k):
   atomic_write(
     path + '.csv', lambda stream: stream.write(table.getvalue().encode())
   )
-  write_json(path + '.json', entries)
+  write_json(path + '.json', {**(header or {}), 'queries': entries})

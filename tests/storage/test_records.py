@@ -522,10 +522,18 @@ def test_write_results_json_and_csv(tmp_path):
   ranks = np.array([[1, 2, 0]])
   best = np.array([[1, 0, 1]], np.int32)
   records.write_results(
-    str(tmp_path / 'out'), scores, ranks, best, queries, database, top_k=2
+    str(tmp_path / 'out'),
+    scores,
+    ranks,
+    best,
+    queries,
+    database,
+    top_k=2,
+    header={'config': {'name': 'x'}},
   )
-  entries = json.loads((tmp_path / 'out.json').read_text())
-  assert entries == [
+  written = json.loads((tmp_path / 'out.json').read_text())
+  assert written['config'] == {'name': 'x'}
+  assert written['queries'] == [
     {
       'query': 'q0.jpg',
       'results': [
