@@ -67,6 +67,7 @@ from regagg_jax.regions import keypoints
 from regagg_jax.aggregation import pca
 from regagg_jax.aggregation import method_table
 from regagg_jax.regions import proposal
+from regagg_jax.regions import region_masks
 from regagg_jax.features import vgg19
 from regagg_jax.features import weights
 from regagg_jax.features import weighting
@@ -119,25 +120,21 @@ _LOG_METHOD = flags.DEFINE_enum(
 )
 
 _SAMPLES = pathlib.Path(__file__).resolve().parents[1] / 'data' / 'samples'
-_REGIONS = {
-  'backend': 'jax',
-  'n_max': 4000,
-  'n_min': 300,
-  'num_clusters': 3,
-  'min_cells': 1,
-}  # Sec. 5
+_REGIONS = proposal.RegionOptions(
+  backend='jax', n_max=4000, n_min=300, num_clusters=3, min_cells=1
+)  # Sec. 5
 _K_PRIME, _DIM = 128, 512  # K' of eq. (4), D of eq. (6)
 _TINY_WIDTHS = (4, 8, 8, 16, 16)
 
 
 def _pooling(log_method=None):
   """Pooling options; log_method defaults to --log_method."""
-  return {
-    'gem_power': 3.0,
-    'offdiag_scale': 1.0,
-    'rmac_levels': 3,
-    'log_method': log_method or _LOG_METHOD.value,
-  }
+  return method_table.PoolingOptions(
+    gem_power=3.0,
+    offdiag_scale=1.0,
+    rmac_levels=3,
+    log_method=log_method or _LOG_METHOD.value,
+  )
 
 
 def _load_weights():
@@ -371,7 +368,7 @@ def measure_stages(variables, projections, batch_size, dtype, log_method=None):
   )
   reduction, whitening = projections
   grid = np.array([images.feature_shape(*size) for size in sizes], np.int32)
-  clusters = _REGIONS['num_clusters']
+  clusters = _REGIONS.num_clusters
   seconds = {}
   seconds['vgg19'], features = _median_call(
     jax.jit(
@@ -397,8 +394,8 @@ def measure_stages(variables, projections, batch_size, dtype, log_method=None):
         functools.partial(
           keypoints.detect_salient,
           padded_shape=rgb.shape[1:3],
-          n_max=_REGIONS['n_max'],
-          n_min=_REGIONS['n_min'],
+          n_max=_REGIONS.n_max,
+          n_min=_REGIONS.n_min,
         )
       )
     ),
@@ -420,9 +417,9 @@ def measure_stages(variables, projections, batch_size, dtype, log_method=None):
     jax.jit(
       jax.vmap(
         functools.partial(
-          proposal.compute_region_masks,
+          region_masks.compute_region_masks,
           num_clusters=clusters,
-          min_cells=_REGIONS['min_cells'],
+          min_cells=_REGIONS.min_cells,
         )
       )
     ),

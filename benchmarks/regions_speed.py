@@ -2,8 +2,8 @@
 
 Times, at one image size (1024 x 768 by default), in one run:
   vgg19       regagg_jax.features.vgg19.features (random init_params weights)
-  hesaff      keypoints.detect(backend="hesaff") on the host (if installed)
-  jax         keypoints.detect(backend="jax"), i.e. the jitted
+  hesaff      proposal.detect(backend="hesaff") on the host (if installed)
+  jax         proposal.detect(backend="jax"), i.e. the jitted
               hessian_affine.detect_hessian_affine (every candidate adapted)
   candidates  hessian_affine.find_candidates (scale space, extrema,
               localisation; no adaptation)
@@ -13,8 +13,8 @@ Times, at one image size (1024 x 768 by default), in one run:
   selection   keypoints.select_salient (N_max = 4000)
   bound       clustering.compute_bounds once over N_max points (O(P^2))
   kmeans      clustering.global_fast_kmeans (L = 3)
-  masks       proposal.compute_region_masks (2^L hulls on the conv grid)
-  proposal    proposal.propose_batch(backend="jax") of the one image: the
+  masks       region_masks.compute_region_masks (2^L hulls on the conv grid)
+  proposal    proposal.propose_batch (backend "jax") of the one image: the
               whole jitted proposal (salient + kmeans + masks), as the
               encoder runs it
 Every round times the VGG19 forward, each stage, and the forward again; a
@@ -29,7 +29,7 @@ and the mean IoU of the 2^L - 1 cluster-subset masks of proposal.propose (best
 of the L! cluster relabellings, since the two runs may number clusters
 differently; the whole-image slot is equal by construction).
 
-With --masks it instead times proposal.compute_region_masks (jitted, vmapped
+With --masks it instead times region_masks.compute_region_masks (jitted, vmapped
 over a batch of --batch sample images resized to width x height: hesaff points
 (jax ones without pyhesaff), N_max = 4000 salient points by the alpha of a
 random-weight VGG19, padded, L = 3 global fast k-means clusters) with the dense
@@ -114,7 +114,6 @@ def _mask_iou(first, second):
 def measure_agreement(samples, num_clusters=3):
   """Prints the point and region agreement of the two detector backends."""
   from regagg_jax.features import images  # pylint: disable=g-import-not-at-top
-  from regagg_jax.regions import keypoints  # pylint: disable=g-import-not-at-top
   from regagg_jax.regions import proposal  # pylint: disable=g-import-not-at-top
   from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
   from regagg_jax.features import weights  # pylint: disable=g-import-not-at-top
@@ -129,11 +128,15 @@ def measure_agreement(samples, num_clusters=3):
     found = {}
     for backend in ('jax', 'hesaff'):
       points, shapes, valid = (
-        np.asarray(a) for a in keypoints.detect_shapes(image, backend=backend)
+        np.asarray(a) for a in proposal.detect_shapes(image, backend=backend)
       )
       sigma = np.sqrt(np.abs(np.linalg.det(shapes[valid])))
       masks, _ = proposal.propose(
-        image, alpha, backend=backend, num_clusters=num_clusters
+        image,
+        alpha,
+        options=proposal.RegionOptions(
+          backend=backend, num_clusters=num_clusters
+        ),
       )
       found[backend] = points[valid], sigma, np.asarray(masks)
     (ours, our_sigma, our_masks), (theirs, their_sigma, their_masks) = (
@@ -320,6 +323,7 @@ def measure_masks(paths):
   from regagg_jax.features import images  # pylint: disable=g-import-not-at-top
   from regagg_jax.regions import keypoints  # pylint: disable=g-import-not-at-top
   from regagg_jax.regions import proposal  # pylint: disable=g-import-not-at-top
+  from regagg_jax.regions import region_masks  # pylint: disable=g-import-not-at-top
   from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
   from regagg_jax.features import weighting  # pylint: disable=g-import-not-at-top
 
@@ -336,9 +340,9 @@ def measure_masks(paths):
     batch.append(vgg19.preprocess(image[None]))
     alpha = weighting.spatial_weights(forward(variables, batch[-1])[0])
     try:
-      points, valid = keypoints.detect(image, backend='hesaff')
+      points, valid = proposal.detect(image, backend='hesaff')
     except ImportError:
-      points, valid = keypoints.detect(jnp.asarray(image), backend='jax')
+      points, valid = proposal.detect(jnp.asarray(image), backend='jax')
     points, valid = keypoints.select_salient(
       points, valid, alpha, image_shape, n_max=FLAGS.n_max
     )
@@ -348,15 +352,15 @@ def measure_masks(paths):
   points, labels = jnp.stack(all_points), jnp.stack(all_labels)
   cells = jnp.ones((len(paths),) + alpha.shape, bool)
   sizes = jnp.asarray([image_shape] * len(paths))
-  new = jax.jit(jax.vmap(proposal.compute_region_masks))
-  scan = jax.jit(jax.vmap(proposal.compute_region_masks))
+  new = jax.jit(jax.vmap(region_masks.compute_region_masks))
+  scan = jax.jit(jax.vmap(region_masks.compute_region_masks))
   with mock.patch.object(hulls, 'rasterise_hulls', _scan_rasterise_hulls):
     scan_masks, scan_valid = scan(points, labels, cells, sizes)  # traces
     scan_jaxpr = jax.make_jaxpr(  # a fresh function: no trace cache hit
-      lambda *arrays: proposal.compute_region_masks(*arrays)
+      lambda *arrays: region_masks.compute_region_masks(*arrays)
     )(points[0], labels[0], cells[0], sizes[0]).jaxpr
   new_masks, new_valid = new(points, labels, cells, sizes)
-  fallback = jax.jit(jax.vmap(proposal.compute_region_masks))
+  fallback = jax.jit(jax.vmap(region_masks.compute_region_masks))
   with mock.patch.object(
     hulls,
     '_compact_candidates',
@@ -364,7 +368,7 @@ def measure_masks(paths):
   ):  # pylint: disable=protected-access
     fallback_masks, _ = fallback(points, labels, cells, sizes)  # traces
   new_jaxpr = jax.make_jaxpr(
-    lambda *arrays: proposal.compute_region_masks(*arrays)
+    lambda *arrays: region_masks.compute_region_masks(*arrays)
   )(points[0], labels[0], cells[0], sizes[0]).jaxpr
   stages = {
     'vgg19': lambda: [forward(variables, image) for image in batch],
@@ -396,7 +400,7 @@ def measure_masks(paths):
       f'  {name:6s} sequential loop steps per image: {steps} '
       f'(+ {whiles} data-dependent while loops inside)'
     )
-  members = jax.vmap(proposal.subset_members)(labels)
+  members = jax.vmap(region_masks.subset_members)(labels)
   polygons = jax.vmap(hulls._support_polygon)(points, members)  # pylint: disable=protected-access
   _, packed, fits = jax.vmap(hulls._compact_candidates)(  # pylint: disable=protected-access
     points, members, polygons
@@ -434,6 +438,7 @@ def main(argv):
   from regagg_jax.regions import hessian_affine  # pylint: disable=g-import-not-at-top
   from regagg_jax.regions import keypoints  # pylint: disable=g-import-not-at-top
   from regagg_jax.regions import proposal  # pylint: disable=g-import-not-at-top
+  from regagg_jax.regions import region_masks  # pylint: disable=g-import-not-at-top
   from regagg_jax.features import vgg19  # pylint: disable=g-import-not-at-top
   from regagg_jax.features import weighting  # pylint: disable=g-import-not-at-top
 
@@ -450,10 +455,10 @@ def main(argv):
   size = jnp.asarray(image_shape)
   device_image = jnp.asarray(image)
   try:
-    points, valid = keypoints.detect(image, backend='hesaff')
+    points, valid = proposal.detect(image, backend='hesaff')
     has_hesaff = True
   except ImportError:
-    points, valid = keypoints.detect(device_image, backend='jax')
+    points, valid = proposal.detect(device_image, backend='jax')
     has_hesaff = False
   salient, salient_valid = keypoints.select_salient(
     points, valid, alpha, image_shape, n_max=FLAGS.n_max
@@ -461,7 +466,7 @@ def main(argv):
   nearest = jnp.sum((salient - jnp.mean(salient, axis=0)) ** 2, axis=1)
   labels, _ = clustering.global_fast_kmeans(salient, salient_valid)
   bound = jax.jit(clustering.compute_bounds)
-  masks = jax.jit(proposal.compute_region_masks)
+  masks = jax.jit(region_masks.compute_region_masks)
   detect_salient = jax.jit(
     functools.partial(
       keypoints.detect_salient, padded_shape=image_shape, n_max=FLAGS.n_max
@@ -470,7 +475,7 @@ def main(argv):
   cells = jnp.ones(alpha.shape, bool)
   stages = {
     'vgg19': lambda: vgg19.features(variables, batch),
-    'jax': lambda: keypoints.detect(device_image, backend='jax'),
+    'jax': lambda: proposal.detect(device_image, backend='jax'),
     'candidates': lambda: hessian_affine.find_candidates(device_image),
     'salient': lambda: detect_salient(device_image, alpha, grid, size),
     'selection': lambda: keypoints.select_salient(
@@ -484,12 +489,11 @@ def main(argv):
       alpha[None],
       cells[None],
       size[None],
-      backend='jax',
-      n_max=FLAGS.n_max,
+      options=proposal.RegionOptions(backend='jax', n_max=FLAGS.n_max),
     ),
   }
   if has_hesaff:
-    stages['hesaff'] = lambda: keypoints.detect(image, backend='hesaff')
+    stages['hesaff'] = lambda: proposal.detect(image, backend='hesaff')
   for function in stages.values():  # compile
     _seconds(function)
   ratios = {stage: [] for stage in stages}

@@ -16,6 +16,8 @@ import time
 import numpy as np
 import pytest
 
+from regagg_jax.aggregation import method_table
+from regagg_jax.regions import proposal
 from regagg_jax.storage import records
 from regagg_jax.storage import store_io
 
@@ -47,19 +49,10 @@ def _encode(pause, targets):
     np.zeros(16, np.float32), components, np.ones(4, np.float32)
   )  # a fixed U^1 (eq. 4)
   options = {
-    'region_options': {
-      'backend': 'jax',
-      'n_max': 30,
-      'n_min': 10,
-      'num_clusters': 3,
-      'min_cells': 1,
-    },
-    'pooling_options': {
-      'gem_power': 3.0,
-      'offdiag_scale': 1.0,
-      'log_method': 'qr',
-      'rmac_levels': 3,
-    },
+    'region_options': proposal.RegionOptions(
+      backend='jax', n_max=30, n_min=10, num_clusters=3, min_cells=1
+    ),
+    'pooling_options': method_table.PoolingOptions(),
   }
   header = {
     'config_hash': records.hash_config(options),

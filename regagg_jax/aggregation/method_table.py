@@ -1,12 +1,14 @@
 """The pooling methods a config names, as the encoder calls them per image.
 
-  Method        a per-image pooling function and what it needs
-  POOLING       pooling.method -> Method (eq. 3-5, 9 or a baseline)
-  SUM           eq. (3): the descriptors U^1 of eq. (4) is fitted on
-  check_method  POOLING[method], refusing missing options or U^1
+  PoolingOptions  the static options every pool function takes
+  Method          a per-image pooling function and what it needs
+  POOLING         pooling.method -> Method (eq. 3-5, 9 or a baseline)
+  SUM             eq. (3): the descriptors U^1 of eq. (4) is fitted on
+  check_method    POOLING[method], refusing missing options or U^1
 
-Every pool function has the signature of `Method.pool`; `encoder` vmaps it
-over a batch inside its jit.
+Every pool function has the signature of `Method.pool`; `batch_encoder`
+vmaps it over a batch inside its jit, with the PoolingOptions as a static
+argument.
 """
 
 from typing import Callable, NamedTuple
@@ -15,9 +17,29 @@ from regagg_jax.aggregation import baselines
 from regagg_jax.aggregation import pooling
 
 
+class PoolingOptions(NamedTuple):
+  """Static options of the pooling methods; hashable, so the jits take them
+  as a static argument. Defaults are configs/default.py's.
+
+  Attributes:
+    gem_power: p of the GeM baseline.
+    offdiag_scale: factor on vec()'s off-diagonal entries in eq. (5) (1: the
+      paper).
+    log_method: eigen-solver of the matrix logarithm of eq. (5), one of
+      pooling.LOG_METHODS ('qr' | 'eigh').
+    rmac_levels: scales of the R-MAC baseline's grid.
+  """
+
+  gem_power: float = 3.0
+  offdiag_scale: float = 1.0
+  log_method: str = 'qr'
+  rmac_levels: int = 3
+
+
 class Method(NamedTuple):
   """A pooling method: pool(features, alpha, beta, cells, masks, region_valid,
-  reduction, options) -> float32 (M, D_store) for one image (vmapped).
+  reduction, options: PoolingOptions) -> float32 (M, D_store) for one image
+  (vmapped).
 
   Attributes:
     pool: the per-image pooling function.
@@ -68,19 +90,20 @@ def _pool_second_order(
     reduction,
     valid=cells,
     region_valid=region_valid,
-    offdiag_scale=options['offdiag_scale'],
-    log_method=options['log_method'],
+    offdiag_scale=options.offdiag_scale,
+    log_method=options.log_method,
   )
 
 
 def _baseline(function, **option_names):
-  """Wraps a global baseline (features, valid) -> (K,) as a 1-region Method."""
+  """Wraps a global baseline (features, valid) -> (K,) as a 1-region Method;
+  option_names maps its keywords to PoolingOptions fields."""
 
   def pool(
     features, alpha, beta, cells, masks, region_valid, reduction, options
   ):
     del alpha, beta, masks, region_valid, reduction
-    kwargs = {arg: options[name] for arg, name in option_names.items()}
+    kwargs = {arg: getattr(options, name) for arg, name in option_names.items()}
     return function(features, cells, **kwargs)[None]
 
   return pool
@@ -113,7 +136,7 @@ def check_method(method, region_options, reduction, *, fitted_here=False):
 
   Args:
     method: POOLING key.
-    region_options: keywords of proposal.propose(_batch), or None.
+    region_options: proposal.RegionOptions, or None.
     reduction: U^1 PCAParams of eq. (4), or None.
     fitted_here: the caller fits U^1 itself: a missing reduction is fine.
 

@@ -3,19 +3,20 @@
   encode_batch    one padded batch -> descriptors, validity, masks (one jit)
   run_batch       encode_batch unchecked, staged / fused / on a device mesh
   staged_forward  the staged path's jitted VGG19 conv5_4, alpha, beta
-  propose_regions the staged path's region proposal (host loop or batch)
+  propose_regions the staged path's region proposal (proposal.propose_batch)
   staged_pool     the staged path's jitted pooling of one Method
-  freeze_options  an options dict as the hashable tuple the jits take
   compilations    how often this module's jitted functions were compiled
   limit_lapack_threads  caps the OpenBLAS threads behind jaxlib's QR / SVD
 
 Batches come from `reading` (images of one shape bucket, images.bucket_shape,
 padded to the batch size with a validity mask), so each bucket compiles
-once. With the 'jax' detector backend `encode_batch` runs the whole chain of
+once. The static options are proposal.RegionOptions and
+method_table.PoolingOptions (hashable NamedTuples). With a traceable detector
+backend (proposal.is_traceable: 'jax') `encode_batch` runs the whole chain of
 a batch in ONE jit: VGG19 conv5_4, alpha (eq. 1), beta (eq. 2), the JAX
 Hessian-affine detector, N_max / N_min selection, global fast k-means, hull
 masks (proposal.propose_batch), pooling (eq. 3-5, 9 or a baseline) and
-optional whitening (eq. 6). The 'hesaff' backend runs the staged path:
+optional whitening (eq. 6). Otherwise ('hesaff') it runs the staged path:
 jitted forward, host detection per image, jitted pooling. The pooling
 methods are `method_table.POOLING`; `file_encoder` runs this module over
 image files into stores. Nothing here reads a config.
@@ -125,9 +126,7 @@ def _pool_batch(
   method,
   options,
 ):
-  pool = functools.partial(
-    method.pool, reduction=reduction, options=dict(options)
-  )
+  pool = functools.partial(method.pool, reduction=reduction, options=options)
   return jax.vmap(pool)(features, alpha, beta, cells, masks, region_valid)
 
 
@@ -138,8 +137,8 @@ staged path's forward (one compilation per batch shape and dtype)."""
 
 staged_pool = _jit(_pool_batch, static_argnames=('method', 'options'))
 """Jitted (features, alpha, beta, cells, masks bool (B, M, H, W), region_valid
-bool (B, M), reduction, *, method: a method_table.Method, options: a
-`freeze_options` tuple) -> float32 (B, M, D_store): the staged path's
+bool (B, M), reduction, *, method: a method_table.Method, options:
+method_table.PoolingOptions) -> float32 (B, M, D_store): the staged path's
 pooling of one Method."""
 
 
@@ -151,34 +150,19 @@ def propose_regions(rgb, sizes, cells, alpha, region_options):
     sizes: int32 (B, 2) (H_I, W_I) of each image; 0 for padding images.
     cells: bool (B, H, W) valid conv5_4 cells of each image.
     alpha: float32 (B, H, W) spatial weights of eq. (1).
-    region_options: keywords of proposal.propose (backend, n_max, n_min,
-      num_clusters, min_cells), or None for the whole image (M = 1).
+    region_options: proposal.RegionOptions, or None for the whole image
+      (M = 1).
 
   Returns:
-    masks bool (B, M, H, W) and validity bool (B, M), numpy: 'hesaff' runs
-    proposal.propose per image on its own area, 'jax' propose_batch on the
-    batch.
+    masks bool (B, M, H, W) and validity bool (B, M), numpy
+    (proposal.propose_batch, whichever the backend).
   """
   if region_options is None:
     return cells[:, None], cells.any(axis=(1, 2))[:, None]
-  if region_options['backend'] == 'jax':
-    masks, valid = proposal.propose_batch(
-      rgb, alpha, cells, sizes, **region_options
-    )
-    return np.asarray(masks), np.asarray(valid)
-  rgb, sizes = np.asarray(rgb), np.asarray(sizes)
-  count = 2 ** region_options['num_clusters']
-  masks = np.zeros((len(cells), count) + cells.shape[1:], bool)
-  valid = np.zeros((len(cells), count), bool)
-  for slot, (height_i, width_i) in enumerate(sizes):
-    if height_i:
-      height, width = images.feature_shape(height_i, width_i)
-      masks[slot, :, :height, :width], valid[slot] = proposal.propose(
-        rgb[slot, :height_i, :width_i],
-        np.asarray(alpha[slot, :height, :width]),
-        **region_options,
-      )
-  return masks, valid
+  masks, valid = proposal.propose_batch(
+    rgb, alpha, cells, sizes, options=region_options
+  )
+  return np.asarray(masks), np.asarray(valid)
 
 
 def _encode_chain(
@@ -203,12 +187,10 @@ def _encode_chain(
   if not method.regional:  # the whole image
     masks, valid = cells[:, None], jnp.any(cells, axis=(1, 2))[:, None]
   elif staged:
-    masks, valid = propose_regions(
-      rgb, sizes, cells, alpha, dict(region_options)
-    )
+    masks, valid = propose_regions(rgb, sizes, cells, alpha, region_options)
   else:
     masks, valid = proposal.propose_batch(
-      rgb, alpha, cells, sizes, **dict(region_options)
+      rgb, alpha, cells, sizes, options=region_options
     )
   descriptors = pool(
     features,
@@ -238,18 +220,14 @@ _encode_fused = _jit(
 )
 
 
-def freeze_options(options):
-  """An options dict as a hashable, sorted tuple of items (None stays).
-
-  The jits' static region_options / pooling_options take this form.
-
-  Args:
-    options: a dict (or items), or None.
-
-  Returns:
-    tuple of (name, value) pairs sorted by name, or None.
-  """
-  return None if options is None else tuple(sorted(dict(options).items()))
+def _check_options(region_options, pooling_options):
+  if region_options is not None:
+    proposal.is_traceable(region_options)  # raises on a bad RegionOptions
+  if not isinstance(pooling_options, method_table.PoolingOptions):
+    raise TypeError(
+      'pooling_options must be a method_table.PoolingOptions, got '
+      f'{type(pooling_options).__name__}'
+    )
 
 
 def _check_batch(rgb, sizes, cells):
@@ -286,11 +264,12 @@ def encode_batch(
 ):
   """Region descriptors of a padded batch (images.pad_batch layout).
 
-  With region_options backend 'jax' (or a global method) this is ONE jit
+  With a traceable region backend (proposal.is_traceable: 'jax'; or a
+  global method) this is ONE jit
   over VGG19 conv5_4, alpha (eq. 1), beta (eq. 2), the detector, N_max /
   N_min selection, global fast k-means, hull masks, pooling (eq. 3-5, 9 or a
   baseline) and whitening (eq. 6), compiled once per batch shape, method and
-  options. Backend 'hesaff' (or staged=True) runs the same chain as a
+  options. Otherwise ('hesaff', or staged=True) it runs the same chain as a
   jitted forward, host region proposal and jitted pooling.
 
   Args:
@@ -303,11 +282,9 @@ def encode_batch(
       return them unwhitened.
     method: method_table.POOLING key.
     dtype: VGG19 compute dtype, 'float32' | 'bfloat16'.
-    region_options: keywords of proposal.propose_batch (backend, n_max,
-      n_min, num_clusters, min_cells), a dict or tuple of items; needed by
-      regional methods.
-    pooling_options: {'gem_power', 'offdiag_scale', 'log_method',
-      'rmac_levels'}, a dict or tuple of items.
+    region_options: proposal.RegionOptions (detector backend, N_max, N_min,
+      L, ...); needed by regional methods.
+    pooling_options: method_table.PoolingOptions.
     staged: run the staged path even with the 'jax' backend.
 
   Returns:
@@ -320,6 +297,7 @@ def encode_batch(
       arrays of the wrong shape or dtype.
   """
   chosen = method_table.check_method(method, region_options, reduction)
+  _check_options(region_options, pooling_options)
   _check_batch(rgb, sizes, cells)
   return run_batch(
     variables,
@@ -330,8 +308,8 @@ def encode_batch(
     whitening,
     method=chosen,
     dtype=dtype,
-    region_options=freeze_options(region_options),
-    pooling_options=freeze_options(pooling_options),
+    region_options=region_options,
+    pooling_options=pooling_options,
     staged=staged,
   )
 
@@ -392,9 +370,10 @@ def run_batch(
   staged,
   mesh=None,
 ):
-  """`encode_batch` with a Method and option tuples, unchecked.
+  """`encode_batch` with a Method, unchecked.
 
-  Runs the staged path (staged=True or a non-'jax' region backend), else the
+  Runs the staged path (staged=True, or regions whose backend is not
+  proposal.is_traceable), else the
   fused jit; with a mesh the fused chain runs per device (`_map_chain`) on
   a batch sharded along it (parallel.shard_batch).
 
@@ -402,7 +381,8 @@ def run_batch(
     variables, rgb, sizes, cells, reduction, whitening, dtype, staged: as in
       `encode_batch` (arrays already checked).
     method: method_table.Method.
-    region_options, pooling_options: `freeze_options` tuples (or None).
+    region_options: proposal.RegionOptions, or None for global methods.
+    pooling_options: method_table.PoolingOptions.
     mesh: a 1-D jax.sharding.Mesh, or None for the default device.
 
   Returns:
@@ -410,7 +390,7 @@ def run_batch(
     (B, M, H, W), as in `encode_batch`.
   """
   staged = staged or (
-    method.regional and dict(region_options)['backend'] != 'jax'
+    method.regional and not proposal.is_traceable(region_options)
   )
   options = dict(
     method=method,

@@ -114,8 +114,8 @@ def _encode_rows(
           whitening,
           method=method,
           dtype=dtype,
-          region_options=batch_encoder.freeze_options(region_options),
-          pooling_options=batch_encoder.freeze_options(pooling_options),
+          region_options=region_options,
+          pooling_options=pooling_options,
           staged=False,
           mesh=mesh,
         ),
@@ -210,7 +210,7 @@ def encode_rows(
     num_threads=num_threads,
     prefetch=prefetch,
   )
-  num_regions = 2 ** region_options['num_clusters'] if chosen.regional else 1
+  num_regions = 2**region_options.num_clusters if chosen.regional else 1
   store = _assemble(
     image_paths,
     rows,
@@ -268,7 +268,7 @@ def fit_reduction(
     reduction=None,
     whitening=None,
     region_options=region_options,
-    pooling_options={},
+    pooling_options=method_table.PoolingOptions(),
     max_size=max_size,
     batch_size=batch_size,
     dtype=dtype,
@@ -387,11 +387,10 @@ def encode_methods(
     )
     + (batch.cells,)
   )
-  options = batch_encoder.freeze_options(pooling_options)
 
   def pool(method, maps, masks, valid, reduction):
     return batch_encoder.staged_pool(
-      *maps, masks, valid, reduction, method=method, options=options
+      *maps, masks, valid, reduction, method=method, options=pooling_options
     )
 
   rows = range(len(image_paths))
@@ -479,7 +478,7 @@ def encode_methods(
         batch.valid,
         batch.masks,
       )
-  num_regions = 2 ** region_options['num_clusters'] if regional else 1
+  num_regions = 2**region_options.num_clusters if regional else 1
   return {
     m: _assemble(
       image_paths,

@@ -51,6 +51,7 @@ from regagg_jax.aggregation import pca
 from regagg_jax.aggregation import method_table
 from regagg_jax.features import vgg19
 from regagg_jax.features import weights
+from regagg_jax.regions import proposal
 
 WEIGHTS = {
   'imagenet': lambda widths, seed: weights.load_params(),
@@ -123,10 +124,12 @@ def _encoder_options(config):
         f'multiple of the {jax.local_device_count()} devices'
       )
   return dict(
-    region_options={
-      k: config.regions[k]
-      for k in ('backend', 'n_max', 'n_min', 'num_clusters', 'min_cells')
-    },
+    region_options=proposal.RegionOptions(
+      **{
+        k: config.regions[k]
+        for k in ('backend', 'n_max', 'n_min', 'num_clusters', 'min_cells')
+      }
+    ),
     max_size=features.max_size,
     batch_size=features.batch_size,
     dtype=features.dtype,
@@ -137,12 +140,12 @@ def _encoder_options(config):
 
 
 def _pooling_options(config):
-  return {
-    'gem_power': float(config.pooling.gem_power),
-    'offdiag_scale': float(config.pooling.offdiag_scale),
-    'log_method': str(config.pooling.log_method),
-    'rmac_levels': int(config.pooling.rmac_levels),
-  }
+  return method_table.PoolingOptions(
+    gem_power=float(config.pooling.gem_power),
+    offdiag_scale=float(config.pooling.offdiag_scale),
+    log_method=str(config.pooling.log_method),
+    rmac_levels=int(config.pooling.rmac_levels),
+  )
 
 
 def _stamp(config, store, method):

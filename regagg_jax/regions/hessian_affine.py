@@ -1,4 +1,4 @@
-"""Hessian-affine keypoints in JAX (the "jax" backend of keypoints.detect).
+"""Hessian-affine keypoints in JAX (the "jax" backend of proposal.detect).
 
 The Hessian-affine detector of Mikolajczyk and Schmid, "Scale & affine
 invariant interest point detectors", IJCV 60(1), 2004 (the paper's ref. [16]),

@@ -3,9 +3,9 @@
 Coordinates are (x, y) pixels with pixel centres at integers (OpenCV and
 hesaff convention): pixel (row i, column j) is the point (j, i).
 
-Detection has two backends behind `detect`:
-  "hesaff"  Perdoch's Hessian-affine detector (PyPI `pyhesaff`), the faithful
-            reference; runs on the host, imported lazily.
+Detection has two backends, chosen by `proposal.detect_shapes`:
+  "hesaff"  `detect_hesaff`, Perdoch's Hessian-affine detector (PyPI
+            `pyhesaff`), the faithful reference; runs on the host.
   "jax"     `hessian_affine.detect_hessian_affine`, the same detector in JAX,
             jit-compiled with a fixed-size top-K output and a validity mask.
 
@@ -26,14 +26,26 @@ from regagg_jax.regions import affine_adaptation
 from regagg_jax.regions import hessian_affine
 
 
-def _detect_hesaff(image, **params):
-  """Perdoch's Hessian-affine detector on the host.
+def detect_hesaff(image, *, pad_multiple=1024, **hesaff_params):
+  """Perdoch's Hessian-affine keypoints ([16], Sec. 2), on the host, padded.
+
+  The "hesaff" backend of `proposal.detect_shapes`; pyhesaff is imported
+  here, lazily.
+
+  Args:
+    image: uint8 (H_I, W_I, 3) RGB image.
+    pad_multiple: the output is padded to a multiple of this so that the
+      jitted consumers compile once per size bucket.
+    **hesaff_params: pyhesaff parameters, e.g. threshold=...
 
   Returns:
-    points float32 (P, 2) and shapes float32 (P, 2, 2), the lower-triangular
-    matrices [[a, 0], [c, d]] mapping the unit circle onto each measurement
-    ellipse (hesaff keypoints are (x, y, a, c, d, orientation)).
+    points: float32 (P, 2) keypoint centres (x, y) in pixels.
+    shapes: float32 (P, 2, 2) lower-triangular matrices [[a, 0], [c, d]]
+      mapping the unit circle onto each measurement ellipse (hesaff keypoints
+      are (x, y, a, c, d, orientation)).
+    valid: bool (P,) which rows are detections (the rest is padding).
   """
+  hessian_affine.check_image(image)
   try:
     import pyhesaff  # pylint: disable=g-import-not-at-top
   except ImportError as error:
@@ -46,66 +58,18 @@ def _detect_hesaff(image, **params):
       np.asarray(image, np.float32) @ np.float32(hessian_affine.GRAY_WEIGHTS)
     ).astype(np.uint8)
   )
-  keypoints, _ = pyhesaff.detect_feats_in_image(gray, **params)
-  keypoints = np.asarray(keypoints, np.float32).reshape(-1, 6)
-  shapes = np.zeros((len(keypoints), 2, 2), np.float32)
-  shapes[:, 0, 0] = keypoints[:, 2]
-  shapes[:, 1, 0] = keypoints[:, 3]
-  shapes[:, 1, 1] = keypoints[:, 4]
-  return keypoints[:, :2], shapes
-
-
-def detect_shapes(
-  image, *, backend='hesaff', pad_multiple=1024, **detector_options
-):
-  """Hessian-affine keypoints with their affine shapes ([16], Sec. 2).
-
-  Args:
-    image: uint8 (H_I, W_I, 3) RGB image.
-    backend: "hesaff" (pyhesaff, host) or "jax"
-      (`hessian_affine.detect_hessian_affine`).
-    pad_multiple: the hesaff output is padded to a multiple of this so that
-      the jitted consumers compile once per size bucket.
-    **detector_options: passed to the backend (hesaff parameters, e.g.
-      threshold=..., or keyword arguments of
-      `hessian_affine.detect_hessian_affine`).
-
-  Returns:
-    points: float32 (P, 2) keypoint centres (x, y) in pixels.
-    shapes: float32 (P, 2, 2) matrices mapping the unit circle onto each
-      measurement ellipse (affine_adaptation.MEASUREMENT_REGION * sigma * U).
-    valid: bool (P,) which rows are detections (the rest is padding).
-  """
-  hessian_affine.check_image(image)
-  if backend == 'jax':
-    return hessian_affine.detect_hessian_affine(
-      jnp.asarray(image), **detector_options
-    )
-  if backend != 'hesaff':
-    raise ValueError(f'backend must be "hesaff" or "jax", got {backend!r}')
-  points, shapes = _detect_hesaff(np.asarray(image), **detector_options)
-  count = len(points)
+  detected, _ = pyhesaff.detect_feats_in_image(gray, **hesaff_params)
+  detected = np.asarray(detected, np.float32).reshape(-1, 6)
+  count = len(detected)
   size = max(pad_multiple, -(-count // pad_multiple) * pad_multiple)
-  padding = size - count
-  points = np.pad(points, ((0, padding), (0, 0)))
-  shapes = np.pad(shapes, ((0, padding), (0, 0), (0, 0)))
+  points = np.zeros((size, 2), np.float32)
+  points[:count] = detected[:, :2]
+  shapes = np.zeros((size, 2, 2), np.float32)
+  shapes[:count, 0, 0] = detected[:, 2]
+  shapes[:count, 1, 0] = detected[:, 3]
+  shapes[:count, 1, 1] = detected[:, 4]
   valid = np.arange(size) < count
   return jnp.asarray(points), jnp.asarray(shapes), jnp.asarray(valid)
-
-
-def detect(image, *, backend='hesaff', **options):
-  """Hessian-affine salient point positions in an image (Sec. 2, [16]).
-
-  Args:
-    image: uint8 (H_I, W_I, 3) RGB image.
-    backend: "hesaff" or "jax", see `detect_shapes`.
-    **options: see `detect_shapes`.
-
-  Returns:
-    points float32 (P, 2) as (x, y) pixels and valid bool (P,).
-  """
-  points, _, valid = detect_shapes(image, backend=backend, **options)
-  return points, valid
 
 
 def _interpolation_matrix(size_out, size_in, scale_in, limit_in):

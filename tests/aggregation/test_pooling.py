@@ -329,18 +329,13 @@ def test_same_shape_images_compile_once():
 
 @pytest.mark.parametrize('log_method', pooling.LOG_METHODS)
 def test_pooling_methods_pass_the_log_method(log_method):
-  """method_table.POOLING['o2'] runs eq. (5) with options['log_method']."""
+  """method_table.POOLING['o2'] runs eq. (5) with options.log_method."""
   rng = np.random.default_rng(5)
   features = graded_features(rng, HEIGHT, WIDTH)
   alpha, beta = weights_of(features)
   params = reduction(rng, features, beta, 8)
   masks = random_masks(rng)
-  options = {
-    'gem_power': 3.0,
-    'offdiag_scale': 1.0,
-    'rmac_levels': 3,
-    'log_method': log_method,
-  }
+  options = method_table.PoolingOptions(log_method=log_method)
   got = method_table.POOLING['o2'].pool(
     features, alpha, beta, None, masks, None, params, options
   )

@@ -32,22 +32,15 @@ from regagg_jax.aggregation import pca
 from regagg_jax.aggregation import method_table
 from regagg_jax.features import reading
 from regagg_jax.features import vgg19
+from regagg_jax.regions import proposal
 
-_OPTIONS = {
-  'gem_power': 3.0,
-  'offdiag_scale': 1.0,
-  'log_method': 'qr',
-  'rmac_levels': 3,
-}
-_JAX_REGIONS = {
-  'backend': 'jax',
-  'n_max': 48,
-  'n_min': 12,
-  'num_clusters': 2,
-  'min_cells': 1,
-  'max_points': 256,
-}
-_HESAFF_REGIONS = dict(_JAX_REGIONS, backend='hesaff')
+_OPTIONS = method_table.PoolingOptions(
+  gem_power=3.0, offdiag_scale=1.0, log_method='qr', rmac_levels=3
+)
+_JAX_REGIONS = proposal.RegionOptions(
+  backend='jax', n_max=48, n_min=12, num_clusters=2, max_points=256
+)
+_HESAFF_REGIONS = _JAX_REGIONS._replace(backend='hesaff')
 _WIDTHS = (4, 8, 8, 16, 16)
 _TOLERANCE = {'rtol': 1e-5, 'atol': 1e-6}  # float32, fused vs staged XLA
 
@@ -146,8 +139,8 @@ def test_fit_reduction_is_the_uncentred_pca_of_eq3(variables, paths, reduction):
       None,
       method=method_table.SUM,
       dtype='float32',
-      region_options=batch_encoder.freeze_options(_HESAFF_REGIONS),
-      pooling_options=(),
+      region_options=_HESAFF_REGIONS,
+      pooling_options=method_table.PoolingOptions(),
       staged=True,
     )
     summed.append(np.asarray(outputs[0])[: len(rows)])
@@ -461,6 +454,8 @@ from regagg_jax.encoding import file_encoder
 from regagg_jax.encoding import parallel
 from regagg_jax.aggregation import method_table
 from regagg_jax.features import vgg19
+from regagg_jax.aggregation.method_table import PoolingOptions
+from regagg_jax.regions.proposal import RegionOptions
 assert jax.device_count() == 4, jax.devices()
 variables = vgg19.init_params(jax.random.PRNGKey(0), widths={widths})
 paths = {paths}
@@ -484,8 +479,8 @@ if {fused}:  # each device runs its own images: no cross-device collectives
   hlo = batch_encoder._encode_sharded.lower(
       variables, *batch, None, None, mesh=mesh,
       method=method_table.POOLING[{method!r}], dtype='float32',
-      region_options=batch_encoder.freeze_options({regions}),
-      pooling_options=batch_encoder.freeze_options({options})).compile().as_text()
+      region_options={regions},
+      pooling_options={options}).compile().as_text()
   assert 'all-reduce' not in hlo and 'all-gather' not in hlo, 'collectives'
 print('SHARDED_OK', single.descriptors.shape)
 """

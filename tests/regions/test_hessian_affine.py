@@ -33,7 +33,7 @@ def test_hesaff_reference_finds_a_blob_at_the_measurement_region_scale():
   # shapes are MEASUREMENT_REGION * sigma * U as assumed below.
   pytest.importorskip('pyhesaff')
   image = _blob_image((60.3, 40.6), 6.0)
-  points, shapes, valid = keypoints.detect_shapes(image, backend='hesaff')
+  points, shapes, valid = keypoints.detect_hesaff(image)
   assert points.shape == (1024, 2) and shapes.shape == (1024, 2, 2)
   points, shapes = (
     np.asarray(points)[np.asarray(valid)],
@@ -138,7 +138,7 @@ def test_agrees_with_hesaff_on_a_sample():
   ours, _, ours_valid = hessian_affine.detect_hessian_affine(
     jnp.asarray(image), max_points=512
   )
-  theirs, theirs_valid = keypoints.detect(image, backend='hesaff')
+  theirs, _, theirs_valid = keypoints.detect_hesaff(image)
   ours = np.asarray(ours)[np.asarray(ours_valid)]
   theirs = np.asarray(theirs)[np.asarray(theirs_valid)]
   assert len(ours) > 20

@@ -1,4 +1,5 @@
-"""Tests for regagg_jax.regions.keypoints (backend dispatch, N_max / N_min rule)."""
+"""Tests for regagg_jax.regions.keypoints (pyhesaff detection, N_max / N_min
+rule); the backend dispatch is tested in test_proposal.py."""
 
 import cv2
 import numpy as np
@@ -179,12 +180,10 @@ def _noise_image(shape=(48, 64), seed=6):
   return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
 
 
-def test_hesaff_backend_pads_to_pad_multiple():
+def test_detect_hesaff_pads_to_pad_multiple():
   pytest.importorskip('pyhesaff')
   image = _noise_image()
-  points, shapes, valid = keypoints.detect_shapes(
-    image, backend='hesaff', pad_multiple=64
-  )
+  points, shapes, valid = keypoints.detect_hesaff(image, pad_multiple=64)
   count = int(np.sum(valid))
   assert count > 0
   assert points.shape[0] % 64 == 0 and points.shape[0] >= count
@@ -198,24 +197,11 @@ def test_hesaff_backend_pads_to_pad_multiple():
   assert not np.any(np.asarray(shapes)[:, 0, 1])
 
 
-def test_jax_backend_is_the_jax_detector():
-  image = _noise_image()
-  want = hessian_affine.detect_hessian_affine(jnp.asarray(image), max_points=32)
-  got = keypoints.detect_shapes(image, backend='jax', max_points=32)
-  for got_array, want_array in zip(got, want):
-    np.testing.assert_array_equal(np.asarray(got_array), np.asarray(want_array))
-  points, valid = keypoints.detect(image, backend='jax', max_points=32)
-  np.testing.assert_array_equal(np.asarray(points), np.asarray(want[0]))
-  np.testing.assert_array_equal(np.asarray(valid), np.asarray(want[2]))
-
-
-def test_detect_bad_inputs_raise():
+def test_detect_hesaff_bad_images_raise():
   with pytest.raises(TypeError):
-    keypoints.detect(np.zeros((8, 8, 3), np.float32))
+    keypoints.detect_hesaff(np.zeros((8, 8, 3), np.float32))
   with pytest.raises(ValueError):
-    keypoints.detect(np.zeros((8, 8), np.uint8))
-  with pytest.raises(ValueError):
-    keypoints.detect(np.zeros((8, 8, 3), np.uint8), backend='sift')
+    keypoints.detect_hesaff(np.zeros((8, 8), np.uint8))
 
 
 def _assert_same_selection(got, want, alpha_at):
