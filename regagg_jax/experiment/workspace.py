@@ -15,6 +15,12 @@ EXIF][-<U^1 hash>][-w<whitening hash>], written in shards and resumed after a cr
 hash>; indexes in <workdir>/indexes; diffusion's region graphs in
 <workdir>/graphs. A finished one is reused when it
 matches the config; a store made with other settings is refused.
+
+A store's shards record the fingerprints of their images
+(storage.fingerprints): a shard holding an image replaced since is encoded
+again, a store whose U^1 was fitted on such an image is encoded anew, and
+fits, indexes and graphs carry the hash of the images' contents, so a rerun
+after an image changed gives what a fresh workdir gives.
 """
 
 import os
@@ -27,6 +33,7 @@ import numpy as np
 from regagg_jax.evaluation import datasets
 from regagg_jax.evaluation import sources
 from regagg_jax.evaluation import folders
+from regagg_jax.storage import fingerprints
 from regagg_jax.storage import provenance
 from regagg_jax.storage import records
 from regagg_jax.encoding import parallel
@@ -144,6 +151,21 @@ def _cached(path, make, expected, *, load, save):
   return _made_once(path, matching, single, save, f'made {path}')
 
 
+def _current_reduction(path, paths, fitted_rows):
+  """U^1 kept in the store at path, or None (the store removed) when
+  images it was fitted on changed since: every descriptor depends on it."""
+  stale = sorted(set(fingerprints.store_changes(path)) & set(fitted_rows))
+  if stale:
+    logging.warning(
+      'U^1 (eq. 4) of %s was fitted on %s changed since: the store is '
+      'encoded anew',
+      path,
+      fingerprints.describe(stale, paths),
+    )
+    shutil.rmtree(path)
+  return store_io.load_reduction(path)
+
+
 def _dataset_store(
   config,
   dataset,
@@ -191,9 +213,12 @@ def _dataset_store(
     apply_exif=dataset.apply_exif,
   )
   if reduction is None and method_table.POOLING[config.pooling.method].reduced:
+    fitted_rows = pipeline.sample_rows(
+      len(paths), config.pooling.reduction_images
+    )
     reduction = _made_once(  # U^1 of eq. (4), fitted once, kept in the store
       path,
-      store_io.load_reduction,
+      lambda p: _current_reduction(p, paths, fitted_rows),
       lambda: pipeline.fit_reduction(config, paths, **reading),
       lambda p, r: store_io.build_store(
         p,
@@ -230,7 +255,7 @@ def _dataset_store(
       store.metadata.get(k) == v for k, v in header.items()
     ):
       logging.info('reusing %s', path)
-      return store
+      return _with_inputs(store, path)
   num_shards = -(-len(paths) // config.features.shard_size)
   finished = store_io.build_store(
     path,
@@ -248,7 +273,16 @@ def _dataset_store(
   if jax.process_index() == 0 and not finished:
     store_io.finalize_store(path)
   parallel.barrier(f'finalised {key}')
-  return store_io.load_store(path)
+  return _with_inputs(store_io.load_store(path), path)
+
+
+def _with_inputs(store, path):
+  """The store with the fingerprints_hash of its images (storage.
+  fingerprints.digest) in its metadata: fits, indexes and graphs of it
+  are keyed by it, so they are made again when its images change."""
+  return store._replace(
+    metadata=dict(store.metadata, fingerprints_hash=fingerprints.digest(path))
+  )
 
 
 def _fitting_store(config, database=None):
@@ -270,17 +304,26 @@ def _fitting_store(config, database=None):
 
 
 def _fit(config, name, store, fitted_on):
+  """The whitening fitted on store, kept until the store's images change
+  (their fingerprints_hash, storage.fingerprints.digest)."""
+  inputs = {'fingerprints_hash': store.metadata.get('fingerprints_hash')}
+
+  def make():
+    fitted = pipeline.fit(config, store, fitted_on=fitted_on)
+    return fitted._replace(metadata=dict(fitted.metadata, **inputs))
+
   return _cached(
     os.path.join(
       config.workdir,
       'fits',
       f'{name}-{pipeline.store_hash(config)}-{pipeline.fit_hash(config)}',
     ),
-    lambda: pipeline.fit(config, store, fitted_on=fitted_on),
+    make,
     {
       'config_hash': pipeline.store_hash(config),
       'fit_hash': pipeline.fit_hash(config),
       'reduction_hash': store.metadata['reduction_hash'],
+      **inputs,
     },
     load=records.load_fit,
     save=records.save_fit,
@@ -418,6 +461,12 @@ def encode_queries(config, paths, database, fitted, *, boxes=None):
   )
 
 
+def _contents(database):
+  """What an index or graph is named by besides settings: the database's
+  image contents (`_with_inputs`)."""
+  return database.metadata.get('fingerprints_hash')
+
+
 def search_index(config, dataset, database, fitted):
   """The database's FAISS region index (search.index), built once and kept
   in workdir/indexes; None for search.index 'exact'."""
@@ -428,7 +477,7 @@ def search_index(config, dataset, database, fitted):
   name = (
     f'{dataset.name}-{pipeline.store_hash(config)}-'
     f'{pipeline.fit_hash(config)}-{kind}-'
-    f'{records.hash_config(options)}'
+    f'{records.hash_config([options, _contents(database)])}'
   )
   expected = dict(
     retrieval.index_expectation(database, fitted),
@@ -453,7 +502,8 @@ def search_graph(config, dataset, database, fitted, regions=None):
   expected = retrieval.graph_expectation(config, database, fitted)
   name = (
     f'{dataset.name}-{pipeline.store_hash(config)}-'
-    f'{pipeline.fit_hash(config)}-{records.hash_config(expected)}'
+    f'{pipeline.fit_hash(config)}-'
+    f'{records.hash_config([expected, _contents(database)])}'
   )
   path = os.path.join(config.workdir, 'graphs', name)
 

@@ -18,7 +18,8 @@ A store directory holds:
   shard_00001.npz  readable ones' descriptors (n, M, D) in the store dtype,
   ...              valid bool (n, M), masks bool (n, M, H_s, W_s) bit-packed
                    along W, grid int32 (n, 2), and 'info' (JSON: their
-                   paths, metadata and mask width)
+                   paths, metadata, mask width and the fingerprints of
+                   all the shard's input rows, storage.fingerprints)
   reduction.npz    U^1 of eq. (4) (second-order descriptors depend on it)
   metadata.json    written last (store_io.finalize_store): the merged
                    metadata; a store without it is unfinished, not loaded
@@ -111,7 +112,7 @@ def num_shards(num_images, shard_size):
   return max(1, -(-num_images // shard_size))
 
 
-def write_shard(path, number, part, dtype):
+def write_shard(path, number, part, dtype, *, fingerprints=None):
   """Writes an records.Store as shard `number`, atomically.
 
   Args:
@@ -119,6 +120,8 @@ def write_shard(path, number, part, dtype):
     number: shard number.
     part: records.Store of the shard's readable rows.
     dtype: descriptor storage, one of DTYPES.
+    fingerprints: of each input row of the shard (storage.fingerprints),
+      kept in the info, or None.
 
   Raises:
     ValueError, TypeError: an inconsistent part, or descriptors that
@@ -143,6 +146,7 @@ def write_shard(path, number, part, dtype):
       'image_paths': [str(p) for p in part.image_paths],
       'metadata': part.metadata,
       'mask_width': int(part.masks.shape[-1]),
+      **({} if fingerprints is None else {'fingerprints': fingerprints}),
     }
   )
   records.atomic_write(

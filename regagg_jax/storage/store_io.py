@@ -23,6 +23,7 @@ import zipfile
 from absl import logging
 import numpy as np
 
+from regagg_jax.storage import fingerprints
 from regagg_jax.storage import provenance
 from regagg_jax.storage import records
 from regagg_jax.aggregation import pca
@@ -126,8 +127,10 @@ def build_store(
   """Encodes the missing shards of a store: resumable and crash-safe.
 
   Shard n holds input rows [n * shard_size, min((n + 1) * shard_size, N)).
-  A shard file that is missing or unreadable (logged) is encoded again with
-  encode_part(rows) and written atomically; finished shards are kept. Each
+  A shard file that is missing or unreadable, or whose images changed since
+  (storage.fingerprints: size, stat, sha256), is encoded again with
+  encode_part(rows) (logged, naming them) and written atomically with the
+  fingerprints of its images; the other finished shards are kept. Each
   existing shard of `shards` is read once (zip CRCs, shapes) to check it.
 
   Args:
@@ -169,8 +172,9 @@ def build_store(
   _open_store(path, record, reduction)
   for number in wanted:
     try:
-      store_format.read_shard(path, number)
-      continue
+      info = store_format.read_shard(path, number)[1]
+      if fingerprints.unchanged_shard(path, record, number, info):
+        continue
     except FileNotFoundError:
       pass
     except ValueError as error:
@@ -183,9 +187,10 @@ def build_store(
       )
     )
     logging.info('encoding shard %d of %d of %s', number, num_shards, path)
+    recorded = fingerprints.take([image_paths[r] for r in rows])  # first
     part = encode_part(rows)
     _check_part(part, rows, record, number)
-    store_format.write_shard(path, number, part, dtype)
+    store_format.write_shard(path, number, part, dtype, fingerprints=recorded)
   if any(
     not os.path.isfile(store_format.shard_file(path, n))
     for n in range(num_shards)
@@ -296,7 +301,8 @@ def load_store(path):
   Raises:
     FileNotFoundError: not a store directory.
     ValueError: another format version, an unfinished store (how many
-      shards are missing), or an unreadable shard (naming it).
+      shards are missing), an unreadable shard (naming it), or images
+      changed since they were encoded (naming them; gone ones are logged).
   """
   path = os.fspath(path)
   record = store_format.read_header(path)
@@ -322,13 +328,14 @@ def load_store(path):
     path, 'metadata.json', store_format.FORMAT_VERSION
   )['metadata']
   try:
-    parts = [store_format.read_shard(path, n)[0] for n in range(num_shards)]
+    shards = [store_format.read_shard(path, n) for n in range(num_shards)]
   except (FileNotFoundError, ValueError) as error:
     raise ValueError(
       f'{error}; run the same command again (--mode=encode): it re-encodes '
       'exactly the damaged shards'
     ) from error
-  parts = [p for p in parts if len(p.valid)] or parts[:1]
+  fingerprints.check_loaded(path, record, [info for _, info in shards])
+  parts = [p for p, _ in shards if len(p.valid)] or [shards[0][0]]
   height = max(p.masks.shape[2] for p in parts)
   width = max(p.masks.shape[3] for p in parts)
   masks = [
