@@ -68,6 +68,7 @@ def _encode_rows(
   mesh,
   num_threads,
   prefetch,
+  desc,
 ):
   """{row: per-image outputs} and skipped [path, reason] of one pass.
 
@@ -100,6 +101,7 @@ def _encode_rows(
     batch_size=batch_size,
     num_threads=num_threads,
     prefetch=prefetch,
+    desc=desc,
   ):
     arrays = (batch.rgb, batch.sizes, batch.cells)
     if mesh is not None:
@@ -209,6 +211,7 @@ def encode_rows(
     mesh=mesh,
     num_threads=num_threads,
     prefetch=prefetch,
+    desc=f'encoding ({method})',
   )
   num_regions = 2**region_options.num_clusters if chosen.regional else 1
   store = _assemble(
@@ -278,6 +281,7 @@ def fit_reduction(
     mesh=mesh,
     num_threads=num_threads,
     prefetch=prefetch,
+    desc='fitting U^1 (eq. 4): eq. 3 regions',
   )
   if not outputs:
     raise ValueError(
@@ -406,6 +410,7 @@ def encode_methods(
     batch_size=batch_size,
     num_threads=num_threads,
     prefetch=prefetch,
+    desc=f'encoding ({", ".join(methods)})',
   ):
     maps = forward(batch)
     masks, valid = batch_encoder.propose_regions(
@@ -455,7 +460,9 @@ def encode_methods(
       [v for d in deferred for v in d.valid[: len(d.rows)]],
       k_prime,
     )
-  for batch in tqdm.tqdm(deferred, desc='second order', unit='batch'):
+  for batch in tqdm.tqdm(
+    deferred, desc='second order (eq. 4-5, cached conv5_4)', unit='batch'
+  ):
     maps = batch.maps
     if maps is None:  # not cached: run VGG19 again on the same padded batch
       maps = forward(

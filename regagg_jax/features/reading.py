@@ -94,9 +94,19 @@ def make_batch(rows, pictures, batch_size):
 
 
 def read_batches(
-  read, rows, image_paths, skipped, *, batch_size, num_threads=4, prefetch=2
+  read,
+  rows,
+  image_paths,
+  skipped,
+  *,
+  batch_size,
+  num_threads=4,
+  prefetch=2,
+  desc='encoding',
 ):
   """Yields Batch of one shape bucket each, skipping unreadable images.
+
+  The progress bar is labelled `desc` (what the pass computes).
 
   read(row) runs on num_threads threads, at most (prefetch + 1) *
   batch_size images ahead of the batch being consumed; results are taken in
@@ -112,7 +122,7 @@ def read_batches(
 
   try:
     submit((prefetch + 1) * batch_size)
-    with tqdm.tqdm(total=len(rows), desc='encoding', unit='image') as bar:
+    with tqdm.tqdm(total=len(rows), desc=desc, unit='image') as bar:
       while futures:
         row, future = futures.popleft()
         submit(1)
