@@ -25,6 +25,7 @@ from configs import demo
 from regagg_jax.evaluation import datasets
 from regagg_jax.encoding import batch_encoder
 from regagg_jax.evaluation import metrics
+from regagg_jax.evaluation import precision
 from regagg_jax.experiment import modes
 from regagg_jax.aggregation import pca
 from regagg_jax.experiment import pipeline
@@ -54,7 +55,7 @@ def _scores(config, dataset, store):
   scores = np.asarray(scores)  # eq. (7)
   rows = np.asarray(store.metadata['rows'])
   return metrics.evaluate(
-    dataset, rows[metrics.ranks_from_scores(scores)]
+    dataset, rows[precision.ranks_from_scores(scores)]
   ), scores
 
 

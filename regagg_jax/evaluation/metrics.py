@@ -1,161 +1,25 @@
-"""AP / mAP protocols of the retrieval benchmarks (host, numpy).
+"""The benchmarks' protocols: which mAP each dataset reports (host, numpy).
 
-Every function here is plain numpy on the host and can be used on its own by
-other research code:
+  evaluate               a datasets.Dataset's protocol -> its scores
+  exclude_skipped        ground truth over the readable images only
+  compute_revisited_map  Revisited Oxford/Paris, Easy / Medium / Hard
+  holidays_map           INRIA Holidays: the query left out of its ranking
+  ukbench_score / _map   UKBench N-S score (top 4) and mAP
+  revisited_ground_truth positives and junk of one Revisited setting
 
-    from regagg_jax.evaluation import metrics
-    ap = metrics.average_precision(ranked_ids, positive_ids, junk_ids)
-
-The average precision is the one of the Oxford Buildings benchmark program
-(`compute_ap.cpp`, Philbin et al.), also used by the Revisited Oxford/Paris
-code (`compute_ap` in revisitop's evaluate.py) and by the INRIA Holidays script
-(`holidays_map.py`): junk images are dropped from the ranking without advancing
-the rank, and the precision-recall curve is integrated with the trapezoidal
-rule. For the positive found at rank r (0-based, junk removed) after j earlier
-positives, the trapezoid between recall j/P and (j+1)/P has heights
-
-    precision_0 = j / r  (1.0 when r == 0),   precision_1 = (j + 1) / (r + 1),
-
-and AP = sum (precision_0 + precision_1) / (2 P) over the retrieved positives,
-where P is the number of distinct positives of the query (positives never
-retrieved add nothing). A query with P == 0 has AP = NaN and is left out of
-every mean, as revisitop does.
-
-Batched functions take `ranks`: int (Q, R) database indices in rank order
-(best first), R <= N (a truncated ranking is fine), with per-query ground truth
-given as sequences of Q int arrays of database indices.
+All are built on `precision` (the trapezoidal AP of compute_ap.cpp, mAP and
+revisitop's mP@k): `ranks` is int (Q, R) database indices in rank order
+(best first), per-query ground truth Q int arrays of database indices.
 """
 
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 
-KAPPAS = (1, 5, 10)  # mP@k cut-offs of the Revisited Oxford/Paris protocol.
+from regagg_jax.evaluation import precision
+
 REVISITED_SETTINGS = ('easy', 'medium', 'hard')
 UKBENCH_TOP_K = 4  # N-S score: relevant images counted among the top 4.
-
-
-class Scores(NamedTuple):
-  """mAP and mean precision at k of one protocol.
-
-  Attributes:
-    mean_ap: float mean of `aps` over the queries that have positives.
-    mean_precision: float64 (len(kappas),) mean of `precisions` over them.
-    aps: float64 (Q,) AP per query, NaN for queries without positives.
-    precisions: float64 (Q, len(kappas)) revisitop precision at each k (NaN likewise).
-    kappas: the cut-offs k of `precisions`.
-  """
-
-  mean_ap: float
-  mean_precision: np.ndarray
-  aps: np.ndarray
-  precisions: np.ndarray
-  kappas: tuple[int, ...]
-
-
-def average_precision(ranked_ids, positive_ids, junk_ids=()) -> float:
-  """Official trapezoidal AP of one ranked list (Oxford `compute_ap.cpp`).
-
-  Ids may be database indices or names (anything numpy compares with `==`).
-  An id that is both positive and junk is skipped as junk but still counts in
-  the number of positives, exactly as `compute_ap.cpp` does.
-
-  Args:
-    ranked_ids: (R,) retrieved ids, best first, no repeats.
-    positive_ids: (P,) ids of the relevant images.
-    junk_ids: (J,) ids to ignore (removed from the ranking, rank not advanced).
-
-  Returns:
-    The AP in [0, 1]; NaN when there are no positives.
-
-  Raises:
-    ValueError: if `ranked_ids` is not 1-D or has repeated ids.
-  """
-  ranked = np.asarray(ranked_ids)
-  if ranked.ndim != 1:
-    raise ValueError(f'ranked_ids must be 1-D, got shape {ranked.shape}')
-  if np.unique(ranked).size != ranked.size:
-    raise ValueError('ranked_ids has repeated ids')
-  positives = np.unique(np.asarray(positive_ids))
-  junk = np.asarray(junk_ids)
-  kept = ranked[~np.isin(ranked, junk)] if junk.size else ranked
-  relevant = np.isin(kept, positives)[None, :]
-  return float(_trapezoid_ap(relevant, np.array([positives.size]))[0])
-
-
-def ranks_from_scores(scores: np.ndarray) -> np.ndarray:
-  """Ranks database images by decreasing score (ties keep index order).
-
-  Args:
-    scores: float (Q, N) query-to-database similarities (eq. 7 / eq. 8).
-
-  Returns:
-    int64 (Q, N) database indices, best first.
-  """
-  scores = np.asarray(scores)
-  if scores.ndim != 2:
-    raise ValueError(f'scores must be (Q, N), got shape {scores.shape}')
-  return np.argsort(-scores, axis=1, kind='stable')
-
-
-def compute_map(
-  ranks,
-  positives: Sequence,
-  junk: Sequence | None = None,
-  *,
-  kappas: Sequence[int] = KAPPAS,
-) -> Scores:
-  """mAP and mP@k of a batch of rankings (revisitop `compute_map`).
-
-  Precision at k follows revisitop: with the 1-based junk-free ranks of the
-  retrieved positives, k is first lowered to the rank of the last retrieved
-  positive, kq = min(max rank, k), and precision = #(ranks <= kq) / kq (0 when
-  no positive is retrieved).
-
-  Args:
-    ranks: int (Q, R) database indices per query, best first.
-    positives: Q int arrays of relevant database indices.
-    junk: Q int arrays of ignored database indices, or None for none.
-    kappas: cut-offs k of mP@k.
-
-  Returns:
-    `Scores`; queries without positives are NaN and excluded from the means.
-  """
-  ranks = _check_ranks(ranks)
-  if any(int(k) < 1 for k in kappas):
-    raise ValueError(f'kappas must be positive cut-offs, got {tuple(kappas)}')
-  labels, num_positives = _label_ranks(ranks, positives, junk)
-  kept = labels >= 0
-  relevant = labels == 1
-  # Compact each row so that junk is removed without advancing the rank.
-  order = np.argsort(~kept, axis=1, kind='stable')
-  relevant = np.take_along_axis(relevant, order, axis=1)
-  aps = _trapezoid_ap(relevant, num_positives)
-  precisions = _revisited_precision(relevant, tuple(kappas))
-  empty = num_positives == 0
-  precisions[empty] = np.nan
-  if np.all(empty):
-    mean_ap, mean_precision = float('nan'), np.full(len(kappas), np.nan)
-  else:
-    mean_ap = float(np.mean(aps[~empty]))
-    mean_precision = np.mean(precisions[~empty], axis=0)
-  return Scores(mean_ap, mean_precision, aps, precisions, tuple(kappas))
-
-
-def mean_average_precision(
-  ranks, positives: Sequence, junk: Sequence | None = None
-) -> float:
-  """mAP of a batch of rankings (Oxford5k / Paris6k protocol).
-
-  Args:
-    ranks: int (Q, R) database indices per query, best first.
-    positives: Q int arrays (good and ok images for Oxford/Paris).
-    junk: Q int arrays of junk images, or None.
-
-  Returns:
-    The mean AP over the queries that have positives.
-  """
-  return compute_map(ranks, positives, junk, kappas=()).mean_ap
 
 
 def revisited_ground_truth(
@@ -191,8 +55,8 @@ def compute_revisited_map(
   hard: Sequence,
   junk: Sequence,
   *,
-  kappas: Sequence[int] = KAPPAS,
-) -> dict[str, Scores]:
+  kappas: Sequence[int] = precision.KAPPAS,
+) -> dict[str, precision.Scores]:
   """Revisited Oxford/Paris evaluation in the Easy, Medium and Hard settings.
 
   Args:
@@ -202,14 +66,16 @@ def compute_revisited_map(
     kappas: cut-offs k of mP@k.
 
   Returns:
-    {'easy': Scores, 'medium': Scores, 'hard': Scores}.
+    {'easy': precision.Scores, 'medium': precision.Scores, 'hard': precision.Scores}.
   """
   results = {}
   for setting in REVISITED_SETTINGS:
     positives, ignored = revisited_ground_truth(
       easy, hard, junk, setting=setting
     )
-    results[setting] = compute_map(ranks, positives, ignored, kappas=kappas)
+    results[setting] = precision.compute_map(
+      ranks, positives, ignored, kappas=kappas
+    )
   return results
 
 
@@ -229,7 +95,7 @@ def holidays_map(ranks, positives: Sequence, query_indices) -> float:
   """
   query_indices = np.asarray(query_indices, np.int64)
   junk = [query_indices[i : i + 1] for i in range(query_indices.size)]
-  return mean_average_precision(ranks, positives, junk)
+  return precision.mean_average_precision(ranks, positives, junk)
 
 
 def ukbench_score(
@@ -248,7 +114,7 @@ def ukbench_score(
   Returns:
     The mean count over the queries, in [0, top_k].
   """
-  ranks = _check_ranks(ranks)
+  ranks = precision.check_ranks(ranks)
   if ranks.shape[1] < top_k:
     raise ValueError(
       f'ranks must hold at least top_k={top_k} results, got {ranks.shape[1]}'
@@ -270,7 +136,9 @@ def ukbench_map(ranks, query_groups, database_groups) -> float:
   same = (
     np.asarray(query_groups)[:, None] == np.asarray(database_groups)[None, :]
   )
-  return mean_average_precision(ranks, [np.flatnonzero(row) for row in same])
+  return precision.mean_average_precision(
+    ranks, [np.flatnonzero(row) for row in same]
+  )
 
 
 def exclude_skipped(dataset, scored, present):
@@ -316,7 +184,12 @@ def exclude_skipped(dataset, scored, present):
 
 
 def evaluate(
-  dataset, ranks, *, kappas: Sequence[int] = KAPPAS, scored=None, present=None
+  dataset,
+  ranks,
+  *,
+  kappas: Sequence[int] = precision.KAPPAS,
+  scored=None,
+  present=None,
 ) -> dict[str, float]:
   """Scores rankings with the protocol of a `datasets.Dataset`.
 
@@ -360,97 +233,18 @@ def evaluate(
     }
   if dataset.protocol == 'oxford':
     return {
-      'mAP': mean_average_precision(ranks, dataset.positives, dataset.junk)
+      'mAP': precision.mean_average_precision(
+        ranks, dataset.positives, dataset.junk
+      )
     }
   return _flatten(
-    compute_map(ranks, dataset.positives, dataset.junk, kappas=kappas)
+    precision.compute_map(ranks, dataset.positives, dataset.junk, kappas=kappas)
   )
 
 
-def _flatten(scores: Scores) -> dict[str, float]:
+def _flatten(scores: precision.Scores) -> dict[str, float]:
   flat = {'mAP': scores.mean_ap}
   flat.update(
     {f'mP@{k}': float(p) for k, p in zip(scores.kappas, scores.mean_precision)}
   )
   return flat
-
-
-def _check_ranks(ranks) -> np.ndarray:
-  ranks = np.asarray(ranks)
-  if ranks.ndim != 2:
-    raise ValueError(f'ranks must be (Q, R), got shape {ranks.shape}')
-  if not np.issubdtype(ranks.dtype, np.integer):
-    raise TypeError(
-      f'ranks must hold integer database indices, got {ranks.dtype}'
-    )
-  if ranks.size and ranks.min() < 0:
-    raise ValueError('ranks holds negative database indices')
-  ordered = np.sort(ranks, axis=1)
-  if np.any(ordered[:, 1:] == ordered[:, :-1]):
-    raise ValueError('a row of ranks has repeated database indices')
-  return ranks
-
-
-def _label_ranks(ranks: np.ndarray, positives: Sequence, junk: Sequence | None):
-  """Labels every ranked image: 1 positive, -1 junk (junk wins), 0 other.
-
-  Returns:
-    labels int8 (Q, R) and num_positives int64 (Q,) distinct positives.
-  """
-  num_queries = ranks.shape[0]
-  junk = [()] * num_queries if junk is None else junk
-  if len(positives) != num_queries or len(junk) != num_queries:
-    raise ValueError(
-      f'need {num_queries} positive and junk lists, got '
-      f'{len(positives)} and {len(junk)}'
-    )
-  positives = [np.asarray(p, np.int64).ravel() for p in positives]
-  junk = [np.asarray(j, np.int64).ravel() for j in junk]
-  size = 1 + max(
-    [ranks.max(initial=-1)] + [a.max(initial=-1) for a in positives + junk]
-  )
-  table = np.zeros((num_queries, size), np.int8)
-  rows = lambda lists: np.repeat(
-    np.arange(num_queries), [a.size for a in lists]
-  )
-  table[rows(positives), np.concatenate(positives)] = 1
-  num_positives = np.sum(table == 1, axis=1).astype(np.int64)
-  table[rows(junk), np.concatenate(junk)] = -1
-  return np.take_along_axis(table, ranks, axis=1), num_positives
-
-
-def _trapezoid_ap(
-  relevant: np.ndarray, num_positives: np.ndarray
-) -> np.ndarray:
-  """Trapezoidal AP of junk-free rankings.
-
-  Args:
-    relevant: bool (Q, R) whether the image at junk-free rank r is positive.
-    num_positives: int (Q,) positives of each query, retrieved or not.
-
-  Returns:
-    float64 (Q,) AP, NaN where num_positives == 0.
-  """
-  rank = np.arange(relevant.shape[1], dtype=np.float64)[None, :]
-  earlier = np.cumsum(relevant, axis=1) - relevant  # j: positives before rank r
-  precision_0 = np.where(rank == 0, 1.0, earlier / np.maximum(rank, 1.0))
-  precision_1 = (earlier + 1.0) / (rank + 1.0)
-  total = np.sum(np.where(relevant, precision_0 + precision_1, 0.0), axis=1)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    return np.where(num_positives > 0, total / (2.0 * num_positives), np.nan)
-
-
-def _revisited_precision(
-  relevant: np.ndarray, kappas: tuple[int, ...]
-) -> np.ndarray:
-  """revisitop precision at each kappa: k lowered to the last positive's rank."""
-  rank = np.arange(1, relevant.shape[1] + 1)[None, :]
-  last = np.max(np.where(relevant, rank, 0), axis=1)  # 1-based, 0 if none
-  precisions = np.zeros((relevant.shape[0], len(kappas)))
-  for column, kappa in enumerate(kappas):
-    cutoff = np.minimum(last, kappa)
-    hits = np.sum(relevant & (rank <= cutoff[:, None]), axis=1)
-    precisions[:, column] = np.where(
-      cutoff > 0, hits / np.maximum(cutoff, 1), 0.0
-    )
-  return precisions

@@ -17,6 +17,7 @@ import numpy as np
 
 from regagg_jax.aggregation import method_table
 from regagg_jax.evaluation import metrics
+from regagg_jax.evaluation import precision
 from regagg_jax.storage import records
 
 METHOD_NAMES = {
@@ -86,7 +87,7 @@ def write_json(path, value):
 def per_query_ap(dataset, ranks, scored, present):
   """{query name: AP} of the scored queries (NaN: no positive).
 
-  AP against dataset.positives and junk as metrics.compute_map computes it
+  AP against dataset.positives and junk as precision.compute_map computes it
   (Revisited: easy + hard positives, the Medium setting; Holidays: the
   query itself ignored, as its protocol drops it).
 
@@ -102,7 +103,7 @@ def per_query_ap(dataset, ranks, scored, present):
     junk = tuple(
       np.append(j, q) for j, q in zip(junk, kept.query_indices, strict=True)
     )
-  aps = metrics.compute_map(
+  aps = precision.compute_map(
     np.asarray(ranks)[np.asarray(scored, bool)], kept.positives, junk
   ).aps
   return {name: float(ap) for name, ap in zip(kept.queries, aps)}
