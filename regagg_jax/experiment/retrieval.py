@@ -27,7 +27,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from regagg_jax.evaluation import metrics
+from regagg_jax.evaluation import precision
 from regagg_jax.storage import provenance
 from regagg_jax.storage import records
 from regagg_jax.aggregation import pca
@@ -330,7 +330,7 @@ def search(config, queries, database, fitted, regions=None, region_graph=None):
       )
     scores = np.asarray(scores)
     ranking = Ranking(
-      scores, metrics.ranks_from_scores(scores), np.asarray(best)
+      scores, precision.ranks_from_scores(scores), np.asarray(best)
     )
   if not rerank.RERANK[rerank_name(search_config)].diffusion:
     return ranking
