@@ -114,15 +114,19 @@ def _temporary_tag(kind):
   return f'{kind}{socket.gethostname()}-{os.getpid()}-'
 
 
-def _remove_leftovers(path):
-  """Removes the temporaries of `path` left by killed processes of this
-  host (their pid is gone); a live writer's are kept."""
-  for kind in ('.tmp-', '.old-'):
-    prefix = f'{path}{kind}{socket.gethostname()}-'
-    for leftover in glob.glob(glob.escape(prefix) + '*'):
-      pid = leftover[len(prefix) :].split('-')[0]
-      if not pid.isdigit() or _is_running(int(pid)):
+def _remove_leftovers(directory):
+  """Removes the temporaries in `directory` left by killed processes of
+  this host (their pid is gone): of any file, since a rerun may write
+  under another name (results never overwrite). A live writer's are kept,
+  and so are other hosts' (their pids cannot be checked here)."""
+  host = socket.gethostname()
+  for name in os.listdir(directory):
+    for kind in ('.tmp-', '.old-'):
+      _, found, rest = name.partition(f'{kind}{host}-')
+      pid = rest.split('-')[0]
+      if not found or not pid.isdigit() or _is_running(int(pid)):
         continue
+      leftover = os.path.join(directory, name)
       if os.path.isdir(leftover):
         shutil.rmtree(leftover, ignore_errors=True)
       else:
@@ -159,7 +163,8 @@ def atomic_write(file, write):
 
   A reader never sees a partial file: a run killed at any point leaves the
   old file (or none) and at most a `<file>.tmp-<host>-<pid>-*` leftover,
-  removed when `file` is next written.
+  removed by the next write into the same directory once that pid is gone
+  (a live writer's temporaries are kept).
 
   Args:
     file: destination path (its directory exists).
@@ -177,10 +182,11 @@ def atomic_write(file, write):
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
-  handle = os.open(os.path.dirname(file), os.O_RDONLY)  # persist the rename
+  directory = os.path.dirname(os.path.abspath(file))
+  handle = os.open(directory, os.O_RDONLY)  # persist the rename
   os.fsync(handle)
   os.close(handle)
-  _remove_leftovers(file)
+  _remove_leftovers(directory)
 
 
 def write_json(file, value):
@@ -267,7 +273,7 @@ def replace_directory(write, path):
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  _remove_leftovers(path)
+  _remove_leftovers(parent)
 
 
 def _fit_hash(reduction, whitening):

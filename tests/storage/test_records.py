@@ -5,6 +5,9 @@ checked) and store_format (its files). One file: they share its builders."""
 import csv
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -466,6 +469,33 @@ def test_corrupt_reduction_is_refused(tmp_path):
   for load in (store_io.load_store, store_io.load_reduction):
     with pytest.raises(ValueError, match='reduction.npz does not match'):
       load(tmp_path / 's')
+
+
+def test_dead_writers_temporaries_are_removed_live_ones_kept(tmp_path):
+  """A write into a directory removes the temporaries of any file there
+  left by dead processes of this host (a rerun may write another name);
+  a live pid's and another host's are kept."""
+  child = subprocess.Popen([sys.executable, '-c', 'pass'])
+  child.wait()  # its pid is now gone
+  host = socket.gethostname()
+  dead = [
+    f'results.json.tmp-{host}-{child.pid}-abcd',
+    f'x.npz.tmp-{host}-{child.pid}-ef01',
+  ]
+  kept = [
+    f'x.json.tmp-{host}-{os.getpid()}-abcd',  # a live writer
+    f'x.json.tmp-other-host-{child.pid}-abcd',
+  ]
+  for name in dead + kept:
+    (tmp_path / name).write_bytes(b'half')
+  (tmp_path / f'fit.old-{host}-{child.pid}-zz').mkdir()  # replace_directory's
+  dead.append(f'fit.old-{host}-{child.pid}-zz')
+  records.write_json(str(tmp_path / 'y.json'), {'a': 1})
+  assert sorted(os.listdir(tmp_path)) == sorted(kept + ['y.json'])
+  records.replace_directory(lambda d: None, str(tmp_path / 'sub' / 'd'))
+  (tmp_path / 'sub' / f'e.tmp-{host}-{child.pid}-q').mkdir()
+  records.replace_directory(lambda d: None, str(tmp_path / 'sub' / 'd'))
+  assert os.listdir(tmp_path / 'sub') == ['d']
 
 
 @pytest.mark.parametrize('reduction', [True, False])
