@@ -5,6 +5,7 @@ proposal           RegionOptions; detector backend (hesaff | jax); points ->
 region_masks       cluster subsets -> 2^L hull masks on the conv grid, drawing
 keypoints          pyhesaff detection (host), the N_max / N_min rule
 hessian_affine     the JAX Hessian-affine detector (the jax backend)
+scale_space        its octaves: Gaussian levels, DoH extrema, localisation
 affine_adaptation  affine shape adaptation of its candidates
 clustering         global fast k-means
 hulls              convex hulls of point subsets rasterised on the grid
@@ -17,6 +18,7 @@ from regagg_jax.regions import hulls
 from regagg_jax.regions import keypoints
 from regagg_jax.regions import proposal
 from regagg_jax.regions import region_masks
+from regagg_jax.regions import scale_space
 from regagg_jax.regions.clustering import global_fast_kmeans
 from regagg_jax.regions.hulls import rasterise_hulls
 from regagg_jax.regions.keypoints import select_salient

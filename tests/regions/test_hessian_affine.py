@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-import jax
 import jax.numpy as jnp
 
 from regagg_jax.regions import affine_adaptation
 from regagg_jax.regions import hessian_affine
 from regagg_jax.regions import keypoints
+from tests.regions.test_scale_space import reference_blur
 
 SAMPLES = pathlib.Path(__file__).parents[2] / 'data' / 'samples'
 
@@ -56,26 +56,6 @@ def test_bad_inputs_raise():
     hessian_affine.detect_hessian_affine(jnp.zeros((32, 32), jnp.uint8))
   with pytest.raises(ValueError):
     hessian_affine.detect_hessian_affine(jnp.zeros((32, 32, 4), jnp.uint8))
-
-
-def test_measured_inside_matches_numpy():
-  rng = np.random.default_rng(0)
-  points = rng.uniform(-5, 70, (64, 2)).astype(np.float32)
-  shapes = rng.normal(0, 6, (64, 2, 2)).astype(np.float32)
-  image_size = (48, 64)  # H_I, W_I
-  want = np.zeros(64, bool)
-  for p in range(64):
-    inside = True
-    for corner in [(1, 1), (1, -1), (-1, 1), (-1, -1)]:
-      x, y = shapes[p].astype(np.float64) @ corner + points[p]
-      inside &= 0 <= x <= image_size[1] - 1 and 0 <= y <= image_size[0] - 1
-    want[p] = inside
-  assert 0 < want.sum() < 64
-  got = jax.jit(affine_adaptation.measured_inside)(
-    points, shapes, jnp.asarray(image_size)
-  )
-  assert got.shape == (64,) and got.dtype == jnp.bool_
-  np.testing.assert_array_equal(np.asarray(got), want)
 
 
 def _axes(shape):
@@ -149,7 +129,7 @@ def test_agrees_with_hesaff_on_a_sample():
 # ---- float64 numpy references of the two stages -------------------------
 
 
-def _scene(shape=(96, 128), seed=5):
+def scene(shape=(96, 128), seed=5):
   """uint8 RGB: dark and bright Gaussian blobs (some elongated) on gray."""
   rng = np.random.default_rng(seed)
   rows, columns = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
@@ -169,16 +149,6 @@ def _scene(shape=(96, 128), seed=5):
   return np.repeat(gray[..., None], 3, axis=2).astype(np.uint8)
 
 
-def _reference_blur(image, sigma):
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
-
-  radius = int(np.ceil(3.0 * sigma))
-  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-  taps /= taps.sum()
-  rows = ndimage.correlate1d(image, taps, axis=0, mode='nearest')
-  return ndimage.correlate1d(rows, taps, axis=1, mode='nearest')
-
-
 def _reference_candidates(
   image,
   threshold=16.0 / 3.0,
@@ -193,7 +163,7 @@ def _reference_candidates(
   gray = np.round(
     image.astype(np.float64) @ np.asarray(hessian_affine.GRAY_WEIGHTS)
   ).astype(np.float64)
-  level = _reference_blur(gray, np.sqrt(initial_sigma**2 - 0.25))
+  level = reference_blur(gray, np.sqrt(initial_sigma**2 - 0.25))
   step = 2.0 ** (1.0 / spo)
   sigmas = initial_sigma * step ** np.arange(spo + 2)
   found, octave = [], 0
@@ -201,7 +171,7 @@ def _reference_candidates(
     levels = [level]
     for i in range(1, spo + 2):
       levels.append(
-        _reference_blur(levels[-1], sigmas[i - 1] * np.sqrt(step**2 - 1))
+        reference_blur(levels[-1], sigmas[i - 1] * np.sqrt(step**2 - 1))
       )
     stack = np.pad(np.stack(levels), ((0, 0), (1, 1), (1, 1)), mode='edge')
     dxx = stack[:, 1:-1, :-2] - 2 * stack[:, 1:-1, 1:-1] + stack[:, 1:-1, 2:]
@@ -265,7 +235,7 @@ def _reference_candidates(
 
 
 def test_candidates_match_numpy_float64_reference():
-  image = _scene()
+  image = scene()
   want = _reference_candidates(image)
   candidates, _ = hessian_affine.find_candidates(
     jnp.asarray(image), max_points=512
@@ -286,141 +256,3 @@ def test_candidates_match_numpy_float64_reference():
     best = np.argmin(distance)
     assert distance[best] < 1e-3, row
     np.testing.assert_allclose(got[best, 2:], row[2:], rtol=1e-3)
-
-
-def _level_image(pyramid, level):
-  offset = int(pyramid.offsets[level])
-  height, width = int(pyramid.heights[level]), int(pyramid.widths[level])
-  return np.asarray(
-    pyramid.pixels[offset : offset + height * width], np.float64
-  ).reshape(height, width)
-
-
-def _reference_adaptation(
-  image,
-  x,
-  y,
-  ratio,
-  window=19,
-  iterations=16,
-  max_anisotropy=6.0,
-  convergence=0.05,
-):
-  """hesaff's rule in float64: U (det 1) on success, else None."""
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
-
-  half = window // 2
-  u, v = np.meshgrid(np.arange(-half, half + 1.0), np.arange(-half, half + 1.0))
-  weight = np.exp(-0.5 * (u**2 + v**2) / (half / 3.0) ** 2)
-  shape, previous = np.eye(2), 0.0
-  for _ in range(iterations):
-    xs = np.clip(
-      x + ratio * (shape[0, 0] * u + shape[0, 1] * v), 0, image.shape[1] - 1
-    )
-    ys = np.clip(
-      y + ratio * (shape[1, 0] * u + shape[1, 1] * v), 0, image.shape[0] - 1
-    )
-    patch = ndimage.map_coordinates(image, [ys, xs], order=1)
-    gx, gy = np.gradient(patch, axis=1), np.gradient(patch, axis=0)
-    mu = np.array(
-      [
-        [np.sum(weight * gx * gx), np.sum(weight * gx * gy)],
-        [np.sum(weight * gx * gy), np.sum(weight * gy * gy)],
-      ]
-    )
-    eigenvalues, vectors = np.linalg.eigh(mu)
-    if eigenvalues[0] <= 0:
-      return None
-    change = 1.0 - np.sqrt(eigenvalues[0] / eigenvalues[1])
-    shape = (vectors / np.sqrt(eigenvalues)) @ vectors.T @ shape
-    shape /= np.sqrt(abs(np.linalg.det(shape)))
-    singular = np.linalg.svd(shape, compute_uv=False)
-    if singular[0] / singular[1] > max_anisotropy:
-      return None
-    if change < convergence and previous < convergence:
-      return shape
-    previous = change
-  return None
-
-
-def test_adaptation_matches_numpy_float64_reference():
-  image = _scene(seed=7)
-  candidates, pyramid = hessian_affine.find_candidates(
-    jnp.asarray(image), max_points=64
-  )
-  shapes, valid = affine_adaptation.adapt_shapes(
-    pyramid,
-    candidates,
-    candidates.scores,
-    jnp.asarray(image.shape[:2]),
-    needed=64,
-    capacity=16,
-  )
-  shapes, valid = np.asarray(shapes, np.float64), np.asarray(valid)
-  points = np.asarray(candidates.points, np.float64)
-  agree, compared = 0, 0
-  for p in np.flatnonzero(np.asarray(candidates.scores) > -np.inf):
-    level = int(candidates.levels[p])
-    distance = float(pyramid.distances[level])
-    shape = _reference_adaptation(
-      _level_image(pyramid, level),
-      points[p, 0] / distance,
-      points[p, 1] / distance,
-      float(candidates.ratios[p]),
-    )
-    measured = (
-      None
-      if shape is None
-      else (
-        affine_adaptation.MEASUREMENT_REGION
-        * float(candidates.sigmas[p])
-        * shape
-      )
-    )
-    want = measured is not None and bool(
-      affine_adaptation.measured_inside(
-        points[p : p + 1], measured[None], image.shape[:2]
-      )[0]
-    )
-    compared += 1
-    agree += want == valid[p]
-    if want and valid[p]:
-      np.testing.assert_allclose(
-        shapes[p], measured, rtol=2e-3, atol=2e-3 * np.abs(measured).max()
-      )
-  assert compared > 10 and valid.sum() > 5
-  assert agree >= compared - 1  # float32 vs float64 at a decision boundary
-
-
-def test_adaptation_queue_stops_early_and_ignores_capacity():
-  image = _scene(seed=9)
-  candidates, pyramid = hessian_affine.find_candidates(
-    jnp.asarray(image), max_points=64
-  )
-  size = jnp.asarray(image.shape[:2])
-  priority = jnp.asarray(np.random.default_rng(0).permutation(64), jnp.float32)
-  priority = jnp.where(candidates.scores > -jnp.inf, priority, -jnp.inf)
-  full_shapes, full = affine_adaptation.adapt_shapes(
-    pyramid, candidates, priority, size, needed=64, capacity=64
-  )
-  small_shapes, small = affine_adaptation.adapt_shapes(
-    pyramid, candidates, priority, size, needed=64, capacity=5
-  )
-  np.testing.assert_array_equal(np.asarray(small), np.asarray(full))
-  np.testing.assert_allclose(
-    np.asarray(small_shapes), np.asarray(full_shapes), rtol=1e-5, atol=1e-5
-  )
-  full = np.asarray(full)
-  order = np.argsort(-np.asarray(priority), kind='stable')
-  assert full.sum() > 6
-  for needed in (1, 3, 6):
-    _, early = affine_adaptation.adapt_shapes(
-      pyramid, candidates, priority, size, needed=needed, capacity=4
-    )
-    early = np.asarray(early)
-    # The first `needed` valid points in priority order are found, never a
-    # point the full run rejects, and the rest is left unadapted.
-    first = order[full[order]][:needed]
-    assert early[first].all() and not np.any(early & ~full)
-    if needed == 1:
-      assert early.sum() < full.sum()
