@@ -2,6 +2,7 @@
 
 pipeline   encode / fit as a config says
 retrieval  search as a config says: exact eq. 7 or region index + re-rank
+indexing   the region index and diffusion's region graph a config asks for
 workspace  a dataset's stores, fits and indexes kept in the workdir
 modes      what run.py --mode runs: demo / encode / fit / search / eval / config
 reporting  results tables, method names and results files of the modes

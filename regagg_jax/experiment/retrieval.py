@@ -1,8 +1,6 @@
 """Search as a config says: every image scored, or a region index.
 
   search       queries x Store -> Ranking (eq. 7, then search.rerank)
-  build_index  Store -> region_index.RegionIndex (search.index: FAISS kind)
-  build_graph  Store -> graph.RegionGraph of diffusion, on disk, resumable
   rerank_name  the search.rerank value in force (search.qe is 'qe')
   matched_query_regions  the query's side of eq. 7's best region pairs
 
@@ -20,25 +18,26 @@ the region index). Stores holding whitened descriptors
 against the fit.
 """
 
-import functools
-
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from regagg_jax.evaluation import precision
-from regagg_jax.storage import provenance
-from regagg_jax.storage import records
-from regagg_jax.aggregation import pca
+from regagg_jax.experiment import indexing
 from regagg_jax.experiment import pipeline
 from regagg_jax.search import diffusion
-from regagg_jax.search import graph
-from regagg_jax.search import region_index
 from regagg_jax.search import index_search
 from regagg_jax.search import rerank
 from regagg_jax.search import similarity
-from regagg_jax.storage import graphs
+from regagg_jax.storage import provenance
+
+# experiment/workspace.py still calls these as retrieval.<name>; they live in
+# indexing.py (issue 11).
+build_index = indexing.build_index
+build_graph = indexing.build_graph
+index_expectation = indexing.index_expectation
+graph_expectation = indexing.graph_expectation
 
 
 class Ranking(NamedTuple):
@@ -56,26 +55,6 @@ class Ranking(NamedTuple):
   best: np.ndarray
 
 
-def _whitened(fitted, store, valid):
-  """float32 (N, M, D) eq. (6) descriptors of a store (zeros where invalid);
-  a store encoded with whitening is checked against `fitted` and used as is.
-  """
-  if not provenance.is_whitened(store.metadata):
-    return np.asarray(
-      pca.apply(
-        fitted.whitening, jnp.asarray(store.descriptors), jnp.asarray(valid)
-      )
-    )  # eq. (6)
-  stored = store.metadata['whitening_hash']
-  if stored != records.hash_params(fitted.whitening):
-    raise ValueError(
-      f'the store was whitened with {stored}, not with this '
-      f'fit ({records.hash_params(fitted.whitening)}); encode '
-      'it again'
-    )
-  return np.where(valid[..., None], store.descriptors, np.float32(0))
-
-
 def matched_query_regions(config, queries, database, fitted, ranking, top):
   """int (Q, top) query region m of eq. (7)'s best pair (m, m') with each
   of a query's first `top` ranked results (m' = ranking.best), for
@@ -89,41 +68,16 @@ def matched_query_regions(config, queries, database, fitted, ranking, top):
     descriptors=database.descriptors[flat], valid=database.valid[flat]
   )
   regions = np.take_along_axis(np.asarray(ranking.best), rows, 1).ravel()
-  targets = _whitened(fitted, results, results.valid)[
+  targets = indexing.whitened_descriptors(fitted, results, results.valid)[
     np.arange(flat.size), regions
   ].reshape(*rows.shape, -1)  # (Q, R, D) regions m'
   similarity = np.einsum(
-    'qmd,qrd->qrm', _whitened(fitted, queries, query_valid), targets
+    'qmd,qrd->qrm',
+    indexing.whitened_descriptors(fitted, queries, query_valid),
+    targets,
   )
   return np.argmax(
     np.where(query_valid[:, None, :], similarity, -np.inf), axis=-1
-  )
-
-
-def index_expectation(database, fitted):
-  """What a region index of this store and fit records in its metadata."""
-  return {
-    'whitening_hash': records.hash_params(fitted.whitening),
-    'store_hash': database.metadata['config_hash'],
-  }
-
-
-def build_index(config, database, fitted):
-  """FAISS region index (search.index) over a store's whitened regions.
-
-  Returns:
-    region_index.RegionIndex, its metadata tied to the store and fit.
-  """
-  database_valid = pipeline.use_regions(
-    database.valid, whole=not config.pooling.regional
-  )
-  kind = config.search.index
-  return region_index.build(
-    _whitened(fitted, database, database_valid),
-    database_valid,
-    kind=kind,
-    options=config.search[kind].to_dict() if kind in config.search else None,
-    metadata=index_expectation(database, fitted),
   )
 
 
@@ -177,56 +131,6 @@ def diffusion_options(search_config):
   )
 
 
-def graph_expectation(config, database, fitted):
-  """What a region graph of this store, fit and config records."""
-  section = config.search.diffusion
-  return dict(
-    index_expectation(database, fitted),
-    k=section.k,
-    gamma=section.gamma,
-    knn=config.search.index,
-    num_images=len(database.image_paths),
-  )
-
-
-def build_graph(config, database, fitted, path, regions=None):
-  """The mutual kNN region graph of diffusion (graph.mutual_affinity) in
-  directory `path`: built shard by shard (storage/graphs.py), resumed
-  after a crash, reused when finished.
-
-  Args:
-    config: ConfigDict (pooling.regional, search.index, search.diffusion).
-    database: records.Store; fitted: records.Fit.
-    path: the graph directory.
-    regions: region_index.RegionIndex for search.index other than 'exact'
-      (the kNN through FAISS, re-scored exactly).
-
-  Returns:
-    graph.RegionGraph.
-  """
-  database_valid = pipeline.use_regions(
-    database.valid, whole=not config.pooling.regional
-  )
-  section = config.search.diffusion
-  k = min(section.k, int(database_valid.sum()) - 1)
-  nearest = graph.nearest_regions(
-    _whitened(fitted, database, database_valid),
-    database_valid,
-    k=k,
-    region_index=regions,
-  )
-  return graph.RegionGraph(
-    *graphs.build_graph(
-      path,
-      nearest,
-      functools.partial(graph.mutual_affinity, gamma=section.gamma),
-      num_slots=database_valid.size,
-      shard_rows=section.shard_rows,
-      metadata=graph_expectation(config, database, fitted),
-    )
-  )
-
-
 def search(config, queries, database, fitted, regions=None, region_graph=None):
   """Ranks a database store for every image of a query store.
 
@@ -266,8 +170,8 @@ def search(config, queries, database, fitted, regions=None, region_graph=None):
     whole=whole or pipeline.QUERY_REGIONS[config.search.query_regions],
   )
   database_valid = pipeline.use_regions(database.valid, whole=whole)
-  query = _whitened(fitted, queries, query_valid)
-  target = _whitened(fitted, database, database_valid)
+  query = indexing.whitened_descriptors(fitted, queries, query_valid)
+  target = indexing.whitened_descriptors(fitted, database, database_valid)
   search_config = config.search
   expansion = _expansion(search_config, len(database.image_paths))
   if rerank.RERANK[rerank_name(search_config)].diffusion:
@@ -279,7 +183,7 @@ def search(config, queries, database, fitted, regions=None, region_graph=None):
     provenance.check_stale(
       'the region graph',
       region_graph.metadata,
-      graph_expectation(config, database, fitted),
+      indexing.graph_expectation(config, database, fitted),
       'build it again',
     )
   if search_config.index != 'exact':
@@ -291,7 +195,7 @@ def search(config, queries, database, fitted, regions=None, region_graph=None):
     provenance.check_stale(
       'the region index',
       regions.metadata,
-      index_expectation(database, fitted),
+      indexing.index_expectation(database, fitted),
       'build it again',
     )
     ranking = _complete(

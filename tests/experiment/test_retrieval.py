@@ -15,6 +15,7 @@ from configs import folder as folder_config
 from regagg_jax.experiment import modes
 from regagg_jax.experiment import retrieval
 from tests import conftest
+from tests.experiment.test_indexing import make_store
 
 
 def _search_section(**fields):
@@ -97,31 +98,13 @@ def test_diffusion_search_mode_through_run_py(tmp_path, sample_paths):
   assert list((tmp_path / 'work' / 'graphs').iterdir())
 
 
-def _store(rng, num_images, num_regions=4, dim=5):
-  from regagg_jax.storage import records  # pylint: disable=g-import-not-at-top
-
-  valid = rng.uniform(size=(num_images, num_regions)) > 0.3
-  valid[:, -1] = True  # the whole image
-  return records.Store(
-    descriptors=rng.normal(size=(num_images, num_regions, dim)).astype(
-      np.float32
-    ),
-    valid=valid,
-    masks=np.ones((num_images, num_regions, 2, 2), bool),
-    grid=np.array([[2, 2]] * num_images, np.int32),
-    image_paths=tuple(f'{i}.jpg' for i in range(num_images)),
-    reduction=None,
-    metadata={},
-  )
-
-
 def test_matched_query_regions_against_numpy():
   """The query side m of eq. (7)'s pair (m, best) with each top result."""
   from regagg_jax.aggregation import pca  # pylint: disable=g-import-not-at-top
   from regagg_jax.storage import records  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(3)
-  queries, database = _store(rng, 3), _store(rng, 6)
+  queries, database = make_store(rng, 3), make_store(rng, 6)
   whitening = pca.PCAParams(
     np.zeros(5, np.float32), np.eye(5, dtype=np.float32), np.ones(5, np.float32)
   )
