@@ -11,7 +11,6 @@ import scipy.linalg
 
 from regagg_jax.aggregation import pca
 from regagg_jax.aggregation import pooling
-from regagg_jax.aggregation import method_table
 from regagg_jax.features import weighting
 
 HEIGHT, WIDTH, CHANNELS = 7, 9, 64
@@ -325,25 +324,3 @@ def test_same_shape_images_compile_once():
   for i in range(3):
     encode(features[i], random_masks(rng), valid[i], rng.random(8) < 0.8)
   assert len(traces) == 1
-
-
-@pytest.mark.parametrize('log_method', pooling.LOG_METHODS)
-def test_pooling_methods_pass_the_log_method(log_method):
-  """method_table.POOLING['o2'] runs eq. (5) with options.log_method."""
-  rng = np.random.default_rng(5)
-  features = graded_features(rng, HEIGHT, WIDTH)
-  alpha, beta = weights_of(features)
-  params = reduction(rng, features, beta, 8)
-  masks = random_masks(rng)
-  options = method_table.PoolingOptions(log_method=log_method)
-  got = method_table.POOLING['o2'].pool(
-    features, alpha, beta, None, masks, None, params, options
-  )
-  expected = pooling.second_order(
-    features, masks, alpha, beta, params, log_method=log_method
-  )
-  np.testing.assert_array_equal(got, expected)
-  with pytest.raises(ValueError, match='method must be one of'):
-    pooling.compute_log_covariances(
-      features[..., :8], masks * alpha, method='svd'
-    )
