@@ -141,7 +141,9 @@ def _shard_infos(path):
     store_format.num_shards(len(record['image_paths']), record['shard_size'])
   ):
     try:
-      infos.append(store_format.read_shard(path, number, arrays=False)[1])
+      infos.append(
+        store_format.read_shard(path, number, record=record, arrays=False)[1]
+      )
     except (FileNotFoundError, ValueError):
       infos.append(None)
   return record, infos

@@ -6,7 +6,8 @@
   hash_params    short sha256 of a PCAParams (U^1, U^2)
   atomic_write   a file written to a temporary name, fsynced and renamed
   write_json     a JSON file, atomically
-  read_json      a versioned JSON file of a store / fit directory
+  seal           a JSON record with the sha256 of its contents
+  read_json      a versioned (and sealed) JSON file of a store / fit directory
   replace_directory  a directory written aside, then swapped in
   KILL_AT        fault injection: SIGKILL at a chosen write (tests)
   save_fit / load_fit  fitted whitening on disk
@@ -199,39 +200,52 @@ def write_json(file, value):
   atomic_write(file, lambda stream: stream.write(text))
 
 
+def _json_digest(value):
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def seal(value):
+  """The dict `value` with 'sha256': the digest of its canonical JSON, so
+  that read_json(..., sealed=True) refuses an edited or bit-flipped copy
+  that still parses."""
+  return dict(value, sha256=_json_digest(value))
+
+
 _RECOVER = {
   'metadata.json': 'run the same command again: the store is finalised anew '
   'from its shards',
 }
 
 
-def read_json(path, name, version):
+def read_json(path, name, version, *, sealed=False):
   """A JSON file of a store / fit directory, refusing other versions.
 
   Args:
     path: the directory.
     name: the file name in it.
     version: the format_version the file must have.
+    sealed: the file was written `seal`ed: check (and drop) its sha256.
 
   Returns:
     the parsed JSON value (a dict).
 
   Raises:
     FileNotFoundError: no such file (not a regagg_jax directory).
-    ValueError: another format version.
+    ValueError: another format version, or a corrupt or damaged file
+      (naming it and what recovers it).
   """
   file = os.path.join(path, name)
   if not os.path.isfile(file):
     raise FileNotFoundError(
       f'{path} is not a regagg_jax directory: {name} is missing'
     )
+  recover = _RECOVER.get(name, f'delete {path} and run the same command again')
   try:
     with open(file) as stream:
       value = json.load(stream)
   except (UnicodeDecodeError, json.JSONDecodeError) as error:
     raise ValueError(
-      f'{file} is corrupt ({type(error).__name__}: {error}); '
-      + _RECOVER.get(name, f'delete {path} and run the same command again')
+      f'{file} is corrupt ({type(error).__name__}: {error}); {recover}'
     ) from error
   found = value.get('format_version') if isinstance(value, dict) else None
   if found != version:
@@ -239,6 +253,13 @@ def read_json(path, name, version):
       f'{file} has format version {found}, this code reads '
       f'version {version}; re-create it'
     )
+  if sealed:
+    value = dict(value)
+    if value.pop('sha256', None) != _json_digest(value):
+      raise ValueError(
+        f'{file} does not match the sha256 it was written with (a damaged '
+        f'or edited file); {recover}'
+      )
   return value
 
 

@@ -18,7 +18,6 @@ grid on load.
 import glob
 import json
 import os
-import zipfile
 
 from absl import logging
 import numpy as np
@@ -69,9 +68,10 @@ def _open_store(path, record, reduction):
         f'{"; ".join(lines)}); it is not extended: use '
         'another path or delete it'
       )
-  if reduction is not None and not os.path.isfile(
-    os.path.join(path, 'reduction.npz')
-  ):  # before the header: a header never announces a missing U^1
+  if reduction is not None and not (
+    exists and os.path.isfile(os.path.join(path, 'reduction.npz'))
+  ):  # before the header: a header never announces a missing U^1, and one
+    # left by a run killed before its header may be another fit's
     records.atomic_write(
       os.path.join(path, 'reduction.npz'),
       lambda stream: np.savez(
@@ -79,7 +79,7 @@ def _open_store(path, record, reduction):
       ),
     )
   if not exists:
-    records.write_json(os.path.join(path, 'header.json'), record)
+    records.write_json(os.path.join(path, 'header.json'), records.seal(record))
 
 
 def _check_part(part, rows, record, number):
@@ -170,9 +170,12 @@ def build_store(
   ):
     raise ValueError('header reduction_hash is not the hash of reduction')
   _open_store(path, record, reduction)
+  digests = _finished_digests(path, num_shards)
   for number in wanted:
     try:
-      info = store_format.read_shard(path, number)[1]
+      info = store_format.read_shard(
+        path, number, record=record, sha256=digests[number]
+      )[1]
       if fingerprints.unchanged_shard(path, record, number, info):
         continue
     except FileNotFoundError:
@@ -190,7 +193,14 @@ def build_store(
     recorded = fingerprints.take([image_paths[r] for r in rows])  # first
     part = encode_part(rows)
     _check_part(part, rows, record, number)
-    store_format.write_shard(path, number, part, dtype, fingerprints=recorded)
+    store_format.write_shard(
+      path,
+      number,
+      part,
+      dtype,
+      input_rows=(number * shard_size, number * shard_size + len(rows)),
+      fingerprints=recorded,
+    )
   if any(
     not os.path.isfile(store_format.shard_file(path, n))
     for n in range(num_shards)
@@ -198,6 +208,18 @@ def build_store(
     return False
   finalize_store(path)
   return True
+
+
+def _finished_digests(path, num_shards):
+  """The shard files' sha256 that a finished store's metadata.json records
+  (None each for an unfinished store or a damaged metadata.json)."""
+  try:
+    finished = records.read_json(
+      path, 'metadata.json', store_format.FORMAT_VERSION, sealed=True
+    )
+  except (FileNotFoundError, ValueError):
+    return [None] * num_shards
+  return finished['shard_sha256']
 
 
 def finalize_store(path):
@@ -214,17 +236,19 @@ def finalize_store(path):
   num_shards = store_format.num_shards(
     len(record['image_paths']), record['shard_size']
   )
-  infos, problems = [], []
+  infos, digests, problems = [], [], []
   for number in range(num_shards):
-    try:
-      infos.append(store_format.read_shard(path, number, arrays=False)[1])
+    try:  # every byte read: the digests recorded are of checked shards
+      infos.append(store_format.read_shard(path, number, record=record)[1])
+      digests.append(store_format.file_digest(path, number))
     except (FileNotFoundError, ValueError):
       problems.append(number)
   if problems:
     raise ValueError(
       f'{path} cannot be finalised: {len(problems)} of '
-      f'{num_shards} shards are missing or unreadable '
-      f'({problems[:10]}); run build_store again'
+      f'{num_shards} shards are missing, unreadable or misplaced '
+      f'({problems[:10]}); run build_store again (--mode=encode): it '
+      'encodes exactly them'
     )
   metadata = dict(record['header'])
   for number, info in enumerate(infos):
@@ -238,11 +262,14 @@ def finalize_store(path):
         )
   records.write_json(
     os.path.join(path, 'metadata.json'),
-    {
-      'format_version': store_format.FORMAT_VERSION,
-      'metadata': metadata,
-      'num_images': sum(len(i['image_paths']) for i in infos),
-    },
+    records.seal(
+      {
+        'format_version': store_format.FORMAT_VERSION,
+        'metadata': metadata,
+        'num_images': sum(len(i['image_paths']) for i in infos),
+        'shard_sha256': digests,
+      }
+    ),
   )
   for leftover in glob.glob(os.path.join(path, '*.tmp-*')):
     try:  # of killed runs (no file is being written: all are there)
@@ -275,7 +302,7 @@ def load_reduction(path):
   try:
     with np.load(file) as arrays:
       reduction = pca.PCAParams(**{k: arrays[k] for k in pca.PCAParams._fields})
-  except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
+  except Exception as error:  # zipfile and numpy raise many kinds on bad bytes
     raise ValueError(
       f'{file} is unreadable ({type(error).__name__}: {error}); delete '
       f'{path} and run the same command again to fit U^1 and encode anew'
@@ -324,16 +351,29 @@ def load_store(path):
         else 'call finalize_store'
       )
     )
-  metadata = records.read_json(
-    path, 'metadata.json', store_format.FORMAT_VERSION
-  )['metadata']
-  try:
-    shards = [store_format.read_shard(path, n) for n in range(num_shards)]
-  except (FileNotFoundError, ValueError) as error:
+  finished = records.read_json(
+    path, 'metadata.json', store_format.FORMAT_VERSION, sealed=True
+  )
+  if len(finished['shard_sha256']) != num_shards:
     raise ValueError(
-      f'{error}; run the same command again (--mode=encode): it re-encodes '
-      'exactly the damaged shards'
-    ) from error
+      f'{path}/metadata.json records {len(finished["shard_sha256"])} shards, '
+      f'the header {num_shards}; run the same command again (--mode=encode)'
+    )
+  shards, problems = [], []
+  for number, sha256 in enumerate(finished['shard_sha256']):
+    try:
+      shards.append(
+        store_format.read_shard(path, number, record=record, sha256=sha256)
+      )
+    except (FileNotFoundError, ValueError) as error:
+      problems.append(str(error))
+  if problems:
+    raise ValueError(
+      f'{len(problems)} damaged shard{"s" * (len(problems) > 1)}: '
+      f'{"; ".join(problems[:5])}; run the same command again '
+      '(--mode=encode): it re-encodes exactly the damaged shards'
+    )
+  metadata = finished['metadata']
   fingerprints.check_loaded(path, record, [info for _, info in shards])
   parts = [p for p, _ in shards if len(p.valid)] or [shards[0][0]]
   height = max(p.masks.shape[2] for p in parts)
@@ -410,6 +450,10 @@ def save_store(path, store, *, shard_size=1000, dtype='float32'):
           metadata,
         ),
         dtype,
+        input_rows=(
+          rows.start,
+          min(rows.stop, len(store.image_paths)),
+        ),
       )
     finalize_store(directory)
 

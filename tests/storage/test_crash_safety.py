@@ -10,11 +10,11 @@ from regagg_jax.search import region_index
 from regagg_jax.storage import records
 from regagg_jax.storage import store_format
 from regagg_jax.storage import store_io
-from tests.storage.test_records import _Encoder
-from tests.storage.test_records import _assert_stores_equal
-from tests.storage.test_records import _build
-from tests.storage.test_records import _encoded
-from tests.storage.test_records import _random_params
+from tests.storage.stores import Encoder
+from tests.storage.stores import assert_stores_equal
+from tests.storage.stores import build
+from tests.storage.stores import encoded
+from tests.storage.stores import random_params
 
 
 def test_kill_before_reduction_is_written_does_not_wedge(tmp_path):
@@ -22,13 +22,13 @@ def test_kill_before_reduction_is_written_does_not_wedge(tmp_path):
   order), resumes: load_reduction gives None (fit U^1 again) and
   build_store writes it; new stores write U^1 before the header."""
   rng = np.random.default_rng(30)
-  reduction = _random_params(rng, 8, 5)
-  expected = _encoded(rng, reduction=reduction)
-  _build(tmp_path / 's', None, shards=[], reduction=reduction)
+  reduction = random_params(rng, 8, 5)
+  expected = encoded(rng, reduction=reduction)
+  build(tmp_path / 's', None, shards=[], reduction=reduction)
   os.remove(tmp_path / 's' / 'reduction.npz')  # killed before U^1
   assert store_io.load_reduction(tmp_path / 's') is None
-  assert _build(tmp_path / 's', _Encoder(expected), reduction=reduction)
-  _assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
+  assert build(tmp_path / 's', Encoder(expected), reduction=reduction)
+  assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
 
   written = []
   original = records.atomic_write
@@ -39,40 +39,56 @@ def test_kill_before_reduction_is_written_does_not_wedge(tmp_path):
 
   records.atomic_write, saved = recording, records.atomic_write
   try:
-    _build(tmp_path / 'new', None, shards=[], reduction=reduction)
+    build(tmp_path / 'new', None, shards=[], reduction=reduction)
   finally:
     records.atomic_write = saved
   assert written == ['reduction.npz', 'header.json']
 
 
+def test_kill_before_the_header_then_another_u1_fit_does_not_wedge(tmp_path):
+  """Killed after reduction.npz, before header.json: the rerun fits U^1
+  again (it may differ: another sample, another machine) and its U^1, not
+  the orphan, is written with the header."""
+  rng = np.random.default_rng(29)
+  orphan, refit = random_params(rng, 8, 5), random_params(rng, 8, 5)
+  build(tmp_path / 's', None, shards=[], reduction=orphan)
+  os.remove(tmp_path / 's' / 'header.json')  # killed before its rename
+  assert store_io.load_reduction(tmp_path / 's') is None  # fit U^1 again
+  expected = encoded(rng, reduction=refit)
+  assert build(tmp_path / 's', Encoder(expected), reduction=refit)
+  for got, want in zip(store_io.load_reduction(tmp_path / 's'), refit):
+    np.testing.assert_array_equal(got, want)
+  assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
+
+
 def test_finalize_removes_every_leftover_temporary(tmp_path):
-  expected = _encoded(np.random.default_rng(31))
-  _build(tmp_path / 's', _Encoder(expected), shards=[0])
+  expected = encoded(np.random.default_rng(31))
+  build(tmp_path / 's', Encoder(expected), shards=[0])
   for name in ('header.json.tmp-1-dead', 'reduction.npz.tmp-2-dead'):
     (tmp_path / 's' / name).write_bytes(b'half')  # runs killed mid-write
-  assert _build(tmp_path / 's', _Encoder(expected))
+  assert build(tmp_path / 's', Encoder(expected))
   assert not [f for f in os.listdir(tmp_path / 's') if '.tmp-' in f]
-  _assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
+  assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
 
 
 def test_non_finite_descriptor_is_refused_and_not_written(tmp_path):
-  expected = _encoded(np.random.default_rng(32))
+  expected = encoded(np.random.default_rng(32))
   descriptors = expected.descriptors.copy()
   descriptors[1, 0, 2] = np.nan
-  encode_part = _Encoder(expected._replace(descriptors=descriptors))
+  encode_part = Encoder(expected._replace(descriptors=descriptors))
   with pytest.raises(
     ValueError, match=r"shard 0: non-finite descriptors of \['/images/1.jpg'\]"
   ):
-    _build(tmp_path / 's', encode_part)
+    build(tmp_path / 's', encode_part)
   assert not os.path.exists(store_format.shard_file(tmp_path / 's', 0))
   assert not [f for f in os.listdir(tmp_path / 's') if '.tmp-' in f]
 
 
 @pytest.mark.parametrize('damage', ['truncate', 'flip'])
 def test_corrupt_metadata_names_it_and_a_rerun_recovers(tmp_path, damage):
-  expected = _encoded(np.random.default_rng(33))
-  encode_part = _Encoder(expected)
-  _build(tmp_path / 's', encode_part)
+  expected = encoded(np.random.default_rng(33))
+  encode_part = Encoder(expected)
+  build(tmp_path / 's', encode_part)
   file = tmp_path / 's' / 'metadata.json'
   data = bytearray(file.read_bytes())
   if damage == 'truncate':
@@ -85,15 +101,15 @@ def test_corrupt_metadata_names_it_and_a_rerun_recovers(tmp_path, damage):
     match=r'metadata.json is corrupt .*run the same command again',
   ):
     store_io.load_store(tmp_path / 's')
-  assert _build(tmp_path / 's', encode_part)  # what the advice runs
+  assert build(tmp_path / 's', encode_part)  # what the advice runs
   assert len(encode_part.calls) == 3  # no shard encoded again
-  _assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
+  assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
 
 
 @pytest.mark.parametrize('damage', ['truncate', 'flip', 'list'])
 def test_corrupt_header_names_it_and_says_what_to_do(tmp_path, damage):
-  expected = _encoded(np.random.default_rng(34))
-  _build(tmp_path / 's', _Encoder(expected))
+  expected = encoded(np.random.default_rng(34))
+  build(tmp_path / 's', Encoder(expected))
   file = tmp_path / 's' / 'header.json'
   data = bytearray(file.read_bytes())
   if damage == 'truncate':
@@ -108,7 +124,7 @@ def test_corrupt_header_names_it_and_says_what_to_do(tmp_path, damage):
     if damage == 'list'
     else f'header.json is corrupt .*delete {tmp_path / "s"} and run'
   )
-  for call in (store_io.load_store, lambda p: _build(p, _Encoder(expected))):
+  for call in (store_io.load_store, lambda p: build(p, Encoder(expected))):
     with pytest.raises(ValueError, match=message):
       call(tmp_path / 's')
 
@@ -116,10 +132,8 @@ def test_corrupt_header_names_it_and_says_what_to_do(tmp_path, damage):
 @pytest.mark.parametrize('damage', ['truncate', 'flip'])
 def test_corrupt_reduction_names_it_and_says_what_to_do(tmp_path, damage):
   rng = np.random.default_rng(35)
-  reduction = _random_params(rng, 8, 5)
-  _build(
-    tmp_path / 's', _Encoder(_encoded(rng, reduction)), reduction=reduction
-  )
+  reduction = random_params(rng, 8, 5)
+  build(tmp_path / 's', Encoder(encoded(rng, reduction)), reduction=reduction)
   file = tmp_path / 's' / 'reduction.npz'
   data = bytearray(file.read_bytes())
   if damage == 'truncate':
@@ -140,7 +154,7 @@ def test_corrupt_reduction_names_it_and_says_what_to_do(tmp_path, damage):
 def test_corrupt_fit_names_it_and_says_what_to_do(tmp_path, name, damage):
   rng = np.random.default_rng(36)
   fit = records.Fit(
-    _random_params(rng, 8, 5), _random_params(rng, 5, 3), {'config_hash': 'a'}
+    random_params(rng, 8, 5), random_params(rng, 5, 3), {'config_hash': 'a'}
   )
   records.save_fit(tmp_path / 'fit', fit)
   files = sorted(
@@ -163,7 +177,7 @@ def test_silently_changed_fit_data_is_caught_by_its_hash(tmp_path, monkeypatch):
   rng = np.random.default_rng(37)
   records.save_fit(
     tmp_path / 'fit',
-    records.Fit(None, _random_params(rng, 5, 3), {'config_hash': 'a'}),
+    records.Fit(None, random_params(rng, 5, 3), {'config_hash': 'a'}),
   )
   restore = records.ocp.PyTreeCheckpointer.restore
 
