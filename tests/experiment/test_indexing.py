@@ -8,8 +8,8 @@ import pytest
 from regagg_jax.aggregation import pca
 from regagg_jax.experiment import indexing
 from regagg_jax.storage import records
-from tests.search.test_diffusion import dense
-from tests.search.test_diffusion import reference_affinity
+from tests.search.test_graph import dense
+from tests.search.test_graph import reference_affinity
 
 
 def make_store(rng, num_images, num_regions=4, dim=5, metadata=None):
@@ -119,7 +119,7 @@ def test_build_index_holds_the_whitened_valid_regions():
 
 def test_build_graph_is_the_reciprocal_knn_of_the_whitened_regions(tmp_path):
   rng = np.random.default_rng(4)
-  fitted = _fit(rng, dim=10, out=8)  # test_diffusion's references take D = 8
+  fitted = _fit(rng, dim=10, out=8)  # test_graph's references take D = 8
   store = make_store(rng, 8, dim=10, metadata={'config_hash': 'abc'})
   config = _config()
   region_graph = indexing.build_graph(

@@ -1,5 +1,5 @@
-"""Tests of regional diffusion (search.graph, search.diffusion,
-storage.graphs) against float64 numpy references written here."""
+"""Tests of regional diffusion (search.diffusion; storage.graphs' round trip)
+against float64 numpy references written here (the graph: test_graph.py)."""
 
 import json
 import os
@@ -11,85 +11,11 @@ import pytest
 
 from regagg_jax.search import diffusion
 from regagg_jax.search import graph
-from regagg_jax.search import region_index
 from regagg_jax.storage import graphs
-
-DIM = 8
-
-
-def make_database(rng, num_images=12, num_regions=3, invalid=0.2):
-  x = rng.normal(size=(num_images, num_regions, DIM))
-  x[1::2] += x[::2]  # pairs of related images
-  x /= np.linalg.norm(x, axis=-1, keepdims=True)
-  valid = rng.random((num_images, num_regions)) >= invalid
-  valid[:, 0] = True
-  return np.where(valid[..., None], x, 0).astype(np.float32), valid
-
-
-def reference_knn(descriptors, valid, k):
-  """float64 exact kNN of every slot (itself excluded) as sets of slots."""
-  flat = descriptors.reshape(-1, DIM).astype(np.float64)
-  flat_valid = valid.reshape(-1)
-  similarity = flat @ flat.T
-  similarity[~flat_valid] = -np.inf
-  similarity[:, ~flat_valid] = -np.inf
-  np.fill_diagonal(similarity, -np.inf)
-  order = np.argsort(-similarity, axis=1)[:, :k]
-  return [
-    set(row) if flat_valid[i] else set() for i, row in enumerate(order)
-  ], similarity
-
-
-def reference_affinity(descriptors, valid, k, gamma):
-  """Dense float64 W of the reciprocal kNN graph (Iscen et al.)."""
-  knn, similarity = reference_knn(descriptors, valid, k)
-  size = len(knn)
-  weights = np.zeros((size, size))
-  for i in range(size):
-    for j in knn[i]:
-      if i in knn[j]:
-        weights[i, j] = max(similarity[i, j], 0.0) ** gamma
-  return weights
-
-
-def dense(neighbours, weights, size):
-  matrix = np.zeros((size, size))
-  for i, (row, values) in enumerate(zip(neighbours, weights)):
-    for j, w in zip(row, values):
-      if j >= 0:
-        matrix[i, j] += w
-  return matrix
-
-
-def build_table(descriptors, valid, k, gamma=3.0, region_index_=None):
-  nearest = graph.nearest_regions(
-    descriptors, valid, k=k, region_index=region_index_, chunk=7
-  )
-  return graph.mutual_affinity(*nearest(0, valid.size), gamma=gamma)
-
-
-@pytest.mark.parametrize('kind', ['exact', 'flat'])
-def test_graph_is_the_reciprocal_knn_affinity(kind):
-  descriptors, valid = make_database(np.random.default_rng(0))
-  built = (
-    None
-    if kind == 'exact'
-    else region_index.build(descriptors, valid, kind='flat')
-  )
-  neighbours, weights = build_table(descriptors, valid, 4, 3.0, built)
-  assert neighbours.shape == weights.shape == (valid.size, 4)
-  assert neighbours.dtype == np.int32 and weights.dtype == np.float32
-  matrix = dense(neighbours, weights, valid.size)
-  expected = reference_affinity(descriptors, valid, 4, 3.0)
-  np.testing.assert_allclose(matrix, expected, atol=1e-6)
-  np.testing.assert_array_equal(matrix, matrix.T)  # exactly symmetric
-  assert not matrix[~valid.reshape(-1)].any()  # invalid slots isolated
-
-
-def test_graph_refuses_k_beyond_the_regions():
-  descriptors, valid = make_database(np.random.default_rng(0), num_images=2)
-  with pytest.raises(ValueError, match='k must be in'):
-    graph.nearest_regions(descriptors, valid, k=int(valid.sum()))
+from tests.search.test_graph import DIM
+from tests.search.test_graph import build_table
+from tests.search.test_graph import dense
+from tests.search.test_graph import make_database
 
 
 def dense_solution(
