@@ -14,7 +14,9 @@ EXIF][-<U^1 hash>][-w<whitening hash>], written in shards and resumed after a cr
 (store_io.build_store); fits in <workdir>/fits/<dataset>-<store hash>-<fit
 hash>; indexes in <workdir>/indexes; diffusion's region graphs in
 <workdir>/graphs. A finished one is reused when it
-matches the config; a store made with other settings is refused.
+matches the config; a store made with other settings is refused. One run
+at a time reads or writes a store (storage.locks: <workdir>/locks/<store
+name>.lock); another run of the same workdir waits for it.
 
 A store's shards record the fingerprints of their images
 (storage.fingerprints): a shard holding an image replaced since is encoded
@@ -23,6 +25,7 @@ fits, indexes and graphs carry the hash of the images' contents, so a rerun
 after an image changed gives what a fresh workdir gives.
 """
 
+import contextlib
 import os
 import shutil
 
@@ -44,6 +47,7 @@ from regagg_jax.search import region_index
 from regagg_jax.search import rerank
 from regagg_jax.experiment import retrieval
 from regagg_jax.storage import graphs
+from regagg_jax.storage import locks
 from regagg_jax.storage import store_io
 
 
@@ -207,6 +211,27 @@ def _dataset_store(
   if whitening is not None:
     key += f'-w{records.hash_params(whitening)}'
   path = os.path.join(config.workdir, 'stores', key)
+  with _one_writer(os.path.join(config.workdir, 'locks', f'{key}.lock')):
+    return _write_store(
+      config, dataset, key, path, paths, reduction, whitening, boxes, names
+    )
+
+
+@contextlib.contextmanager
+def _one_writer(lock):
+  """Process 0 holds a store's lock (storage.locks) while this run's
+  processes, after a barrier, read or write it: another run of the same
+  workdir waits (the processes of one run write disjoint shards)."""
+  first = jax.process_index() == 0
+  with locks.hold(lock) if first else contextlib.nullcontext():
+    parallel.barrier(f'locked {lock}')
+    yield
+
+
+def _write_store(
+  config, dataset, key, path, paths, reduction, whitening, boxes, names
+):
+  """`_dataset_store`'s encode or reuse of the store at path, locked."""
   reading = dict(
     boxes=boxes,
     rotations=rotations(dataset, names),
