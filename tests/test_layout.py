@@ -98,3 +98,34 @@ def test_only_the_experiment_folder_reads_a_config(name):
       assert node.id != 'ConfigDict', f'{name} uses ConfigDict'
     if isinstance(node, ast.arg):
       assert node.arg != 'config', f'{name} takes a config argument'
+
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+def _test_file(name):
+  """tests/<folder>/test_<module>.py of regagg_jax.<folder>.<module>."""
+  *folders, module = name.split('.')[1:]
+  return TESTS.joinpath(*folders, f'test_{module}.py')
+
+
+@pytest.mark.parametrize(
+  'name',
+  sorted(
+    n
+    for n in _modules()
+    if not (PACKAGE.parent / n.replace('.', '/') / '__init__.py').is_file()
+  ),
+)
+def test_every_module_has_its_test_file(name):
+  path = _test_file(name)
+  assert path.is_file(), f'{name} has no test file {path.relative_to(TESTS)}'
+  tree = ast.parse(path.read_text(), str(path))
+  assert any(
+    isinstance(node, ast.FunctionDef) and node.name.startswith('test_')
+    for node in tree.body
+  ), f'{path.relative_to(TESTS)} has no test'
+  package, module = name.rsplit('.', 1)
+  assert f'from {package} import {module}\n' in path.read_text() or (
+    f'from {name} import' in path.read_text()
+  ), f'{path.relative_to(TESTS)} does not import {name}'
