@@ -26,6 +26,14 @@ from regagg_jax.storage import records
 def whitened_descriptors(fitted, store, valid):
   """float32 (N, M, D) eq. (6) descriptors of a store (zeros where invalid);
   a store encoded with whitening is checked against `fitted` and used as is.
+
+  Args:
+    fitted: records.Fit (its whitening U^2, s of eq. 6).
+    store: records.Store, descriptors (N, M, D_store).
+    valid: bool (N, M) regions searched (pipeline.use_regions).
+
+  Raises:
+    ValueError: a store whitened with another fit.
   """
   if not provenance.is_whitened(store.metadata):
     return np.asarray(
