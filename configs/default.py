@@ -54,7 +54,11 @@ def get_config():
   config.pooling.gem_power = 3.0  # p of the GeM baseline
   config.pooling.rmac_levels = 3  # scales of the R-MAC baseline grid
   # U^1 of eq. (4) is fitted on this many images spread over the set (0: all)
-  config.pooling.reduction_images = 10000
+  # before the store is encoded, so they go through VGG19 twice. 256 images
+  # give ~2048 region vectors, 16 per dimension of K' = 128 (the whitening's
+  # margin); on data/samples, fitting on a quarter of the set moves O2_R's
+  # mAP by 0.004 (0.9910 -> 0.9868, benchmarks/reduction_sample.py).
+  config.pooling.reduction_images = 256
 
   config.pca = ml_collections.ConfigDict()
   config.pca.dim = 512  # D of eq. (6)

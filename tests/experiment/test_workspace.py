@@ -45,3 +45,27 @@ def test_rerun_repairs_exactly_the_damaged_file(
   np.testing.assert_array_equal(again.descriptors, first.descriptors)
   np.testing.assert_array_equal(again.masks, first.masks)
   assert again.metadata == first.metadata
+
+
+def test_images_beyond_the_u1_sample_go_through_the_network_once(
+  tmp_path, folder, monkeypatch
+):
+  """U^1 (eq. 4) is fitted on pooling.reduction_images of the 9 images
+  (8 photos and the unreadable file) spread over the set, then the store
+  encodes all 9: 9 + 3 images read, not 9 + 9, each pass labelled."""
+  from regagg_jax.features import reading  # pylint: disable=g-import-not-at-top
+
+  passes, original = [], reading.read_batches
+
+  def recording(read, rows, *args, **kwargs):
+    passes.append((kwargs['desc'], list(rows)))
+    return original(read, rows, *args, **kwargs)
+
+  monkeypatch.setattr(reading, 'read_batches', recording)
+  config = _config(tmp_path, folder)
+  config.pooling.reduction_images = 3
+  workspace.prepare(config, workspace.load_dataset(config))
+  assert passes == [
+    ('fitting U^1 (eq. 4): eq. 3 regions', [0, 4, 8]),
+    ('encoding (o2)', list(range(9))),
+  ]
