@@ -307,11 +307,10 @@ def load(path, *, expected=None):
   provenance.check_stale(
     f'region index {file}', metadata, expected or {}, 'build it again'
   )
-  recorded = metadata.pop('sha256', None)  # absent in older indexes
-  if recorded not in (None, _checksums(path)):
+  if metadata.pop('sha256', None) != _checksums(path):
     raise ValueError(
       f'{path}: index.faiss or ids.npz does not match the sha256 in {file} '
-      f'(a damaged file); {advice}'
+      f'(a damaged file, or an index older than its checksums); {advice}'
     )
   try:
     index = load_faiss().read_index(os.path.join(path, 'index.faiss'))
