@@ -96,7 +96,8 @@ def build_folder(folder, num_images, size, num_queries, seed):
     shapes.append(out.shape[:2])
   files = [f'img_{i:04d}.jpg' for i in range(num_images)]
   queries = []
-  for index in rng.choice(num_images, num_queries, replace=False):
+  first = min(num_images, 8 * num_queries)  # in any --limit >= first
+  for index in rng.choice(first, num_queries, replace=False):
     height, width = shapes[index]
     x1, y1 = int(width * 0.1), int(height * 0.1)
     queries.append(

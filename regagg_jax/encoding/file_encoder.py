@@ -19,6 +19,7 @@ kept in memory (up to cache_mib) or recomputed. Nothing here reads a config.
 """
 
 import collections
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -28,6 +29,7 @@ from regagg_jax.encoding import batch_encoder
 from regagg_jax.features import images
 from regagg_jax.storage import records
 from regagg_jax.encoding import parallel
+from regagg_jax.encoding import resources
 from regagg_jax.aggregation import pca
 from regagg_jax.aggregation import method_table
 from regagg_jax.features import reading
@@ -38,13 +40,13 @@ def _collect(outputs, rows, sizes, descriptors, valid, masks):
   descriptors, valid, masks = (
     np.asarray(a) for a in (descriptors, valid, masks)
   )
-  for slot, row in enumerate(rows):
+  for slot, row in enumerate(rows):  # copies: the batch's buffers are freed
     height_i, width_i = (int(s) for s in sizes[slot])
     height, width = images.feature_shape(height_i, width_i)
     outputs[row] = (
-      descriptors[slot],
-      valid[slot],
-      masks[slot, :, :height, :width],
+      np.array(descriptors[slot]),
+      np.array(valid[slot]),
+      np.array(masks[slot, :, :height, :width]),
       (height_i, width_i),
     )
 
@@ -93,7 +95,7 @@ def _encode_rows(
     apply_exif=apply_exif,
   )
   outputs, skipped, in_flight = {}, [], collections.deque()
-  for batch in reading.read_batches(
+  batches = reading.read_batches(
     read,
     rows,
     image_paths,
@@ -102,32 +104,40 @@ def _encode_rows(
     num_threads=num_threads,
     prefetch=prefetch,
     desc=desc,
-  ):
-    arrays = (batch.rgb, batch.sizes, batch.cells)
-    if mesh is not None:
-      arrays = parallel.shard_batch(mesh, arrays)
-    in_flight.append(
-      (
-        batch,
-        batch_encoder.run_batch(
-          variables,
-          *arrays,
-          reduction,
-          whitening,
-          method=method,
-          dtype=dtype,
-          region_options=region_options,
-          pooling_options=pooling_options,
-          staged=False,
-          mesh=mesh,
-        ),
+  )
+  settings = (
+    f'features.batch_size ({batch_size}), features.max_size ({max_size})'
+  )
+  for guard, batch in _guarded(batches, desc, len(rows), settings):
+    with guard:
+      arrays = (batch.rgb, batch.sizes, batch.cells)
+      if mesh is not None:
+        arrays = parallel.shard_batch(mesh, arrays)
+      in_flight.append(
+        (
+          batch,
+          batch_encoder.run_batch(
+            variables,
+            *arrays,
+            reduction,
+            whitening,
+            method=method,
+            dtype=dtype,
+            region_options=region_options,
+            pooling_options=pooling_options,
+            staged=False,
+            mesh=mesh,
+          ),
+        )
       )
-    )
-    if len(in_flight) > 1:  # fetch the previous batch while this one runs
-      done, result = in_flight.popleft()
+      if len(in_flight) > 1:  # fetch the previous batch while this one runs
+        done, result = in_flight.popleft()
+        _collect(outputs, done.rows, done.sizes, *result)
+  with resources.stage(
+    desc, done=len(outputs), total=len(rows), settings=settings
+  ):
+    for done, result in in_flight:
       _collect(outputs, done.rows, done.sizes, *result)
-  for done, result in in_flight:
-    _collect(outputs, done.rows, done.sizes, *result)
   return outputs, skipped
 
 
@@ -306,15 +316,307 @@ def _fit_reduction(summed, region_valid, k_prime):
 
 
 class _Deferred(NamedTuple):
-  """A batch waiting for U^1: its regions, eq. (3) descriptors, and its
-  conv5_4 maps when they fit in cache_mib (else None)."""
+  """A pass-1 batch kept for pass 2 (eq. 4-5): its regions, and its conv5_4
+  maps when they fit in the cache (else None: VGG19 runs again)."""
 
   rows: list
   sizes: np.ndarray
   maps: tuple | None
   masks: np.ndarray
   valid: np.ndarray
-  summed: np.ndarray | None
+
+
+class MapsCache:
+  """Pass-1 batches (regions, conv5_4 maps up to `mib` MiB) for pass 2, and
+  the rows pass 1 could not read ({row: [path, reason]})."""
+
+  def __init__(self, mib):
+    self.budget, self.batches, self.skipped = mib * 2**20, [], {}
+
+  def add(self, rows, sizes, maps, masks, valid):
+    kept = maps[0].nbytes <= self.budget
+    self.budget -= maps[0].nbytes if kept else 0
+    self.batches.append(
+      _Deferred(list(rows), sizes, maps if kept else None, masks, valid)
+    )
+
+  def take(self, rows):
+    """Removes and returns the batches whose rows all lie in `rows`."""
+    wanted = set(rows)
+    taken = [b for b in self.batches if wanted.issuperset(b.rows)]
+    self.batches = [b for b in self.batches if not wanted.issuperset(b.rows)]
+    self.budget += sum(b.maps[0].nbytes for b in taken if b.maps is not None)
+    return taken
+
+
+def _staged(variables, image_paths, *, dtype, pooling_options, **reading_args):
+  """(read, forward, pool) of the staged multi-method chain."""
+  read = reading.reader(image_paths, **reading_args)
+
+  def forward(batch):
+    return batch_encoder.staged_forward(
+      variables, batch.rgb, batch.sizes, batch.cells, dtype=dtype
+    ) + (batch.cells,)
+
+  def pool(method, maps, masks, valid, reduction):
+    return batch_encoder.staged_pool(
+      *maps, masks, valid, reduction, method=method, options=pooling_options
+    )
+
+  return read, forward, pool
+
+
+def _guarded(batches, what, total, settings):
+  """Yields (guard, batch): compiled code is released first when memory
+  maps crowd (resources.release_compiled), and the batch's work runs
+  `with guard` (resources.stage: a failed allocation is a ResourceError)."""
+  done = 0
+  for batch in batches:
+    resources.release_compiled(done=done, what=what)
+    yield (
+      resources.stage(what, done=done, total=total, settings=settings),
+      batch,
+    )
+    done += len(batch.rows)
+
+
+def pool_first(
+  variables,
+  image_paths,
+  rows,
+  methods,
+  *,
+  pooling_options,
+  region_options=None,
+  max_size=0,
+  batch_size=4,
+  dtype='float32',
+  boxes=None,
+  rotations=None,
+  apply_exif=True,
+  num_threads=4,
+  prefetch=2,
+  cache=None,
+  sums=False,
+):
+  """Pass 1 of `encode_methods` over image_paths[r], r in rows.
+
+  One staged VGG19 forward and region proposal per batch serves every
+  method that needs no U^1; the batch's regions and maps go to `cache` for
+  pass 2 (`pool_reduced`).
+
+  Args:
+    variables, image_paths, pooling_options, region_options, max_size,
+      batch_size, dtype, boxes, rotations, apply_exif, num_threads,
+      prefetch: as in `encode_methods`.
+    rows: the rows to encode, without repeats.
+    methods: method_table.POOLING keys (reduced ones are left to pass 2).
+    cache: MapsCache to keep the batches in, or None.
+    sums: also pool eq. (3), what U^1 (eq. 4) is fitted on (`fit_sums`).
+
+  Returns:
+    ({method: records.Store} of the methods that need no U^1, records.Store
+    of eq. (3) descriptors or None).
+  """
+  rows = [int(row) for row in rows]
+  reading.check_reading(image_paths, rows, batch_size, num_threads, prefetch)
+  read, forward, pool = _staged(
+    variables,
+    image_paths,
+    dtype=dtype,
+    pooling_options=pooling_options,
+    boxes=boxes,
+    rotations=rotations,
+    max_size=max_size,
+    apply_exif=apply_exif,
+  )
+  regional = any(method_table.POOLING[m].regional for m in methods)
+  early = [m for m in methods if not method_table.POOLING[m].reduced]
+  pools = {m: method_table.POOLING[m] for m in early}
+  if sums:
+    pools[None] = method_table.SUM
+  skipped, outputs = [], {m: {} for m in pools}
+  what = f'encoding ({", ".join(methods)})'
+  batches = reading.read_batches(
+    read,
+    rows,
+    image_paths,
+    skipped,
+    batch_size=batch_size,
+    num_threads=num_threads,
+    prefetch=prefetch,
+    desc=what,
+  )
+  settings = (
+    f'features.batch_size ({batch_size}), features.max_size ({max_size}) '
+    'or features.cache_mib'
+  )
+  for guard, batch in _guarded(batches, what, len(rows), settings):
+    with guard:
+      maps = forward(batch)
+      masks, valid = batch_encoder.propose_regions(
+        batch.rgb,
+        batch.sizes,
+        batch.cells,
+        maps[1],
+        region_options if regional else None,
+      )
+      for key, method in pools.items():
+        whole = slice(None) if method.regional else slice(-1, None)
+        _collect(
+          outputs[key],
+          batch.rows,
+          batch.sizes,
+          pool(method, maps, masks[:, whole], valid[:, whole], None),
+          valid[:, whole],
+          masks[:, whole],
+        )
+      if cache is not None:
+        cache.add(batch.rows, batch.sizes, maps, masks, valid)
+  if cache is not None:
+    cache.skipped.update(
+      {r: s for r, s in zip(_skipped_rows(image_paths, skipped), skipped)}
+    )
+  num_regions = 2**region_options.num_clusters if regional else 1
+  stores = {
+    key: _assemble(
+      image_paths,
+      rows,
+      apply_exif,
+      outputs[key],
+      skipped,
+      num_regions if method.regional else 1,
+      None,
+    )
+    for key, method in pools.items()
+  }
+  return {m: stores[m] for m in early}, stores.get(None)
+
+
+def _skipped_rows(image_paths, skipped):
+  """The rows of the [path, reason] pairs in `skipped`."""
+  where = {str(p): r for r, p in enumerate(image_paths)}
+  return [where[path] for path, _ in skipped]
+
+
+def fit_sums(sums, k_prime):
+  """U^1 of eq. (4) from a store of eq. (3) descriptors (`pool_first`).
+
+  Raises:
+    ValueError: the store holds no image.
+  """
+  if not len(sums.descriptors):
+    raise ValueError('no readable image to fit U^1 (eq. 4) on')
+  return _fit_reduction(list(sums.descriptors), list(sums.valid), k_prime)
+
+
+def pool_reduced(
+  variables,
+  image_paths,
+  rows,
+  methods,
+  *,
+  reduction,
+  pooling_options,
+  region_options=None,
+  max_size=0,
+  batch_size=4,
+  dtype='float32',
+  boxes=None,
+  rotations=None,
+  apply_exif=True,
+  num_threads=4,
+  prefetch=2,
+  cache=None,
+):
+  """Pass 2 of `encode_methods`: the methods that need U^1 (eq. 4-5).
+
+  Batches of these rows kept in `cache` by `pool_first` are taken from it
+  (their regions, and their maps unless the cache was full: VGG19 runs
+  again); rows without one (a resumed run) are read, forwarded and
+  proposed again.
+
+  Args:
+    reduction: U^1 (eq. 4).
+    Others: as in `pool_first`.
+
+  Returns:
+    {method: records.Store}.
+  """
+  rows = [int(row) for row in rows]
+  reading.check_reading(image_paths, rows, batch_size, num_threads, prefetch)
+  read, forward, pool = _staged(
+    variables,
+    image_paths,
+    dtype=dtype,
+    pooling_options=pooling_options,
+    boxes=boxes,
+    rotations=rotations,
+    max_size=max_size,
+    apply_exif=apply_exif,
+  )
+  taken = cache.take(rows) if cache is not None else []
+  known = cache.skipped if cache is not None else {}
+  covered = {r for batch in taken for r in batch.rows} | set(known)
+  skipped = [known[r] for r in rows if r in known]
+  fresh = reading.read_batches(
+    read,
+    [r for r in rows if r not in covered],
+    image_paths,
+    skipped,
+    batch_size=batch_size,
+    num_threads=num_threads,
+    prefetch=prefetch,
+    desc='second order (eq. 4-5): read again',
+  )
+  cached = tqdm.tqdm(
+    taken, desc='second order (eq. 4-5, cached conv5_4)', unit='batch'
+  )
+  outputs = {m: {} for m in methods}
+  settings = (
+    f'features.batch_size ({batch_size}), features.max_size ({max_size}) '
+    'or features.cache_mib'
+  )
+  what = f'second order (eq. 4-5) of {", ".join(methods)}'
+  for guard, batch in _guarded(
+    itertools.chain(cached, fresh), what, len(rows), settings
+  ):
+    with guard:
+      if isinstance(batch, _Deferred):
+        _, sizes, maps, masks, valid = batch
+        if maps is None:  # not cached: VGG19 again on the same padded batch
+          maps = forward(
+            reading.make_batch(
+              batch.rows, [read(r) for r in batch.rows], len(batch.sizes)
+            )
+          )
+      else:
+        sizes, maps = batch.sizes, forward(batch)
+        masks, valid = batch_encoder.propose_regions(
+          batch.rgb, batch.sizes, batch.cells, maps[1], region_options
+        )
+      for method in methods:
+        _collect(
+          outputs[method],
+          batch.rows,
+          sizes,
+          pool(method_table.POOLING[method], maps, masks, valid, reduction),
+          valid,
+          masks,
+        )
+  num_regions = 2**region_options.num_clusters
+  return {
+    m: _assemble(
+      image_paths,
+      rows,
+      apply_exif,
+      outputs[m],
+      skipped,
+      num_regions,
+      reduction,
+    )
+    for m in methods
+  }
 
 
 def encode_methods(
@@ -339,7 +641,10 @@ def encode_methods(
   """Encodes images once for several pooling methods (one VGG19 pass).
 
   Reads like `encode_rows` (threads, prefetch, buckets) but runs the
-  staged chain so that one forward serves every method.
+  staged chain so that one forward serves every method: `pool_first`,
+  then for 'o2' `fit_sums` (unless U^1 is given) and `pool_reduced` from
+  the cached conv5_4 maps. pipeline.encode_methods runs the same passes
+  shard by shard into resumable stores.
 
   Args:
     variables: VGG19 variables {'params': ...}.
@@ -372,132 +677,58 @@ def encode_methods(
 
   Raises:
     ValueError: an unknown method, or a regional one without region_options.
+    resources.ResourceError: memory or memory maps ran out (naming the
+      stage, the images done and the settings to lower).
   """
+  check_methods(methods, region_options, reduction)
+  options = dict(
+    pooling_options=pooling_options,
+    region_options=region_options,
+    max_size=max_size,
+    batch_size=batch_size,
+    dtype=dtype,
+    boxes=boxes,
+    rotations=rotations,
+    apply_exif=apply_exif,
+    num_threads=num_threads,
+    prefetch=prefetch,
+  )
+  rows = range(len(image_paths))
+  later = [m for m in methods if method_table.POOLING[m].reduced]
+  cache = MapsCache(cache_mib) if later else None
+  stores, sums = pool_first(
+    variables,
+    image_paths,
+    rows,
+    methods,
+    cache=cache,
+    sums=bool(later) and reduction is None,
+    **options,
+  )
+  if later:
+    if reduction is None:
+      reduction = fit_sums(sums, k_prime)
+    stores.update(
+      pool_reduced(
+        variables,
+        image_paths,
+        rows,
+        later,
+        reduction=reduction,
+        cache=cache,
+        **options,
+      )
+    )
+  return {m: stores[m] for m in methods}
+
+
+def check_methods(methods, region_options, reduction):
+  """Refuses unknown methods and regional ones without region_options
+  (U^1 may be fitted here)."""
   for method in methods:
     method_table.check_method(
       method, region_options, reduction, fitted_here=True
     )
-  regional = any(method_table.POOLING[m].regional for m in methods)
-  read = reading.reader(
-    image_paths,
-    boxes=boxes,
-    rotations=rotations,
-    max_size=max_size,
-    apply_exif=apply_exif,
-  )
-  forward = lambda batch: (  # pylint: disable=g-long-lambda
-    batch_encoder.staged_forward(
-      variables, batch.rgb, batch.sizes, batch.cells, dtype=dtype
-    )
-    + (batch.cells,)
-  )
-
-  def pool(method, maps, masks, valid, reduction):
-    return batch_encoder.staged_pool(
-      *maps, masks, valid, reduction, method=method, options=pooling_options
-    )
-
-  rows = range(len(image_paths))
-  reading.check_reading(image_paths, rows, batch_size, num_threads, prefetch)
-  later = [m for m in methods if method_table.POOLING[m].reduced]
-  skipped, deferred, outputs = [], [], {m: {} for m in methods}
-  cache_bytes = cache_mib * 2**20
-  for batch in reading.read_batches(
-    read,
-    rows,
-    image_paths,
-    skipped,
-    batch_size=batch_size,
-    num_threads=num_threads,
-    prefetch=prefetch,
-    desc=f'encoding ({", ".join(methods)})',
-  ):
-    maps = forward(batch)
-    masks, valid = batch_encoder.propose_regions(
-      batch.rgb,
-      batch.sizes,
-      batch.cells,
-      maps[1],
-      region_options if regional else None,
-    )
-    for method in set(methods) - set(later):
-      whole = (
-        slice(-1, None)
-        if not method_table.POOLING[method].regional
-        else slice(None)
-      )
-      _collect(
-        outputs[method],
-        batch.rows,
-        batch.sizes,
-        pool(
-          method_table.POOLING[method],
-          maps,
-          masks[:, whole],
-          valid[:, whole],
-          None,
-        ),
-        valid[:, whole],
-        masks[:, whole],
-      )
-    if later:
-      cache_bytes -= maps[0].nbytes
-      deferred.append(
-        _Deferred(
-          batch.rows,
-          batch.sizes,
-          maps if cache_bytes >= 0 else None,
-          masks,
-          valid,
-          None
-          if reduction is not None
-          else np.asarray(pool(method_table.SUM, maps, masks, valid, None)),
-        )
-      )
-  if deferred and reduction is None:
-    reduction = _fit_reduction(
-      [s for d in deferred for s in d.summed[: len(d.rows)]],
-      [v for d in deferred for v in d.valid[: len(d.rows)]],
-      k_prime,
-    )
-  for batch in tqdm.tqdm(
-    deferred, desc='second order (eq. 4-5, cached conv5_4)', unit='batch'
-  ):
-    maps = batch.maps
-    if maps is None:  # not cached: run VGG19 again on the same padded batch
-      maps = forward(
-        reading.make_batch(
-          batch.rows, [read(r) for r in batch.rows], len(batch.sizes)
-        )
-      )
-    for method in later:
-      _collect(
-        outputs[method],
-        batch.rows,
-        batch.sizes,
-        pool(
-          method_table.POOLING[method],
-          maps,
-          batch.masks,
-          batch.valid,
-          reduction,
-        ),
-        batch.valid,
-        batch.masks,
-      )
-  num_regions = 2**region_options.num_clusters if regional else 1
-  return {
-    m: _assemble(
-      image_paths,
-      rows,
-      apply_exif,
-      outputs[m],
-      skipped,
-      num_regions if method_table.POOLING[m].regional else 1,
-      reduction if method_table.POOLING[m].reduced else None,
-    )
-    for m in methods
-  }
 
 
 def _assemble(

@@ -221,9 +221,12 @@ def propose_batch(
   one vmapped jit (detection fused with the selection,
   `keypoints.detect_salient`; points whose measurement region leaves the
   image are dropped) and the call can run inside an outer jax.jit (the
-  encoder's). With "hesaff" each image is detected and proposed on its own
-  (unpadded) area by `propose`, on the host; padding images (size 0) get no
-  valid region. Masks are ANDed with valid_cells.
+  encoder's). With "hesaff" each image is detected on its own (unpadded)
+  area on the host, then selected, clustered and masked on the batch's
+  padded grid, so that jit compiles once per bucket and point count, not
+  per image size (each XLA CPU executable holds hundreds of memory maps,
+  issue 16); padding images (size 0) get no valid region. Masks are ANDed
+  with valid_cells.
 
   Args:
     images: uint8 (B, H_I, W_I, 3) padded RGB images.
@@ -256,17 +259,22 @@ def propose_batch(
       jnp.asarray(image_sizes, jnp.int32),
     )
   images, image_sizes = np.asarray(images), np.asarray(image_sizes)
-  valid_cells = np.asarray(valid_cells)
+  alpha = jnp.asarray(alpha, jnp.float32)
   count = 2**options.num_clusters
   masks = np.zeros((len(images), count) + valid_cells.shape[1:], bool)
   valid = np.zeros((len(images), count), bool)
   for slot, (height_i, width_i) in enumerate(image_sizes):
-    if height_i:
-      height = int(valid_cells[slot].any(axis=1).sum())
-      width = int(valid_cells[slot].any(axis=0).sum())
-      masks[slot, :, :height, :width], valid[slot] = propose(
-        images[slot, :height_i, :width_i],
-        np.asarray(alpha[slot, :height, :width]),
+    if height_i:  # detected on the image, selected on the padded grid:
+      points, _, found = keypoints.detect_hesaff(  # one compile per bucket
+        images[slot, :height_i, :width_i]
+      )
+      masks[slot], valid[slot] = _regions_from_points(
+        points,
+        found,
+        alpha[slot],
+        jnp.asarray(valid_cells[slot]),
+        jnp.asarray((height_i, width_i), jnp.int32),
+        padded_shape=images.shape[1:3],
         options=options,
       )
   return masks, valid
