@@ -7,12 +7,15 @@
   save_store      an in-memory records.Store -> a store directory, atomically
 
 The directory layout (header.json, shard_NNNNN.npz, reduction.npz,
-metadata.json) is `store_format`'s. Every file is written atomically, so a
-run killed at any point leaves whole shards only; `build_store` run again
-(by any number of processes, each on its `shards`) encodes only the shards
-that are missing or unreadable. A store is reopened only with the settings
-it was made with (its header). Masks are padded to the store's largest
-grid on load.
+metadata.json) and its checksums are `store_format`'s. Every file is
+written atomically, so a run killed at any point leaves whole shards only;
+`build_store` run again (by any number of processes, each on its `shards`)
+encodes only the shards that are missing, damaged (sha256) or misplaced
+(swapped or copied files). A store is reopened only with the settings it
+was made with (its header). Masks are padded to the store's largest grid
+on load. These functions take no lock: experiment.workspace holds the
+store's storage.locks lock around them, so one run writes a store at a
+time.
 """
 
 import glob
