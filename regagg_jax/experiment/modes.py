@@ -227,17 +227,12 @@ def demo_label(method, regional, rerank='none'):
 
 def run_demo(config):
   """--mode=demo: every DEMO_ROWS method on config.eval's dataset (the
-  bundled samples), one VGG19 pass; prints the table, writes
+  bundled samples), one VGG19 pass into resumable stores
+  (workspace.method_stores); prints the table, writes
   <workdir>/results/demo-<config hash>.json and <workdir>/fig2.png."""
   dataset = workspace.load_dataset(config)
   methods = sorted({method for method, *_ in DEMO_ROWS})
-  stores = pipeline.encode_methods(
-    config,
-    datasets.database_paths(dataset),
-    methods,
-    rotations=workspace.rotations(dataset, dataset.images),
-    apply_exif=dataset.apply_exif,
-  )
+  stores = workspace.method_stores(config, dataset, methods)  # resumable
   results, drawn, notes = [], None, {}
   for method, regional, rerank in DEMO_ROWS:
     variant = _variant(config, method, regional, rerank)

@@ -38,6 +38,7 @@ and keeps PCA without whitening for sets too small to whiten
 
 import functools
 import json
+import os
 
 from absl import logging
 import jax
@@ -46,6 +47,7 @@ import numpy as np
 from regagg_jax.encoding import file_encoder
 from regagg_jax.storage import provenance
 from regagg_jax.storage import records
+from regagg_jax.storage import store_io
 from regagg_jax.encoding import parallel
 from regagg_jax.aggregation import pca
 from regagg_jax.aggregation import method_table
@@ -174,12 +176,20 @@ def encode_methods(
   rotations=None,
   reduction=None,
   apply_exif=True,
+  directory=None,
 ):
   """Encodes images once for several pooling methods (one VGG19 pass).
 
-  `file_encoder.encode_methods` with the features, regions and pooling sections,
-  in memory (the demo); the config and its `store_hash` are recorded in
-  each store's metadata.
+  `file_encoder.encode_methods` with the features, regions and pooling
+  sections; the config and its `store_hash` are recorded in each store's
+  metadata. With `directory` the same passes run shard by shard
+  (features.shard_size images) into resumable stores there, as
+  --mode=encode's (store_io.build_store): <method>-<store hash> for the
+  methods without U^1 and, for 'o2', sums-<store hash> (the eq. 3
+  descriptors U^1 is fitted on) and o2-<store hash>-<U^1 hash>. A killed
+  run resumes from its finished shards; pass 2 reuses the conv5_4 maps
+  cached by pass 1 of this process (features.cache_mib) and reads again
+  what it lacks.
 
   Args:
     config: ConfigDict (features, regions, pooling sections).
@@ -190,31 +200,120 @@ def encode_methods(
     reduction: U^1 (eq. 4) for 'o2' (queries: the database's); None fits
       it on these images.
     apply_exif: apply JPEG EXIF orientations (datasets.Dataset.apply_exif).
+    directory: where the resumable stores go; None: in memory.
 
   Returns:
     {method: records.Store} over the readable images, in input order.
 
   Raises:
     ValueError: an unknown method.
+    resources.ResourceError: memory or memory maps ran out.
   """
   options = _encoder_options(config)
   del options['mesh']  # encode_methods runs on the default device
-  stores = file_encoder.encode_methods(
-    variables(config),
-    image_paths,
-    methods,
+  options.update(
     pooling_options=_pooling_options(config),
-    k_prime=config.pooling.k_prime,
-    cache_mib=config.features.cache_mib,
     boxes=boxes,
     rotations=rotations,
-    reduction=reduction,
     apply_exif=apply_exif,
-    **options,
   )
+  if directory is None:
+    stores = file_encoder.encode_methods(
+      variables(config),
+      image_paths,
+      methods,
+      k_prime=config.pooling.k_prime,
+      cache_mib=config.features.cache_mib,
+      reduction=reduction,
+      **options,
+    )
+    return {m: _stamp(config, store, m) for m, store in stores.items()}
+  file_encoder.check_methods(methods, options['region_options'], reduction)
+  later = [m for m in methods if method_table.POOLING[m].reduced]
+  cache = file_encoder.MapsCache(config.features.cache_mib) if later else None
+  fit_here = bool(later) and reduction is None
+  shards = _Shards(config, image_paths, directory, apply_exif)
+  for number in range(shards.count):
+    first = functools.cache(
+      lambda rows: file_encoder.pool_first(
+        variables(config),
+        image_paths,
+        rows,
+        methods,
+        cache=cache,
+        sums=fit_here,
+        **options,
+      )
+    )
+    for method in methods:
+      if method not in later:
+        shards.build(method, number, lambda r, m=method: first(r)[0][m])
+    if fit_here:
+      shards.build('sums', number, lambda r: first(r)[1], method='o2')
+  if fit_here:
+    reduction = file_encoder.fit_sums(
+      store_io.load_store(shards.path('sums', 'o2')), config.pooling.k_prime
+    )
+  for number in range(shards.count):
+    second = functools.cache(
+      lambda rows: file_encoder.pool_reduced(
+        variables(config),
+        image_paths,
+        rows,
+        later,
+        reduction=reduction,
+        cache=cache,
+        **options,
+      )
+    )
+    for method in later:
+      shards.build(
+        method, number, lambda r, m=method: second(r)[m], reduction=reduction
+      )
   return {
-    method: _stamp(config, store, method) for method, store in stores.items()
+    m: store_io.load_store(shards.path(m, m, reduction if m in later else None))
+    for m in methods
   }
+
+
+class _Shards:
+  """The resumable stores of `encode_methods` under one directory."""
+
+  def __init__(self, config, image_paths, directory, apply_exif):
+    self.config, self.image_paths = config, image_paths
+    self.directory, self.apply_exif = directory, apply_exif
+    self.size = config.features.shard_size
+    self.count = -(-len(image_paths) // self.size)
+
+  def path(self, name, method, reduction=None):
+    """<directory>/<name>-<store hash of method>[-<U^1 hash>]."""
+    key = f'{name}-{store_hash(self.config, method)}'
+    if reduction is not None:
+      key += f'-{records.hash_params(reduction)}'
+    return os.path.join(self.directory, key)
+
+  def build(self, name, number, encode, *, method=None, reduction=None):
+    """Writes shard `number` of store `name` (pooled as `method`, default
+    `name`) with encode(rows) unless it is there (store_io.build_store)."""
+    method = method or name
+    variant = self.config.copy_and_resolve_references()
+    variant.pooling.method = method
+    store_io.build_store(
+      self.path(name, method, reduction),
+      lambda rows: _stamp(self.config, encode(tuple(rows)), method),
+      image_paths=self.image_paths,
+      header=store_header(
+        variant,
+        self.image_paths,
+        reduction=reduction,
+        whitening=None,
+        apply_exif=self.apply_exif,
+      ),
+      shard_size=self.size,
+      dtype='float32' if name == 'sums' else self.config.features.store_dtype,
+      shards=[number],
+      reduction=reduction,
+    )
 
 
 def sample_rows(num_images, count):

@@ -2,6 +2,7 @@
 
   open_dataset / load_dataset  a datasets.Dataset by name (config.eval)
   prepare                      its database store and PCA-whitening (eq. 6)
+  method_stores                its stores of several methods (the demo)
   query_store                  its queries (cropped or database rows)
   encode_queries               other images encoded like the database
   search_index                 the database's FAISS region index
@@ -299,6 +300,21 @@ def _write_store(
     store_io.finalize_store(path)
   parallel.barrier(f'finalised {key}')
   return _with_inputs(store_io.load_store(path), path)
+
+
+def method_stores(config, dataset, methods):
+  """Every method's database store from one VGG19 pass (--mode=demo), kept
+  resumably in <workdir>/stores/<dataset>-methods[-raw]
+  (pipeline.encode_methods with a directory)."""
+  key = f'{dataset.name}-methods' + ('' if dataset.apply_exif else '-raw')
+  return pipeline.encode_methods(
+    config,
+    datasets.database_paths(dataset),
+    methods,
+    rotations=rotations(dataset, dataset.images),
+    apply_exif=dataset.apply_exif,
+    directory=os.path.join(config.workdir, 'stores', key),
+  )
 
 
 def _with_inputs(store, path):
