@@ -17,7 +17,8 @@ A store on disk is a sharded, resumable directory: see `store_format` (its
 files) and `sharded_store` (build, finalize, load, save). Fitted whitening
 (`save_fit` / `load_fit`) is a directory with an orbax checkpoint of
 {'reduction': U^1 or absent, 'whitening': U^2, s} and fit.json (format
-version, config hash, what it was fitted on).
+version, config hash, what it was fitted on, the hash of the arrays;
+sealed with the sha256 of its contents, `seal`).
 """
 
 import collections
@@ -321,10 +322,12 @@ def save_fit(path, fit):
     ocp.PyTreeCheckpointer().save(os.path.join(directory, 'params'), tree)
     with open(os.path.join(directory, 'fit.json'), 'w') as stream:
       json.dump(
-        dict(
-          fit.metadata,
-          format_version=FIT_FORMAT_VERSION,
-          params_hash=_fit_hash(fit.reduction, fit.whitening),
+        seal(
+          dict(
+            fit.metadata,
+            format_version=FIT_FORMAT_VERSION,
+            params_hash=_fit_hash(fit.reduction, fit.whitening),
+          )
         ),
         stream,
         indent=1,
@@ -347,7 +350,7 @@ def load_fit(path):
     ValueError: another format version, or a corrupt or damaged file
       (naming it and how to recover).
   """
-  metadata = read_json(path, 'fit.json', FIT_FORMAT_VERSION)
+  metadata = read_json(path, 'fit.json', FIT_FORMAT_VERSION, sealed=True)
   metadata.pop('format_version')
   try:
     tree = ocp.PyTreeCheckpointer().restore(
@@ -363,8 +366,7 @@ def load_fit(path):
     pca.PCAParams(**tree['reduction']) if 'reduction' in tree else None
   )
   whitening = pca.PCAParams(**tree['whitening'])
-  recorded = metadata.pop('params_hash', None)  # absent in older fits
-  if recorded not in (None, _fit_hash(reduction, whitening)):
+  if metadata.pop('params_hash', None) != _fit_hash(reduction, whitening):
     raise ValueError(
       f'{path}/params does not match the hash in its fit.json (a damaged '
       f'file); delete {path} and run the same command again to fit it anew'

@@ -6,8 +6,9 @@
   read_header     header.json of a store directory
   shard_file      the file of shard n
   num_shards      shards of a store of N input rows
-  write_shard     a Store -> shard n, atomically
-  read_shard      shard n -> a Store (and its info)
+  write_shard     a Store -> shard n (with its place and sha256), atomically
+  file_digest     the sha256 of shard n's file (metadata.json keeps them)
+  read_shard      shard n -> a Store (and its info), checked
 
 A store directory holds:
 

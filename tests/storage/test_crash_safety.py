@@ -171,6 +171,23 @@ def test_corrupt_fit_names_it_and_says_what_to_do(tmp_path, name, damage):
     records.load_fit(tmp_path / 'fit')
 
 
+def test_an_edited_fit_json_is_refused(tmp_path):
+  """fit.json edited but still JSON (its dim, what it was fitted on):
+  refused by its seal, naming it and the rerun that fits it anew."""
+  rng = np.random.default_rng(39)
+  records.save_fit(
+    tmp_path / 'fit',
+    records.Fit(None, random_params(rng, 5, 3), {'dim': 3, 'fitted_on': 'a'}),
+  )
+  file = tmp_path / 'fit' / 'fit.json'
+  file.write_text(file.read_text().replace('"dim": 3', '"dim": 4'))
+  with pytest.raises(
+    ValueError,
+    match='fit.json does not match the sha256 .*run the same command again',
+  ):
+    records.load_fit(tmp_path / 'fit')
+
+
 def test_silently_changed_fit_data_is_caught_by_its_hash(tmp_path, monkeypatch):
   """Array data that reads back changed (a flip inside the checkpoint's
   data, which orbax does not see) is caught by the params_hash of fit.json."""

@@ -3,6 +3,7 @@ leftovers, fits and results files (stores on disk: test_store_io,
 test_store_format)."""
 
 import csv
+import hashlib
 import json
 import os
 import socket
@@ -156,3 +157,21 @@ def test_write_results_json_and_csv(tmp_path):
     '48',
   ]
   assert len(rows) == 3
+
+
+def test_sealed_json_refuses_edits_that_still_parse(tmp_path):
+  value = {'format_version': 1, 'paths': ['a.jpg', 'b.jpg'], 'n': 2}
+  records.write_json(str(tmp_path / 'x.json'), records.seal(value))
+  written = json.loads((tmp_path / 'x.json').read_text())
+  canonical = json.dumps(value, sort_keys=True).encode()
+  assert written['sha256'] == hashlib.sha256(canonical).hexdigest()
+  assert records.read_json(str(tmp_path), 'x.json', 1, sealed=True) == value
+  for edit in ({'n': 3}, {'paths': ['a.jpg', 'c.jpg']}, {'sha256': None}):
+    (tmp_path / 'x.json').write_text(json.dumps(dict(written, **edit)))
+    assert records.read_json(str(tmp_path), 'x.json', 1)  # unsealed: read
+    with pytest.raises(
+      ValueError,
+      match=r'x.json does not match the sha256 it was written with .*delete '
+      '.* run the same command again',
+    ):
+      records.read_json(str(tmp_path), 'x.json', 1, sealed=True)
