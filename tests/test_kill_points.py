@@ -5,7 +5,7 @@ One `run.py --mode=search` (quick config, 8 sample photos, shards of 3, a
 flat FAISS index, diffusion's region graph in 2 shards) writes every kind
 of file: U^1, the store header, each shard, the store metadata, the
 whitening fit, the index, the graph's kNN and graph shards and metadata,
-and the results. For each write point, records.KILL_AT kills the run
+and the results. For each write point, atomic.KILL_AT kills the run
 while that file's temporary is written and not yet renamed; the same
 command then runs again. Its stores, fit, index, graph and results equal
 an uninterrupted run's, finished shards are not encoded again, and no
@@ -25,6 +25,7 @@ import pytest
 
 from regagg_jax.search import region_index
 from regagg_jax.storage import graphs
+from regagg_jax.storage import atomic
 from regagg_jax.storage import records
 from regagg_jax.storage import store_io
 
@@ -65,9 +66,9 @@ def _search(workdir, photos, cache, kill_at=None):
     JAX_COMPILATION_CACHE_DIR=str(cache),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
   )
-  environment.pop(records.KILL_AT, None)
+  environment.pop(atomic.KILL_AT, None)
   if kill_at:
-    environment[records.KILL_AT] = kill_at
+    environment[atomic.KILL_AT] = kill_at
   return subprocess.run(
     [
       sys.executable,

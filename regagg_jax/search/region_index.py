@@ -30,8 +30,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from regagg_jax.storage import atomic
 from regagg_jax.storage import provenance
-from regagg_jax.storage import records
 
 
 FORMAT_VERSION = 1
@@ -251,7 +251,7 @@ def _checksums(path):
 def save(path, region_index):
   """Writes index.faiss, ids.npz and metadata.json into directory `path`.
 
-  Written under a temporary name, then renamed (records.replace_directory).
+  Written under a temporary name, then renamed (atomic.replace_directory).
   """
 
   def write(directory):
@@ -274,7 +274,7 @@ def save(path, region_index):
         indent=1,
       )
 
-  records.replace_directory(write, path)
+  atomic.replace_directory(write, path)
 
 
 def load(path, *, expected=None):

@@ -1,5 +1,6 @@
 """Storage: stores of region descriptors, fits and results on disk.
 
+atomic        files written whole (temporary + rename), sealed JSON, KILL_AT
 records       Store and Fit in memory, their hashes, fits and results
 store_format  the files of a store directory: header, shards (versioned)
 store_io      stores on disk: built shard by shard, resumable; load, save
@@ -8,6 +9,7 @@ fingerprints  the images a store encoded (size, stat, sha256)
 locks         one writer per store (fcntl lock file)
 """
 
+from regagg_jax.storage import atomic
 from regagg_jax.storage import graphs
 from regagg_jax.storage import locks
 from regagg_jax.storage import records

@@ -9,7 +9,7 @@ holds:
   metadata.json    format version, shard count and the sha256 of every
                    graph shard; written last, so it marks a finished graph
 
-Every file is written atomically (records.atomic_write): a run killed at
+Every file is written atomically (atomic.atomic_write): a run killed at
 any point leaves whole shards only, and `build_graph` run again searches
 only the kNN shards that are missing or unreadable. `load_graph` checks
 every shard against its sha256 and names a damaged one.
@@ -25,7 +25,7 @@ from absl import logging
 import numpy as np
 
 from regagg_jax.storage import provenance
-from regagg_jax.storage import records
+from regagg_jax.storage import atomic
 
 FORMAT_VERSION = 1
 """Version of the graph layout; `load_graph` refuses others."""
@@ -40,7 +40,7 @@ def _sha256(file):
 
 
 def _save_arrays(file, **arrays):
-  records.atomic_write(file, lambda stream: np.savez(stream, **arrays))
+  atomic.atomic_write(file, lambda stream: np.savez(stream, **arrays))
 
 
 def _read_arrays(file, names):
@@ -103,7 +103,7 @@ def build_graph(
     rows = slice(number * shard_rows, (number + 1) * shard_rows)
     _save_arrays(file, neighbours=neighbours[rows], weights=weights[rows])
     checksums.append(_sha256(file))
-  records.write_json(
+  atomic.write_json(
     os.path.join(path, 'metadata.json'),
     dict(
       metadata,
@@ -132,7 +132,7 @@ def load_graph(path, *, expected=None):
     ValueError: another format version, stale settings, or a damaged shard
       (named, with the command that rebuilds it).
   """
-  value = records.read_json(path, 'metadata.json', FORMAT_VERSION)
+  value = atomic.read_json(path, 'metadata.json', FORMAT_VERSION)
   provenance.check_stale(
     f'the region graph {path}', value, expected or {}, 'build it again'
   )

@@ -15,7 +15,7 @@ A store directory holds:
   header.json      format version, the caller's `header` (config_hash,
                    whitening_hash, inputs_hash, ...), the input image paths,
                    shard_size, descriptor dtype and the U^1 hash; sealed
-                   with the sha256 of its contents (records.seal)
+                   with the sha256 of its contents (atomic.seal)
   shard_00000.npz  input rows [n * shard_size, (n + 1) * shard_size): the
   shard_00001.npz  readable ones' descriptors (n, M, D) in the store dtype,
   ...              valid bool (n, M), masks bool (n, M, H_s, W_s) bit-packed
@@ -43,7 +43,7 @@ encodes such a shard again, like a missing one; store_io.load_store names
 every damaged shard and that `--mode=encode` (the same build) re-encodes
 exactly them.
 
-Every file is written to a temporary name and renamed (records.atomic_write),
+Every file is written to a temporary name and renamed (atomic.atomic_write),
 so a run killed at any point leaves whole files only. `store_io` builds,
 finishes, loads and saves stores from these pieces, one writer at a time
 (storage.locks).
@@ -56,6 +56,7 @@ import os
 
 import numpy as np
 
+from regagg_jax.storage import atomic
 from regagg_jax.storage import records
 
 
@@ -116,8 +117,8 @@ def read_header(path):
   if not os.path.isfile(os.path.join(path, 'header.json')) and os.path.isfile(
     os.path.join(path, 'metadata.json')
   ):  # an older layout
-    records.read_json(path, 'metadata.json', FORMAT_VERSION)
-  return records.read_json(path, 'header.json', FORMAT_VERSION, sealed=True)
+    atomic.read_json(path, 'metadata.json', FORMAT_VERSION)
+  return atomic.read_json(path, 'header.json', FORMAT_VERSION, sealed=True)
 
 
 def shard_file(path, number):
@@ -194,7 +195,7 @@ def write_shard(path, number, part, dtype, *, input_rows, fingerprints=None):
     grid=part.grid,
   )
   sha256 = _digest(info, arrays)
-  records.atomic_write(
+  atomic.atomic_write(
     shard_file(path, number),
     lambda stream: np.savez(
       stream, info=np.array(info), sha256=np.array(sha256), **arrays

@@ -27,6 +27,7 @@ import numpy as np
 
 from regagg_jax.storage import fingerprints
 from regagg_jax.storage import provenance
+from regagg_jax.storage import atomic
 from regagg_jax.storage import records
 from regagg_jax.aggregation import pca
 from regagg_jax.storage import store_format
@@ -75,14 +76,14 @@ def _open_store(path, record, reduction):
     exists and os.path.isfile(os.path.join(path, 'reduction.npz'))
   ):  # before the header: a header never announces a missing U^1, and one
     # left by a run killed before its header may be another fit's
-    records.atomic_write(
+    atomic.atomic_write(
       os.path.join(path, 'reduction.npz'),
       lambda stream: np.savez(
         stream, **{k: np.asarray(v) for k, v in reduction._asdict().items()}
       ),
     )
   if not exists:
-    records.write_json(os.path.join(path, 'header.json'), records.seal(record))
+    atomic.write_json(os.path.join(path, 'header.json'), atomic.seal(record))
 
 
 def _check_part(part, rows, record, number):
@@ -217,7 +218,7 @@ def _finished_digests(path, num_shards):
   """The shard files' sha256 that a finished store's metadata.json records
   (None each for an unfinished store or a damaged metadata.json)."""
   try:
-    finished = records.read_json(
+    finished = atomic.read_json(
       path, 'metadata.json', store_format.FORMAT_VERSION, sealed=True
     )
   except (FileNotFoundError, ValueError):
@@ -263,9 +264,9 @@ def finalize_store(path):
           f'{path}: shard {number} has {key} {value!r}, '
           f'other shards {metadata[key]!r}'
         )
-  records.write_json(
+  atomic.write_json(
     os.path.join(path, 'metadata.json'),
-    records.seal(
+    atomic.seal(
       {
         'format_version': store_format.FORMAT_VERSION,
         'metadata': metadata,
@@ -354,7 +355,7 @@ def load_store(path):
         else 'call finalize_store'
       )
     )
-  finished = records.read_json(
+  finished = atomic.read_json(
     path, 'metadata.json', store_format.FORMAT_VERSION, sealed=True
   )
   if len(finished['shard_sha256']) != num_shards:
@@ -460,4 +461,4 @@ def save_store(path, store, *, shard_size=1000, dtype='float32'):
       )
     finalize_store(directory)
 
-  records.replace_directory(write, path)
+  atomic.replace_directory(write, path)

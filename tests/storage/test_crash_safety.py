@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from regagg_jax.search import region_index
+from regagg_jax.storage import atomic
 from regagg_jax.storage import records
 from regagg_jax.storage import store_format
 from regagg_jax.storage import store_io
@@ -31,17 +32,17 @@ def test_kill_before_reduction_is_written_does_not_wedge(tmp_path):
   assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
 
   written = []
-  original = records.atomic_write
+  original = atomic.atomic_write
 
   def recording(file, write):
     written.append(os.path.basename(file))
     original(file, write)
 
-  records.atomic_write, saved = recording, records.atomic_write
+  atomic.atomic_write, saved = recording, atomic.atomic_write
   try:
     build(tmp_path / 'new', None, shards=[], reduction=reduction)
   finally:
-    records.atomic_write = saved
+    atomic.atomic_write = saved
   assert written == ['reduction.npz', 'header.json']
 
 

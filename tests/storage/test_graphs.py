@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from regagg_jax.storage import graphs
-from regagg_jax.storage import records
+from regagg_jax.storage import atomic
 
 NUM_SLOTS, SHARD_ROWS, K = 25, 10, 3
 
@@ -161,7 +161,7 @@ def _graph_child(path, kill_at):
   return subprocess.run(
     [sys.executable, '-c', code, str(path)],
     cwd=os.path.abspath(repo),
-    env=dict(os.environ, **{records.KILL_AT: kill_at}),
+    env=dict(os.environ, **{atomic.KILL_AT: kill_at}),
     capture_output=True,
     text=True,
     timeout=120,

@@ -14,36 +14,10 @@ import numpy as np
 import pytest
 
 from regagg_jax.aggregation import pca
+from regagg_jax.storage import atomic
 from regagg_jax.storage import records
 from tests.storage.stores import random_params
 from tests.storage.stores import random_store
-
-
-def test_dead_writers_temporaries_are_removed_live_ones_kept(tmp_path):
-  """A write into a directory removes the temporaries of any file there
-  left by dead processes of this host (a rerun may write another name);
-  a live pid's and another host's are kept."""
-  child = subprocess.Popen([sys.executable, '-c', 'pass'])
-  child.wait()  # its pid is now gone
-  host = socket.gethostname()
-  dead = [
-    f'results.json.tmp-{host}-{child.pid}-abcd',
-    f'x.npz.tmp-{host}-{child.pid}-ef01',
-  ]
-  kept = [
-    f'x.json.tmp-{host}-{os.getpid()}-abcd',  # a live writer
-    f'x.json.tmp-other-host-{child.pid}-abcd',
-  ]
-  for name in dead + kept:
-    (tmp_path / name).write_bytes(b'half')
-  (tmp_path / f'fit.old-{host}-{child.pid}-zz').mkdir()  # replace_directory's
-  dead.append(f'fit.old-{host}-{child.pid}-zz')
-  records.write_json(str(tmp_path / 'y.json'), {'a': 1})
-  assert sorted(os.listdir(tmp_path)) == sorted(kept + ['y.json'])
-  records.replace_directory(lambda d: None, str(tmp_path / 'sub' / 'd'))
-  (tmp_path / 'sub' / f'e.tmp-{host}-{child.pid}-q').mkdir()
-  records.replace_directory(lambda d: None, str(tmp_path / 'sub' / 'd'))
-  assert os.listdir(tmp_path / 'sub') == ['d']
 
 
 @pytest.mark.parametrize('reduction', [True, False])
@@ -157,21 +131,3 @@ def test_write_results_json_and_csv(tmp_path):
     '48',
   ]
   assert len(rows) == 3
-
-
-def test_sealed_json_refuses_edits_that_still_parse(tmp_path):
-  value = {'format_version': 1, 'paths': ['a.jpg', 'b.jpg'], 'n': 2}
-  records.write_json(str(tmp_path / 'x.json'), records.seal(value))
-  written = json.loads((tmp_path / 'x.json').read_text())
-  canonical = json.dumps(value, sort_keys=True).encode()
-  assert written['sha256'] == hashlib.sha256(canonical).hexdigest()
-  assert records.read_json(str(tmp_path), 'x.json', 1, sealed=True) == value
-  for edit in ({'n': 3}, {'paths': ['a.jpg', 'c.jpg']}, {'sha256': None}):
-    (tmp_path / 'x.json').write_text(json.dumps(dict(written, **edit)))
-    assert records.read_json(str(tmp_path), 'x.json', 1)  # unsealed: read
-    with pytest.raises(
-      ValueError,
-      match=r'x.json does not match the sha256 it was written with .*delete '
-      '.* run the same command again',
-    ):
-      records.read_json(str(tmp_path), 'x.json', 1, sealed=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from regagg_jax.aggregation import pca
-from regagg_jax.storage import records
+from regagg_jax.storage import atomic
 from regagg_jax.storage import store_io
 from tests.storage.stores import Encoder
 from tests.storage.stores import HEADER
@@ -363,7 +363,7 @@ def test_finished_store_records_every_shard_file_digest(tmp_path):
   ]
   assert (
     finished['sha256']
-    == records.seal({k: v for k, v in finished.items() if k != 'sha256'})[
+    == atomic.seal({k: v for k, v in finished.items() if k != 'sha256'})[
       'sha256'
     ]
   )
