@@ -131,11 +131,13 @@ def build_store(
   """Encodes the missing shards of a store: resumable and crash-safe.
 
   Shard n holds input rows [n * shard_size, min((n + 1) * shard_size, N)).
-  A shard file that is missing or unreadable, or whose images changed since
-  (storage.fingerprints: size, stat, sha256), is encoded again with
-  encode_part(rows) (logged, naming them) and written atomically with the
-  fingerprints of its images; the other finished shards are kept. Each
-  existing shard of `shards` is read once (zip CRCs, shapes) to check it.
+  A shard file that is missing, unreadable, damaged (its sha256, or the
+  file digest of a finished store's metadata.json), misplaced (another
+  shard's number, rows or images: swapped or copied files), or whose images
+  changed since (storage.fingerprints: size, stat, sha256), is encoded again
+  with encode_part(rows) (logged, naming them) and written atomically with
+  the fingerprints of its images; the other finished shards are kept. Each
+  existing shard of `shards` is read once to check it.
 
   Args:
     path: store directory; created, or checked against these arguments.
@@ -332,8 +334,10 @@ def load_store(path):
   Raises:
     FileNotFoundError: not a store directory.
     ValueError: another format version, an unfinished store (how many
-      shards are missing), an unreadable shard (naming it), or images
-      changed since they were encoded (naming them; gone ones are logged).
+      shards are missing), a damaged header or metadata.json, damaged or
+      misplaced shards (naming each, and --mode=encode that re-encodes
+      exactly them), or images changed since they were encoded (naming
+      them; gone ones are logged).
   """
   path = os.fspath(path)
   record = store_format.read_header(path)
