@@ -305,16 +305,18 @@ def _write_store(
 def method_stores(config, dataset, methods):
   """Every method's database store from one VGG19 pass (--mode=demo), kept
   resumably in <workdir>/stores/<dataset>-methods[-raw]
-  (pipeline.encode_methods with a directory)."""
+  (pipeline.encode_methods with a directory), one run at a time (its
+  storage.locks lock)."""
   key = f'{dataset.name}-methods' + ('' if dataset.apply_exif else '-raw')
-  return pipeline.encode_methods(
-    config,
-    datasets.database_paths(dataset),
-    methods,
-    rotations=rotations(dataset, dataset.images),
-    apply_exif=dataset.apply_exif,
-    directory=os.path.join(config.workdir, 'stores', key),
-  )
+  with _one_writer(os.path.join(config.workdir, 'locks', f'{key}.lock')):
+    return pipeline.encode_methods(
+      config,
+      datasets.database_paths(dataset),
+      methods,
+      rotations=rotations(dataset, dataset.images),
+      apply_exif=dataset.apply_exif,
+      directory=os.path.join(config.workdir, 'stores', key),
+    )
 
 
 def _with_inputs(store, path):
