@@ -269,14 +269,12 @@ def read_shard(path, number, *, record=None, arrays=True, sha256=None):
   if not os.path.isfile(file):
     raise FileNotFoundError(f'{file} is missing')
   names = ('descriptors', 'valid', 'masks', 'grid') if arrays else ()
-  source = file
+  source, damaged = file, None
   if sha256 is not None:
     with open(file, 'rb') as stream:
       source = io.BytesIO(stream.read())
     if hashlib.sha256(source.getvalue()).hexdigest() != sha256:
-      raise ValueError(
-        f'{file} does not match its sha256 in metadata.json (a damaged file)'
-      )
+      damaged = f'{file} does not match its sha256 in metadata.json'
   try:
     with np.load(source) as npz:
       text = str(npz['info'])
@@ -285,15 +283,17 @@ def read_shard(path, number, *, record=None, arrays=True, sha256=None):
       contents = str(npz['sha256'])
   except Exception as error:  # zipfile and numpy raise many kinds on bad bytes
     raise ValueError(
-      f'{file} is unreadable ({type(error).__name__}: {error})'
+      f'{damaged} (a damaged file)'
+      if damaged
+      else f'{file} is unreadable ({type(error).__name__}: {error})'
     ) from error
   if arrays and sha256 is None and contents != _digest(text, stored):
-    raise ValueError(
-      f'{file} does not match the sha256 it was written with (a damaged file)'
-    )
+    damaged = f'{file} does not match the sha256 it was written with'
   if not isinstance(info, dict) or not isinstance(info.get('metadata'), dict):
     raise ValueError(f'{file} is unreadable (its info is not a shard info)')
-  _check_place(file, number, info, record)
+  _check_place(file, number, info, record)  # a whole shard, misplaced
+  if damaged:
+    raise ValueError(f'{damaged} (a damaged file)')
   if not arrays:
     return None, info
   store = records.Store(

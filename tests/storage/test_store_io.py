@@ -329,6 +329,7 @@ def test_misplaced_shards_are_named_then_exactly_re_encoded(tmp_path, how):
   assert f'{len(damaged)} damaged shard' in message
   for number in (0, 1, 2):
     assert (f'shard_0000{number}.npz' in message) == (number in damaged)
+  assert 'shard files swapped or copied over each other' in message
   assert 'run the same command again (--mode=encode)' in message
   kept = os.stat(tmp_path / 's' / 'shard_00000.npz')
   assert build(tmp_path / 's', encode_part)
