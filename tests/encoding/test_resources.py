@@ -3,6 +3,7 @@ image; memory maps released before they run out; a failed allocation or
 compilation is a clear error naming the stage, the images done and the
 settings to change."""
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,3 +196,36 @@ def test_probes_read_this_process():
     pytest.skip('no /proc (not Linux)')
   assert 0 < maps[0] < maps[1]
   assert resources.resident_mib() > 10
+
+
+@pytest.mark.slow
+def test_memory_maps_stay_flat_over_new_image_sizes(
+  variables, sample_paths, tmp_path
+):
+  """40 photos of 40 sizes in one 128 x 128 bucket, encoded in two halves
+  with hesaff: the second half compiles nothing and adds no memory maps
+  (the selection compiled once per image size, ~460 maps each, before
+  issue 16)."""
+  rng = np.random.default_rng(0)
+  paths, sizes = [], set()
+  source = reading.load(str(sample_paths[0]))
+  while len(paths) < 40:
+    size = (int(rng.integers(65, 129)), int(rng.integers(65, 129)))
+    if size in sizes:
+      continue
+    sizes.add(size)
+    picture = cv2.resize(source, size[::-1], interpolation=cv2.INTER_AREA)
+    paths.append(str(tmp_path / f'{len(paths)}.png'))
+    cv2.imwrite(paths[-1], picture[:, :, ::-1])
+  options = dict(region_options=_HESAFF, pooling_options=_OPTIONS, batch_size=2)
+  file_encoder.encode_rows(variables, paths, range(20), 'o1', **options)
+  before = resources.memory_maps()
+  compiled, listen = _compiled('_regions_from_points')
+  try:
+    file_encoder.encode_rows(variables, paths, range(20, 40), 'o1', **options)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert {images.bucket_shape(*s) for s in sizes} == {(128, 128)}
+  assert compiled == []
+  if before is not None:
+    assert resources.memory_maps()[0] - before[0] < 100
