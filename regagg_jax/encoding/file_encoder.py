@@ -2,7 +2,9 @@
 
   encode_rows     image files (rows of a list) -> records.Store, one pass
   fit_reduction   image files -> U^1 of eq. (4) on eq. (3) descriptors
-  encode_methods  image files -> {method: records.Store}, one VGG19 pass
+  encode_methods  image files -> {method: records.Store}, one VGG19 pass:
+                  pool_first, fit_sums, pool_reduced (with a MapsCache),
+                  which pipeline.encode_methods also runs shard by shard
 
 Images are decoded and resized on `num_threads` host threads (`reading`),
 `prefetch` batches ahead of the device, grouped into batches of one shape
@@ -15,7 +17,12 @@ region descriptors (eq. 3): `fit_reduction` learns it, then `encode_rows`
 encodes in one pass. `encode_methods` (the demo and pipeline) pools several
 methods from one VGG19 pass and is two-pass for 'o2': pass 1 pools eq. (3)
 and fits U^1 (unless given); pass 2 pools eq. (4-5) from the conv5_4 maps
-kept in memory (up to cache_mib) or recomputed. Nothing here reads a config.
+kept in memory (up to cache_mib) or recomputed. Before each batch the
+process's memory maps are checked (resources.release_compiled: compiled
+code is dropped before vm.max_map_count is reached), and a failed
+allocation or compilation stops the run with a resources.ResourceError
+naming the stage, the images done and the settings to lower. Nothing here
+reads a config.
 """
 
 import collections
