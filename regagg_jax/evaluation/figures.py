@@ -16,6 +16,7 @@ import numpy as np
 from regagg_jax.evaluation import datasets
 from regagg_jax.features import images
 from regagg_jax.features import reading
+from regagg_jax.storage import atomic
 
 QUERY = (0, 90, 255)
 RESULT = (70, 70, 70)
@@ -110,7 +111,13 @@ def _write(path, legend, rows):
     canvas[top : top + line.shape[0], : line.shape[1]] = line
     top += line.shape[0] + _GAP
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  cv2.imwrite(path, canvas[..., ::-1])
+  extension = os.path.splitext(path)[1] or '.png'
+  ok, encoded = cv2.imencode(extension, canvas[..., ::-1])
+  if not ok:
+    raise ValueError(
+      f'{path}: OpenCV could not encode the figure as {extension}'
+    )
+  atomic.atomic_write(path, lambda stream: stream.write(encoded.tobytes()))
 
 
 def _row(read, query, results, *, height):

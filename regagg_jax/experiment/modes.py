@@ -16,6 +16,7 @@ from regagg_jax.evaluation import datasets
 from regagg_jax.evaluation import folders
 from regagg_jax.evaluation import metrics
 from regagg_jax.evaluation import figures
+from regagg_jax.storage import atomic
 from regagg_jax.storage import records
 from regagg_jax.experiment import pipeline
 from regagg_jax.experiment import reporting
@@ -86,7 +87,7 @@ def evaluate(config):
     'config': reporting.resolved(config),
   }
   path = reporting.new_results(config) + '.json'
-  reporting.write_json(path, result)
+  atomic.write_json(path, result)
   reporting.print_table(
     f'{config.name} ({path})', [result], ['method', 'D', 'whiten', *scores]
   )
@@ -254,7 +255,7 @@ def run_demo(config):
     notes.setdefault(fitted.metadata['note'], []).append(results[-1]['method'])
     drawn = drawn or (variant, queries, store, fitted, ranking, positions)
   path = reporting.new_results(config) + '.json'
-  reporting.write_json(
+  atomic.write_json(
     path,
     {
       'dataset': dataset.name,

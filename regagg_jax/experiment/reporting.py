@@ -3,7 +3,6 @@
 method_name     ('o2', True) -> 'O2_R', ('crow', False) -> 'CroW'
 print_table     a right-aligned text table on stdout
 new_results     <workdir>/results/<name>-<config hash>[-<n>] never in use
-write_json      a results file
 resolved        the config as plain JSON values (recorded with results)
 per_query_ap    {query: AP} of one evaluation
 print_fit       the line saying how the whitening was fitted, when it
@@ -76,12 +75,6 @@ def new_results(config, prefix=''):
     count += 1
     path = f'{base}-{count}'
   return path
-
-
-def write_json(path, value):
-  """Writes `value` to `path` (indented JSON)."""
-  with open(path, 'w') as stream:
-    json.dump(value, stream, indent=1)
 
 
 def per_query_ap(dataset, ranks, scored, present):

@@ -10,6 +10,7 @@ import pytest
 
 from regagg_jax.evaluation import datasets
 from regagg_jax.experiment import reporting
+from regagg_jax.storage import atomic
 from regagg_jax.storage import records
 from tests.evaluation.test_precision import reference_ap
 
@@ -53,7 +54,7 @@ def test_new_results_never_reuses_a_name(tmp_path):
   first = reporting.new_results(config, prefix='eval-')
   assert first == os.path.join(tmp_path, 'results', f'eval-demo-{digest}')
   assert reporting.new_results(config, prefix='eval-') == first  # unused
-  reporting.write_json(first + '.json', {'mAP': 0.5})
+  atomic.write_json(first + '.json', {'mAP': 0.5})  # as the modes do
   with open(first + '.json') as stream:
     assert json.load(stream) == {'mAP': 0.5}
   second = reporting.new_results(config, prefix='eval-')
