@@ -82,3 +82,22 @@ def make_config(arg, *, variant, qe):
   config.search.qe = qe
   config.name = f'{variant}{"+qe" if qe else ""}-{dataset}-{dim}'
   return config
+
+
+def make_rerank_config(arg, rerank):
+  """Config of one Table 1-style cell re-ranked beyond the paper.
+
+  Args:
+    arg: '<dataset>,<D>[,<variant>]': a DATASETS key, a D in DIMS and a
+      VARIANTS key (default 'O2_R').
+    rerank: search.rerank, 'alpha_qe' or 'diffusion'.
+
+  Returns:
+    ml_collections.ConfigDict named '<variant>+<rerank>-<dataset>-<D>'.
+  """
+  dataset, dim, *variant = arg.split(',')
+  variant = variant[0] if variant else 'O2_R'
+  config = make_config(f'{dataset},{dim}', variant=variant, qe=False)
+  config.search.rerank = rerank
+  config.name = f'{variant}+{rerank}-{dataset}-{dim}'
+  return config

@@ -29,9 +29,4 @@ from configs import paper
 
 def get_config(arg='oxford5k,512'):
   """Returns the config of one cell; arg is '<dataset>,<D>[,<variant>]'."""
-  dataset, dim, *variant = arg.split(',')
-  variant = variant[0] if variant else 'O2_R'
-  config = paper.make_config(f'{dataset},{dim}', variant=variant, qe=False)
-  config.search.rerank = 'diffusion'
-  config.name = f'{variant}+diffusion-{dataset}-{dim}'
-  return config
+  return paper.make_rerank_config(arg, 'diffusion')
