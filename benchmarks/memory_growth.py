@@ -20,6 +20,15 @@ images of each shape bucket).
       --num_images=1000 --mode=demo --backend=jax --csv=/tmp/h16/demo.csv
   python3 benchmarks/memory_growth.py --folder=/tmp/h16/folder \\
       --num_images=1000 --mode=eval --csv=/tmp/h16/eval.csv
+
+Measured on the shared 2-core CPU (no GPU), issue 16, 2026-12-08, folder of
+--size=256 photos (--limit=300: 136 sizes, 3 buckets), --mode=eval hesaff:
+before (7915a4d) memory maps 1,027 -> 9,460 -> 15,964 at 0 / 25 / 50 images
+(~430 maps per new image size: the selection compiled per size), RSS 247 ->
+1,316 MiB; after (21b428c) 2,928 / 3,473 at 25 / 50, then 3,473 to image 256
+of pass 1 and 3,561-3,606 through pass 2's 300 images (RSS 952 -> 1,046
+MiB: the store itself, ~0.3 MiB per image). --mode=demo --backend=jax,
+--limit=200: 6,281 maps from image 75 to 200 of pass 1, 6,408 in pass 2.
 """
 
 import csv
