@@ -476,3 +476,29 @@ def test_distractors_join_the_database_as_irrelevant(
   config.eval.distractors = str(tmp_path / 'missing')
   with pytest.raises(FileNotFoundError, match='missing'):
     workspace.prepare(config, dataset)
+
+
+@pytest.mark.slow
+def test_demo_draws_boxed_queries_cropped_as_encoded(tmp_path, sample_paths):
+  """Queries with boxes: fig2 reads each query cropped as it was encoded,
+  so its matched-region mask fits it (the full image gave an IndexError)."""
+  folder = _write_photos(tmp_path / 'boxed', sample_paths[:8], 96)
+  names = [path.name for path in sample_paths[:8]]
+  (folder / 'groundtruth.json').write_text(
+    json.dumps(
+      {
+        'queries': [
+          {'image': names[q], 'positives': names[q + 1 : q + 4], 'box': box}
+          for q, box in ((0, [4, 6, 70, 50]), (4, [20, 10, 90, 66]))
+        ]
+      }
+    )
+  )
+  config = _config(tmp_path, folder)
+  config.eval.figure_queries = 2
+  results = modes.run_demo(config)
+  assert len(results) == len(modes.DEMO_ROWS)
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  figure = cv2.imread(str(tmp_path / 'work' / 'fig2.png'))
+  assert figure is not None and figure.shape[0] > 2 * 128

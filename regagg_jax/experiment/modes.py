@@ -284,6 +284,7 @@ def run_demo(config):
     max_size=config.features.max_size,
     num_queries=config.eval.figure_queries,
     num_results=config.eval.figure_results,
+    boxes=workspace.query_boxes(variant, dataset),  # as queries were encoded
     queries=queries,
     query_regions=retrieval.matched_query_regions(
       variant, queries, store, fitted, ranking, config.eval.figure_results + 1

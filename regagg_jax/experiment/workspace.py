@@ -3,6 +3,7 @@
   open_dataset / load_dataset  a datasets.Dataset by name (config.eval)
   prepare                      its database store and PCA-whitening (eq. 6)
   method_stores                its stores of several methods (the demo)
+  query_boxes                  the crops its queries are encoded with
   query_store                  its queries (cropped or database rows)
   encode_queries               other images encoded like the database
   search_index                 the database's FAISS region index
@@ -460,6 +461,14 @@ def _stored_whitening(database, fitted):
   return fitted.whitening
 
 
+def query_boxes(config, dataset):
+  """float (Q, 4) crops the queries are encoded with (eval.crop_queries
+  and the dataset has boxes), else None."""
+  if config.eval.crop_queries and dataset.boxes is not None:
+    return dataset.boxes
+  return None
+
+
 def query_store(config, dataset, database, fitted):
   """Query descriptors: database rows for uncropped in-database queries,
   else the (cropped) query images encoded like the database (its U^1, and
@@ -469,8 +478,8 @@ def query_store(config, dataset, database, fitted):
     (store, positions): positions int (Q,) of each query's store row, -1 for
     an unreadable query.
   """
-  crop = config.eval.crop_queries and dataset.boxes is not None
-  if not crop and np.all(dataset.query_indices >= 0):
+  boxes = query_boxes(config, dataset)
+  if boxes is None and np.all(dataset.query_indices >= 0):
     where = {row: p for p, row in enumerate(database.metadata['rows'])}
     positions = np.array([where.get(q, -1) for q in dataset.query_indices])
     present = positions >= 0
@@ -482,12 +491,12 @@ def query_store(config, dataset, database, fitted):
   store = _dataset_store(
     config,
     dataset,
-    f'queries-{"cropped" if crop else "full"}',
+    f'queries-{"full" if boxes is None else "cropped"}',
     paths,
     dataset.queries,
     reduction=database.reduction,
     whitening=_stored_whitening(database, fitted),
-    boxes=dataset.boxes if crop else None,
+    boxes=boxes,
   )
   where = {row: p for p, row in enumerate(store.metadata['rows'])}
   return store, np.array([where.get(q, -1) for q in range(len(paths))])
