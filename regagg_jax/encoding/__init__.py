@@ -1,15 +1,17 @@
 """Encoding: padded image batches -> region descriptors, in one jit.
 
-batch_encoder  one padded batch -> descriptors: the jitted chain
-file_encoder   image files -> stores: reading, batches, U^1
-parallel       device mesh (jax.sharding) and hosts (jax.distributed)
+batch_encoder   one padded batch -> descriptors: the jitted chain
+file_encoder    image files -> stores, one method a pass: reading, U^1
+method_encoder  image files -> a store per method from one VGG19 pass
+parallel        device mesh (jax.sharding) and hosts (jax.distributed)
 """
 
 from regagg_jax.encoding import batch_encoder
 from regagg_jax.encoding import file_encoder
+from regagg_jax.encoding import method_encoder
 from regagg_jax.encoding import parallel
 from regagg_jax.encoding.batch_encoder import compilations
 from regagg_jax.encoding.batch_encoder import encode_batch
-from regagg_jax.encoding.file_encoder import encode_methods
 from regagg_jax.encoding.file_encoder import encode_rows
 from regagg_jax.encoding.file_encoder import fit_reduction
+from regagg_jax.encoding.method_encoder import encode_methods

@@ -13,7 +13,8 @@ this module they are the only code that reads a config.
 
 `encode` reads the features, regions and pooling sections and hands them to
 `file_encoder` (images -> region descriptors, one jit per batch; VGG19 on all
-local devices when there are several). By default a store holds
+local devices when there are several), `encode_methods` to `method_encoder`
+(several methods from one VGG19 pass). By default a store holds
 unwhitened descriptors (D_store = K'(K'+1)/2 for 'o2', K otherwise) and
 U^1, so one store serves every D, QE and R/W setting: whitening is fitted
 on a store by `fit` and applied at search time. For millions of images,
@@ -45,6 +46,7 @@ import jax
 import numpy as np
 
 from regagg_jax.encoding import file_encoder
+from regagg_jax.encoding import method_encoder
 from regagg_jax.storage import provenance
 from regagg_jax.storage import records
 from regagg_jax.storage import store_io
@@ -180,7 +182,7 @@ def encode_methods(
 ):
   """Encodes images once for several pooling methods (one VGG19 pass).
 
-  `file_encoder.encode_methods` with the features, regions and pooling
+  `method_encoder.encode_methods` with the features, regions and pooling
   sections; the config and its `store_hash` are recorded in each store's
   metadata. With `directory` the same passes run shard by shard
   (features.shard_size images) into resumable stores there, as
@@ -218,7 +220,7 @@ def encode_methods(
     apply_exif=apply_exif,
   )
   if directory is None:
-    stores = file_encoder.encode_methods(
+    stores = method_encoder.encode_methods(
       variables(config),
       image_paths,
       methods,
@@ -228,14 +230,14 @@ def encode_methods(
       **options,
     )
     return {m: _stamp(config, store, m) for m, store in stores.items()}
-  file_encoder.check_methods(methods, options['region_options'], reduction)
+  method_encoder.check_methods(methods, options['region_options'], reduction)
   later = [m for m in methods if method_table.POOLING[m].reduced]
-  cache = file_encoder.MapsCache(config.features.cache_mib) if later else None
+  cache = method_encoder.MapsCache(config.features.cache_mib) if later else None
   fit_here = bool(later) and reduction is None
   shards = _Shards(config, image_paths, directory, apply_exif)
   for number in range(shards.count):
     first = functools.cache(
-      lambda rows: file_encoder.pool_first(
+      lambda rows: method_encoder.pool_first(
         variables(config),
         image_paths,
         rows,
@@ -251,12 +253,12 @@ def encode_methods(
     if fit_here:
       shards.build('sums', number, lambda r: first(r)[1], method='o2')
   if fit_here:
-    reduction = file_encoder.fit_sums(
+    reduction = method_encoder.fit_sums(
       store_io.load_store(shards.path('sums', 'o2')), config.pooling.k_prime
     )
   for number in range(shards.count):
     second = functools.cache(
-      lambda rows: file_encoder.pool_reduced(
+      lambda rows: method_encoder.pool_reduced(
         variables(config),
         image_paths,
         rows,

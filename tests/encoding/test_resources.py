@@ -12,6 +12,7 @@ import pytest
 from regagg_jax.aggregation import method_table
 from regagg_jax.encoding import batch_encoder
 from regagg_jax.encoding import file_encoder
+from regagg_jax.encoding import method_encoder
 from regagg_jax.encoding import resources
 from regagg_jax.features import images
 from regagg_jax.features import reading
@@ -137,7 +138,7 @@ def test_failed_allocation_in_encode_methods_names_stage_count_setting(
   not a crash."""
   _fail_on_call(monkeypatch, batch_encoder, 'staged_forward', 3, error)
   with pytest.raises(resources.ResourceError) as raised:
-    file_encoder.encode_methods(
+    method_encoder.encode_methods(
       variables,
       [str(p) for p in sample_paths[:8]],
       ('mac', 'spoc'),
@@ -179,7 +180,7 @@ def test_other_runtime_errors_pass_through(
   error = jax.errors.JaxRuntimeError('INVALID_ARGUMENT: a real bug')
   _fail_on_call(monkeypatch, batch_encoder, 'staged_forward', 1, error)
   with pytest.raises(jax.errors.JaxRuntimeError, match='a real bug'):
-    file_encoder.encode_methods(
+    method_encoder.encode_methods(
       variables,
       [str(p) for p in sample_paths[:2]],
       ('mac',),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import quick
-from regagg_jax.encoding import file_encoder
+from regagg_jax.encoding import method_encoder
 from regagg_jax.experiment import pipeline
 
 _METHODS = ('mac', 'o1', 'o2')
@@ -21,8 +21,8 @@ def _config():
 
 
 def _counting(monkeypatch, name, fail_on=None):
-  """Counts the rows of file_encoder.<name> calls; raises on call fail_on."""
-  original, calls = getattr(file_encoder, name), []
+  """Counts the rows of method_encoder.<name> calls; raises on call fail_on."""
+  original, calls = getattr(method_encoder, name), []
 
   def counted(variables, image_paths, rows, *args, **kwargs):
     calls.append(list(rows))
@@ -30,7 +30,7 @@ def _counting(monkeypatch, name, fail_on=None):
       raise RuntimeError('injected: killed in pass 2')
     return original(variables, image_paths, rows, *args, **kwargs)
 
-  monkeypatch.setattr(file_encoder, name, counted)
+  monkeypatch.setattr(method_encoder, name, counted)
   return calls
 
 
