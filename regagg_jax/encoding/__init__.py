@@ -3,6 +3,7 @@
 batch_encoder   one padded batch -> descriptors: the jitted chain
 file_encoder    image files -> stores, one method a pass: reading, U^1
 method_encoder  image files -> a store per method from one VGG19 pass
+passes          what both share: batch guards, outputs -> stores
 parallel        device mesh (jax.sharding) and hosts (jax.distributed)
 """
 
@@ -10,6 +11,7 @@ from regagg_jax.encoding import batch_encoder
 from regagg_jax.encoding import file_encoder
 from regagg_jax.encoding import method_encoder
 from regagg_jax.encoding import parallel
+from regagg_jax.encoding import passes
 from regagg_jax.encoding.batch_encoder import compilations
 from regagg_jax.encoding.batch_encoder import encode_batch
 from regagg_jax.encoding.file_encoder import encode_rows

@@ -1,11 +1,8 @@
 """Image files -> descriptor stores, one pooling method per pass.
 
-  encode_rows      image files (rows of a list) -> records.Store, one pass
-  fit_reduction    image files -> U^1 of eq. (4) on eq. (3) descriptors
-  fit_regions      U^1 of eq. (4) from per-image eq. (3) descriptors
-  collect_outputs  a batch's outputs -> per-image (descriptors, valid, ...)
-  assemble_store   per-image outputs -> records.Store, in the order of rows
-  guard_batches    batches, each with its resources guard
+  encode_rows    image files (rows of a list) -> records.Store, one pass
+  fit_reduction  image files -> U^1 of eq. (4) on eq. (3) descriptors
+  fit_regions    U^1 of eq. (4) from per-image eq. (3) descriptors
 
 Images are decoded and resized on `num_threads` host threads (`reading`),
 `prefetch` batches ahead of the device, grouped into batches of one shape
@@ -16,12 +13,11 @@ mask, so each bucket compiles once; each batch runs through `encoder`
 Second-order descriptors need U^1 (eq. 4), a PCA learnt on first-order
 region descriptors (eq. 3): `fit_reduction` learns it, then `encode_rows`
 encodes in one pass. Several methods from one VGG19 pass are
-`method_encoder`'s, built on this module's collect_outputs, assemble_store,
-guard_batches and fit_regions. Before each batch the process's memory maps
-are checked (resources.release_compiled: compiled code is dropped before
-vm.max_map_count is reached), and a failed allocation or compilation stops
-the run with a resources.ResourceError naming the stage, the images done
-and the settings to lower. Nothing here reads a config.
+`method_encoder`'s (its U^1 is fit_regions'). Each batch runs under
+passes.guard_batches (compiled code dropped before vm.max_map_count is
+reached; a failed allocation or compilation is a resources.ResourceError
+naming the stage, the images done and the settings to lower) and stores
+are built by passes.assemble_store. Nothing here reads a config.
 """
 
 import collections
@@ -32,54 +28,10 @@ from regagg_jax.aggregation import method_table
 from regagg_jax.aggregation import pca
 from regagg_jax.encoding import batch_encoder
 from regagg_jax.encoding import parallel
+from regagg_jax.encoding import passes
 from regagg_jax.encoding import resources
-from regagg_jax.features import images
 from regagg_jax.features import reading
 from regagg_jax.storage import records
-
-
-def collect_outputs(outputs, rows, sizes, descriptors, valid, masks):
-  """Keeps each real image's outputs of one batch, copied out of it.
-
-  Args:
-    outputs: {row: (descriptors, valid, masks, size)}, filled in place.
-    rows: the batch's real rows, one per leading slot (padding slots last).
-    sizes: int (B, 2) height, width of each slot's image in pixels.
-    descriptors: float32 (B, M, D) of the batch.
-    valid: bool (B, M) region validity.
-    masks: bool (B, M, H, W) regions on the batch's padded feature grid,
-      cut here to each image's own grid (images.feature_shape of its size).
-  """
-  descriptors, valid, masks = (
-    np.asarray(a) for a in (descriptors, valid, masks)
-  )
-  for slot, row in enumerate(rows):  # copies: the batch's buffers are freed
-    height_i, width_i = (int(s) for s in sizes[slot])
-    height, width = images.feature_shape(height_i, width_i)
-    outputs[row] = (
-      np.array(descriptors[slot]),
-      np.array(valid[slot]),
-      np.array(masks[slot, :, :height, :width]),
-      (height_i, width_i),
-    )
-
-
-def guard_batches(batches, what, total, settings):
-  """Yields (guard, batch) for each of `batches` (reading.Batch-like).
-
-  Compiled code is released first when memory maps crowd
-  (resources.release_compiled), and the batch's work runs `with guard`
-  (resources.stage: a failed allocation is a ResourceError naming `what`,
-  the images done out of `total` and the `settings` to lower).
-  """
-  done = 0
-  for batch in batches:
-    resources.release_compiled(done=done, what=what)
-    yield (
-      resources.stage(what, done=done, total=total, settings=settings),
-      batch,
-    )
-    done += len(batch.rows)
 
 
 def _encode_rows(
@@ -139,7 +91,7 @@ def _encode_rows(
   settings = (
     f'features.batch_size ({batch_size}), features.max_size ({max_size})'
   )
-  for guard, batch in guard_batches(batches, desc, len(rows), settings):
+  for guard, batch in passes.guard_batches(batches, desc, len(rows), settings):
     with guard:
       arrays = (batch.rgb, batch.sizes, batch.cells)
       if mesh is not None:
@@ -163,12 +115,12 @@ def _encode_rows(
       )
       if len(in_flight) > 1:  # fetch the previous batch while this one runs
         done, result = in_flight.popleft()
-        collect_outputs(outputs, done.rows, done.sizes, *result)
+        passes.collect_outputs(outputs, done.rows, done.sizes, *result)
   with resources.stage(
     desc, done=len(outputs), total=len(rows), settings=settings
   ):
     for done, result in in_flight:
-      collect_outputs(outputs, done.rows, done.sizes, *result)
+      passes.collect_outputs(outputs, done.rows, done.sizes, *result)
   return outputs, skipped
 
 
@@ -255,7 +207,7 @@ def encode_rows(
     desc=f'encoding ({method})',
   )
   num_regions = 2**region_options.num_clusters if chosen.regional else 1
-  store = assemble_store(
+  store = passes.assemble_store(
     image_paths,
     rows,
     apply_exif,
@@ -354,54 +306,3 @@ def fit_regions(summed, region_valid, k_prime):
     center=False,
     mask=region_valid.reshape(-1),
   )  # U^1 of eq. (4)
-
-
-def assemble_store(
-  image_paths, rows, apply_exif, outputs, skipped, num_regions, reduction
-):
-  """Builds a Store of the encoded rows, in the order of `rows`.
-
-  Args:
-    image_paths: all N image files (rows index it).
-    rows: the rows asked for; those missing from `outputs` are left out.
-    apply_exif: recorded in the metadata.
-    outputs: {row: (descriptors (M, D), valid (M,), masks (M, h, w),
-      (height, width))}, as `collect_outputs` fills it.
-    skipped: [path, reason] of the unreadable rows, recorded as is.
-    num_regions: M of the store.
-    reduction: U^1 kept in the store (its hash in the metadata), or None.
-
-  Returns:
-    records.Store: float32 (N', M, D) descriptors, bool (N', M) validity,
-    bool (N', M, H, W) masks zero-padded to the largest grid, int32 (N', 2)
-    grid, metadata 'inputs_hash', 'apply_exif', 'reduction_hash', 'rows',
-    'sizes', 'skipped'.
-  """
-  rows = [r for r in rows if r in outputs]
-  dim = outputs[rows[0]][0].shape[-1] if rows else 0
-  grid = np.array(
-    [o[2].shape[1:] for o in outputs.values()] or [(0, 0)], np.int32
-  ).max(axis=0)
-  store = records.Store(
-    descriptors=np.zeros((len(rows), num_regions, dim), np.float32),
-    valid=np.zeros((len(rows), num_regions), bool),
-    masks=np.zeros((len(rows), num_regions, *grid), bool),
-    grid=np.zeros((len(rows), 2), np.int32),
-    image_paths=tuple(str(image_paths[r]) for r in rows),
-    reduction=reduction,
-    metadata={
-      'inputs_hash': records.hash_config([str(p) for p in image_paths]),
-      'apply_exif': apply_exif,
-      'reduction_hash': records.hash_params(reduction),
-      'rows': rows,
-      'sizes': [list(outputs[r][3]) for r in rows],
-      'skipped': skipped,
-    },
-  )
-  for position, row in enumerate(rows):
-    descriptors, valid, masks, _ = outputs[row]
-    store.descriptors[position] = descriptors
-    store.valid[position] = valid
-    store.masks[position, :, : masks.shape[1], : masks.shape[2]] = masks
-    store.grid[position] = masks.shape[1:]
-  return store

@@ -11,12 +11,13 @@
                   for pass 2
   check_methods   refuses unknown methods before any image is read
 
-Reading is file_encoder's (threads, prefetch, shape buckets), but the
-chain is batch_encoder's staged one, so one forward serves every method.
+Images are read as in file_encoder (features.reading: threads, prefetch,
+shape buckets), but the chain is batch_encoder's staged one, so one
+forward serves every method.
 'o2' is two-pass: pass 1 pools eq. (3) and fits U^1 (unless given); pass 2
 pools eq. (4-5) from the conv5_4 maps kept in memory (up to cache_mib) or
-recomputed. Stores are built by file_encoder.assemble_store and each batch
-runs under file_encoder.guard_batches (resources.ResourceError naming the
+recomputed. Stores are built by passes.assemble_store and each batch
+runs under passes.guard_batches (resources.ResourceError naming the
 stage, the images done and the settings to lower). Nothing here reads a
 config.
 """
@@ -30,6 +31,7 @@ import tqdm
 from regagg_jax.aggregation import method_table
 from regagg_jax.encoding import batch_encoder
 from regagg_jax.encoding import file_encoder
+from regagg_jax.encoding import passes
 from regagg_jax.features import reading
 
 
@@ -155,9 +157,7 @@ def pool_first(
     f'features.batch_size ({batch_size}), features.max_size ({max_size}) '
     'or features.cache_mib'
   )
-  for guard, batch in file_encoder.guard_batches(
-    batches, what, len(rows), settings
-  ):
+  for guard, batch in passes.guard_batches(batches, what, len(rows), settings):
     with guard:
       maps = forward(batch)
       masks, valid = batch_encoder.propose_regions(
@@ -169,7 +169,7 @@ def pool_first(
       )
       for key, method in pools.items():
         whole = slice(None) if method.regional else slice(-1, None)
-        file_encoder.collect_outputs(
+        passes.collect_outputs(
           outputs[key],
           batch.rows,
           batch.sizes,
@@ -185,7 +185,7 @@ def pool_first(
     )
   num_regions = 2**region_options.num_clusters if regional else 1
   stores = {
-    key: file_encoder.assemble_store(
+    key: passes.assemble_store(
       image_paths,
       rows,
       apply_exif,
@@ -286,7 +286,7 @@ def pool_reduced(
     'or features.cache_mib'
   )
   what = f'second order (eq. 4-5) of {", ".join(methods)}'
-  for guard, batch in file_encoder.guard_batches(
+  for guard, batch in passes.guard_batches(
     itertools.chain(cached, fresh), what, len(rows), settings
   ):
     with guard:
@@ -304,7 +304,7 @@ def pool_reduced(
           batch.rgb, batch.sizes, batch.cells, maps[1], region_options
         )
       for method in methods:
-        file_encoder.collect_outputs(
+        passes.collect_outputs(
           outputs[method],
           batch.rows,
           sizes,
@@ -314,7 +314,7 @@ def pool_reduced(
         )
   num_regions = 2**region_options.num_clusters
   return {
-    m: file_encoder.assemble_store(
+    m: passes.assemble_store(
       image_paths,
       rows,
       apply_exif,

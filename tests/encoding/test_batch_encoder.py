@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import scipy
 
-from regagg_jax.aggregation import method_table
 from regagg_jax.aggregation import pca
 from regagg_jax.encoding import batch_encoder
 from regagg_jax.features import reading
