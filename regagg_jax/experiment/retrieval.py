@@ -32,13 +32,6 @@ from regagg_jax.search import rerank
 from regagg_jax.search import similarity
 from regagg_jax.storage import provenance
 
-# experiment/workspace.py still calls these as retrieval.<name>; they live in
-# indexing.py (issue 11).
-build_index = indexing.build_index
-build_graph = indexing.build_graph
-index_expectation = indexing.index_expectation
-graph_expectation = indexing.graph_expectation
-
 
 class Ranking(NamedTuple):
   """Search results.

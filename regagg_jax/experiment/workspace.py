@@ -42,6 +42,7 @@ from regagg_jax.storage import fingerprints
 from regagg_jax.storage import provenance
 from regagg_jax.storage import records
 from regagg_jax.encoding import parallel
+from regagg_jax.experiment import indexing
 from regagg_jax.experiment import pipeline
 from regagg_jax.aggregation import method_table
 from regagg_jax.search import graph
@@ -532,12 +533,12 @@ def search_index(config, dataset, database, fitted):
     f'{records.hash_config([options, _contents(database)])}'
   )
   expected = dict(
-    retrieval.index_expectation(database, fitted),
+    indexing.index_expectation(database, fitted),
     num_images=len(database.image_paths),
   )
   return _cached(
     os.path.join(config.workdir, 'indexes', name),
-    lambda: retrieval.build_index(config, database, fitted),
+    lambda: indexing.build_index(config, database, fitted),
     expected,
     load=region_index.load,
     save=region_index.save,
@@ -551,7 +552,7 @@ def search_graph(config, dataset, database, fitted, regions=None):
   re-rankings."""
   if not rerank.RERANK[retrieval.rerank_name(config.search)].diffusion:
     return None
-  expected = retrieval.graph_expectation(config, database, fitted)
+  expected = indexing.graph_expectation(config, database, fitted)
   name = (
     f'{dataset.name}-{pipeline.store_hash(config)}-'
     f'{pipeline.fit_hash(config)}-'
@@ -572,7 +573,7 @@ def search_graph(config, dataset, database, fitted, regions=None):
   return _made_once(
     path,
     finished,
-    lambda: retrieval.build_graph(config, database, fitted, path, regions),
+    lambda: indexing.build_graph(config, database, fitted, path, regions),
     lambda *_: None,  # build_graph writes it shard by shard
     f'made {path}',
   )
