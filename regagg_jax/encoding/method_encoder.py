@@ -10,6 +10,7 @@
   MapsCache       pass-1 regions and conv5_4 maps (up to cache_mib) kept
                   for pass 2
   check_methods   refuses unknown methods before any image is read
+  PassOptions     how every pass reads, proposes and pools: one value
 
 Images are read as in file_encoder (features.reading: threads, prefetch,
 shape buckets), but the chain is batch_encoder's staged one, so one
@@ -33,6 +34,43 @@ from regagg_jax.encoding import batch_encoder
 from regagg_jax.encoding import file_encoder
 from regagg_jax.encoding import passes
 from regagg_jax.features import reading
+from regagg_jax.regions import proposal
+
+
+class PassOptions(NamedTuple):
+  """How `pool_first` and `pool_reduced` read, propose and pool; hashable,
+  one value for both passes (and pipeline.encode_methods' shards).
+
+  Attributes:
+    pooling_options: method_table.PoolingOptions of the baselines and of
+      eq. (5).
+    region_options: proposal.RegionOptions (backend, N_max, N_min, L,
+      min_cells); needed when a method is regional, else None.
+    max_size: longer side images are shrunk to; 0 keeps the original size.
+    batch_size: images per jitted forward.
+    dtype: VGG19 compute dtype, 'float32' | 'bfloat16'.
+    apply_exif: apply JPEG EXIF orientations when reading (False for the
+      Oxford / Paris protocols, datasets.Dataset.apply_exif).
+    num_threads: host threads decoding images.
+    prefetch: batches decoded ahead of the one being encoded.
+  """
+
+  pooling_options: method_table.PoolingOptions
+  region_options: proposal.RegionOptions | None = None
+  max_size: int = 0
+  batch_size: int = 4
+  dtype: str = 'float32'
+  apply_exif: bool = True
+  num_threads: int = 4
+  prefetch: int = 2
+
+
+def _check_options(options):
+  if not isinstance(options, PassOptions):
+    raise TypeError(
+      'options must be a method_encoder.PassOptions, got '
+      f'{type(options).__name__}'
+    )
 
 
 class _Deferred(NamedTuple):
@@ -69,18 +107,29 @@ class MapsCache:
     return taken
 
 
-def _staged(variables, image_paths, *, dtype, pooling_options, **reading_args):
+def _staged(variables, image_paths, options, boxes, rotations):
   """(read, forward, pool) of the staged multi-method chain."""
-  read = reading.reader(image_paths, **reading_args)
+  read = reading.reader(
+    image_paths,
+    boxes=boxes,
+    rotations=rotations,
+    max_size=options.max_size,
+    apply_exif=options.apply_exif,
+  )
 
   def forward(batch):
     return batch_encoder.staged_forward(
-      variables, batch.rgb, batch.sizes, batch.cells, dtype=dtype
+      variables, batch.rgb, batch.sizes, batch.cells, dtype=options.dtype
     ) + (batch.cells,)
 
   def pool(method, maps, masks, valid, reduction):
     return batch_encoder.staged_pool(
-      *maps, masks, valid, reduction, method=method, options=pooling_options
+      *maps,
+      masks,
+      valid,
+      reduction,
+      method=method,
+      options=options.pooling_options,
     )
 
   return read, forward, pool
@@ -92,16 +141,9 @@ def pool_first(
   rows,
   methods,
   *,
-  pooling_options,
-  region_options=None,
-  max_size=0,
-  batch_size=4,
-  dtype='float32',
+  options,
   boxes=None,
   rotations=None,
-  apply_exif=True,
-  num_threads=4,
-  prefetch=2,
   cache=None,
   sums=False,
 ):
@@ -112,9 +154,8 @@ def pool_first(
   pass 2 (`pool_reduced`).
 
   Args:
-    variables, image_paths, pooling_options, region_options, max_size,
-      batch_size, dtype, boxes, rotations, apply_exif, num_threads,
-      prefetch: as in `encode_methods`.
+    variables, image_paths, options, boxes, rotations: as in
+      `encode_methods`.
     rows: the rows to encode, without repeats.
     methods: method_table.POOLING keys (reduced ones are left to pass 2).
     cache: MapsCache to keep the batches in, or None.
@@ -123,18 +164,18 @@ def pool_first(
   Returns:
     ({method: records.Store} of the methods that need no U^1, records.Store
     of eq. (3) descriptors or None).
+
+  Raises:
+    TypeError: options is not a PassOptions.
   """
+  _check_options(options)
   rows = [int(row) for row in rows]
-  reading.check_reading(image_paths, rows, batch_size, num_threads, prefetch)
+  batch_size, max_size = options.batch_size, options.max_size
+  reading.check_reading(
+    image_paths, rows, batch_size, options.num_threads, options.prefetch
+  )
   read, forward, pool = _staged(
-    variables,
-    image_paths,
-    dtype=dtype,
-    pooling_options=pooling_options,
-    boxes=boxes,
-    rotations=rotations,
-    max_size=max_size,
-    apply_exif=apply_exif,
+    variables, image_paths, options, boxes, rotations
   )
   regional = any(method_table.POOLING[m].regional for m in methods)
   early = [m for m in methods if not method_table.POOLING[m].reduced]
@@ -149,8 +190,8 @@ def pool_first(
     image_paths,
     skipped,
     batch_size=batch_size,
-    num_threads=num_threads,
-    prefetch=prefetch,
+    num_threads=options.num_threads,
+    prefetch=options.prefetch,
     desc=what,
   )
   settings = (
@@ -165,7 +206,7 @@ def pool_first(
         batch.sizes,
         batch.cells,
         maps[1],
-        region_options if regional else None,
+        options.region_options if regional else None,
       )
       for key, method in pools.items():
         whole = slice(None) if method.regional else slice(-1, None)
@@ -183,12 +224,12 @@ def pool_first(
     cache.skipped.update(
       {r: s for r, s in zip(_skipped_rows(image_paths, skipped), skipped)}
     )
-  num_regions = 2**region_options.num_clusters if regional else 1
+  num_regions = 2**options.region_options.num_clusters if regional else 1
   stores = {
     key: passes.assemble_store(
       image_paths,
       rows,
-      apply_exif,
+      options.apply_exif,
       outputs[key],
       skipped,
       num_regions if method.regional else 1,
@@ -225,16 +266,9 @@ def pool_reduced(
   methods,
   *,
   reduction,
-  pooling_options,
-  region_options=None,
-  max_size=0,
-  batch_size=4,
-  dtype='float32',
+  options,
   boxes=None,
   rotations=None,
-  apply_exif=True,
-  num_threads=4,
-  prefetch=2,
   cache=None,
 ):
   """Pass 2 of `encode_methods`: the methods that need U^1 (eq. 4-5).
@@ -250,18 +284,18 @@ def pool_reduced(
 
   Returns:
     {method: records.Store}.
+
+  Raises:
+    TypeError: options is not a PassOptions.
   """
+  _check_options(options)
   rows = [int(row) for row in rows]
-  reading.check_reading(image_paths, rows, batch_size, num_threads, prefetch)
+  batch_size, max_size = options.batch_size, options.max_size
+  reading.check_reading(
+    image_paths, rows, batch_size, options.num_threads, options.prefetch
+  )
   read, forward, pool = _staged(
-    variables,
-    image_paths,
-    dtype=dtype,
-    pooling_options=pooling_options,
-    boxes=boxes,
-    rotations=rotations,
-    max_size=max_size,
-    apply_exif=apply_exif,
+    variables, image_paths, options, boxes, rotations
   )
   taken = cache.take(rows) if cache is not None else []
   known = cache.skipped if cache is not None else {}
@@ -273,8 +307,8 @@ def pool_reduced(
     image_paths,
     skipped,
     batch_size=batch_size,
-    num_threads=num_threads,
-    prefetch=prefetch,
+    num_threads=options.num_threads,
+    prefetch=options.prefetch,
     desc='second order (eq. 4-5): read again',
   )
   cached = tqdm.tqdm(
@@ -301,7 +335,7 @@ def pool_reduced(
       else:
         sizes, maps = batch.sizes, forward(batch)
         masks, valid = batch_encoder.propose_regions(
-          batch.rgb, batch.sizes, batch.cells, maps[1], region_options
+          batch.rgb, batch.sizes, batch.cells, maps[1], options.region_options
         )
       for method in methods:
         passes.collect_outputs(
@@ -312,12 +346,12 @@ def pool_reduced(
           valid,
           masks,
         )
-  num_regions = 2**region_options.num_clusters
+  num_regions = 2**options.region_options.num_clusters
   return {
     m: passes.assemble_store(
       image_paths,
       rows,
-      apply_exif,
+      options.apply_exif,
       outputs[m],
       skipped,
       num_regions,
@@ -332,19 +366,12 @@ def encode_methods(
   image_paths,
   methods,
   *,
-  pooling_options,
+  options,
   k_prime,
-  region_options=None,
-  max_size=0,
-  batch_size=4,
-  dtype='float32',
   cache_mib=2048,
   boxes=None,
   rotations=None,
   reduction=None,
-  apply_exif=True,
-  num_threads=4,
-  prefetch=2,
 ):
   """Encodes images once for several pooling methods (one VGG19 pass).
 
@@ -358,23 +385,13 @@ def encode_methods(
     variables: VGG19 variables {'params': ...}.
     image_paths: N image files.
     methods: method_table.POOLING keys.
-    pooling_options: {'gem_power', 'offdiag_scale', 'log_method',
-      'rmac_levels'} of the baselines and of eq. (5).
+    options: PassOptions (pooling, regions, reading, dtype) of both passes.
     k_prime: K' of eq. (4), the dimension of U^1 when it is fitted here.
-    region_options: keywords of proposal.propose (backend, n_max, n_min,
-      num_clusters, min_cells); needed when a method is regional.
-    max_size: longer side images are shrunk to; 0 keeps the original size.
-    batch_size: images per jitted forward.
-    dtype: VGG19 compute dtype, 'float32' | 'bfloat16'.
     cache_mib: conv5_4 maps kept between the two 'o2' passes, in MiB.
     boxes: float (N, 4) x1 y1 x2 y2 crops at full resolution, or None.
     rotations: N clockwise degrees (multiples of 90), or None.
     reduction: U^1 (eq. 4) for 'o2' (queries: the database's); None fits it
       on these images (eq. 3).
-    apply_exif: apply JPEG EXIF orientations when reading (False for the
-      Oxford / Paris protocols, datasets.Dataset.apply_exif).
-    num_threads: host threads decoding images.
-    prefetch: batches decoded ahead of the one being encoded.
 
   Returns:
     {method: records.Store} over the N' readable images, in input order:
@@ -385,22 +402,12 @@ def encode_methods(
 
   Raises:
     ValueError: an unknown method, or a regional one without region_options.
+    TypeError: options is not a PassOptions.
     resources.ResourceError: memory or memory maps ran out (naming the
       stage, the images done and the settings to lower).
   """
-  check_methods(methods, region_options, reduction)
-  options = dict(
-    pooling_options=pooling_options,
-    region_options=region_options,
-    max_size=max_size,
-    batch_size=batch_size,
-    dtype=dtype,
-    boxes=boxes,
-    rotations=rotations,
-    apply_exif=apply_exif,
-    num_threads=num_threads,
-    prefetch=prefetch,
-  )
+  _check_options(options)
+  check_methods(methods, options.region_options, reduction)
   rows = range(len(image_paths))
   later = [m for m in methods if method_table.POOLING[m].reduced]
   cache = MapsCache(cache_mib) if later else None
@@ -411,7 +418,9 @@ def encode_methods(
     methods,
     cache=cache,
     sums=bool(later) and reduction is None,
-    **options,
+    options=options,
+    boxes=boxes,
+    rotations=rotations,
   )
   if later:
     if reduction is None:
@@ -424,7 +433,9 @@ def encode_methods(
         later,
         reduction=reduction,
         cache=cache,
-        **options,
+        options=options,
+        boxes=boxes,
+        rotations=rotations,
       )
     )
   return {m: stores[m] for m in methods}

@@ -211,14 +211,14 @@ def encode_methods(
     ValueError: an unknown method.
     resources.ResourceError: memory or memory maps ran out.
   """
-  options = _encoder_options(config)
-  del options['mesh']  # encode_methods runs on the default device
-  options.update(
+  encoder_options = _encoder_options(config)
+  del encoder_options['mesh']  # encode_methods runs on the default device
+  options = method_encoder.PassOptions(
     pooling_options=_pooling_options(config),
-    boxes=boxes,
-    rotations=rotations,
     apply_exif=apply_exif,
+    **encoder_options,
   )
+  arguments = {'options': options, 'boxes': boxes, 'rotations': rotations}
   if directory is None:
     stores = method_encoder.encode_methods(
       variables(config),
@@ -227,10 +227,10 @@ def encode_methods(
       k_prime=config.pooling.k_prime,
       cache_mib=config.features.cache_mib,
       reduction=reduction,
-      **options,
+      **arguments,
     )
     return {m: _stamp(config, store, m) for m, store in stores.items()}
-  method_encoder.check_methods(methods, options['region_options'], reduction)
+  method_encoder.check_methods(methods, options.region_options, reduction)
   later = [m for m in methods if method_table.POOLING[m].reduced]
   cache = method_encoder.MapsCache(config.features.cache_mib) if later else None
   fit_here = bool(later) and reduction is None
@@ -244,7 +244,7 @@ def encode_methods(
         methods,
         cache=cache,
         sums=fit_here,
-        **options,
+        **arguments,
       )
     )
     for method in methods:
@@ -265,7 +265,7 @@ def encode_methods(
         later,
         reduction=reduction,
         cache=cache,
-        **options,
+        **arguments,
       )
     )
     for method in later:

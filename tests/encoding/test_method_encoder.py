@@ -23,11 +23,10 @@ def test_encode_methods_agrees_with_encode_rows(variables, paths, reduction):
     variables,
     paths[:3],
     ('o1', 'o2', 'crow'),
-    pooling_options=OPTIONS,
+    options=method_encoder.PassOptions(
+      OPTIONS, region_options=JAX_REGIONS, max_size=64, batch_size=4
+    ),
     k_prime=4,
-    region_options=JAX_REGIONS,
-    max_size=64,
-    batch_size=4,
     reduction=reduction,
   )
   for method, store in stores.items():
@@ -56,10 +55,8 @@ def test_encode_methods_takes_explicit_arguments(sample_paths):
     variables,
     sample_paths[:3],
     ('gem', 'mac'),
-    pooling_options=OPTIONS,
+    options=method_encoder.PassOptions(OPTIONS, max_size=64, batch_size=2),
     k_prime=6,
-    max_size=64,
-    batch_size=2,
   )
   for store in stores.values():
     assert store.descriptors.shape == (3, 1, 16)
@@ -71,7 +68,11 @@ def test_encode_methods_takes_explicit_arguments(sample_paths):
     assert store.metadata['apply_exif'] and 'config_hash' not in store.metadata
   with pytest.raises(ValueError, match='region_options'):
     method_encoder.encode_methods(
-      variables, sample_paths[:1], ('o1',), pooling_options=OPTIONS, k_prime=6
+      variables,
+      sample_paths[:1],
+      ('o1',),
+      options=method_encoder.PassOptions(OPTIONS),
+      k_prime=6,
     )
 
 
@@ -84,11 +85,10 @@ def test_encode_methods_fits_the_u1_of_fit_reduction(
     variables,
     paths,
     ('o2',),
-    pooling_options=OPTIONS,
+    options=method_encoder.PassOptions(
+      OPTIONS, region_options=HESAFF_REGIONS, max_size=64, batch_size=4
+    ),
     k_prime=4,
-    region_options=HESAFF_REGIONS,
-    max_size=64,
-    batch_size=4,
   )
   np.testing.assert_allclose(
     stores['o2'].reduction.components, reduction.components, atol=1e-5
@@ -106,26 +106,43 @@ def test_pool_reduced_is_the_same_from_the_cache_or_read_again(
   again (0 MiB: no maps fit) or with no cache (a resumed run: read,
   forwarded and proposed again) gives the same stores; pass 1 returns the
   eq. (3) sums and the non-reduced methods only."""
-  options = dict(
-    pooling_options=OPTIONS,
-    region_options=HESAFF_REGIONS,
-    max_size=64,
-    batch_size=4,
+  options = method_encoder.PassOptions(
+    OPTIONS, region_options=HESAFF_REGIONS, max_size=64, batch_size=4
   )
   cache = None if cache_mib is None else method_encoder.MapsCache(cache_mib)
   rows = [4, 0, 2]
   early, sums = method_encoder.pool_first(
-    variables, paths, rows, ('o1', 'o2'), cache=cache, sums=True, **options
+    variables,
+    paths,
+    rows,
+    ('o1', 'o2'),
+    options=options,
+    cache=cache,
+    sums=True,
   )
   assert sorted(early) == ['o1'] and sums.metadata['rows'] == rows
   assert sums.descriptors.shape == (3, 4, 16)  # eq. (3): M = 2^L, K
   later = method_encoder.pool_reduced(
-    variables, paths, rows, ('o2',), reduction=reduction, cache=cache, **options
+    variables,
+    paths,
+    rows,
+    ('o2',),
+    reduction=reduction,
+    options=options,
+    cache=cache,
   )
   if cache is not None:
     assert cache.batches == [] and cache.budget == cache_mib * 2**20
   alone = file_encoder.encode_rows(
-    variables, paths, rows, 'o2', reduction=reduction, **options
+    variables,
+    paths,
+    rows,
+    'o2',
+    reduction=reduction,
+    pooling_options=OPTIONS,
+    region_options=HESAFF_REGIONS,
+    max_size=64,
+    batch_size=4,
   )
   np.testing.assert_allclose(
     later['o2'].descriptors, alone.descriptors, **TOLERANCE
@@ -189,3 +206,19 @@ def test_check_methods_refuses_before_reading():
     method_encoder.check_methods(('mac', 'vlad'), HESAFF_REGIONS, None)
   with pytest.raises(ValueError, match='needs region_options'):
     method_encoder.check_methods(('o1',), None, None)
+
+
+def test_pass_options_are_one_hashable_value_and_checked():
+  """Both passes take one PassOptions (hashable, defaults visible); a dict
+  of keywords is refused before any image is read."""
+  options = method_encoder.PassOptions(OPTIONS, region_options=JAX_REGIONS)
+  assert hash(options) == hash(options._replace())
+  # max_size, batch_size, dtype, apply_exif, num_threads, prefetch:
+  assert options[2:] == (0, 4, 'float32', True, 4, 2)
+  keywords = {'pooling_options': OPTIONS, 'region_options': JAX_REGIONS}
+  with pytest.raises(TypeError, match='PassOptions'):
+    method_encoder.pool_first(None, ['a.jpg'], [0], ('o1',), options=keywords)
+  with pytest.raises(TypeError, match='PassOptions'):
+    method_encoder.pool_reduced(
+      None, ['a.jpg'], [0], ('o2',), reduction=None, options=keywords
+    )

@@ -142,10 +142,8 @@ def test_failed_allocation_in_encode_methods_names_stage_count_setting(
       variables,
       [str(p) for p in sample_paths[:8]],
       ('mac', 'spoc'),
-      pooling_options=_OPTIONS,
+      options=method_encoder.PassOptions(_OPTIONS, max_size=64, batch_size=2),
       k_prime=4,
-      max_size=64,
-      batch_size=2,
     )
   message = str(raised.value)
   assert message.startswith('encoding (mac, spoc) failed after 4 of 8 images')
@@ -184,10 +182,8 @@ def test_other_runtime_errors_pass_through(
       variables,
       [str(p) for p in sample_paths[:2]],
       ('mac',),
-      pooling_options=_OPTIONS,
+      options=method_encoder.PassOptions(_OPTIONS, max_size=64, batch_size=2),
       k_prime=4,
-      max_size=64,
-      batch_size=2,
     )
 
 
