@@ -37,6 +37,7 @@ first search is the one `search_scale.py` measures at 1M.
 """
 
 import functools
+import resource
 import time
 
 from absl import app
@@ -73,7 +74,16 @@ def _graph(store, valid, region_index_=None):
     chunk=2048,
     shortlist=_SHORTLIST.value,
   )
-  return nearest(0, valid.size)
+  neighbours = np.empty((valid.size, _K.value), np.int32)
+  similarities = np.empty((valid.size, _K.value), np.float32)
+  for start in range(0, valid.size, 1 << 16):  # no list of parts to join
+    stop = min(start + (1 << 16), valid.size)
+    neighbours[start:stop], similarities[start:stop] = nearest(start, stop)
+  return neighbours, similarities
+
+
+def _peak_rss_gib():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _edge_recall(exact, approximate):
@@ -107,11 +117,13 @@ def measure(num_images, store, store_valid, query, query_valid):
       f'; exact kNN {exact_seconds:.1f} s, the index finds '
       f'{_edge_recall(exact[0], knn[0]):.3f} of its edges'
     )
+    del exact
+  del knn
   edges = int((table[0] >= 0).sum())
   print(
     line + f'; {edges / num_images:.1f} reciprocal edges per image, graph '
     f'{(table[0].nbytes + table[1].nbytes) / num_images:.0f} B per image '
-    f'(store {store[0].nbytes} B)',
+    f'(store {store[0].nbytes} B); peak RSS {_peak_rss_gib():.1f} GiB',
     flush=True,
   )
   probe, k_regions, shortlist = (

@@ -83,20 +83,20 @@ def build_graph(
     return load_graph(path, expected=metadata)
   os.makedirs(path, exist_ok=True)
   num_shards = -(-num_slots // shard_rows)
-  parts = []
+  knn = None  # (R, k) tables, filled shard by shard (no second copy)
   for number in range(num_shards):
     file = os.path.join(path, f'knn_{number:05d}.npz')
+    rows = slice(number * shard_rows, min((number + 1) * shard_rows, num_slots))
     part = _read_arrays(file, ('neighbours', 'similarities'))
     if part is None:
-      start = number * shard_rows
-      part = nearest(start, min(start + shard_rows, num_slots))
+      part = nearest(rows.start, rows.stop)
       _save_arrays(file, neighbours=part[0], similarities=part[1])
       logging.info('graph %s: kNN shard %d / %d', path, number + 1, num_shards)
-    parts.append(part)
-  neighbours, weights = affinity(
-    np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-  )
-  del parts
+    if knn is None:
+      knn = tuple(np.empty((num_slots,) + p.shape[1:], p.dtype) for p in part)
+    knn[0][rows], knn[1][rows] = part
+  neighbours, weights = affinity(*knn)
+  del knn
   checksums = []
   for number in range(num_shards):
     file = os.path.join(path, f'graph_{number:05d}.npz')

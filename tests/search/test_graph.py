@@ -116,3 +116,39 @@ def test_mutual_affinity_keeps_reciprocal_edges_by_hand():
     got_weights, [[weight, 0], [weight, 0], [0, 0]], rtol=1e-6
   )
   assert got_weights.dtype == np.float32
+
+
+@pytest.mark.parametrize('chunk', [1, 5, 64, 1 << 16])
+def test_mutual_affinity_in_any_chunk_is_the_reference(chunk):
+  # A random table: distinct neighbours in random order, -1 pads anywhere,
+  # s_ij != s_ji, so each lookup of i in row j and its s_ji is exercised.
+  rng = np.random.default_rng(3)
+  size, k, gamma = 40, 6, 3.0
+  neighbours = np.full((size, k), -1, np.int32)
+  for i in range(size):
+    count = rng.integers(0, k + 1)
+    others = rng.permutation(np.delete(np.arange(size), i))[:count]
+    neighbours[i, rng.permutation(k)[:count]] = others
+  similarities = np.where(
+    neighbours >= 0, rng.uniform(-0.2, 1.0, (size, k)), -np.inf
+  ).astype(np.float32)
+  score = {
+    (i, j): float(s)
+    for i in range(size)
+    for j, s in zip(neighbours[i], similarities[i])
+    if j >= 0
+  }
+  want = np.zeros((size, size))
+  for (i, j), s in score.items():
+    if (j, i) in score:
+      want[i, j] = max((s + score[j, i]) / 2, 0.0) ** gamma
+  got_neighbours, got_weights = graph.mutual_affinity(
+    neighbours, similarities, gamma=gamma, chunk=chunk
+  )
+  np.testing.assert_allclose(
+    dense(got_neighbours, got_weights, size), want, rtol=1e-5, atol=1e-7
+  )
+  kept = got_neighbours >= 0  # kept edges stay in their kNN place
+  np.testing.assert_array_equal(got_neighbours[kept], neighbours[kept])
+  assert np.all(got_weights[~kept] == 0)
+  assert np.count_nonzero(want) == int(kept.sum()) > 0
