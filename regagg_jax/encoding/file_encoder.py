@@ -13,11 +13,12 @@ mask, so each bucket compiles once; each batch runs through `encoder`
 Second-order descriptors need U^1 (eq. 4), a PCA learnt on first-order
 region descriptors (eq. 3): `fit_reduction` learns it, then `encode_rows`
 encodes in one pass. Several methods from one VGG19 pass are
-`method_encoder`'s (its U^1 is fit_regions'). Each batch runs under
-passes.guard_batches (compiled code dropped before vm.max_map_count is
-reached; a failed allocation or compilation is a resources.ResourceError
-naming the stage, the images done and the settings to lower) and stores
-are built by passes.assemble_store. Nothing here reads a config.
+`method_encoder`'s (its U^1 is fit_regions'). Batches are read by
+passes.read_guarded and each runs under passes.guard_batches (compiled
+code dropped before vm.max_map_count is reached; a failed allocation or
+compilation is a resources.ResourceError naming the stage, the images
+done and the settings to lower) and stores are built by
+passes.assemble_store. Nothing here reads a config.
 """
 
 import collections
@@ -30,7 +31,6 @@ from regagg_jax.encoding import batch_encoder
 from regagg_jax.encoding import parallel
 from regagg_jax.encoding import passes
 from regagg_jax.encoding import resources
-from regagg_jax.features import reading
 from regagg_jax.storage import records
 
 
@@ -60,7 +60,20 @@ def _encode_rows(
   A batch's outputs are fetched after the next batch is dispatched, so the
   device runs while the host collects and pads.
   """
-  reading.check_reading(image_paths, rows, batch_size, num_threads, prefetch)
+  outputs, skipped, in_flight = {}, [], collections.deque()
+  _, batches, settings = passes.read_guarded(
+    image_paths,
+    rows,
+    skipped,
+    what=desc,
+    boxes=boxes,
+    rotations=rotations,
+    max_size=max_size,
+    apply_exif=apply_exif,
+    batch_size=batch_size,
+    num_threads=num_threads,
+    prefetch=prefetch,
+  )
   if mesh is not None:
     if batch_size % mesh.size:
       raise ValueError(
@@ -70,28 +83,7 @@ def _encode_rows(
     variables, reduction, whitening = parallel.replicate(
       mesh, (variables, reduction, whitening)
     )
-  read = reading.reader(
-    image_paths,
-    boxes=boxes,
-    rotations=rotations,
-    max_size=max_size,
-    apply_exif=apply_exif,
-  )
-  outputs, skipped, in_flight = {}, [], collections.deque()
-  batches = reading.read_batches(
-    read,
-    rows,
-    image_paths,
-    skipped,
-    batch_size=batch_size,
-    num_threads=num_threads,
-    prefetch=prefetch,
-    desc=desc,
-  )
-  settings = (
-    f'features.batch_size ({batch_size}), features.max_size ({max_size})'
-  )
-  for guard, batch in passes.guard_batches(batches, desc, len(rows), settings):
+  for guard, batch in batches:
     with guard:
       arrays = (batch.rgb, batch.sizes, batch.cells)
       if mesh is not None:

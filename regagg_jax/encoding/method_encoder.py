@@ -12,8 +12,8 @@
   check_methods   refuses unknown methods before any image is read
   PassOptions     how every pass reads, proposes and pools: one value
 
-Images are read as in file_encoder (features.reading: threads, prefetch,
-shape buckets), but the chain is batch_encoder's staged one, so one
+Images are read as in file_encoder (passes.read_guarded: threads,
+prefetch, shape buckets), but the chain is batch_encoder's staged one, so one
 forward serves every method.
 'o2' is two-pass: pass 1 pools eq. (3) and fits U^1 (unless given); pass 2
 pools eq. (4-5) from the conv5_4 maps kept in memory (up to cache_mib) or
@@ -23,7 +23,6 @@ stage, the images done and the settings to lower). Nothing here reads a
 config.
 """
 
-import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -107,15 +106,27 @@ class MapsCache:
     return taken
 
 
-def _staged(variables, image_paths, options, boxes, rotations):
-  """(read, forward, pool) of the staged multi-method chain."""
-  read = reading.reader(
+def _read_guarded(image_paths, rows, skipped, options, boxes, rotations, **how):
+  """passes.read_guarded with the options' reading settings; a
+  ResourceError also names features.cache_mib."""
+  return passes.read_guarded(
     image_paths,
+    rows,
+    skipped,
     boxes=boxes,
     rotations=rotations,
     max_size=options.max_size,
     apply_exif=options.apply_exif,
+    batch_size=options.batch_size,
+    num_threads=options.num_threads,
+    prefetch=options.prefetch,
+    also_lower='features.cache_mib',
+    **how,
   )
+
+
+def _staged(variables, options):
+  """(forward, pool) of the staged multi-method chain."""
 
   def forward(batch):
     return batch_encoder.staged_forward(
@@ -132,7 +143,7 @@ def _staged(variables, image_paths, options, boxes, rotations):
       options=options.pooling_options,
     )
 
-  return read, forward, pool
+  return forward, pool
 
 
 def pool_first(
@@ -170,13 +181,6 @@ def pool_first(
   """
   _check_options(options)
   rows = [int(row) for row in rows]
-  batch_size, max_size = options.batch_size, options.max_size
-  reading.check_reading(
-    image_paths, rows, batch_size, options.num_threads, options.prefetch
-  )
-  read, forward, pool = _staged(
-    variables, image_paths, options, boxes, rotations
-  )
   regional = any(method_table.POOLING[m].regional for m in methods)
   early = [m for m in methods if not method_table.POOLING[m].reduced]
   pools = {m: method_table.POOLING[m] for m in early}
@@ -184,21 +188,11 @@ def pool_first(
     pools[None] = method_table.SUM
   skipped, outputs = [], {m: {} for m in pools}
   what = f'encoding ({", ".join(methods)})'
-  batches = reading.read_batches(
-    read,
-    rows,
-    image_paths,
-    skipped,
-    batch_size=batch_size,
-    num_threads=options.num_threads,
-    prefetch=options.prefetch,
-    desc=what,
+  _, batches, _ = _read_guarded(
+    image_paths, rows, skipped, options, boxes, rotations, what=what
   )
-  settings = (
-    f'features.batch_size ({batch_size}), features.max_size ({max_size}) '
-    'or features.cache_mib'
-  )
-  for guard, batch in passes.guard_batches(batches, what, len(rows), settings):
+  forward, pool = _staged(variables, options)
+  for guard, batch in batches:
     with guard:
       maps = forward(batch)
       masks, valid = batch_encoder.propose_regions(
@@ -290,39 +284,27 @@ def pool_reduced(
   """
   _check_options(options)
   rows = [int(row) for row in rows]
-  batch_size, max_size = options.batch_size, options.max_size
-  reading.check_reading(
-    image_paths, rows, batch_size, options.num_threads, options.prefetch
-  )
-  read, forward, pool = _staged(
-    variables, image_paths, options, boxes, rotations
-  )
   taken = cache.take(rows) if cache is not None else []
   known = cache.skipped if cache is not None else {}
   covered = {r for batch in taken for r in batch.rows} | set(known)
   skipped = [known[r] for r in rows if r in known]
-  fresh = reading.read_batches(
-    read,
-    [r for r in rows if r not in covered],
+  read, batches, _ = _read_guarded(
     image_paths,
+    rows,
     skipped,
-    batch_size=batch_size,
-    num_threads=options.num_threads,
-    prefetch=options.prefetch,
+    options,
+    boxes,
+    rotations,
+    what=f'second order (eq. 4-5) of {", ".join(methods)}',
+    ahead=tqdm.tqdm(
+      taken, desc='second order (eq. 4-5, cached conv5_4)', unit='batch'
+    ),
+    read_rows=[r for r in rows if r not in covered],
     desc='second order (eq. 4-5): read again',
   )
-  cached = tqdm.tqdm(
-    taken, desc='second order (eq. 4-5, cached conv5_4)', unit='batch'
-  )
+  forward, pool = _staged(variables, options)
   outputs = {m: {} for m in methods}
-  settings = (
-    f'features.batch_size ({batch_size}), features.max_size ({max_size}) '
-    'or features.cache_mib'
-  )
-  what = f'second order (eq. 4-5) of {", ".join(methods)}'
-  for guard, batch in passes.guard_batches(
-    itertools.chain(cached, fresh), what, len(rows), settings
-  ):
+  for guard, batch in batches:
     with guard:
       if isinstance(batch, _Deferred):
         _, sizes, maps, masks, valid = batch

@@ -1,5 +1,7 @@
 """What every pass over image files shares, one method or several.
 
+  read_guarded     a pass's reading set up: rows checked, the image reader,
+                   threaded batches, each under guard_batches
   guard_batches    batches, each with its resources guard (memory maps,
                    failed allocations)
   collect_outputs  a batch's outputs -> per-image (descriptors, valid,
@@ -10,11 +12,86 @@ file_encoder (one method a pass) and method_encoder (several from one
 VGG19 pass) run their batches through these. Nothing here reads a config.
 """
 
+import itertools
+
 import numpy as np
 
 from regagg_jax.encoding import resources
 from regagg_jax.features import images
+from regagg_jax.features import reading
 from regagg_jax.storage import records
+
+
+def read_guarded(
+  image_paths,
+  rows,
+  skipped,
+  *,
+  what,
+  boxes,
+  rotations,
+  max_size,
+  apply_exif,
+  batch_size,
+  num_threads,
+  prefetch,
+  also_lower=None,
+  ahead=(),
+  read_rows=None,
+  desc=None,
+):
+  """The reading of one pass over image_paths[r], r in rows.
+
+  Checks the rows and counts (reading.check_reading), then reads batches of
+  one shape bucket on threads (reading.read_batches); each, after the
+  batches `ahead`, runs under `guard_batches`.
+
+  Args:
+    image_paths: all N image files (rows index it).
+    rows: the rows of the pass, without repeats (what `total` counts).
+    skipped: list the [path, reason] of unreadable images are appended to.
+    what: the stage a ResourceError names.
+    boxes, rotations, max_size, apply_exif: as reading.reader takes them.
+    batch_size, num_threads, prefetch: as reading.read_batches takes them.
+    also_lower: one more setting a ResourceError names, or None.
+    ahead: batches already read, guarded first (reading.Batch-like).
+    read_rows: the rows to read (default: rows).
+    desc: the progress bar's label (default: what).
+
+  Returns:
+    (read: row -> uint8 (H_I, W_I, 3) image (reading.reader), iterator of
+    (guard, batch) (guard_batches), the settings a ResourceError names).
+
+  Raises:
+    ValueError: bad rows or counts.
+  """
+  reading.check_reading(image_paths, rows, batch_size, num_threads, prefetch)
+  read = reading.reader(
+    image_paths,
+    boxes=boxes,
+    rotations=rotations,
+    max_size=max_size,
+    apply_exif=apply_exif,
+  )
+  batches = reading.read_batches(
+    read,
+    rows if read_rows is None else read_rows,
+    image_paths,
+    skipped,
+    batch_size=batch_size,
+    num_threads=num_threads,
+    prefetch=prefetch,
+    desc=what if desc is None else desc,
+  )
+  settings = (
+    f'features.batch_size ({batch_size}), features.max_size ({max_size})'
+  )
+  if also_lower is not None:
+    settings += f' or {also_lower}'
+  guarded = guard_batches(
+    itertools.chain(ahead, batches), what, len(rows), settings
+  )
+  return read, guarded, settings
 
 
 def guard_batches(batches, what, total, settings):

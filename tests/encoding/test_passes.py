@@ -93,3 +93,45 @@ def test_guard_batches_counts_the_images_done(monkeypatch):
   assert checked == [(0, 'stage'), (2, 'stage')]
   assert str(raised.value).startswith('stage failed after 2 of 3 images')
   assert 'the settings' in str(raised.value)
+
+
+def test_read_guarded_checks_reads_and_guards_in_order(sample_paths, tmp_path):
+  """Rows are checked first; the batches `ahead` come first, then read_rows
+  read on threads (an unreadable one skipped), each under its guard with
+  the pass's settings."""
+  broken = tmp_path / 'broken.jpg'
+  broken.write_bytes(b'not a jpeg')
+  paths = [str(p) for p in sample_paths[:3]] + [str(broken)]
+  how = dict(
+    boxes=None,
+    rotations=None,
+    max_size=32,
+    apply_exif=True,
+    batch_size=2,
+    num_threads=2,
+    prefetch=1,
+  )
+  with pytest.raises(ValueError, match='must not repeat'):
+    passes.read_guarded(paths, [0, 0], [], what='stage', **how)
+  ahead = [reading.make_batch([0], [np.zeros((8, 8, 3), np.uint8)], 2)]
+  skipped = []
+  read, guarded, settings = passes.read_guarded(
+    paths,
+    [0, 1, 2, 3],
+    skipped,
+    what='stage',
+    also_lower='features.cache_mib',
+    ahead=ahead,
+    read_rows=[1, 2, 3],
+    **how,
+  )
+  assert settings == (
+    'features.batch_size (2), features.max_size (32) or features.cache_mib'
+  )
+  assert max(read(1).shape[:2]) == 32 and read(1).dtype == np.uint8
+  rows = []
+  for guard, batch in guarded:
+    with guard:
+      rows.append(batch.rows)
+  assert rows[0] is ahead[0].rows and sorted(sum(rows[1:], [])) == [1, 2]
+  assert [path for path, _ in skipped] == [str(broken)]
