@@ -32,6 +32,7 @@ from regagg_jax.experiment import pipeline
 from regagg_jax.storage import store_io
 from regagg_jax.search import similarity
 from regagg_jax.storage import store_format
+from regagg_jax.experiment import stores
 from regagg_jax.experiment import workspace
 
 
@@ -67,16 +68,16 @@ def main(argv):
   if not np.array_equal(dataset.query_indices, np.arange(len(dataset.images))):
     raise ValueError(f'{dataset.name}: every image must be a query')
   methods = sorted({method for method, _ in modes.DEMO_ROWS.values()})
-  stores = pipeline.encode_methods(
+  by_method = pipeline.encode_methods(
     config,
     datasets.database_paths(dataset),
     methods,
-    rotations=workspace.rotations(dataset, dataset.images),
+    rotations=stores.rotations(dataset, dataset.images),
     apply_exif=dataset.apply_exif,
   )
   loaded, errors, sizes = {}, {}, {}
   with tempfile.TemporaryDirectory() as directory:
-    for method, store in stores.items():
+    for method, store in by_method.items():
       for dtype in store_format.DTYPES:
         path = os.path.join(directory, f'{method}-{dtype}')
         store_io.save_store(path, store, dtype=dtype)
@@ -116,7 +117,7 @@ def main(argv):
       ' | '.join(
         [
           label,
-          str(stores[method].descriptors.shape[-1]),
+          str(by_method[method].descriptors.shape[-1]),
           f'{full["N-S"]:.4f}',
           f'{half["N-S"]:.4f}',
           f'{full["mAP"]:.4f}',

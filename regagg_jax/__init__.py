@@ -17,7 +17,7 @@ ICASSP 2017. One folder per stage of the pipeline, each with a face
   storage/      stores, fits and results on disk
   evaluation/   datasets and ground truth, AP / mAP protocols, Fig. 2
   experiment/   the only reader of a config: encode / fit, retrieval,
-                workspace, run.py's modes
+                stores, workspace, searches, run.py's modes
 
 Research code imports a stage, e.g.
 `from regagg_jax.aggregation import second_order` or

@@ -25,6 +25,7 @@ from regagg_jax.aggregation import pca
 from regagg_jax.experiment import pipeline
 from regagg_jax.experiment import retrieval
 from regagg_jax.storage import store_io
+from regagg_jax.experiment import searches
 from regagg_jax.experiment import workspace
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -351,7 +352,7 @@ def test_region_index_search_matches_exact_search(tmp_path, folder, kind):
   assert len(os.listdir(tmp_path / 'work' / 'indexes')) == 1
   dataset = workspace.load_dataset(config)
   database, fitted = workspace.prepare(config, dataset)
-  regions = workspace.search_index(config, dataset, database, fitted)
+  regions = searches.search_index(config, dataset, database, fitted)
   config.search.index = 'exact'
   reference = retrieval.search(config, database, database, fitted)
   config.search.index = kind
@@ -463,7 +464,7 @@ def test_distractors_join_the_database_as_irrelevant(
   dataset = workspace.load_dataset(config)
   database, fitted = workspace.prepare(config, dataset)
   queries, positions = workspace.query_store(config, dataset, database, fitted)
-  ranks = workspace.dataset_ranks(
+  ranks = searches.dataset_ranks(
     retrieval.search(config, queries, database, fitted), database, positions
   )
   assert ranks.shape == (9, 14) and ranks.max() == 14  # 8 + 6 readable

@@ -13,6 +13,7 @@ from regagg_jax.evaluation import metrics
 from regagg_jax.experiment import modes
 from regagg_jax.experiment import pipeline
 from regagg_jax.experiment import retrieval
+from regagg_jax.experiment import searches
 from regagg_jax.experiment import workspace
 
 
@@ -38,7 +39,7 @@ def test_default_eval_is_near_the_best_swept_dim(tmp_path, sample_paths):
     variant.pca.min_whitened_dim = 1
     fitted = pipeline.fit(variant, database)
     ranking = retrieval.search(variant, database, database, fitted)
-    ranks = workspace.dataset_ranks(
+    ranks = searches.dataset_ranks(
       ranking, database, dataset.query_indices.astype(int)
     )
     swept[dim] = metrics.evaluate(dataset, ranks)['mAP']

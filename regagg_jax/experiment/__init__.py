@@ -3,7 +3,9 @@
 pipeline   encode / fit as a config says
 retrieval  search as a config says: exact eq. 7 or region index + re-rank
 indexing   the region index and diffusion's region graph a config asks for
-workspace  a dataset's stores, fits and indexes kept in the workdir
+stores     a dataset's stores in the workdir: encoded once, one writer
+workspace  a dataset's database store, fits and queries
+searches   a run's region index and graph kept in the workdir, its rankings
 modes      what run.py --mode runs: demo / encode / fit / search / eval / config
 reporting  results tables, method names and results files of the modes
 cli        run.py and the regagg-jax console script (absl flags, so not

@@ -1,8 +1,8 @@
 """What run.py's --mode runs (MODES): config, demo, encode, fit, search,
 eval.
 
-Each mode takes the config, gets its stores and fits from `workspace`, runs
-`pipeline`'s stages, prints a summary and writes its results under
+Each mode takes the config, gets its stores and fits from `workspace` and
+`stores` and its rankings from `searches`, runs `pipeline`'s stages, prints a summary and writes its results under
 <workdir>/results, in files named by the config that are never overwritten
 (`reporting`).
 """
@@ -21,6 +21,8 @@ from regagg_jax.storage import records
 from regagg_jax.experiment import pipeline
 from regagg_jax.experiment import reporting
 from regagg_jax.experiment import retrieval
+from regagg_jax.experiment import searches
+from regagg_jax.experiment import stores
 from regagg_jax.experiment import workspace
 
 
@@ -42,8 +44,8 @@ def evaluate(config):
   dataset = workspace.load_dataset(config)
   database, fitted = workspace.prepare(config, dataset)
   queries, positions = workspace.query_store(config, dataset, database, fitted)
-  ranking = workspace.rank(config, dataset, queries, database, fitted)
-  ranks = workspace.dataset_ranks(ranking, database, positions)
+  ranking = searches.rank(config, dataset, queries, database, fitted)
+  ranks = searches.dataset_ranks(ranking, database, positions)
   rerank = retrieval.rerank_name(config.search)
   scores = metrics.evaluate(  # unreadable images take no part
     dataset, ranks, scored=positions >= 0, present=database.metadata['rows']
@@ -128,7 +130,7 @@ def run_search(config):
   queries = workspace.encode_queries(
     config, paths, database, fitted, boxes=boxes
   )
-  ranking = workspace.rank(config, dataset, queries, database, fitted)
+  ranking = searches.rank(config, dataset, queries, database, fitted)
   path = reporting.new_results(config, 'search-')
   records.write_results(
     path,
@@ -229,20 +231,20 @@ def demo_label(method, regional, rerank='none'):
 def run_demo(config):
   """--mode=demo: every DEMO_ROWS method on config.eval's dataset (the
   bundled samples), one VGG19 pass into resumable stores
-  (workspace.method_stores); prints the table, writes
+  (stores.method_stores); prints the table, writes
   <workdir>/results/demo-<config hash>.json and <workdir>/fig2.png."""
   dataset = workspace.load_dataset(config)
   methods = sorted({method for method, *_ in DEMO_ROWS})
-  stores = workspace.method_stores(config, dataset, methods)  # resumable
+  by_method = stores.method_stores(config, dataset, methods)  # resumable
   results, drawn, notes = [], None, {}
   for method, regional, rerank in DEMO_ROWS:
     variant = _variant(config, method, regional, rerank)
-    store = stores[method]
+    store = by_method[method]
     fitted = pipeline.fit(variant, store, fitted_on=dataset.name)
     queries, positions = workspace.query_store(variant, dataset, store, fitted)
-    ranking = workspace.rank(variant, dataset, queries, store, fitted)
+    ranking = searches.rank(variant, dataset, queries, store, fitted)
     scores = metrics.evaluate(
-      dataset, workspace.dataset_ranks(ranking, store, positions)
+      dataset, searches.dataset_ranks(ranking, store, positions)
     )
     results.append(
       {
@@ -260,7 +262,7 @@ def run_demo(config):
     {
       'dataset': dataset.name,
       'results': results,
-      'skipped': stores[methods[0]].metadata['skipped'],
+      'skipped': by_method[methods[0]].metadata['skipped'],
       'config': reporting.resolved(config),
     },
   )

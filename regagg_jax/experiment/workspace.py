@@ -1,57 +1,34 @@
-"""A dataset's stores and fits, kept in the workdir and reused.
+"""A dataset, its database store, fits and queries, kept in the workdir.
 
   open_dataset / load_dataset  a datasets.Dataset by name (config.eval)
+  database_images              its database: images, then distractors
   prepare                      its database store and PCA-whitening (eq. 6)
-  method_stores                its stores of several methods (the demo)
   query_boxes                  the crops its queries are encoded with
   query_store                  its queries (cropped or database rows)
   encode_queries               other images encoded like the database
-  search_index                 the database's FAISS region index
-  search_graph                 the database's region graph (diffusion)
-  rank                         retrieval.search with the index and graph
-  dataset_ranks                store-row rankings -> dataset indices
+  cached                       a fit or index kept while its metadata matches
 
-Stores live in <workdir>/stores/<dataset>-<role>-<store hash>[-raw: no
-EXIF][-<U^1 hash>][-w<whitening hash>], written in shards and resumed after a crash
-(store_io.build_store); fits in <workdir>/fits/<dataset>-<store hash>-<fit
-hash>; indexes in <workdir>/indexes; diffusion's region graphs in
-<workdir>/graphs. A finished one is reused when it
-matches the config; a store made with other settings is refused. One run
-at a time reads or writes a store (storage.locks: <workdir>/locks/<store
-name>.lock); another run of the same workdir waits for it.
-
-A store's shards record the fingerprints of their images
-(storage.fingerprints): a shard holding an image replaced since is encoded
-again, a store whose U^1 was fitted on such an image is encoded anew, and
-fits, indexes and graphs carry the hash of the images' contents, so a rerun
-after an image changed gives what a fresh workdir gives.
+Stores are `stores`' (encoded once, resumably, one writer at a time); fits
+live in <workdir>/fits/<dataset>-<store hash>-<fit hash>, made by one
+process and reused when they match the config and the hash of the store's
+image contents (fingerprints_hash), so a rerun after an image changed gives
+what a fresh workdir gives. The region index, graph and rankings of a run
+are `ranking`'s.
 """
 
-import contextlib
 import os
-import shutil
 
 from absl import logging
 import jax
 import numpy as np
 
 from regagg_jax.evaluation import datasets
-from regagg_jax.evaluation import sources
 from regagg_jax.evaluation import folders
-from regagg_jax.storage import fingerprints
+from regagg_jax.evaluation import sources
+from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import stores
 from regagg_jax.storage import provenance
 from regagg_jax.storage import records
-from regagg_jax.encoding import parallel
-from regagg_jax.experiment import indexing
-from regagg_jax.experiment import pipeline
-from regagg_jax.aggregation import method_table
-from regagg_jax.search import graph
-from regagg_jax.search import region_index
-from regagg_jax.search import rerank
-from regagg_jax.experiment import retrieval
-from regagg_jax.storage import graphs
-from regagg_jax.storage import locks
-from regagg_jax.storage import store_io
 
 
 def _take(store, positions):
@@ -107,28 +84,7 @@ def load_dataset(config, *, ground_truth=True):
   )
 
 
-def rotations(dataset, names):
-  """Clockwise degrees of the named images of a dataset (0 if unlisted)."""
-  return [dataset.rotations.get(n, 0) for n in names]
-
-
-def _made_once(path, load, make, save, name):
-  """load(path), or make() and save(path, value) when it gives None, on
-  process 0; the other processes load it after the barrier `name`."""
-  value = None
-  if jax.process_index() == 0:
-    value = load(path)
-    if value is None:
-      value = make()
-      save(path, value)
-      logging.info('wrote %s', path)
-    else:
-      logging.info('reusing %s', path)
-  parallel.barrier(name)
-  return load(path) if value is None else value
-
-
-def _cached(path, make, expected, *, load, save):
+def cached(path, make, expected, *, load, save):
   """The fit (or index) at `path` if its metadata has `expected`, else
   make() saved there (by one process only: orbax checkpoints of several
   processes are collective)."""
@@ -155,179 +111,7 @@ def _cached(path, make, expected, *, load, save):
       )
     return make(*args)
 
-  return _made_once(path, matching, single, save, f'made {path}')
-
-
-def _current_reduction(path, paths, fitted_rows):
-  """U^1 kept in the store at path, or None (the store removed) when
-  images it was fitted on changed since: every descriptor depends on it."""
-  stale = sorted(set(fingerprints.store_changes(path)) & set(fitted_rows))
-  if stale:
-    logging.warning(
-      'U^1 (eq. 4) of %s was fitted on %s changed since: the store is '
-      'encoded anew',
-      path,
-      fingerprints.describe(stale, paths),
-    )
-    shutil.rmtree(path)
-  return store_io.load_reduction(path)
-
-
-def _dataset_store(
-  config,
-  dataset,
-  role,
-  paths,
-  names,
-  *,
-  reduction=None,
-  whitening=None,
-  boxes=None,
-):
-  """Encodes images of a dataset into workdir/stores, resumably.
-
-  The store is written in shards of features.shard_size images
-  (store_io.build_store): a killed run resumes where it stopped, a
-  finished store is reused, one made with other settings is refused. With
-  several processes (parallel.initialize) each encodes its process_shards
-  and process 0 finalises the store.
-
-  Args:
-    config: ConfigDict.
-    dataset: datasets.Dataset the images belong to (rotations, apply_exif).
-    role: part of the store's folder name, e.g. 'database'.
-    paths: the image files.
-    names: their dataset names (keys of dataset.rotations).
-    reduction: U^1 (eq. 4) to encode with (queries: the database's), or
-      None to fit it on these images (pooling.reduction_images of them).
-    whitening: PCAParams of eq. (6) to store whitened descriptors, or None.
-    boxes: float (N, 4) query crops, or None.
-
-  Returns:
-    records.Store.
-  """
-  key = f'{dataset.name}-{role}-{pipeline.store_hash(config)}'
-  if not dataset.apply_exif:
-    key += '-raw'  # pixels as stored, EXIF orientation ignored
-  if reduction is not None:
-    key += f'-{records.hash_params(reduction)}'
-  if whitening is not None:
-    key += f'-w{records.hash_params(whitening)}'
-  path = os.path.join(config.workdir, 'stores', key)
-  with _one_writer(os.path.join(config.workdir, 'locks', f'{key}.lock')):
-    return _write_store(
-      config, dataset, key, path, paths, reduction, whitening, boxes, names
-    )
-
-
-@contextlib.contextmanager
-def _one_writer(lock):
-  """Process 0 holds a store's lock (storage.locks) while this run's
-  processes, after a barrier, read or write it: another run of the same
-  workdir waits (the processes of one run write disjoint shards)."""
-  first = jax.process_index() == 0
-  with locks.hold(lock) if first else contextlib.nullcontext():
-    parallel.barrier(f'locked {lock}')
-    yield
-
-
-def _write_store(
-  config, dataset, key, path, paths, reduction, whitening, boxes, names
-):
-  """`_dataset_store`'s encode or reuse of the store at path, locked."""
-  reading = dict(
-    boxes=boxes,
-    rotations=rotations(dataset, names),
-    apply_exif=dataset.apply_exif,
-  )
-  if reduction is None and method_table.POOLING[config.pooling.method].reduced:
-    fitted_rows = pipeline.sample_rows(
-      len(paths), config.pooling.reduction_images
-    )
-    reduction = _made_once(  # U^1 of eq. (4), fitted once, kept in the store
-      path,
-      lambda p: _current_reduction(p, paths, fitted_rows),
-      lambda: pipeline.fit_reduction(config, paths, **reading),
-      lambda p, r: store_io.build_store(
-        p,
-        None,
-        image_paths=paths,
-        header=pipeline.store_header(
-          config,
-          paths,
-          reduction=r,
-          whitening=whitening,
-          apply_exif=dataset.apply_exif,
-        ),
-        shard_size=config.features.shard_size,
-        dtype=config.features.store_dtype,
-        shards=[],
-        reduction=r,
-      ),
-      f'U1 {key}',
-    )
-  header = pipeline.store_header(
-    config,
-    paths,
-    reduction=reduction,
-    whitening=whitening,
-    apply_exif=dataset.apply_exif,
-  )
-  if os.path.isfile(os.path.join(path, 'metadata.json')):  # finished
-    try:
-      store = store_io.load_store(path)
-    except ValueError as error:  # build_store re-encodes damaged shards
-      logging.warning('repairing %s: %s', path, error)
-      store = None
-    if store is not None and all(
-      store.metadata.get(k) == v for k, v in header.items()
-    ):
-      logging.info('reusing %s', path)
-      return _with_inputs(store, path)
-  num_shards = -(-len(paths) // config.features.shard_size)
-  finished = store_io.build_store(
-    path,
-    lambda rows: pipeline.encode_rows(
-      config, paths, rows, reduction=reduction, whitening=whitening, **reading
-    ),
-    image_paths=paths,
-    header=header,
-    shard_size=config.features.shard_size,
-    dtype=config.features.store_dtype,
-    shards=parallel.process_shards(num_shards),
-    reduction=reduction,
-  )
-  parallel.barrier(f'encoded {key}')
-  if jax.process_index() == 0 and not finished:
-    store_io.finalize_store(path)
-  parallel.barrier(f'finalised {key}')
-  return _with_inputs(store_io.load_store(path), path)
-
-
-def method_stores(config, dataset, methods):
-  """Every method's database store from one VGG19 pass (--mode=demo), kept
-  resumably in <workdir>/stores/<dataset>-methods[-raw]
-  (pipeline.encode_methods with a directory), one run at a time (its
-  storage.locks lock)."""
-  key = f'{dataset.name}-methods' + ('' if dataset.apply_exif else '-raw')
-  with _one_writer(os.path.join(config.workdir, 'locks', f'{key}.lock')):
-    return pipeline.encode_methods(
-      config,
-      datasets.database_paths(dataset),
-      methods,
-      rotations=rotations(dataset, dataset.images),
-      apply_exif=dataset.apply_exif,
-      directory=os.path.join(config.workdir, 'stores', key),
-    )
-
-
-def _with_inputs(store, path):
-  """The store with the fingerprints_hash of its images (storage.
-  fingerprints.digest) in its metadata: fits, indexes and graphs of it
-  are keyed by it, so they are made again when its images change."""
-  return store._replace(
-    metadata=dict(store.metadata, fingerprints_hash=fingerprints.digest(path))
-  )
+  return stores.made_once(path, matching, single, save, f'made {path}')
 
 
 def _fitting_store(config, database=None):
@@ -338,7 +122,7 @@ def _fitting_store(config, database=None):
   other = open_dataset(
     config, config.pca.fit_on, config.pca.fit_root, ground_truth=False
   )
-  return other.name, _dataset_store(
+  return other.name, stores.dataset_store(
     config,
     other,
     'fitting',
@@ -357,7 +141,7 @@ def _fit(config, name, store, fitted_on):
     fitted = pipeline.fit(config, store, fitted_on=fitted_on)
     return fitted._replace(metadata=dict(fitted.metadata, **inputs))
 
-  return _cached(
+  return cached(
     os.path.join(
       config.workdir,
       'fits',
@@ -437,7 +221,7 @@ def prepare(config, dataset, *, fit=True):
       )
     fitted_on, store = _fitting_store(config)
     fitted = _fit(config, fitted_on, store, fitted_on)
-    return _dataset_store(
+    return stores.dataset_store(
       config,
       dataset,
       role,
@@ -446,7 +230,7 @@ def prepare(config, dataset, *, fit=True):
       reduction=fitted.reduction,
       whitening=fitted.whitening,
     ), fitted
-  database = _dataset_store(config, dataset, role, paths, names)
+  database = stores.dataset_store(config, dataset, role, paths, names)
   if not fit:
     return database, None
   fitted_on, store = _fitting_store(config, database)
@@ -489,7 +273,7 @@ def query_store(config, dataset, database, fitted):
       np.where(present, np.cumsum(present) - 1, -1),
     )
   paths = datasets.query_paths(dataset)
-  store = _dataset_store(
+  store = stores.dataset_store(
     config,
     dataset,
     f'queries-{"full" if boxes is None else "cropped"}',
@@ -512,94 +296,3 @@ def encode_queries(config, paths, database, fitted, *, boxes=None):
     reduction=database.reduction,
     whitening=_stored_whitening(database, fitted),
   )
-
-
-def _contents(database):
-  """What an index or graph is named by besides settings: the database's
-  image contents (`_with_inputs`)."""
-  return database.metadata.get('fingerprints_hash')
-
-
-def search_index(config, dataset, database, fitted):
-  """The database's FAISS region index (search.index), built once and kept
-  in workdir/indexes; None for search.index 'exact'."""
-  if config.search.index == 'exact':
-    return None
-  kind = config.search.index
-  options = config.search[kind].to_dict() if kind in config.search else {}
-  name = (
-    f'{dataset.name}-{pipeline.store_hash(config)}-'
-    f'{pipeline.fit_hash(config)}-{kind}-'
-    f'{records.hash_config([options, _contents(database)])}'
-  )
-  expected = dict(
-    indexing.index_expectation(database, fitted),
-    num_images=len(database.image_paths),
-  )
-  return _cached(
-    os.path.join(config.workdir, 'indexes', name),
-    lambda: indexing.build_index(config, database, fitted),
-    expected,
-    load=region_index.load,
-    save=region_index.save,
-  )
-
-
-def search_graph(config, dataset, database, fitted, regions=None):
-  """The database's region graph of diffusion (search.rerank 'diffusion'),
-  built once (resumably) and kept in workdir/graphs, named by the store's
-  hash like the fits; a damaged one is built again. None for other
-  re-rankings."""
-  if not rerank.RERANK[retrieval.rerank_name(config.search)].diffusion:
-    return None
-  expected = indexing.graph_expectation(config, database, fitted)
-  name = (
-    f'{dataset.name}-{pipeline.store_hash(config)}-'
-    f'{pipeline.fit_hash(config)}-'
-    f'{records.hash_config([expected, _contents(database)])}'
-  )
-  path = os.path.join(config.workdir, 'graphs', name)
-
-  def finished(path):
-    if not os.path.isfile(os.path.join(path, 'metadata.json')):
-      return None
-    try:
-      return graph.RegionGraph(*graphs.load_graph(path, expected=expected))
-    except ValueError as error:  # damaged or stale: built again
-      logging.warning('replacing %s: %s', path, error)
-      shutil.rmtree(path)
-      return None
-
-  return _made_once(
-    path,
-    finished,
-    lambda: indexing.build_graph(config, database, fitted, path, regions),
-    lambda *_: None,  # build_graph writes it shard by shard
-    f'made {path}',
-  )
-
-
-def rank(config, dataset, queries, database, fitted):
-  """retrieval.search with the database's region index and region graph
-  (`search_index`, `search_graph`: made once, None when not needed)."""
-  regions = search_index(config, dataset, database, fitted)
-  return retrieval.search(
-    config,
-    queries,
-    database,
-    fitted,
-    regions,
-    search_graph(config, dataset, database, fitted, regions),
-  )
-
-
-def dataset_ranks(ranking, database, positions):
-  """Store-row rankings -> int (Q, N') dataset indices, one row per query.
-
-  An unreadable query (position -1) gets the database in index order.
-  """
-  rows = np.asarray(database.metadata['rows'], np.int64)
-  ranks = np.tile(rows, (len(positions), 1))
-  present = positions >= 0
-  ranks[present] = rows[ranking.ranks[positions[present]]]
-  return ranks

@@ -4,14 +4,14 @@
          it, with one log line naming the lock file and its holder
 
 The lock is fcntl.flock on a file outside the guarded directory (so it
-survives the directory being removed and made anew: experiment.workspace
+survives the directory being removed and made anew: experiment.stores
 keeps <workdir>/locks/<store>.lock); the file is kept after release, since
 removing a lock file races with its next taker. The
 kernel drops it when its holder dies, SIGKILL included, so a killed run
 never leaves a store locked. flock is per host: on a network file system
 runs on different hosts may not see each other's locks. A multi-process
 run (--num_processes) takes it in process 0 only, for all its processes
-(experiment.workspace): they write disjoint shards of one store.
+(experiment.stores): they write disjoint shards of one store.
 """
 
 import contextlib

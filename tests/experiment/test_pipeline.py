@@ -239,17 +239,6 @@ def test_hashes_follow_what_they_depend_on():
   )
 
 
-def test_dataset_ranks_maps_rows_and_unreadable_queries():
-  ranking = retrieval.Ranking(
-    scores=None, best=None, ranks=np.array([[2, 0, 1], [1, 2, 0]])
-  )
-  database = records.Store(
-    None, None, None, None, (), None, {'rows': [0, 2, 5]}
-  )  # rows 1, 3, 4 unreadable
-  ranks = workspace.dataset_ranks(ranking, database, np.array([1, -1, 0]))
-  np.testing.assert_array_equal(ranks, [[2, 5, 0], [0, 2, 5], [5, 0, 2]])
-
-
 @pytest.fixture(scope='module')
 def small_images(tmp_path_factory, sample_paths):
   """Six sample photos shrunk to 64 or 80 px (two shape buckets) + a bad file."""

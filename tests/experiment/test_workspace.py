@@ -1,71 +1,111 @@
-"""workspace: a finished store with a damaged file is repaired by a rerun."""
+"""workspace: datasets by name, the database's images, query crops, and
+fits kept while their metadata matches."""
+
+import json
+import os
 
 import numpy as np
 import pytest
 
+from configs import quick
+from regagg_jax.evaluation import datasets
 from regagg_jax.experiment import workspace
-from regagg_jax.storage import store_io
-from tests.test_end_to_end import _config
-from tests.test_end_to_end import _make_folder
 
 
-@pytest.fixture(scope='module')
-def folder(tmp_path_factory, sample_paths):
-  return _make_folder(
-    tmp_path_factory.mktemp('photos') / 'photos',
-    sample_paths,
-    groups=2,
-    size=96,
+def _dataset(root='/images', protocol='custom', boxes=None):
+  """Images a.jpg and b.jpg under root (empty files when root is a Path)."""
+  if not isinstance(root, str):
+    for name in ('a.jpg', 'b.jpg'):
+      (root / name).write_bytes(b'')
+  return datasets.Dataset(
+    name='d',
+    protocol=protocol,
+    images=('a.jpg', 'b.jpg'),
+    queries=('a.jpg',),
+    query_indices=np.zeros(1, np.int64),
+    boxes=boxes,
+    positives=(),
+    junk=(),
+    image_root=str(root),
   )
 
 
-@pytest.mark.parametrize(
-  'damaged, rows', [('shard_00001.npz', [[3, 4, 5]]), ('metadata.json', [])]
-)
-def test_rerun_repairs_exactly_the_damaged_file(
-  tmp_path, folder, encoded_rows, damaged, rows
-):
-  """A bit flipped in a finished store's shard or metadata: load_store
-  names the file and advises a rerun; the rerun re-encodes only that
-  shard's rows (or none) and gives the first store."""
-  config = _config(tmp_path, folder)
-  config.features.shard_size = 3
-  dataset = workspace.load_dataset(config)
-  first, _ = workspace.prepare(config, dataset)
-  (store_dir,) = (tmp_path / 'work' / 'stores').iterdir()
-  file = store_dir / damaged
-  data = bytearray(file.read_bytes())
-  data[len(data) // 2] ^= 0xFF
-  file.write_bytes(bytes(data))
-  with pytest.raises(ValueError, match=f'{damaged}.*run the same command'):
-    store_io.load_store(store_dir)
-  encoded = encoded_rows()
-  again, _ = workspace.prepare(config, dataset)
-  assert encoded == rows
-  np.testing.assert_array_equal(again.descriptors, first.descriptors)
-  np.testing.assert_array_equal(again.masks, first.masks)
-  assert again.metadata == first.metadata
+def test_folder_without_ground_truth_is_its_images(tmp_path):
+  for name in ('b.jpg', 'a.png', 'notes.txt'):
+    (tmp_path / name).write_bytes(b'')
+  dataset = workspace.open_dataset(
+    quick.get_config(), 'folder', str(tmp_path), ground_truth=False
+  )
+  assert dataset.images == ('a.png', 'b.jpg')
+  assert dataset.queries == () and dataset.query_indices.shape == (0,)
+  assert dataset.image_root == str(tmp_path)
 
 
-def test_images_beyond_the_u1_sample_go_through_the_network_once(
-  tmp_path, folder, monkeypatch
-):
-  """U^1 (eq. 4) is fitted on pooling.reduction_images of the 9 images
-  (8 photos and the unreadable file) spread over the set, then the store
-  encodes all 9: 9 + 3 images read, not 9 + 9, each pass labelled."""
-  from regagg_jax.features import reading  # pylint: disable=g-import-not-at-top
+def test_database_images_put_distractors_after_the_dataset(tmp_path):
+  config = quick.get_config()
+  dataset = _dataset(tmp_path)
+  role, paths, names = workspace.database_images(config, dataset)
+  assert role == 'database' and names == ['a.jpg', 'b.jpg']
+  assert paths == datasets.database_paths(dataset)
+  (tmp_path / 'r1m').mkdir()
+  (tmp_path / 'r1m' / 'x.jpg').write_bytes(b'')
+  config.eval.distractors = str(tmp_path / 'r1m')
+  role, paths, names = workspace.database_images(config, dataset)
+  assert role == 'database+r1m' and names == ['a.jpg', 'b.jpg', 'x.jpg']
+  assert paths[-1] == os.path.join(str(tmp_path / 'r1m'), 'x.jpg')
+  with pytest.raises(ValueError, match='cannot be used with UKBench'):
+    workspace.database_images(config, _dataset(tmp_path, protocol='ukbench'))
 
-  passes, original = [], reading.read_batches
 
-  def recording(read, rows, *args, **kwargs):
-    passes.append((kwargs['desc'], list(rows)))
-    return original(read, rows, *args, **kwargs)
+def test_query_boxes_only_when_cropping_a_dataset_with_boxes():
+  config = quick.get_config()
+  boxes = np.array([[0.0, 0.0, 4.0, 4.0]])
+  config.eval.crop_queries = True
+  assert workspace.query_boxes(config, _dataset()) is None
+  assert workspace.query_boxes(config, _dataset(boxes=boxes)) is boxes
+  config.eval.crop_queries = False
+  assert workspace.query_boxes(config, _dataset(boxes=boxes)) is None
 
-  monkeypatch.setattr(reading, 'read_batches', recording)
-  config = _config(tmp_path, folder)
-  config.pooling.reduction_images = 3
-  workspace.prepare(config, workspace.load_dataset(config))
-  assert passes == [
-    ('fitting U^1 (eq. 4): eq. 3 regions', [0, 4, 8]),
-    ('encoding (o2)', list(range(9))),
-  ]
+
+def test_store_whitened_needs_another_image_set(tmp_path):
+  config = quick.get_config()
+  config.pca.store_whitened = True
+  config.pca.fit_on = ''
+  with pytest.raises(ValueError, match='store_whitened needs pca.fit_on'):
+    workspace.prepare(config, _dataset(tmp_path))
+
+
+class _Kept:
+  def __init__(self, metadata):
+    self.metadata = metadata
+
+
+def _load(path):
+  with open(os.path.join(path, 'kept.json')) as stream:
+    return _Kept(json.load(stream))
+
+
+def _save(path, value):
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, 'kept.json'), 'w') as stream:
+    json.dump(value.metadata, stream)
+
+
+def test_cached_is_reused_while_its_metadata_matches(tmp_path):
+  path = str(tmp_path / 'fit')
+  made = []
+
+  def make(value):
+    made.append(value)
+    return _Kept({'hash': value})
+
+  def cached(value):
+    return workspace.cached(
+      path, lambda: make(value), {'hash': value}, load=_load, save=_save
+    )
+
+  assert cached('a').metadata == {'hash': 'a'}
+  assert cached('a').metadata == {'hash': 'a'}
+  assert made == ['a']
+  assert cached('b').metadata == {'hash': 'b'}  # stale: made again
+  assert made == ['a', 'b']
