@@ -17,7 +17,7 @@ bare (issue 6 target: <= 1.15).
 768x1024, 10 % long tail with the longer side <= 1024) through
 file_encoder.encode_rows, images written to a temporary directory at --mix_scale
 of their size with tiny random VGG19 widths (the count depends on shapes
-only), and prints the compilations (batch_encoder.compilations()) against the
+only), and prints the compilations (resources.compilations()) against the
 shape buckets (images.bucket_shape) at that scale and at full scale.
 
 --host_pipeline times file_encoder.encode_rows end to end (JPEG decoding on
@@ -62,6 +62,7 @@ from benchmarks import timing
 from regagg_jax.regions import clustering
 from regagg_jax.encoding import batch_encoder
 from regagg_jax.encoding import file_encoder
+from regagg_jax.encoding import resources
 from regagg_jax.features import images
 from regagg_jax.regions import keypoints
 from regagg_jax.aggregation import pca
@@ -525,11 +526,11 @@ def measure_mix(batch_size, variables=None, scale=None):
       num_threads=_THREADS.value,
       prefetch=_PREFETCH.value,
     )
-    before = batch_encoder.compilations()
+    before = resources.compilations()
     start = time.perf_counter()
     store = encode()
     seconds = time.perf_counter() - start
-    compilations = batch_encoder.compilations() - before
+    compilations = resources.compilations() - before
     start = time.perf_counter()
     encode()  # every shape compiled: steady state
     steady_seconds = time.perf_counter() - start

@@ -9,7 +9,7 @@ encode / eval: fit_reduction then encode_rows, and the cropped queries)
 while every progress bar samples, each `every` images and at its end:
 
   VmRSS (MiB, /proc/self/status), the lines of /proc/self/maps, the
-  process's compiled-jit count (batch_encoder.compilations), every XLA
+  process's compiled-jit count (resources.compilations), every XLA
   compilation (jax.monitoring's backend_compile events), live jax arrays, and the number of distinct shape buckets seen so far.
 
 The curve goes to stdout and --csv. A long run memory-bounded in the number
@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import demo as demo_config  # pylint: disable=g-import-not-at-top
 from regagg_jax.encoding import batch_encoder  # pylint: disable=g-import-not-at-top
+from regagg_jax.encoding import resources  # pylint: disable=g-import-not-at-top
 from regagg_jax.experiment import modes  # pylint: disable=g-import-not-at-top
 from regagg_jax.features import images  # pylint: disable=g-import-not-at-top
 
@@ -155,7 +156,7 @@ class Recorder:
       'images': done,
       'rss_mib': round(rss, 1),
       'maps': maps,
-      'compilations': batch_encoder.compilations(),
+      'compilations': resources.compilations(),
       'xla_compiles': self.backend_compiles,
       'live_arrays': len(jax.live_arrays()),
       'buckets': len(self.buckets),

@@ -5,13 +5,13 @@
   staged_forward  the staged path's jitted VGG19 conv5_4, alpha, beta
   propose_regions the staged path's region proposal (proposal.propose_batch)
   staged_pool     the staged path's jitted pooling of one Method
-  compilations    how often this module's jitted functions were compiled
   limit_lapack_threads  caps the OpenBLAS threads behind jaxlib's QR / SVD
 
 Batches come from `reading` (images of one shape bucket, images.bucket_shape,
 padded to the batch size with a validity mask), so each bucket compiles
-once. The static options are proposal.RegionOptions and
-method_table.PoolingOptions (hashable NamedTuples). With a traceable detector
+once (resources.compilations counts this module's jits). The static options
+are proposal.RegionOptions and method_table.PoolingOptions (hashable
+NamedTuples). With a traceable detector
 backend (proposal.is_traceable: 'jax') `encode_batch` runs the whole chain of
 a batch in ONE jit: VGG19 conv5_4, alpha (eq. 1), beta (eq. 2), the JAX
 Hessian-affine detector, N_max / N_min selection, global fast k-means, hull
@@ -22,7 +22,6 @@ methods are `method_table.POOLING`; `file_encoder` runs this module over
 image files into stores. Nothing here reads a config.
 """
 
-import collections
 import ctypes
 import functools
 import glob
@@ -36,6 +35,7 @@ import scipy
 
 from regagg_jax.features import images
 from regagg_jax.encoding import parallel
+from regagg_jax.encoding import resources
 from regagg_jax.aggregation import pca
 from regagg_jax.aggregation import method_table
 from regagg_jax.regions import proposal
@@ -75,34 +75,6 @@ def limit_lapack_threads(num_threads=1):
     ctypes.CDLL(library).scipy_openblas_set_num_threads(num_threads)
 
 
-_TRACES = collections.Counter()  # jitted function name -> traces
-
-
-def _jit(function, static_argnames):
-  """jax.jit that counts its traces: one per compilation (cache miss)."""
-
-  @functools.wraps(function)
-  def traced(*args, **kwargs):
-    _TRACES[function.__name__] += 1
-    return function(*args, **kwargs)
-
-  return jax.jit(traced, static_argnames=static_argnames)
-
-
-def compilations():
-  """How many times encode_batch and the staged jits were compiled.
-
-  Counts the traces of this module's own jitted functions (the fused
-  encode_batch, the staged forward and pooling): jax.jit traces exactly once
-  per compilation-cache miss (new shapes, dtypes, static options, input
-  shardings). Functions they call are traced inside them and not counted.
-
-  Returns:
-    int, cumulative over this process.
-  """
-  return sum(_TRACES.values())
-
-
 def _compute_maps(variables, rgb, sizes, cells, *, dtype):
   """uint8 (B, H_I, W_I, 3), int32 (B, 2) image sizes, bool (B, H, W) valid
   cells -> features (exact inside each padded image), alpha, beta."""
@@ -130,12 +102,16 @@ def _pool_batch(
   return jax.vmap(pool)(features, alpha, beta, cells, masks, region_valid)
 
 
-staged_forward = _jit(_compute_maps, static_argnames=('dtype',))
+staged_forward = resources.counted_jit(
+  _compute_maps, static_argnames=('dtype',)
+)
 """Jitted (variables, rgb, sizes, cells, *, dtype) -> float32 (B, H, W, K)
 conv5_4 features, alpha (B, H, W) of eq. (1), beta (B, K) of eq. (2): the
 staged path's forward (one compilation per batch shape and dtype)."""
 
-staged_pool = _jit(_pool_batch, static_argnames=('method', 'options'))
+staged_pool = resources.counted_jit(
+  _pool_batch, static_argnames=('method', 'options')
+)
 """Jitted (features, alpha, beta, cells, masks bool (B, M, H, W), region_valid
 bool (B, M), reduction, *, method: a method_table.Method, options:
 method_table.PoolingOptions) -> float32 (B, M, D_store): the staged path's
@@ -208,7 +184,7 @@ def _encode_chain(
   return descriptors, valid, masks
 
 
-_encode_fused = _jit(
+_encode_fused = resources.counted_jit(
   _encode_chain,
   static_argnames=(
     'method',
@@ -343,7 +319,7 @@ def _map_chain(
   )(variables, rgb, sizes, cells, reduction, whitening)
 
 
-_encode_sharded = _jit(
+_encode_sharded = resources.counted_jit(
   _map_chain,
   static_argnames=(
     'mesh',

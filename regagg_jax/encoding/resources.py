@@ -5,6 +5,8 @@
   release_compiled     drops jax's compiled executables when the maps crowd
   ResourceError        a failed compilation or allocation, said plainly
   stage                names the stage and image count of such a failure
+  counted_jit          jax.jit that counts its compilations
+  compilations         how often the counted jits were compiled
 
 Each XLA CPU executable keeps its JIT code in fresh memory mappings: the
 JAX Hessian-affine detector of one batch shape takes ~1,100 of them, VGG19
@@ -19,7 +21,9 @@ that stops with a ResourceError instead of crashing. Nothing here reads a
 config.
 """
 
+import collections
 import contextlib
+import functools
 import gc
 
 from absl import logging
@@ -133,3 +137,33 @@ def stage(what, *, done, total, settings):
       f'{what} failed after {done} of {total} images ({_describe()}): '
       f'{type(error).__name__}: {str(error)[:300]}; lower {settings}'
     ) from error
+
+
+_TRACES = collections.Counter()  # jitted function name -> traces
+
+
+def counted_jit(function, static_argnames):
+  """jax.jit of `function` that counts its traces for `compilations`: one
+  per compilation (a cache miss)."""
+
+  @functools.wraps(function)
+  def traced(*args, **kwargs):
+    _TRACES[function.__name__] += 1
+    return function(*args, **kwargs)
+
+  return jax.jit(traced, static_argnames=static_argnames)
+
+
+def compilations():
+  """How many times the counted jits (batch_encoder's fused encode_batch,
+  its staged forward and pooling) were compiled.
+
+  Counts the traces of the functions jitted with `counted_jit`: jax.jit
+  traces exactly once per compilation-cache miss (new shapes, dtypes, static
+  options, input shardings). Functions they call are traced inside them and
+  not counted.
+
+  Returns:
+    int, cumulative over this process.
+  """
+  return sum(_TRACES.values())

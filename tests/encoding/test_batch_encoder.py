@@ -18,6 +18,7 @@ import scipy
 
 from regagg_jax.aggregation import pca
 from regagg_jax.encoding import batch_encoder
+from regagg_jax.encoding import resources
 from regagg_jax.features import reading
 from tests.encoding.conftest import JAX_REGIONS
 from tests.encoding.conftest import OPTIONS
@@ -126,9 +127,9 @@ def test_compilations_count_one_per_bucket(variables):
       pooling_options=OPTIONS,
       **kwargs,
     )[0].block_until_ready()
-    return batch_encoder.compilations() - start
+    return resources.compilations() - start
 
-  start = batch_encoder.compilations()
+  start = resources.compilations()
   jax.monitoring.register_event_duration_secs_listener(listen)
   try:
     assert run(48, 64) == 1

@@ -226,3 +226,20 @@ def test_memory_maps_stay_flat_over_new_image_sizes(
   assert compiled == []
   if before is not None:
     assert resources.memory_maps()[0] - before[0] < 100
+
+
+def test_counted_jit_counts_one_compilation_per_cache_miss():
+  """The same shape and static options again: no new count; a new shape or
+  static option: one more."""
+
+  def scaled(x, *, scale):
+    return x * scale
+
+  jitted = resources.counted_jit(scaled, static_argnames=('scale',))
+  start = resources.compilations()
+  np.testing.assert_array_equal(jitted(jnp.ones(3), scale=2.0), [2, 2, 2])
+  jitted(jnp.zeros(3), scale=2.0)
+  assert resources.compilations() - start == 1
+  jitted(jnp.ones(4), scale=2.0)
+  jitted(jnp.ones(4), scale=3.0)
+  assert resources.compilations() - start == 3
