@@ -2,7 +2,7 @@
 
 Encodes the demo set once (configs/demo.py: the 56 bundled UKBench images,
 real VGG19, 384 px, hesaff regions; one VGG19 pass for every method), writes
-each method's store with store_io.save_store as float32 and as float16,
+each method's store with store_writer.save_store as float32 and as float16,
 loads both back (float16 is cast up to float32) and, for every demo row (O2_R,
 O2_W, O1_R, O1_W and the global baselines), fits PCA-whitening on the loaded
 store as the demo does (pipeline.fit, D = 16), ranks every image against all
@@ -29,7 +29,8 @@ from regagg_jax.evaluation import precision
 from regagg_jax.experiment import modes
 from regagg_jax.aggregation import pca
 from regagg_jax.experiment import pipeline
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_writer
+from regagg_jax.storage import store_reader
 from regagg_jax.search import similarity
 from regagg_jax.storage import store_format
 from regagg_jax.experiment import stores
@@ -80,8 +81,8 @@ def main(argv):
     for method, store in by_method.items():
       for dtype in store_format.DTYPES:
         path = os.path.join(directory, f'{method}-{dtype}')
-        store_io.save_store(path, store, dtype=dtype)
-        loaded[method, dtype] = store_io.load_store(path)
+        store_writer.save_store(path, store, dtype=dtype)
+        loaded[method, dtype] = store_reader.load_store(path)
         sizes[method, dtype] = _shard_bytes(path)
       difference = np.abs(
         loaded[method, 'float16'].descriptors - store.descriptors

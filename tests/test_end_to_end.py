@@ -24,7 +24,8 @@ from regagg_jax.experiment import reporting
 from regagg_jax.aggregation import pca
 from regagg_jax.experiment import pipeline
 from regagg_jax.experiment import retrieval
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_writer
+from regagg_jax.storage import store_reader
 from regagg_jax.experiment import searches
 from regagg_jax.experiment import workspace
 
@@ -191,9 +192,9 @@ def test_store_round_trip_gives_identical_results(tmp_path, folder):
   config = _config(tmp_path, folder)
   dataset = workspace.load_dataset(config)
   database, fitted = workspace.prepare(config, dataset)
-  store_io.save_store(tmp_path / 'copy', database)
+  store_writer.save_store(tmp_path / 'copy', database)
   records.save_fit(tmp_path / 'fit', fitted)
-  loaded = store_io.load_store(tmp_path / 'copy')
+  loaded = store_reader.load_store(tmp_path / 'copy')
   loaded_fit = records.load_fit(tmp_path / 'fit')
   before = retrieval.search(config, database, database, fitted)
   after = retrieval.search(config, loaded, loaded, loaded_fit)
@@ -286,7 +287,7 @@ def test_killed_store_resumes_only_its_missing_shards(
   (store_dir / 'shard_00001.npz').unlink()
   (store_dir / 'metadata.json').unlink()
   with pytest.raises(ValueError, match='unfinished store'):
-    store_io.load_store(store_dir)
+    store_reader.load_store(store_dir)
   encoded = encoded_rows()
   again, _ = workspace.prepare(config, dataset)
   assert encoded == [[3, 4, 5]]
@@ -424,7 +425,7 @@ def test_two_processes_encode_one_store(tmp_path, folder):
   assert alone.returncode == 0, alone.stderr[-3000:]
   (two,) = (tmp_path / 'two' / 'stores').iterdir()
   (one,) = (tmp_path / 'one' / 'stores').iterdir()
-  two, one = store_io.load_store(two), store_io.load_store(one)
+  two, one = store_reader.load_store(two), store_reader.load_store(one)
   np.testing.assert_allclose(two.descriptors, one.descriptors, atol=1e-6)
   np.testing.assert_array_equal(two.valid, one.valid)
   assert two.metadata['rows'] == one.metadata['rows']

@@ -27,7 +27,7 @@ from regagg_jax.search import region_index
 from regagg_jax.storage import graphs
 from regagg_jax.storage import atomic
 from regagg_jax.storage import records
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_reader
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SHARDS = 3  # 8 photos in shards of 3
@@ -124,8 +124,8 @@ def _temporaries(workdir):
 
 def _assert_same_outputs(workdir, expected):
   """The stores, fit, index, graph and results of two workdirs agree."""
-  got = store_io.load_store(_only(workdir, 'stores'))
-  want = store_io.load_store(_only(expected, 'stores'))
+  got = store_reader.load_store(_only(workdir, 'stores'))
+  want = store_reader.load_store(_only(expected, 'stores'))
   for name in ('descriptors', 'valid', 'masks', 'grid'):
     np.testing.assert_array_equal(
       getattr(got, name), getattr(want, name), err_msg=name

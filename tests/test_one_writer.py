@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from regagg_jax.storage import locks
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_reader
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,8 +81,8 @@ def test_two_runs_on_one_store_encode_each_shard_once(tmp_path, sample_paths):
   assert sorted(encoded) == [0, 1, 2]  # each shard once, by one run
   assert sum('fitting U^1' in text for text in outputs) == 1
   assert sum('reusing' in text for text in outputs) == 1
-  got = store_io.load_store(tmp_path / 'work' / 'stores' / store.name)
-  want = store_io.load_store(store)
+  got = store_reader.load_store(tmp_path / 'work' / 'stores' / store.name)
+  want = store_reader.load_store(store)
   for name in ('descriptors', 'valid', 'masks', 'grid'):
     np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
   assert got.image_paths == want.image_paths

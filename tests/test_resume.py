@@ -3,7 +3,7 @@
 The test runs this file as a child process (see `_encode`): a real encode
 (file_encoder.encode_rows, 'o2' with a fixed U^1, tiny random VGG19, jax
 region backend) of 24 sample images at 96 px into a
-store_io.build_store store of shards of 4 images.
+store_writer.build_store store of shards of 4 images.
 """
 
 import json
@@ -19,7 +19,8 @@ import pytest
 from regagg_jax.aggregation import method_table
 from regagg_jax.regions import proposal
 from regagg_jax.storage import records
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_writer
+from regagg_jax.storage import store_reader
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES, SHARD_SIZE = 24, 4
@@ -80,7 +81,7 @@ def _encode(pause, targets):
       time.sleep(pause)
       return part
 
-    store_io.build_store(
+    store_writer.build_store(
       store,
       encode_part,
       image_paths=paths,
@@ -155,7 +156,7 @@ def test_killed_encode_resumes_without_recomputing(tmp_path):
     f'{NUM_SHARDS - len(finished)} of {NUM_SHARDS} shards '
     'missing',
   ):
-    store_io.load_store(store)
+    store_reader.load_store(store)
 
   child, output = _start(tmp_path, 0, (store, logs[1]), (reference, logs[2]))
   with open(output) as stream:
@@ -169,8 +170,8 @@ def test_killed_encode_resumes_without_recomputing(tmp_path):
   assert _logged_shards(logs[2]) == list(range(NUM_SHARDS))
   assert not [f for f in os.listdir(store) if '.tmp-' in f]
   # (b) the resumed store is the uninterrupted one, exactly.
-  resumed = store_io.load_store(store)
-  expected = store_io.load_store(reference)
+  resumed = store_reader.load_store(store)
+  expected = store_reader.load_store(reference)
   for name in ('descriptors', 'valid', 'masks', 'grid'):
     np.testing.assert_array_equal(
       getattr(resumed, name), getattr(expected, name), err_msg=name

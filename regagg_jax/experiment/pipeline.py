@@ -5,7 +5,7 @@
   fit_reduction         U^1 of eq. (4) on pooling.reduction_images images
   fit                   Store -> records.Fit: PCA-whitening U^2, s (eq. 6)
   store_header          what a store on disk must match
-                        (store_io.build_store)
+                        (store_writer.build_store)
 
 `retrieval` searches, `workspace` keeps a dataset's stores, fits and
 indexes in the workdir and `modes` holds what run.py's --mode runs; with
@@ -49,7 +49,8 @@ from regagg_jax.encoding import file_encoder
 from regagg_jax.encoding import method_encoder
 from regagg_jax.storage import provenance
 from regagg_jax.storage import records
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_writer
+from regagg_jax.storage import store_reader
 from regagg_jax.encoding import parallel
 from regagg_jax.aggregation import pca
 from regagg_jax.aggregation import method_table
@@ -186,7 +187,7 @@ def encode_methods(
   sections; the config and its `store_hash` are recorded in each store's
   metadata. With `directory` the same passes run shard by shard
   (features.shard_size images) into resumable stores there, as
-  --mode=encode's (store_io.build_store): <method>-<store hash> for the
+  --mode=encode's (store_writer.build_store): <method>-<store hash> for the
   methods without U^1 and, for 'o2', sums-<store hash> (the eq. 3
   descriptors U^1 is fitted on) and o2-<store hash>-<U^1 hash>. A killed
   run resumes from its finished shards; pass 2 reuses the conv5_4 maps
@@ -254,7 +255,7 @@ def encode_methods(
       shards.build('sums', number, lambda r: first(r)[1], method='o2')
   if fit_here:
     reduction = method_encoder.fit_sums(
-      store_io.load_store(shards.path('sums', 'o2')), config.pooling.k_prime
+      store_reader.load_store(shards.path('sums', 'o2')), config.pooling.k_prime
     )
   for number in range(shards.count):
     second = functools.cache(
@@ -273,7 +274,9 @@ def encode_methods(
         method, number, lambda r, m=method: second(r)[m], reduction=reduction
       )
   return {
-    m: store_io.load_store(shards.path(m, m, reduction if m in later else None))
+    m: store_reader.load_store(
+      shards.path(m, m, reduction if m in later else None)
+    )
     for m in methods
   }
 
@@ -296,11 +299,11 @@ class _Shards:
 
   def build(self, name, number, encode, *, method=None, reduction=None):
     """Writes shard `number` of store `name` (pooled as `method`, default
-    `name`) with encode(rows) unless it is there (store_io.build_store)."""
+    `name`) with encode(rows) unless it is there (store_writer.build_store)."""
     method = method or name
     variant = self.config.copy_and_resolve_references()
     variant.pooling.method = method
-    store_io.build_store(
+    store_writer.build_store(
       self.path(name, method, reduction),
       lambda rows: _stamp(self.config, encode(tuple(rows)), method),
       image_paths=self.image_paths,
@@ -431,7 +434,7 @@ def encode(
 
 
 def store_header(config, image_paths, *, reduction, whitening, apply_exif):
-  """What a store on disk must match (store_io.build_store's header)."""
+  """What a store on disk must match (store_writer.build_store's header)."""
   return {
     'config_hash': store_hash(config),
     'config': store_sections(config),

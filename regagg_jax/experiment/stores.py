@@ -8,7 +8,7 @@
 
 Stores live in <workdir>/stores/<dataset>-<role>-<store hash>[-raw: no
 EXIF][-<U^1 hash>][-w<whitening hash>], written in shards and resumed
-after a crash (storage.store_io.build_store). A finished one is
+after a crash (storage.store_writer.build_store). A finished one is
 reused when it matches the config; a store made with other settings is
 refused. One run at a time reads or writes a store (storage.locks:
 <workdir>/locks/<store name>.lock); another run of the same workdir waits
@@ -35,7 +35,8 @@ from regagg_jax.experiment import pipeline
 from regagg_jax.storage import fingerprints
 from regagg_jax.storage import locks
 from regagg_jax.storage import records
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_writer
+from regagg_jax.storage import store_reader
 
 
 def rotations(dataset, names):
@@ -86,7 +87,7 @@ def dataset_store(
   """Encodes images of a dataset into workdir/stores, resumably.
 
   The store is written in shards of features.shard_size images
-  (store_io.build_store): a killed run resumes where it stopped, a
+  (store_writer.build_store): a killed run resumes where it stopped, a
   finished store is reused, one made with other settings is refused. With
   several processes (parallel.initialize) each encodes its process_shards
   and process 0 finalises the store.
@@ -162,7 +163,7 @@ def _kept_reduction(config, dataset, key, path, paths, whitening, reading):
     path,
     lambda p: _current_reduction(p, paths, fitted_rows),
     lambda: pipeline.fit_reduction(config, paths, **reading),
-    lambda p, r: store_io.build_store(
+    lambda p, r: store_writer.build_store(
       p,
       None,
       image_paths=paths,
@@ -188,7 +189,7 @@ def _current_reduction(path, paths, fitted_rows):
       fingerprints.describe(stale, paths),
     )
     shutil.rmtree(path)
-  return store_io.load_reduction(path)
+  return store_reader.load_reduction(path)
 
 
 def _finished_store(path, header):
@@ -197,7 +198,7 @@ def _finished_store(path, header):
   if not os.path.isfile(os.path.join(path, 'metadata.json')):
     return None
   try:
-    store = store_io.load_store(path)
+    store = store_reader.load_store(path)
   except ValueError as error:  # build_store re-encodes damaged shards
     logging.warning('repairing %s: %s', path, error)
     return None
@@ -213,7 +214,7 @@ def _encoded_store(
   """Encodes this process's missing shards of the store (process_shards),
   process 0 finalises it, then every process loads it."""
   num_shards = -(-len(paths) // config.features.shard_size)
-  finished = store_io.build_store(
+  finished = store_writer.build_store(
     path,
     lambda rows: pipeline.encode_rows(
       config, paths, rows, reduction=reduction, whitening=whitening, **reading
@@ -227,9 +228,9 @@ def _encoded_store(
   )
   parallel.barrier(f'encoded {key}')
   if jax.process_index() == 0 and not finished:
-    store_io.finalize_store(path)
+    store_writer.finalize_store(path)
   parallel.barrier(f'finalised {key}')
-  return store_io.load_store(path)
+  return store_reader.load_store(path)
 
 
 def _with_inputs(store, path):

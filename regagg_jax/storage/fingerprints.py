@@ -10,7 +10,7 @@
   describe      'N images (a.jpg, b.jpg, ...)' for the logs
 
 A shard records the fingerprint of each of its input rows, taken just
-before they are encoded (store_io.build_store), so a file replaced during
+before they are encoded (store_writer.build_store), so a file replaced during
 the encode reads as changed on the next run. A file is the same when its
 size, mtime_ns, ctime_ns and inode are unchanged (one stat, ~2 us), else
 when its sha256 is (0.9 ms per MB, 0.03 ms per 33 KB sample photo: under
@@ -157,7 +157,7 @@ def store_changes(path):
 
   Returns:
     sorted int rows whose image changed or is gone (unreadable and
-    unfingerprinted shards are left to store_io.build_store).
+    unfingerprinted shards are left to store_writer.build_store).
   """
   if not os.path.isfile(os.path.join(path, 'header.json')):
     return []
@@ -182,7 +182,7 @@ def check_loaded(path, record, infos):
 
   Images now missing are only logged: a store stays usable for search
   without its images (moved workdir, other working directory). Shards
-  without fingerprints (store_io.save_store's) are not checked.
+  without fingerprints (store_writer.save_store's) are not checked.
 
   Args:
     path: store directory, for the messages.
@@ -235,7 +235,7 @@ def digest(path):
 
 def unchanged_shard(path, record, number, info):
   """Whether shard `number` of a store still holds its images as they are
-  now; logs one line naming those that are not (store_io.build_store).
+  now; logs one line naming those that are not (store_writer.build_store).
 
   Args:
     path: store directory, for the log.

@@ -6,7 +6,7 @@
 
 Stores, fits and indexes record the hashes of what made them (the config
 sections, U^1, the whitening, the store); these plain functions compare
-those records, for `store_io` on disk and for the experiment layer.
+those records, for `store_header` on disk and for the experiment layer.
 """
 
 NO_HASH = 'none'

@@ -8,9 +8,9 @@
   write_results  ranked lists as <name>.json and <name>.csv
 
 Every file is written whole (storage.atomic). A store on disk is a
-sharded, resumable directory: see `store_format` (its files) and
-`store_io` (build, finalize, load, save). Fitted whitening
-(`save_fit` / `load_fit`) is a directory with an orbax checkpoint of
+sharded, resumable directory: see `store_format` (its files),
+`store_writer` (build, finalize, save) and `store_reader` (load). Fitted
+whitening (`save_fit` / `load_fit`) is a directory with an orbax checkpoint of
 {'reduction': U^1 or absent, 'whitening': U^2, s} and fit.json (format
 version, config hash, what it was fitted on, the hash of the arrays;
 sealed with the sha256 of its contents, `seal`).

@@ -27,7 +27,7 @@ A store directory holds:
                    dtype, shape and bytes, computed when it is written
   reduction.npz    U^1 of eq. (4) (second-order descriptors depend on it);
                    its hash is the header's reduction_hash
-  metadata.json    written last (store_io.finalize_store): the merged
+  metadata.json    written last (store_writer.finalize_store): the merged
                    metadata and the sha256 of every shard file, sealed
                    like the header; a store without it is unfinished, not
                    loaded
@@ -38,15 +38,16 @@ in its local headers, is read by neither and changes no data) or, in a
 finished store, the sha256 of the whole file that metadata.json records
 (every byte), and, given the header, that it is the shard its file name
 says (number, input rows, image paths): shard files swapped or copied over
-each other are refused by name. store_io.build_store
-encodes such a shard again, like a missing one; store_io.load_store names
+each other are refused by name. store_writer.build_store
+encodes such a shard again, like a missing one; store_reader.load_store names
 every damaged shard and that `--mode=encode` (the same build) re-encodes
 exactly them.
 
 Every file is written to a temporary name and renamed (atomic.atomic_write),
-so a run killed at any point leaves whole files only. `store_io` builds,
-finishes, loads and saves stores from these pieces, one writer at a time
-(storage.locks).
+so a run killed at any point leaves whole files only. `store_writer`
+builds, finishes and saves stores from these pieces (`store_header`: what
+they are made with), one writer at a time (storage.locks); `store_reader`
+loads them.
 """
 
 import hashlib
@@ -224,7 +225,7 @@ def _check_place(file, number, info, record):
     return
   paths, images = record['image_paths'], info.get('image_paths', [])
   rows = info['metadata'].get('rows')
-  if rows is None:  # store_io.save_store's parts without rows
+  if rows is None:  # store_writer.save_store's parts without rows
     wanted = set(paths[start:stop])
     belongs = all(p in wanted for p in images)
   else:

@@ -19,7 +19,7 @@ from regagg_jax.aggregation import pca
 from regagg_jax.experiment import pipeline
 from regagg_jax.aggregation import method_table
 from regagg_jax.experiment import retrieval
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_reader
 from regagg_jax.experiment import workspace
 
 
@@ -413,7 +413,9 @@ def test_dataset_apply_exif_reaches_the_reader_and_the_store_cache(
   assert calls == [True, True, False, False]  # encoded again, not reused
   assert not stored.metadata['apply_exif']
   key = f'tiny-database-{pipeline.store_hash(config)}'
-  assert store_io.load_store(tmp_path / 'stores' / key).metadata['apply_exif']
-  assert not store_io.load_store(tmp_path / 'stores' / f'{key}-raw').metadata[
+  assert store_reader.load_store(tmp_path / 'stores' / key).metadata[
     'apply_exif'
   ]
+  assert not store_reader.load_store(
+    tmp_path / 'stores' / f'{key}-raw'
+  ).metadata['apply_exif']

@@ -8,7 +8,7 @@ import pytest
 from regagg_jax.evaluation import datasets
 from regagg_jax.experiment import stores
 from regagg_jax.experiment import workspace
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_reader
 from tests.test_end_to_end import _config
 from tests.test_end_to_end import _make_folder
 
@@ -53,7 +53,7 @@ def test_rerun_repairs_exactly_the_damaged_file(
   data[len(data) // 2] ^= 0xFF
   file.write_bytes(bytes(data))
   with pytest.raises(ValueError, match=f'{damaged}.*run the same command'):
-    store_io.load_store(store_dir)
+    store_reader.load_store(store_dir)
   encoded = encoded_rows()
   again = _database(config, dataset)
   assert encoded == rows

@@ -1,5 +1,5 @@
 """Builders shared by the storage tests: random stores and fits, and an
-encode_part over a known store for store_io.build_store.
+encode_part over a known store for store_writer.build_store.
 
 Ten input images; rows 3 and 7 are unreadable; shards of 4 rows have their
 own feature grids (masks padded on load).
@@ -11,7 +11,7 @@ import numpy as np
 
 from regagg_jax.aggregation import pca
 from regagg_jax.storage import records
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_writer
 
 
 def random_params(rng, d_in, dim):
@@ -142,4 +142,4 @@ def build(path, encode_part, **kwargs):
   kwargs = dict(
     dict(image_paths=PATHS, header=HEADER, shard_size=SHARD), **kwargs
   )
-  return store_io.build_store(path, encode_part, **kwargs)
+  return store_writer.build_store(path, encode_part, **kwargs)

@@ -10,7 +10,7 @@ from regagg_jax.search import region_index
 from regagg_jax.storage import atomic
 from regagg_jax.storage import records
 from regagg_jax.storage import store_format
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_reader
 from tests.storage.stores import Encoder
 from tests.storage.stores import assert_stores_equal
 from tests.storage.stores import build
@@ -27,9 +27,9 @@ def test_kill_before_reduction_is_written_does_not_wedge(tmp_path):
   expected = encoded(rng, reduction=reduction)
   build(tmp_path / 's', None, shards=[], reduction=reduction)
   os.remove(tmp_path / 's' / 'reduction.npz')  # killed before U^1
-  assert store_io.load_reduction(tmp_path / 's') is None
+  assert store_reader.load_reduction(tmp_path / 's') is None
   assert build(tmp_path / 's', Encoder(expected), reduction=reduction)
-  assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
+  assert_stores_equal(store_reader.load_store(tmp_path / 's'), expected)
 
   written = []
   original = atomic.atomic_write
@@ -54,12 +54,12 @@ def test_kill_before_the_header_then_another_u1_fit_does_not_wedge(tmp_path):
   orphan, refit = random_params(rng, 8, 5), random_params(rng, 8, 5)
   build(tmp_path / 's', None, shards=[], reduction=orphan)
   os.remove(tmp_path / 's' / 'header.json')  # killed before its rename
-  assert store_io.load_reduction(tmp_path / 's') is None  # fit U^1 again
+  assert store_reader.load_reduction(tmp_path / 's') is None  # fit U^1 again
   expected = encoded(rng, reduction=refit)
   assert build(tmp_path / 's', Encoder(expected), reduction=refit)
-  for got, want in zip(store_io.load_reduction(tmp_path / 's'), refit):
+  for got, want in zip(store_reader.load_reduction(tmp_path / 's'), refit):
     np.testing.assert_array_equal(got, want)
-  assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
+  assert_stores_equal(store_reader.load_store(tmp_path / 's'), expected)
 
 
 def test_finalize_removes_every_leftover_temporary(tmp_path):
@@ -69,7 +69,7 @@ def test_finalize_removes_every_leftover_temporary(tmp_path):
     (tmp_path / 's' / name).write_bytes(b'half')  # runs killed mid-write
   assert build(tmp_path / 's', Encoder(expected))
   assert not [f for f in os.listdir(tmp_path / 's') if '.tmp-' in f]
-  assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
+  assert_stores_equal(store_reader.load_store(tmp_path / 's'), expected)
 
 
 def test_non_finite_descriptor_is_refused_and_not_written(tmp_path):
@@ -101,10 +101,10 @@ def test_corrupt_metadata_names_it_and_a_rerun_recovers(tmp_path, damage):
     ValueError,
     match=r'metadata.json is corrupt .*run the same command again',
   ):
-    store_io.load_store(tmp_path / 's')
+    store_reader.load_store(tmp_path / 's')
   assert build(tmp_path / 's', encode_part)  # what the advice runs
   assert len(encode_part.calls) == 3  # no shard encoded again
-  assert_stores_equal(store_io.load_store(tmp_path / 's'), expected)
+  assert_stores_equal(store_reader.load_store(tmp_path / 's'), expected)
 
 
 @pytest.mark.parametrize('damage', ['truncate', 'flip', 'list'])
@@ -125,7 +125,7 @@ def test_corrupt_header_names_it_and_says_what_to_do(tmp_path, damage):
     if damage == 'list'
     else f'header.json is corrupt .*delete {tmp_path / "s"} and run'
   )
-  for call in (store_io.load_store, lambda p: build(p, Encoder(expected))):
+  for call in (store_reader.load_store, lambda p: build(p, Encoder(expected))):
     with pytest.raises(ValueError, match=message):
       call(tmp_path / 's')
 
@@ -142,7 +142,7 @@ def test_corrupt_reduction_names_it_and_says_what_to_do(tmp_path, damage):
   else:
     data[120] ^= 0xFF
   file.write_bytes(bytes(data))
-  for load in (store_io.load_store, store_io.load_reduction):
+  for load in (store_reader.load_store, store_reader.load_reduction):
     with pytest.raises(
       ValueError,
       match=r'reduction.npz (is unreadable|does not match).*delete .* run',

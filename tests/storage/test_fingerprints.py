@@ -1,5 +1,5 @@
 """Tests for regagg_jax.storage.fingerprints and the stores that record
-them (store_io.build_store, load_store)."""
+them (store_writer.build_store, load_store)."""
 
 import hashlib
 import logging
@@ -12,7 +12,8 @@ import pytest
 from regagg_jax.storage import fingerprints
 from regagg_jax.storage import records
 from regagg_jax.storage import store_format
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_writer
+from regagg_jax.storage import store_reader
 
 
 def _files(folder, count):
@@ -106,7 +107,7 @@ def _encoder(paths, calls):
 
 
 def _build(path, paths, calls):
-  return store_io.build_store(
+  return store_writer.build_store(
     path,
     _encoder(paths, calls),
     image_paths=paths,
@@ -127,7 +128,7 @@ def test_build_store_re_encodes_only_the_shard_of_a_changed_image(
   assert calls == [[0, 1], [2, 3], [4], [2, 3]]
   (line,) = [r.getMessage() for r in caplog.records if 'changed' in r.message]
   assert f'shard 1: 1 image ({paths[3]}) changed or gone' in line
-  store = store_io.load_store(tmp_path / 's')
+  store = store_reader.load_store(tmp_path / 's')
   np.testing.assert_array_equal(store.descriptors[:, 0, 0], [0, 1, 2, 7, 4])
   assert _build(tmp_path / 's', paths, calls)  # nothing changed since
   assert len(calls) == 4
@@ -138,12 +139,12 @@ def test_load_store_refuses_changed_images_and_logs_gone_ones(tmp_path, caplog):
   assert _build(tmp_path / 's', paths, [])
   os.remove(paths[0])
   caplog.set_level(logging.WARNING)
-  assert store_io.load_store(tmp_path / 's').image_paths == tuple(paths)
+  assert store_reader.load_store(tmp_path / 's').image_paths == tuple(paths)
   assert f'1 image ({paths[0]}) encoded there are gone' in caplog.text
   for row in range(1, 8):
     _replace(paths[row], b'\xff' * (100 + row))
   with pytest.raises(ValueError, match='7 images .* changed since') as error:
-    store_io.load_store(tmp_path / 's')
+    store_reader.load_store(tmp_path / 's')
   assert f'({", ".join(paths[1:6])}, ...)' in str(error.value)
   assert '--mode=encode' in str(error.value)
 

@@ -1,6 +1,6 @@
 """Tests for regagg_jax.storage.records: hashes, atomic writes and their
-leftovers, fits and results files (stores on disk: test_store_io,
-test_store_format)."""
+leftovers, fits and results files (stores on disk: test_store_writer,
+test_store_reader, test_store_header, test_store_format)."""
 
 import csv
 import hashlib

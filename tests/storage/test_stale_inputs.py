@@ -12,7 +12,7 @@ import pytest
 from configs import quick
 from regagg_jax.experiment import modes
 from regagg_jax.experiment import workspace
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_reader
 
 
 def _folder(tmp_path, sample_paths, groups):
@@ -78,7 +78,7 @@ def test_replaced_photo_re_encodes_its_shard_and_refits_whitening(
   _replace(photos / sample_paths[5].name, sample_paths[9])
   (store_dir,) = (tmp_path / 'work' / 'stores').iterdir()
   with pytest.raises(ValueError, match=f'1 image .*{sample_paths[5].name}'):
-    store_io.load_store(store_dir)
+    store_reader.load_store(store_dir)
 
   encoded = encoded_rows()  # fitting U^1 again fails the test
   rerun = modes.evaluate(config)

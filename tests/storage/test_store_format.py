@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from regagg_jax.storage import store_format
-from regagg_jax.storage import store_io
+from regagg_jax.storage import store_writer
+from regagg_jax.storage import store_reader
 from tests.storage.stores import PATHS
 from tests.storage.stores import Encoder
 from tests.storage.stores import build
@@ -20,18 +21,20 @@ from tests.storage.stores import random_store
 def test_inconsistent_store_is_refused(tmp_path):
   store = random_store(np.random.default_rng(4))
   with pytest.raises(ValueError, match='paths'):
-    store_io.save_store(tmp_path / 's', store._replace(image_paths=('a',)))
+    store_writer.save_store(tmp_path / 's', store._replace(image_paths=('a',)))
   with pytest.raises(ValueError, match='descriptors'):
-    store_io.save_store(
+    store_writer.save_store(
       tmp_path / 's', store._replace(descriptors=store.descriptors[:2])
     )
   with pytest.raises(TypeError, match='bool'):
-    store_io.save_store(tmp_path / 's', store._replace(valid=store.valid * 1))
+    store_writer.save_store(
+      tmp_path / 's', store._replace(valid=store.valid * 1)
+    )
 
 
 @pytest.mark.parametrize('name', ['header.json', 'metadata.json'])
 def test_other_format_versions_are_refused(tmp_path, name):
-  store_io.save_store(
+  store_writer.save_store(
     tmp_path / 'store', random_store(np.random.default_rng(5))
   )
   meta_file = tmp_path / 'store' / name
@@ -39,7 +42,7 @@ def test_other_format_versions_are_refused(tmp_path, name):
   metadata['format_version'] = store_format.FORMAT_VERSION + 1
   meta_file.write_text(json.dumps(metadata))
   with pytest.raises(ValueError, match=f'{name} has format version 4'):
-    store_io.load_store(tmp_path / 'store')
+    store_reader.load_store(tmp_path / 'store')
 
 
 def test_version_1_store_and_missing_directory_are_refused(tmp_path):
@@ -47,8 +50,10 @@ def test_version_1_store_and_missing_directory_are_refused(tmp_path):
   old.mkdir()  # the version 1 layout: metadata.json and shards, no header
   (old / 'metadata.json').write_text(json.dumps({'format_version': 1}))
   for call in (
-    lambda: store_io.load_store(old),
-    lambda: store_io.build_store(old, None, image_paths=['a.jpg'], header={}),
+    lambda: store_reader.load_store(old),
+    lambda: store_writer.build_store(
+      old, None, image_paths=['a.jpg'], header={}
+    ),
   ):
     with pytest.raises(
       ValueError,
@@ -56,9 +61,9 @@ def test_version_1_store_and_missing_directory_are_refused(tmp_path):
     ):
       call()
   with pytest.raises(FileNotFoundError, match='header.json is missing'):
-    store_io.load_store(tmp_path / 'nothing')
+    store_reader.load_store(tmp_path / 'nothing')
   with pytest.raises(FileNotFoundError, match='header.json is missing'):
-    store_io.finalize_store(tmp_path / 'nothing')
+    store_writer.finalize_store(tmp_path / 'nothing')
 
 
 def _flipped(file, position):
@@ -92,7 +97,7 @@ def test_every_flipped_byte_of_a_finished_shard_is_refused(tmp_path):
   for position in range(0, len(original), 499):
     _flipped(file, position)
     with pytest.raises(ValueError, match='shard_00001.npz.*--mode=encode'):
-      store_io.load_store(tmp_path / 's')
+      store_reader.load_store(tmp_path / 's')
     file.write_bytes(original)
 
 
@@ -194,4 +199,4 @@ def test_an_edit_that_still_parses_breaks_the_seal(tmp_path, name):
   with pytest.raises(
     ValueError, match=f'{name} does not match the sha256 it was written with'
   ):
-    store_io.load_store(tmp_path / 's')
+    store_reader.load_store(tmp_path / 's')
