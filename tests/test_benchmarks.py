@@ -1,4 +1,5 @@
-"""The device report script runs end to end (on the CPU, at tiny sizes)."""
+"""The benchmarks: every script imports; the device report runs end to end
+(on the CPU, at tiny sizes)."""
 
 import json
 import os
@@ -65,3 +66,29 @@ def test_device_report_smoke_writes_every_section(tmp_path):
   assert set(report['host_pipeline']) == {'qr', 'eigh'}
   assert report['mix']['compilations'] == report['mix']['shape_buckets']
   assert report['small_batches'] == []
+
+
+def test_every_benchmark_imports_with_the_package_layout():
+  # Each in its own interpreter (their absl flags share names), all at once.
+  names = sorted(
+    path.stem for path in (conftest.REPO_ROOT / 'benchmarks').glob('*.py')
+  )
+  assert 'rerank_scale' in names and 'search_scale' in names
+  env = {**os.environ, 'PYTHONPATH': str(conftest.REPO_ROOT)}
+  runs = {
+    name: subprocess.Popen(
+      [sys.executable, '-c', f'import benchmarks.{name}'],
+      cwd=conftest.REPO_ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for name in names
+  }
+  failed = {
+    name: run.communicate()[0][-2000:]
+    for name, run in runs.items()
+    if run.wait() != 0
+  }
+  assert not failed, failed
