@@ -3,14 +3,14 @@ what fitting on a sample saves in a folder's encode time.
 
 U^1 is a PCA of the eq. (3) region descriptors, so fitting it runs VGG19
 and the region stage over pooling.reduction_images images before the store
-is encoded (pipeline.fit_reduction, then pipeline.encode_rows). With the
+is encoded (fitting.fit_reduction, then pipeline.encode_rows). With the
 sample as large as the set, every image goes through the network twice.
 
 --part=accuracy: `--mode=eval` of O2_R on the 56 bundled samples with the
 demo's settings (configs/demo.py: D = 16 whitened, the most sensitive
 setting of the demo table: O2_R has mAP 0.9910 there, where the folder
 defaults reach 1.0 whatever U^1 is fitted on) with U^1 fitted on 56 (all),
-28, 14 and 7 images spread over the set (pipeline.sample_rows); prints mAP
+28, 14 and 7 images spread over the set (fitting.sample_rows); prints mAP
 and the N-S score of each.
 
 --part=time: a folder of --num_images copies of the samples, each cropped
@@ -37,6 +37,7 @@ import numpy as np
 from configs import demo
 from configs import folder
 from regagg_jax.experiment import modes
+from regagg_jax.experiment import fitting
 from regagg_jax.experiment import pipeline
 
 _PART = flags.DEFINE_enum('part', 'accuracy', ['accuracy', 'time'], 'what')
@@ -88,13 +89,11 @@ def _time(num_images, max_size):
     config = folder.get_config(directory)
     sample = config.pooling.reduction_images
     rows = list(range(len(paths)))
-    pipeline.fit_reduction(config, paths[:8])  # compile outside the timing
+    fitting.fit_reduction(config, paths[:8])  # compile outside the timing
     config.pooling.reduction_images = 0
-    _, fit_all = _timed(lambda: pipeline.fit_reduction(config, paths))
+    _, fit_all = _timed(lambda: fitting.fit_reduction(config, paths))
     config.pooling.reduction_images = sample
-    reduction, fit_sample = _timed(
-      lambda: pipeline.fit_reduction(config, paths)
-    )
+    reduction, fit_sample = _timed(lambda: fitting.fit_reduction(config, paths))
     _, encode = _timed(
       lambda: pipeline.encode_rows(config, paths, rows, reduction=reduction)
     )

@@ -5,7 +5,7 @@ real VGG19, 384 px, hesaff regions; one VGG19 pass for every method), writes
 each method's store with store_writer.save_store as float32 and as float16,
 loads both back (float16 is cast up to float32) and, for every demo row (O2_R,
 O2_W, O1_R, O1_W and the global baselines), fits PCA-whitening on the loaded
-store as the demo does (pipeline.fit, D = 16), ranks every image against all
+store as the demo does (fitting.fit, D = 16), ranks every image against all
 56 by eq. (7) (exact, no QE, as the demo) and scores it (N-S, mAP). Prints, per row, the scores of both, the
 mAP change, the largest change of an eq. (7) similarity, the max / mean
 |error| of the stored (unwhitened, l2-normalised) descriptors over valid
@@ -28,6 +28,7 @@ from regagg_jax.evaluation import metrics
 from regagg_jax.evaluation import precision
 from regagg_jax.experiment import modes
 from regagg_jax.aggregation import pca
+from regagg_jax.experiment import fitting
 from regagg_jax.experiment import pipeline
 from regagg_jax.storage import store_writer
 from regagg_jax.storage import store_reader
@@ -48,7 +49,7 @@ def _shard_bytes(path):
 def _scores(config, dataset, store):
   """(N-S and mAP, float32 (N, N) eq. 7 similarities) of `store` with
   whitening fitted on it as the demo does; every image is a query."""
-  fitted = pipeline.fit(config, store, fitted_on=dataset.name)
+  fitted = fitting.fit(config, store, fitted_on=dataset.name)
   valid = store.valid
   if not config.pooling.regional:  # W: R_M, the last region, only
     valid = valid & (np.arange(valid.shape[1]) == valid.shape[1] - 1)

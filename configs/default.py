@@ -7,8 +7,8 @@ evaluates on the bundled UKBench samples:
 
   python run.py --config=configs/default.py --mode=eval
 
-String options are keys of one lookup table per stage: pipeline.WEIGHTS,
-proposal.propose's backends, method_table.POOLING, pipeline.QUERY_REGIONS,
+String options are keys of one lookup table per stage: settings.WEIGHTS,
+proposal.propose's backends, method_table.POOLING, settings.QUERY_REGIONS,
 the dataset names of datasets.load ('samples', 'ukbench', 'oxford5k',
 'paris6k', 'roxford5k', 'rparis6k', 'holidays', 'folder') and modes.MODES.
 """

@@ -45,6 +45,7 @@ def real_params() -> dict:
 def encoded_rows(monkeypatch):
   """encoded_rows() -> list: the rows each later pipeline.encode_rows call
   encodes, recorded; fitting U^1 (eq. 4) again fails the test."""
+  from regagg_jax.experiment import fitting  # pylint: disable=g-import-not-at-top
   from regagg_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top
 
   def start():
@@ -56,7 +57,7 @@ def encoded_rows(monkeypatch):
       return original(config, paths, rows, **kwargs)
 
     monkeypatch.setattr(pipeline, 'encode_rows', recording)
-    monkeypatch.setattr(pipeline, 'fit_reduction', None)  # U^1 is kept
+    monkeypatch.setattr(fitting, 'fit_reduction', None)  # U^1 is kept
     return encoded
 
   return start

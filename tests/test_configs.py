@@ -13,7 +13,7 @@ from ml_collections import config_flags
 import pytest
 
 from configs import paper
-from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import settings
 from regagg_jax.aggregation import method_table
 
 # ml_collections' config_flags loads config files with the deprecated
@@ -60,9 +60,9 @@ def _check_valid(config):
     'name',
     'workdir',
   }
-  assert config.features.weights in pipeline.WEIGHTS
+  assert config.features.weights in settings.WEIGHTS
   assert config.pooling.method in method_table.POOLING
-  assert config.search.query_regions in pipeline.QUERY_REGIONS
+  assert config.search.query_regions in settings.QUERY_REGIONS
   assert config.regions.backend in ('hesaff', 'jax')
   assert config.features.dtype in ('float32', 'bfloat16')
   assert config.regions.min_cells >= 1
@@ -78,8 +78,8 @@ def _check_valid(config):
     'holidays',
     'folder',
   )
-  pipeline.store_hash(config)  # every section serialises
-  pipeline.fit_hash(config)
+  settings.store_hash(config)  # every section serialises
+  settings.fit_hash(config)
 
 
 def test_every_config_file_documents_a_command():

@@ -22,6 +22,7 @@ from regagg_jax.storage import records
 from regagg_jax.experiment import modes
 from regagg_jax.experiment import reporting
 from regagg_jax.aggregation import pca
+from regagg_jax.experiment import fitting
 from regagg_jax.experiment import pipeline
 from regagg_jax.experiment import retrieval
 from regagg_jax.storage import store_writer
@@ -336,7 +337,7 @@ def test_whitened_store_equals_whitening_at_search_time(
   np.testing.assert_allclose(stored.scores, unwhitened.scores, atol=1e-4)
   assert np.isfinite(result['mAP'])
   with pytest.raises(ValueError, match='whitened descriptors'):
-    pipeline.fit(config, database)
+    fitting.fit(config, database)
 
 
 @pytest.mark.parametrize('kind', ['flat', 'hnsw'])

@@ -11,7 +11,7 @@ import pytest
 from configs import folder as folder_config
 from regagg_jax.evaluation import metrics
 from regagg_jax.experiment import modes
-from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import fitting
 from regagg_jax.experiment import retrieval
 from regagg_jax.experiment import searches
 from regagg_jax.experiment import workspace
@@ -37,7 +37,7 @@ def test_default_eval_is_near_the_best_swept_dim(tmp_path, sample_paths):
     variant = config.copy_and_resolve_references()
     variant.pca.dim, variant.pca.min_vectors_per_dim = dim, 1
     variant.pca.min_whitened_dim = 1
-    fitted = pipeline.fit(variant, database)
+    fitted = fitting.fit(variant, database)
     ranking = retrieval.search(variant, database, database, fitted)
     ranks = searches.dataset_ranks(
       ranking, database, dataset.query_indices.astype(int)

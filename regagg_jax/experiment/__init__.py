@@ -1,6 +1,8 @@
 """Experiment: the only code that reads a config (ml_collections.ConfigDict).
 
-pipeline   encode / fit as a config says
+settings   a config's hashes, encoder options and checks of stores and fits
+pipeline   encode as a config says: one method, or several from one pass
+fitting    fit as a config says: U^1 (eq. 4), PCA-whitening (eq. 6)
 retrieval  search as a config says: exact eq. 7 or region index + re-rank
 indexing   the region index and diffusion's region graph a config asks for
 stores     a dataset's stores in the workdir: encoded once, one writer

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from regagg_jax.aggregation import pca
-from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import settings
 from regagg_jax.search import graph
 from regagg_jax.search import region_index
 from regagg_jax.storage import graphs
@@ -30,7 +30,7 @@ def whitened_descriptors(fitted, store, valid):
   Args:
     fitted: records.Fit (its whitening U^2, s of eq. 6).
     store: records.Store, descriptors (N, M, D_store).
-    valid: bool (N, M) regions searched (pipeline.use_regions).
+    valid: bool (N, M) regions searched (settings.use_regions).
 
   Raises:
     ValueError: a store whitened with another fit.
@@ -65,7 +65,7 @@ def build_index(config, database, fitted):
   Returns:
     region_index.RegionIndex, its metadata tied to the store and fit.
   """
-  database_valid = pipeline.use_regions(
+  database_valid = settings.use_regions(
     database.valid, whole=not config.pooling.regional
   )
   kind = config.search.index
@@ -105,7 +105,7 @@ def build_graph(config, database, fitted, path, regions=None):
   Returns:
     graph.RegionGraph.
   """
-  database_valid = pipeline.use_regions(
+  database_valid = settings.use_regions(
     database.valid, whole=not config.pooling.regional
   )
   section = config.search.diffusion

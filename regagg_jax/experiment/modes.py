@@ -2,7 +2,8 @@
 eval.
 
 Each mode takes the config, gets its stores and fits from `workspace` and
-`stores` and its rankings from `searches`, runs `pipeline`'s stages, prints a summary and writes its results under
+`stores` and its rankings from `searches`, runs `pipeline`'s and
+`fitting`'s stages, prints a summary and writes its results under
 <workdir>/results, in files named by the config that are never overwritten
 (`reporting`).
 """
@@ -18,7 +19,7 @@ from regagg_jax.evaluation import metrics
 from regagg_jax.evaluation import figures
 from regagg_jax.storage import atomic
 from regagg_jax.storage import records
-from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import fitting
 from regagg_jax.experiment import reporting
 from regagg_jax.experiment import retrieval
 from regagg_jax.experiment import searches
@@ -240,7 +241,7 @@ def run_demo(config):
   for method, regional, rerank in DEMO_ROWS:
     variant = _variant(config, method, regional, rerank)
     store = by_method[method]
-    fitted = pipeline.fit(variant, store, fitted_on=dataset.name)
+    fitted = fitting.fit(variant, store, fitted_on=dataset.name)
     queries, positions = workspace.query_store(variant, dataset, store, fitted)
     ranking = searches.rank(variant, dataset, queries, store, fitted)
     scores = metrics.evaluate(

@@ -25,7 +25,7 @@ import numpy as np
 
 from regagg_jax.evaluation import precision
 from regagg_jax.experiment import indexing
-from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import settings
 from regagg_jax.search import diffusion
 from regagg_jax.search import index_search
 from regagg_jax.search import rerank
@@ -52,7 +52,7 @@ def matched_query_regions(config, queries, database, fitted, ranking, top):
   """int (Q, top) query region m of eq. (7)'s best pair (m, m') with each
   of a query's first `top` ranked results (m' = ranking.best), for
   figures."""
-  query_valid = pipeline.use_regions(
+  query_valid = settings.use_regions(
     queries.valid, whole=not config.pooling.regional
   )
   rows = np.asarray(ranking.ranks)[:, :top]  # (Q, R)
@@ -149,8 +149,8 @@ def search(config, queries, database, fitted, regions=None, region_graph=None):
   Raises:
     ValueError: stores, fit or index from different configs.
   """
-  pipeline.check_fit(config, database, fitted)
-  pipeline.check_store(config, queries, 'query')
+  settings.check_fit(config, database, fitted)
+  settings.check_store(config, queries, 'query')
   if queries.metadata['reduction_hash'] != database.metadata['reduction_hash']:
     raise ValueError(
       'the queries were encoded with another U^1 (eq. 4) than '
@@ -158,11 +158,11 @@ def search(config, queries, database, fitted, regions=None, region_graph=None):
       'reduction=database.reduction'
     )
   whole = not config.pooling.regional
-  query_valid = pipeline.use_regions(
+  query_valid = settings.use_regions(
     queries.valid,
-    whole=whole or pipeline.QUERY_REGIONS[config.search.query_regions],
+    whole=whole or settings.QUERY_REGIONS[config.search.query_regions],
   )
-  database_valid = pipeline.use_regions(database.valid, whole=whole)
+  database_valid = settings.use_regions(database.valid, whole=whole)
   query = indexing.whitened_descriptors(fitted, queries, query_valid)
   target = indexing.whitened_descriptors(fitted, database, database_valid)
   search_config = config.search

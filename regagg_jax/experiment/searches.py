@@ -18,7 +18,7 @@ from absl import logging
 import numpy as np
 
 from regagg_jax.experiment import indexing
-from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import settings
 from regagg_jax.experiment import retrieval
 from regagg_jax.experiment import stores
 from regagg_jax.experiment import workspace
@@ -43,8 +43,8 @@ def search_index(config, dataset, database, fitted):
   kind = config.search.index
   options = config.search[kind].to_dict() if kind in config.search else {}
   name = (
-    f'{dataset.name}-{pipeline.store_hash(config)}-'
-    f'{pipeline.fit_hash(config)}-{kind}-'
+    f'{dataset.name}-{settings.store_hash(config)}-'
+    f'{settings.fit_hash(config)}-{kind}-'
     f'{records.hash_config([options, _contents(database)])}'
   )
   expected = dict(
@@ -69,8 +69,8 @@ def search_graph(config, dataset, database, fitted, regions=None):
     return None
   expected = indexing.graph_expectation(config, database, fitted)
   name = (
-    f'{dataset.name}-{pipeline.store_hash(config)}-'
-    f'{pipeline.fit_hash(config)}-'
+    f'{dataset.name}-{settings.store_hash(config)}-'
+    f'{settings.fit_hash(config)}-'
     f'{records.hash_config([expected, _contents(database)])}'
   )
   path = os.path.join(config.workdir, 'graphs', name)

@@ -31,7 +31,9 @@ import jax
 from regagg_jax.aggregation import method_table
 from regagg_jax.encoding import parallel
 from regagg_jax.evaluation import datasets
+from regagg_jax.experiment import fitting
 from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import settings
 from regagg_jax.storage import fingerprints
 from regagg_jax.storage import locks
 from regagg_jax.storage import records
@@ -131,7 +133,7 @@ def dataset_store(
 
 def _store_key(config, dataset, role, reduction, whitening):
   """The store's folder name: dataset, role, settings, U^1, whitening."""
-  key = f'{dataset.name}-{role}-{pipeline.store_hash(config)}'
+  key = f'{dataset.name}-{role}-{settings.store_hash(config)}'
   if not dataset.apply_exif:
     key += '-raw'  # pixels as stored, EXIF orientation ignored
   if reduction is not None:
@@ -142,8 +144,8 @@ def _store_key(config, dataset, role, reduction, whitening):
 
 
 def _header(config, dataset, paths, reduction, whitening):
-  """The header the store at the key must match (pipeline.store_header)."""
-  return pipeline.store_header(
+  """The header the store at the key must match (settings.store_header)."""
+  return settings.store_header(
     config,
     paths,
     reduction=reduction,
@@ -156,13 +158,11 @@ def _kept_reduction(config, dataset, key, path, paths, whitening, reading):
   """U^1 of eq. (4), fitted once on pooling.reduction_images of the paths
   and kept in the store (a skeleton store of no shards), fitted again when
   images it was fitted on changed since."""
-  fitted_rows = pipeline.sample_rows(
-    len(paths), config.pooling.reduction_images
-  )
+  fitted_rows = fitting.sample_rows(len(paths), config.pooling.reduction_images)
   return made_once(
     path,
     lambda p: _current_reduction(p, paths, fitted_rows),
-    lambda: pipeline.fit_reduction(config, paths, **reading),
+    lambda: fitting.fit_reduction(config, paths, **reading),
     lambda p, r: store_writer.build_store(
       p,
       None,

@@ -25,7 +25,9 @@ import numpy as np
 from regagg_jax.evaluation import datasets
 from regagg_jax.evaluation import folders
 from regagg_jax.evaluation import sources
+from regagg_jax.experiment import fitting
 from regagg_jax.experiment import pipeline
+from regagg_jax.experiment import settings
 from regagg_jax.experiment import stores
 from regagg_jax.storage import provenance
 from regagg_jax.storage import records
@@ -138,19 +140,19 @@ def _fit(config, name, store, fitted_on):
   inputs = {'fingerprints_hash': store.metadata.get('fingerprints_hash')}
 
   def make():
-    fitted = pipeline.fit(config, store, fitted_on=fitted_on)
+    fitted = fitting.fit(config, store, fitted_on=fitted_on)
     return fitted._replace(metadata=dict(fitted.metadata, **inputs))
 
   return cached(
     os.path.join(
       config.workdir,
       'fits',
-      f'{name}-{pipeline.store_hash(config)}-{pipeline.fit_hash(config)}',
+      f'{name}-{settings.store_hash(config)}-{settings.fit_hash(config)}',
     ),
     make,
     {
-      'config_hash': pipeline.store_hash(config),
-      'fit_hash': pipeline.fit_hash(config),
+      'config_hash': settings.store_hash(config),
+      'fit_hash': settings.fit_hash(config),
       'reduction_hash': store.metadata['reduction_hash'],
       **inputs,
     },

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 
 from configs import folder as folder_config
+from regagg_jax.experiment import fitting
 from regagg_jax.experiment import modes
 from regagg_jax.experiment import retrieval
 from tests import conftest
+from tests.experiment.synthetic import config_with
+from tests.experiment.synthetic import synthetic_store
 from tests.experiment.test_indexing import make_store
 
 
@@ -127,3 +130,74 @@ def test_matched_query_regions_against_numpy():
       similarity = x[q] @ y[row, best[q, row]]
       similarity[~queries.valid[q]] = -np.inf
       assert got[q, j] == np.argmax(similarity), (q, j)
+
+
+def _whiten64(params, x, valid):
+  """Reference eq. (6): l2(diag(scale) U^T (x - mean)), zero if invalid."""
+  mean, components, scale = (np.asarray(a, np.float64) for a in params)
+  y = ((x.astype(np.float64) - mean) @ components) * scale
+  norm = np.linalg.norm(y, axis=-1, keepdims=True)
+  y = y / np.where(norm > 0, norm, 1)
+  return np.where(valid[..., None], y, 0)
+
+
+def _search64(query, query_valid, database, database_valid, n_qe=None):
+  """Reference eq. (7), and eq. (8) when n_qe is given, with loops."""
+  num_q, num_n = len(query), len(database)
+  scores = np.full((num_q, num_n), -np.inf)
+  best = np.zeros((num_q, num_n), int)
+  for q in range(num_q):
+    for n in range(num_n):
+      for i in np.flatnonzero(query_valid[q]):
+        for j in np.flatnonzero(database_valid[n]):
+          value = query[q, i] @ database[n, j]
+          if value > scores[q, n]:
+            scores[q, n], best[q, n] = value, j
+  if n_qe is None:
+    return scores, best
+  expanded = np.full_like(scores, -np.inf)
+  for q in range(num_q):
+    top = np.argsort(-scores[q], kind='stable')[:n_qe]
+    mean = sum(database[t, best[q, t]] for t in top)
+    mean = mean / np.linalg.norm(mean)
+    for n in range(num_n):
+      for j in np.flatnonzero(database_valid[n]):
+        expanded[q, n] = max(expanded[q, n], mean @ database[n, j])
+  return expanded, best
+
+
+@pytest.mark.parametrize('regional', [True, False])
+@pytest.mark.parametrize('query_regions', ['all', 'whole'])
+@pytest.mark.parametrize('qe', [False, True])
+def test_search_matches_float64_reference(regional, query_regions, qe):
+  config = config_with(
+    pooling__regional=regional,
+    search__query_regions=query_regions,
+    search__qe=qe,
+    search__n_qe=3,
+    search__chunk_size=4,
+    pca__dim=5,
+  )
+  rng = np.random.default_rng(0)
+  database = synthetic_store(config, rng)
+  queries = synthetic_store(config, rng, num_images=4)
+  fitted = fitting.fit(config, database, fitted_on='synthetic')
+  ranking = retrieval.search(config, queries, database, fitted)
+
+  last = np.arange(4) == 3
+  database_valid = database.valid & (last if not regional else True)
+  whole_query = not regional or query_regions == 'whole'
+  query_valid = queries.valid & (last if whole_query else True)
+  expected, expected_best = _search64(
+    _whiten64(fitted.whitening, queries.descriptors, query_valid),
+    query_valid,
+    _whiten64(fitted.whitening, database.descriptors, database_valid),
+    database_valid,
+    n_qe=3 if qe else None,
+  )
+  assert ranking.scores.shape == (4, 9) and ranking.scores.dtype == np.float32
+  np.testing.assert_allclose(ranking.scores, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(ranking.best, expected_best)
+  np.testing.assert_array_equal(
+    ranking.ranks, np.argsort(-ranking.scores, axis=1, kind='stable')
+  )
