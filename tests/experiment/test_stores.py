@@ -10,7 +10,7 @@ from regagg_jax.experiment import stores
 from regagg_jax.experiment import workspace
 from regagg_jax.storage import store_reader
 from tests.test_end_to_end import _config
-from tests.test_end_to_end import _make_folder
+from tests.test_end_to_end import folder  # noqa: F401, F811 (the fixture)
 
 
 def _database(config, dataset):
@@ -21,16 +21,6 @@ def _database(config, dataset):
     'database',
     datasets.database_paths(dataset),
     dataset.images,
-  )
-
-
-@pytest.fixture(scope='module')
-def folder(tmp_path_factory, sample_paths):
-  return _make_folder(
-    tmp_path_factory.mktemp('photos') / 'photos',
-    sample_paths,
-    groups=2,
-    size=96,
   )
 
 
