@@ -15,6 +15,10 @@
       # The same at --scales=5000 --num_images=5000 --k=200 (the default):
       # index kNN 26.7 s, exact 15.0 s, 0.921 of the edges found, graph
       # 12800 B per image, query 10.8 + 43.2 = 54.0 ms.
+      # 1M (--scales=1000000 --num_images=1000000, the rest as above;
+      # commit 7303f85, 1 h 26 min, peak RSS 18.4 GiB): 7859054 regions,
+      # index kNN 4572 s (build 497 s), reciprocal affinity 158 s, query
+      # 24.1 + 41.0 = 65.1 ms. Table: docs/benchmarks.md.
 
 The collection is `search_scale.py`'s simulated one (real VGG19 region
 descriptors of the bundled samples, mixed and calibrated to the real eq. 7

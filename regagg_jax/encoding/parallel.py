@@ -36,13 +36,13 @@ the same shared store directory (a network file system), differing only in
 run.py calls initialize(coordinator_address, P, i) before any other JAX
 call (jax.distributed.initialize: process 0 also serves the coordinator at
 host0:12345, which every host must reach). The store is written in shards
-of store_io.build_store's shard_size images; process i encodes the shards
+of store_writer.build_store's shard_size images; process i encodes the shards
 process_shards(num_shards) = [n for n in range(num_shards) if n % P == i]
 on its local devices (make_mesh() meshes jax.local_devices() only, so no
 data crosses hosts while encoding), writing each shard file atomically into
 the shared directory. Every process then calls barrier('encoded ...')
 unconditionally (also one that found all shards done), process 0 alone
-finalises the store (store_io.finalize_store), and a second barrier
+finalises the store (store_writer.finalize_store), and a second barrier
 keeps the others from reading it before that. A killed run is restarted
 with the same command: finished shards are kept. With one process (the
 default) initialize and barrier do nothing, so the same code runs on a
@@ -280,7 +280,7 @@ def process_shards(
   and differ in number by at most one.
 
   Args:
-    num_shards: shards of the store (store_io.build_store's shard_size
+    num_shards: shards of the store (store_writer.build_store's shard_size
       rows each).
     process_index: this process's number; None: jax.process_index().
     process_count: the number of processes; None: jax.process_count().
