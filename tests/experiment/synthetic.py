@@ -5,6 +5,7 @@ import numpy as np
 from configs import quick
 from regagg_jax.experiment import settings
 from regagg_jax.storage import records
+from tests.storage import stores
 
 
 def config_with(**changes):
@@ -24,11 +25,8 @@ def synthetic_store(
   valid = rng.uniform(size=(num_images, num_regions)) > 0.3
   valid[:, -1] = True  # the whole image always exists
   valid[0, :-1] = False  # one image with R_M only
-  descriptors = rng.normal(size=(num_images, num_regions, dim))
-  descriptors /= np.linalg.norm(descriptors, axis=-1, keepdims=True)
-  descriptors = np.where(valid[..., None], descriptors, 0).astype(np.float32)
   return records.Store(
-    descriptors=descriptors,
+    descriptors=stores.unit_descriptors(rng, valid, dim),
     valid=valid,
     masks=np.ones((num_images, num_regions, 3, 4), bool),
     grid=np.full((num_images, 2), (3, 4), np.int32),

@@ -22,13 +22,17 @@ def random_params(rng, d_in, dim):
   )
 
 
+def unit_descriptors(rng, valid, dim):
+  """float32 (N, M, dim) random l2-normalised rows, 0 where ~valid (N, M)."""
+  descriptors = rng.normal(size=valid.shape + (dim,))
+  descriptors /= np.linalg.norm(descriptors, axis=-1, keepdims=True)
+  return np.where(valid[..., None], descriptors, 0).astype(np.float32)
+
+
 def random_store(rng, num_images=7, num_regions=4, dim=6, reduction=True):
   valid = rng.uniform(size=(num_images, num_regions)) > 0.3
-  descriptors = rng.normal(size=(num_images, num_regions, dim))
-  descriptors /= np.linalg.norm(descriptors, axis=-1, keepdims=True)
-  descriptors = np.where(valid[..., None], descriptors, 0).astype(np.float32)
   return records.Store(
-    descriptors=descriptors,
+    descriptors=unit_descriptors(rng, valid, dim),
     valid=valid,
     masks=rng.uniform(size=(num_images, num_regions, 5, 11)) > 0.5,
     grid=rng.integers(1, 6, size=(num_images, 2)).astype(np.int32),
